@@ -1,0 +1,374 @@
+"""The live energy meter: one background thread polls the sources and feeds a timeline.
+
+The training thread never touches hardware: it only reads memory under a short lock. Each
+source channel is polled at its own interval on the meter thread; an error there is counted,
+warned about once, marks a gap on the channel's devices and, after repeated failures or a
+:class:`~lightning_watt.sources.base.ChannelLost`, switches to the channel's fallback. Nothing
+raised in the thread ever reaches the training thread.
+
+Example:
+    >>> from lightning_watt import EnergyMeter, ReplaySource, bundled_trace
+    >>> with EnergyMeter([ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0)]) as meter:
+    ...     t0 = meter.now()
+    ...     # ... train ...
+    >>> sorted(meter.total())
+    ['gpu0']
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lightning_watt.readings import COUNTER_J, POWER_KINDS, DeviceInfo, Reading
+from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
+from lightning_watt.timeline import EnergyTimeline, Gap
+from lightning_watt.trace import StepEdge, TraceWriter
+
+
+class EnergyMeter:
+    """Measures energy of the devices its sources know, on a background thread.
+
+    Args:
+        sources: readers to poll. ``None`` picks what this machine offers
+            (:func:`lightning_watt.sources.default_sources`: NVML GPUs, RAPL, else an estimate).
+        record: a path prefix; when given, every reading is streamed there as watt-trace v1
+            (``PREFIX.samples.csv.gz`` ...), so a run can be replayed, shared and compared.
+        calibration_window, max_gap, max_knots: passed to :class:`EnergyTimeline`.
+        max_consecutive_errors: failures in a row after which a channel is given up for its
+            fallback.
+        clock: monotonic seconds; all times the meter returns are on it.
+
+    Example:
+        >>> meter = EnergyMeter(sources=[])
+        >>> meter.start(); meter.stop()
+        >>> meter.total()
+        {}
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[EnergySource] | None = None,
+        *,
+        record: str | None = None,
+        calibration_window: float = 0.0,
+        max_gap: float = 1.0,
+        max_knots: int = 200_000,
+        max_consecutive_errors: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if sources is not None and not all(isinstance(s, EnergySource) for s in sources):
+            raise ValueError("sources must be EnergySource instances (or None for auto-detect)")
+        if not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 1:
+            raise ValueError(
+                f"max_consecutive_errors must be an integer >= 1, got {max_consecutive_errors!r}"
+            )
+        self._timeline_kwargs: dict[str, Any] = {
+            "calibration_window": calibration_window,
+            "max_gap": max_gap,
+            "max_knots": max_knots,
+        }
+        EnergyTimeline(**self._timeline_kwargs)  # validates now, not when started
+        self._requested_sources = None if sources is None else list(sources)
+        self._record = None if record is None else str(record)
+        self._max_errors = max_consecutive_errors
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sources: list[EnergySource] = []
+        self._devices: dict[str, DeviceInfo] = {}
+        self._timeline = EnergyTimeline(**self._timeline_kwargs)
+        self._latest_power: dict[str, tuple[float, float, int]] = {}
+        self._last_counter: dict[str, tuple[float, float]] = {}
+        self._errors: dict[str, int] = {}
+        self._warned: set[str] = set()
+        self._unavailable: dict[str, str] = {}
+        self._describe: dict[str, str] = {}
+        self._writer: TraceWriter | None = None
+        self._started_at: float | None = None
+        self._stopped_at: float | None = None
+        self._peak_power: dict[str, float] = {}
+        self._last_flush = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> EnergyMeter:
+        """Open the sources and start polling. Sources that cannot measure are skipped with
+        their reason in :attr:`unavailable`. Calling ``start`` twice is an error."""
+        if self._thread is not None:
+            raise RuntimeError("EnergyMeter.start: already started")
+        sources = self._requested_sources
+        if sources is None:
+            from lightning_watt.sources import default_sources
+
+            sources, skipped = default_sources()
+            self._unavailable.update(skipped)
+        channels: list[Channel] = []
+        for source in sources:
+            try:
+                source.open(self._clock)
+                devices = source.devices()
+                source_channels = source.channels()
+            except SourceUnavailable as err:
+                self._unavailable[source.name] = str(err)
+                continue
+            self._sources.append(source)
+            for d in devices:
+                if d.name in self._devices:
+                    raise ValueError(f"sources: two sources both measure device {d.name!r}")
+                self._devices[d.name] = d
+            self._describe.update(source.describe())
+            channels.extend(source_channels)
+        self._timeline = EnergyTimeline(devices=self._devices, **self._timeline_kwargs)
+        if self._record is not None:
+            self._writer = TraceWriter(self._record)
+            self._writer.meta.update(self._trace_meta())
+        self._started_at = self._clock()
+        self._stop_event.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(channels,), name="lightning-watt-meter", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop polling (after one last read of every channel), finalize all energy, close the
+        sources and the recording. Safe to call more than once."""
+        thread = self._thread
+        if thread is None or self._stopped_at is not None:
+            return
+        self._stop_event.set()
+        thread.join(timeout=10.0)
+        self._stopped_at = self._clock()
+        with self._lock:
+            self._timeline.flush()
+        for source in self._sources:
+            try:
+                source.close()
+            except Exception as err:
+                self._warn_once(f"close:{source.name}", f"closing {source.name} failed: {err}")
+        if self._writer is not None:
+            self._writer.meta.update(self._trace_meta())
+            self._writer.close()
+
+    def __enter__(self) -> EnergyMeter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._stopped_at is None
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self, channels: list[Channel]) -> None:
+        failures: dict[str, int] = {}
+        last_ok: dict[str, float] = {}
+        now = self._clock()
+        queue: list[tuple[float, int, Channel]] = [(now, i, c) for i, c in enumerate(channels)]
+        heapq.heapify(queue)
+        counter = len(queue)
+        while queue:
+            due, _, channel = queue[0]
+            wait = due - self._clock()
+            if wait > 0 and self._stop_event.wait(wait):
+                break
+            heapq.heappop(queue)
+            replacement = self._poll(channel, failures, last_ok)
+            if replacement is not None:
+                next_due = max(due + replacement.interval_s, self._clock())
+                heapq.heappush(queue, (next_due, counter, replacement))
+                counter += 1
+        # One last read of everything, so the energy reaches the moment stop() was called.
+        for _, _, channel in sorted(queue, key=lambda x: x[1]):
+            self._poll(channel, failures, last_ok)
+
+    def _poll(
+        self, channel: Channel, failures: dict[str, int], last_ok: dict[str, float]
+    ) -> Channel | None:
+        """Read one channel; returns the channel to schedule next (itself, its fallback, or
+        ``None`` when given up)."""
+        try:
+            readings = list(channel.read())
+        except Exception as err:
+            lost = isinstance(err, ChannelLost)
+            failures[channel.name] = failures.get(channel.name, 0) + 1
+            now = self._clock()
+            with self._lock:
+                self._errors[channel.name] = self._errors.get(channel.name, 0) + 1
+                start = last_ok.get(channel.name, self._started_at or now)
+                for device in channel.devices:
+                    self._timeline.mark_gap(device, start, now, f"{channel.name}: {err}")
+            give_up = lost or failures[channel.name] >= self._max_errors
+            fallback = channel.fallback
+            then = (
+                f"switching to {fallback.name}" if give_up and fallback
+                else "giving up on it" if give_up
+                else "retrying"
+            )
+            self._warn_once(
+                channel.name,
+                f"lightning-watt: reading {channel.name} failed ({type(err).__name__}: {err}); "
+                f"{then}. Training continues; the gap is recorded.",
+            )
+            if give_up:
+                return fallback
+            return channel
+        failures[channel.name] = 0
+        if readings:
+            last_ok[channel.name] = readings[-1].t
+            self._ingest(readings)
+        return channel
+
+    def _ingest(self, readings: list[Reading]) -> None:
+        with self._lock:
+            self._timeline.add(readings)
+            for r in readings:
+                if r.kind == COUNTER_J:
+                    prev = self._last_counter.get(r.device)
+                    self._last_counter[r.device] = (r.t, r.value)
+                    if prev is not None and r.t > prev[0] and r.value > prev[1]:
+                        self._note_power(r.device, r.t, (r.value - prev[1]) / (r.t - prev[0]), 99)
+                else:
+                    self._note_power(r.device, r.t, r.value, POWER_KINDS.index(r.kind))
+        if self._writer is not None:
+            # watt-trace time 0 is the meter's start: recordings from any clock line up.
+            origin = self._started_at or 0.0
+            self._writer.write_samples(r._replace(t=r.t - origin) for r in readings)
+            now = self._clock()
+            if now - self._last_flush > 5.0:
+                self._last_flush = now
+                self._writer.flush()
+
+    def _note_power(self, device: str, t: float, watts: float, rank: int) -> None:
+        """Latest power per device, from the best kind seen recently."""
+        prev = self._latest_power.get(device)
+        if prev is None or rank <= prev[2] or t - prev[0] > 1.0:
+            self._latest_power[device] = (t, watts, rank)
+        if watts > self._peak_power.get(device, -math.inf):
+            self._peak_power[device] = watts
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    # ------------------------------------------------------------------ reads (any thread)
+    def now(self) -> float:
+        """The meter clock (the times every other method takes and returns)."""
+        return self._clock()
+
+    @property
+    def devices(self) -> list[DeviceInfo]:
+        return [self._devices[k] for k in sorted(self._devices)]
+
+    @property
+    def started_at(self) -> float | None:
+        return self._started_at
+
+    def energy_between(self, t0: float, t1: float, provisional: bool = True) -> dict[str, float]:
+        """Joules per device over ``[t0, t1]`` (meter clock)."""
+        with self._lock:
+            return self._timeline.energy_between(t0, t1, provisional)
+
+    def energy_at(self, t: float, provisional: bool = True) -> dict[str, float]:
+        """Cumulative joules per device from the first reading to ``t``."""
+        with self._lock:
+            return self._timeline.energy_at(t, provisional)
+
+    def total(self) -> dict[str, float]:
+        """Joules per device since :meth:`start` (up to the newest reading, or to stop)."""
+        start = self._started_at
+        if start is None:
+            return {}
+        end = self._stopped_at if self._stopped_at is not None else self._clock()
+        return self.energy_between(start, end)
+
+    def power(self) -> dict[str, float]:
+        """Latest power per device in watts (from the best reader that has spoken recently)."""
+        with self._lock:
+            return {d: p[1] for d, p in sorted(self._latest_power.items())}
+
+    def peak_power(self) -> dict[str, float]:
+        """Highest power seen per device (watts)."""
+        with self._lock:
+            return dict(sorted(self._peak_power.items()))
+
+    @property
+    def finalized_until(self) -> float:
+        """Energies up to this time will not change any more."""
+        with self._lock:
+            return self._timeline.finalized_until
+
+    @property
+    def horizon(self) -> float:
+        """Energies are known (provisionally) up to this time."""
+        with self._lock:
+            return self._timeline.horizon
+
+    def gaps(self, t0: float = -math.inf, t1: float = math.inf) -> list[Gap]:
+        with self._lock:
+            return self._timeline.gaps(t0, t1)
+
+    @property
+    def errors(self) -> dict[str, int]:
+        """Failed reads per channel."""
+        with self._lock:
+            return dict(self._errors)
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Sources that could not measure, with the reason."""
+        return dict(self._unavailable)
+
+    def describe(self) -> dict[str, str]:
+        """How each device is measured, for people, with the methods the timeline used."""
+        with self._lock:
+            methods = self._timeline.methods()
+        out = {}
+        for name in sorted(self._devices):
+            used = ", ".join(methods.get(name, [])) or "no readings yet"
+            out[name] = f"{self._describe.get(name, '?')} [{used}]"
+        return out
+
+    def memory_bytes(self) -> int:
+        with self._lock:
+            return self._timeline.memory_bytes()
+
+    def record_steps(self, edges: Sequence[StepEdge]) -> None:
+        """Add step edges to the recording (no-op without ``record``)."""
+        if self._writer is not None and edges:
+            origin = self._started_at or 0.0
+            self._writer.write_steps(
+                e._replace(
+                    t_host=e.t_host - origin, t_gpu=None if e.t_gpu is None else e.t_gpu - origin
+                )
+                for e in edges
+            )
+
+    def set_trace_meta(self, **meta: Any) -> None:
+        """Extra facts for the recording's meta (``fit_start``, ``fit_end``, ...)."""
+        if self._writer is not None:
+            origin = self._started_at or 0.0
+            self._writer.meta.update(
+                {k: v - origin if k in ("fit_start", "fit_end") else v for k, v in meta.items()}
+            )
+
+    def _trace_meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "description": "recorded by lightning-watt EnergyMeter",
+            "devices": {
+                d.name: {"uuid": d.uuid, "label": d.label, "estimated": d.estimated}
+                for d in self.devices
+            },
+            "sources": dict(self._describe),
+        }
+        for source in self._sources:
+            meta.update({f"{source.name}.{k}": v for k, v in source.metadata().items()})
+        return meta

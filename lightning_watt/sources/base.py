@@ -1,0 +1,99 @@
+"""The interface every hardware reader implements, and how the meter drives it.
+
+A source knows its devices and offers *channels*: one reader each, with the interval it
+deserves (an NVML energy counter every 100 ms because a read costs 2.5 ms and the value changes
+every 100 ms; the driver's power buffer every 0.5 s because it holds 2.4 s of 20 ms samples).
+The meter's background thread calls each channel's ``read`` when it is due. ``read`` returns
+:class:`~lightning_watt.readings.Reading` values stamped on the meter's clock, may raise on a
+hardware error (the meter counts it, warns once, records a gap and, after repeated failures or
+a :class:`ChannelLost`, switches to the channel's ``fallback``).
+
+Example:
+    >>> class Constant(EnergySource):
+    ...     name = "constant"
+    ...     def open(self, clock):
+    ...         self._clock = clock
+    ...     def devices(self):
+    ...         return [DeviceInfo("cpu0", kind="cpu", estimated=True)]
+    ...     def channels(self):
+    ...         read = lambda: [Reading(self._clock(), "cpu0", "estimate_W", 10.0)]
+    ...         return [Channel("cpu0/estimate", 0.25, read, ("cpu0",))]
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from lightning_watt.readings import DeviceInfo, Reading
+
+Clock = Callable[[], float]
+
+
+class SourceUnavailable(RuntimeError):
+    """The source cannot measure on this machine; ``str(err)`` is a one-line reason a person can
+    act on (e.g. "NVML not found: no NVIDIA driver on this machine")."""
+
+
+class ChannelLost(RuntimeError):
+    """A channel will never work again in this run (GPU lost, reader not supported): the meter
+    stops calling it at once and switches to its fallback."""
+
+
+@dataclass
+class Channel:
+    """One periodic reader of a source.
+
+    Args:
+        name: unique within the meter, for error counts and warnings (``gpu0/counter``).
+        interval_s: seconds between calls on the meter thread.
+        read: returns new readings (possibly none); may raise.
+        devices: the devices whose readings it produces (gaps are marked on them on failure).
+        fallback: a channel to start when this one is lost (e.g. power fields for the buffer).
+        describe: how it measures, for summaries (``"NVML energy counter"``).
+    """
+
+    name: str
+    interval_s: float
+    read: Callable[[], Sequence[Reading]]
+    devices: tuple[str, ...]
+    fallback: Channel | None = None
+    describe: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError(f"interval_s must be > 0 seconds, got {self.interval_s!r}")
+
+
+class EnergySource(ABC):
+    """A reader of hardware (or of a recording of it). Lifecycle: ``open`` -> ``devices`` /
+    ``channels`` -> ``close``. ``open`` raises :class:`SourceUnavailable` where it cannot
+    measure; it must never be called on the training thread per step."""
+
+    #: Short name used in summaries and traces ("nvml", "rapl", "replay", "estimate").
+    name: str = "source"
+
+    @abstractmethod
+    def open(self, clock: Clock) -> None:
+        """Probe the hardware once; readings are to be stamped with ``clock()``."""
+
+    @abstractmethod
+    def devices(self) -> list[DeviceInfo]:
+        """The devices this source measures (after ``open``)."""
+
+    @abstractmethod
+    def channels(self) -> list[Channel]:
+        """The periodic readers the meter should run (after ``open``)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release handles; called once when the meter stops."""
+
+    def describe(self) -> dict[str, str]:
+        """How each device is measured, for people: ``{"gpu0": "NVML counter + buffer"}``."""
+        return {d.name: self.name for d in self.devices()}
+
+    def metadata(self) -> dict[str, object]:
+        """Facts worth recording in a trace's meta (GPU model, driver, ...)."""
+        return {}

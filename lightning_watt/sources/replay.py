@@ -1,0 +1,195 @@
+"""Serving a recorded watt-trace as if it were live hardware.
+
+:class:`ReplaySource` is how tests, demos and CPU-only machines run the whole pipeline on real
+GPU measurements: it plays the recording's readings back on the meter clock, through the same
+channels and at the same rates a live NVML source uses.
+
+Time mapping: trace time ``start + (now - opened) * speed``. Power readings keep their watts;
+counter increments are divided by ``speed`` so energy stays consistent with the meter clock (a
+replay at 2x shows the recorded GPU's power, squeezed into half the time). With ``loop=True``
+the recording repeats from ``start`` with the counter carried on (no false reset).
+
+Example:
+    >>> from lightning_watt.trace import bundled_trace
+    >>> source = ReplaySource(bundled_trace("h200-mlp-stall"), start=6.6, speed=1.0)
+    >>> source.speed
+    1.0
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from collections.abc import Collection
+
+from lightning_watt.readings import COUNTER_J, KINDS, DeviceInfo, Reading
+from lightning_watt.sources.base import Channel, Clock, EnergySource
+from lightning_watt.trace import Trace, load_trace
+
+#: Polling rates of the live NVML source, mirrored so a replay exercises the same timing.
+_INTERVALS = {COUNTER_J: 0.1, "buffer_W": 0.5}
+_DEFAULT_INTERVAL = 0.1
+
+
+class ReplaySource(EnergySource):
+    """Replays a watt-trace v1 recording (a prefix, or a loaded :class:`Trace`).
+
+    Args:
+        trace: the recording.
+        start: trace time the replay begins at (default: the first sample).
+        speed: trace seconds per meter second (> 0).
+        loop: restart from ``start`` when the recording ends instead of going silent.
+        kinds: only replay these kinds (e.g. ``{"average_W"}`` to see what a field-only GPU gives).
+        devices: only these devices, optionally renamed: ``{"gpu0": "gpu1"}`` serves the
+            recording's ``gpu0`` as ``gpu1``.
+        uuid_prefix: prefix for device uuids, so two ranks replaying the same file can either
+            share devices (same prefix: counted once) or not.
+    """
+
+    name = "replay"
+
+    def __init__(
+        self,
+        trace: str | os.PathLike[str] | Trace,
+        *,
+        start: float | None = None,
+        speed: float = 1.0,
+        loop: bool = False,
+        kinds: Collection[str] | None = None,
+        devices: dict[str, str] | Collection[str] | None = None,
+        uuid_prefix: str = "replay",
+    ) -> None:
+        if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a finite number > 0, got {speed!r}")
+        self._trace = trace if isinstance(trace, Trace) else load_trace(trace)
+        self.label = str(self._trace.meta.get("gpu") or "recorded device")
+        self.trace_name = (
+            os.path.basename(str(trace)) if not isinstance(trace, Trace) else "trace"
+        )
+        if not self._trace.samples:
+            raise ValueError("trace: the recording has no samples to replay")
+        t_first, t_last = self._trace.span
+        self.start = t_first if start is None else float(start)
+        if not t_first <= self.start < t_last:
+            raise ValueError(f"start must lie in the recording [{t_first}, {t_last}), got {start!r}")
+        if kinds is not None:
+            unknown = set(kinds) - KINDS
+            if unknown:
+                raise ValueError(f"kinds: unknown {sorted(unknown)}; accepted: {sorted(KINDS)}")
+        present = set(self._trace.devices)
+        if devices is None:
+            rename = {d: d for d in present}
+        elif isinstance(devices, dict):
+            rename = dict(devices)
+        else:
+            rename = {d: d for d in devices}
+        missing = set(rename) - present
+        if missing:
+            raise ValueError(f"devices: {sorted(missing)} not in the recording {sorted(present)}")
+        self.speed = float(speed)
+        self.loop = bool(loop)
+        self._rename = rename
+        self._uuid_prefix = uuid_prefix
+        self._end = t_last
+        # Per (device, kind): times and values, for bisecting the due window on each read.
+        self._series: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+        for r in self._trace.select(kinds):
+            if r.device in rename:
+                ts, vs = self._series.setdefault((r.device, r.kind), ([], []))
+                ts.append(r.t)
+                vs.append(r.value)
+        self._clock: Clock | None = None
+        self._opened = 0.0
+
+    # The trace-time position reached by the meter clock, as (lap, trace time).
+    def _position(self, now: float) -> tuple[int, float]:
+        elapsed = (now - self._opened) * self.speed
+        if not self.loop:
+            return 0, self.start + elapsed
+        span = self._end - self.start
+        lap = int(elapsed // span)
+        return lap, self.start + (elapsed - lap * span)
+
+    def _meter_time(self, lap: int, trace_t: float) -> float:
+        return self._opened + ((trace_t - self.start) + lap * (self._end - self.start)) / self.speed
+
+    def open(self, clock: Clock) -> None:
+        self._clock = clock
+        self._opened = clock()
+
+    def devices(self) -> list[DeviceInfo]:
+        return [
+            DeviceInfo(
+                name=new,
+                kind="gpu" if new.startswith("gpu") else new.rstrip("0123456789") or "device",
+                uuid=f"{self._uuid_prefix}:{self.trace_name}:{old}",
+                label=f"{self.label} (replay of {self.trace_name})",
+            )
+            for old, new in sorted(self._rename.items())
+        ]
+
+    def channels(self) -> list[Channel]:
+        out = []
+        for (device, kind), (ts, vs) in sorted(self._series.items()):
+            out.append(
+                Channel(
+                    name=f"{self._rename[device]}/{kind}",
+                    interval_s=_INTERVALS.get(kind, _DEFAULT_INTERVAL),
+                    read=self._reader(device, kind, ts, vs),
+                    devices=(self._rename[device],),
+                    describe=f"replay of {kind}",
+                )
+            )
+        return out
+
+    def _reader(self, device: str, kind: str, ts: list[float], vs: list[float]):
+        name = self._rename[device]
+        is_counter = kind == COUNTER_J
+        span_energy = (vs[-1] - vs[0]) if is_counter and len(vs) > 1 else 0.0
+        origin = vs[0] if is_counter else 0.0
+        state = {"lap": 0, "t": self.start - 1e-12, "first": True}
+
+        def value(i: int, lap: int) -> float:
+            if not is_counter:
+                return vs[i]
+            # Counter joules on the meter clock: scaled by speed, carried across laps.
+            return (vs[i] - origin + lap * span_energy) / self.speed
+
+        def read() -> list[Reading]:
+            assert self._clock is not None
+            lap, now_t = self._position(self._clock())
+            out: list[Reading] = []
+            while True:
+                last_lap, last_t = state["lap"], state["t"]
+                if state["first"] and is_counter:
+                    # A live counter read returns its current value even at the first poll.
+                    i = bisect.bisect_right(ts, self.start) - 1
+                    if i >= 0:
+                        out.append(Reading(self._meter_time(0, self.start), name, kind, value(i, 0)))
+                state["first"] = False
+                end_t = now_t if lap == last_lap else self._end
+                lo = bisect.bisect_right(ts, last_t)
+                hi = bisect.bisect_right(ts, end_t)
+                out.extend(
+                    Reading(self._meter_time(last_lap, ts[i]), name, kind, value(i, last_lap))
+                    for i in range(max(lo, 0), hi)
+                    if ts[i] >= self.start
+                )
+                if lap == last_lap:
+                    state["t"] = now_t
+                    break
+                state["lap"], state["t"] = last_lap + 1, self.start - 1e-12
+            return out
+
+        return read
+
+    def describe(self) -> dict[str, str]:
+        kinds = sorted({k for (_, k) in self._series})
+        return {
+            new: f"replay of {self.trace_name} ({self.label}; {', '.join(kinds)})"
+            for new in self._rename.values()
+        }
+
+    def metadata(self) -> dict[str, object]:
+        return {"trace": self.trace_name, "gpu": self.label, "start": self.start, "speed": self.speed}

@@ -1,0 +1,637 @@
+"""Fusing raw readings into a cumulative energy function ``E(t)`` per device: pure math.
+
+No threads and no I/O: the live :class:`~lightning_watt.meter.EnergyMeter` and
+:meth:`Trace.timeline <lightning_watt.trace.Trace.timeline>` feed the same class.
+
+How readings become energy, per device:
+
+* **Counter anchors totals.** A cumulative counter (``counter_J``) is the hardware's own
+  integral. A reading pins ``E(t_read)`` to its value (the first reading of each new value: a
+  repeated value means no update yet, not zero energy). The counter updates every ~100 ms, so a
+  reading may be up to one update old; that moves energy by at most 100 ms, never changes
+  totals. A drop is a reset, never negative energy: power bridges it.
+* **Power shapes energy between anchors.** The best power kind present (driver buffer, then
+  instant field, power usage, 1 s average field, estimate) is integrated into ``Ip(t)``; between
+  two anchors ``a`` and ``b``, ``E = E(a) + dC * (Ip(t) - Ip(a)) / (Ip(b) - Ip(a))``. The counter
+  fixes every window's total exactly; power only decides where inside it the joules went.
+* **Without a counter**, the power integral is the energy (scaled by the last calibration
+  factor when a counter existed and went stale).
+* **Buffer samples** are read as the mean power of the interval before their timestamp (the
+  driver's 20 ms averaging window). **Point fields** (``instant_W``, ``usage_W``,
+  ``estimate_W``) are integrated as trapezoids. ``average_W`` is a trailing 1 s mean, so each
+  value is placed half a second before its read time.
+* ``E(t)`` is stored as piecewise-linear knots, so ``energy_between(a, b) = E(b) - E(a)`` and
+  adjacent intervals add up exactly (to floating point). Times with no readings for longer than
+  ``max_gap`` are reported by :meth:`EnergyTimeline.gaps`, never silently zero.
+
+Example:
+    >>> from lightning_watt.readings import Reading
+    >>> tl = EnergyTimeline()
+    >>> tl.add([Reading(0.0, "gpu0", "instant_W", 100.0), Reading(2.0, "gpu0", "instant_W", 100.0)])
+    >>> tl.flush()
+    >>> tl.energy_between(0.5, 1.5)
+    {'gpu0': 100.0}
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from lightning_watt.readings import (
+    AVERAGE_W,
+    BUFFER_W,
+    COUNTER_J,
+    KINDS,
+    POWER_KINDS,
+    Reading,
+)
+
+#: Trailing-average fields describe the past: shift their samples back by half the window.
+_KIND_SHIFT_S = {AVERAGE_W: 0.5}
+#: A buffer sample covers at most this long before its timestamp (the driver's 20 ms period,
+#: with room for jitter); longer holes are bridged as gaps, not charged to the next sample.
+_BUFFER_HOLD_S = 0.1
+#: A reader silent this long (seconds) is not waited for: the timeline moves on without it.
+_STALE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A span on one device with no readings at all (or one a source marked as unmeasured)."""
+
+    device: str
+    start: float
+    end: float
+    reason: str = "no readings"
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+class _Anchor:
+    __slots__ = ("acc", "series", "u")
+
+    def __init__(self, u: float, acc: float, series: int) -> None:
+        self.u, self.acc, self.series = u, acc, series
+
+
+class _PowerSeries:
+    """Samples of one power kind, kept from a little before the finalized boundary onwards."""
+
+    __slots__ = ("kind", "t", "w")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.t: list[float] = []
+        self.w: list[float] = []
+
+    @property
+    def last_t(self) -> float:
+        return self.t[-1] if self.t else -math.inf
+
+    def knots(self) -> tuple[list[float], list[float]]:
+        """Cumulative power integral ``Ip`` at the sample times (joules from the first)."""
+        ts, ws = self.t, self.w
+        cum = [0.0]
+        if self.kind == BUFFER_W:
+            for i in range(1, len(ts)):
+                dt = ts[i] - ts[i - 1]
+                if dt <= _BUFFER_HOLD_S:
+                    cum.append(cum[-1] + ws[i] * dt)
+                else:
+                    # The sample only speaks for its own window; the hole before it is bridged
+                    # with the mean of its neighbours (and reported as a gap if long).
+                    held = _BUFFER_HOLD_S / 5
+                    cum.append(cum[-1] + ws[i] * held + 0.5 * (ws[i] + ws[i - 1]) * (dt - held))
+        else:
+            for i in range(1, len(ts)):
+                cum.append(cum[-1] + 0.5 * (ws[i] + ws[i - 1]) * (ts[i] - ts[i - 1]))
+        return ts, cum
+
+    def drop_before(self, t: float) -> None:
+        """Forget samples before ``t``, keeping the last one at or before it."""
+        i = bisect.bisect_right(self.t, t) - 1
+        if i > 0:
+            del self.t[:i]
+            del self.w[:i]
+
+
+def _interp(ts: Sequence[float], ys: Sequence[float], t: float) -> float:
+    """Linear interpolation, clamped at both ends."""
+    n = len(ts)
+    if n == 0:
+        return 0.0
+    if t <= ts[0]:
+        return ys[0]
+    if t >= ts[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(ts, t)
+    t0, t1 = ts[i - 1], ts[i]
+    if t1 == t0:
+        return ys[i]
+    return ys[i - 1] + (ys[i] - ys[i - 1]) * (t - t0) / (t1 - t0)
+
+
+class DeviceTimeline:
+    """The fused cumulative energy of one device. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        calibration_window: float = 0.0,
+        max_gap: float = 1.0,
+        max_knots: int = 200_000,
+        coarse_step: float = 1.0,
+    ) -> None:
+        self.name = name
+        self._window = calibration_window
+        self._max_gap = max_gap
+        self._max_knots = max_knots
+        self._coarse_step = coarse_step
+        # Finalized knots of E(t): never change once written (except coarsening of old ones).
+        self._kt = array("d")
+        self._ke = array("d")
+        self._boundary: float | None = None
+        self._boundary_anchor: _Anchor | None = None
+        self._power: dict[str, _PowerSeries] = {}
+        self._anchors: list[_Anchor] = []
+        self._counter_acc = 0.0
+        self._counter_last: tuple[float, float] | None = None  # (t, raw) of the last read
+        self._series = 0
+        self._has_counter = False
+        self._scale = 1.0  # counter/power calibration, reused where the counter is missing
+        self._sum_counter = 0.0
+        self._sum_power = 0.0
+        self._read_times: list[float] = []  # pending reading times, for gap detection
+        self._last_read_t = -math.inf
+        self._gaps: list[Gap] = []
+        self._explicit_gaps: list[Gap] = []
+        self.seconds_by_method: dict[str, float] = {}
+        self.resets = 0
+        self._tail_cache: tuple[int, list[float], list[float]] | None = None
+        self._version = 0
+
+    # ------------------------------------------------------------------ ingest
+    def add(self, kind: str, t: float, value: float) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind: unknown {kind!r}; accepted: {sorted(KINDS)}")
+        self._version += 1
+        if kind == COUNTER_J:
+            self._add_counter(t, value)
+        else:
+            t = t - _KIND_SHIFT_S.get(kind, 0.0)
+            series = self._power.get(kind)
+            if series is None:
+                series = self._power[kind] = _PowerSeries(kind)
+            if series.t and t <= series.t[-1]:
+                return  # a duplicate or late sample: the series is already past it
+            if self._boundary is not None and t < self._boundary and not series.t:
+                series.t.append(t)
+                series.w.append(value)
+                return
+            series.t.append(t)
+            series.w.append(value)
+        self._read_times.append(t)
+        self._last_read_t = max(self._last_read_t, t)
+
+    def _add_counter(self, t: float, raw: float) -> None:
+        self._has_counter = True
+        last = self._counter_last
+        if last is not None and t <= last[0]:
+            return
+        if last is None:
+            self._anchors.append(_Anchor(t, self._counter_acc, 0))
+        elif raw > last[1]:
+            self._counter_acc += raw - last[1]
+            self._anchors.append(_Anchor(t, self._counter_acc, self._series))
+        elif raw < last[1]:
+            # Driver reload or wrap: the counter restarted. The energy across the drop is
+            # unknown to the counter; a new series starts and power bridges the two.
+            self.resets += 1
+            self._series += 1
+            self._anchors.append(_Anchor(t, self._counter_acc, self._series))
+        self._counter_last = (t, raw)
+
+    def mark_gap(self, start: float, end: float, reason: str) -> None:
+        if end > start:
+            self._explicit_gaps.append(Gap(self.name, start, end, reason))
+
+    # ------------------------------------------------------------------ finalize
+    def _active_power(self) -> list[_PowerSeries]:
+        """Power kinds still delivering, best first (a kind silent for long is not waited on)."""
+        newest = max((s.last_t for s in self._power.values()), default=-math.inf)
+        active = [s for s in self._power.values() if s.t and newest - s.last_t <= _STALE_S]
+        return sorted(active, key=lambda s: POWER_KINDS.index(s.kind))
+
+    def _shape_for(self, a: float, b: float) -> tuple[str, list[float], list[float]] | None:
+        """The best power kind whose samples cover ``[a, b]``, as cumulative knots."""
+        best = None
+        for s in sorted(self._power.values(), key=lambda s: POWER_KINDS.index(s.kind)):
+            if len(s.t) < 2:
+                continue
+            if s.t[0] <= a + self._max_gap and s.t[-1] >= b - 1e-9:
+                ts, cum = s.knots()
+                return s.kind, ts, cum
+            if best is None and s.t[-1] > a:
+                best = s
+        if best is not None:
+            ts, cum = best.knots()
+            return best.kind, ts, cum
+        return None
+
+    def _power_horizon(self) -> float:
+        """How far the best delivering power kind reaches: windows beyond wait for it."""
+        active = self._active_power()
+        if not active:
+            return math.inf if not self._power else -math.inf
+        return active[0].last_t
+
+    def _emit(self, ts: Iterable[float], es: Iterable[float], method: str, a: float, b: float):
+        for t, e in zip(ts, es, strict=True):
+            if self._kt and t <= self._kt[-1]:
+                continue
+            self._kt.append(t)
+            self._ke.append(e)
+        self.seconds_by_method[method] = self.seconds_by_method.get(method, 0.0) + (b - a)
+
+    def _start(self, t: float, anchor: _Anchor | None) -> None:
+        self._boundary = t
+        self._boundary_anchor = anchor
+        self._kt.append(t)
+        self._ke.append(0.0)
+
+    def _calibrated(self, a: _Anchor, b: _Anchor, between: list[_Anchor]) -> None:
+        e0 = self._ke[-1]
+        d_counter = b.acc - a.acc
+        shape = self._shape_for(a.u, b.u)
+        if shape is not None:
+            kind, ts, cum = shape
+            i0 = _interp(ts, cum, a.u)
+            d_power = _interp(ts, cum, b.u) - i0
+            if d_power > 0:
+                k = d_counter / d_power
+                lo, hi = bisect.bisect_right(ts, a.u), bisect.bisect_left(ts, b.u)
+                inner = ts[lo:hi]
+                self._emit(
+                    [*inner, b.u],
+                    [*(e0 + k * (c - i0) for c in cum[lo:hi]), e0 + d_counter],
+                    f"counter+{kind}",
+                    a.u,
+                    b.u,
+                )
+                self._learn_scale(d_counter, d_power)
+                return
+        self._emit(
+            [x.u for x in between] + [b.u],
+            [e0 + x.acc - a.acc for x in between] + [e0 + d_counter],
+            COUNTER_J,
+            a.u,
+            b.u,
+        )
+
+    def _learn_scale(self, d_counter: float, d_power: float) -> None:
+        # An exponentially weighted ratio over the last few seconds of windows: steady enough
+        # to carry the counter's calibration over a stretch where the counter is missing.
+        self._sum_counter = 0.9 * self._sum_counter + d_counter
+        self._sum_power = 0.9 * self._sum_power + d_power
+        if self._sum_power > 0:
+            self._scale = min(2.0, max(0.5, self._sum_counter / self._sum_power))
+
+    def _power_only(self, a: float, b: float) -> bool:
+        shape = self._shape_for(a, b)
+        if shape is None:
+            return False
+        kind, ts, cum = shape
+        e0, i0, k = self._ke[-1], _interp(ts, cum, a), self._scale
+        lo, hi = bisect.bisect_right(ts, a), bisect.bisect_left(ts, b)
+        self._emit(
+            [*ts[lo:hi], b],
+            [*(e0 + k * (c - i0) for c in cum[lo:hi]), e0 + k * (_interp(ts, cum, b) - i0)],
+            kind if not self._has_counter else f"{kind} (no counter)",
+            a,
+            b,
+        )
+        return True
+
+    def _advance(self, final: bool) -> None:
+        if self._boundary is None:
+            firsts = [s.t[0] for s in self._power.values() if s.t]
+            if self._anchors:
+                first_anchor = self._anchors[0]
+                if firsts and min(firsts) < first_anchor.u:
+                    self._start(min(firsts), None)
+                else:
+                    self._start(first_anchor.u, first_anchor)
+            elif firsts and (final or not self._has_counter):
+                self._start(min(firsts), None)
+            else:
+                return
+        while True:
+            b = self._boundary
+            assert b is not None
+            later = [x for x in self._anchors if x.u > b]
+            power_until = math.inf if final else self._power_horizon()
+            if self._boundary_anchor is not None and later:
+                series = self._boundary_anchor.series
+                same = [x for x in later if x.series == series]
+                if len(same) < len(later) and same and (final or same[-1].u <= power_until):
+                    # A reset follows: close this series at its last anchor.
+                    self._finish_calibrated(same[-1], same)
+                    continue
+                if not same:
+                    # The first anchor after a reset: bridge with power.
+                    nxt = later[0]
+                    if not final and nxt.u > power_until:
+                        break
+                    if not self._power_only(b, nxt.u):
+                        self._emit([nxt.u], [self._ke[-1]], "gap", b, nxt.u)
+                        self._gaps.append(Gap(self.name, b, nxt.u, "counter reset, no power"))
+                    self._set_boundary(nxt.u, nxt)
+                    continue
+                ready = [x for x in same if x.u <= power_until]
+                end = next((x for x in ready if x.u - b >= self._window), None)
+                if end is None and final and ready:
+                    end = ready[-1]
+                if end is not None:
+                    self._finish_calibrated(end, ready)
+                    continue
+            elif self._boundary_anchor is None and later:
+                nxt = later[0]
+                if not final and nxt.u > power_until:
+                    break
+                if not self._power_only(b, nxt.u):
+                    self._emit([nxt.u], [self._ke[-1]], "gap", b, nxt.u)
+                self._set_boundary(nxt.u, nxt)
+                continue
+            # No anchor ahead: power alone, if the counter is absent or has gone quiet.
+            newest_power = max((s.last_t for s in self._power.values()), default=-math.inf)
+            last_anchor = self._anchors[-1].u if self._anchors else b
+            counter_quiet = not self._has_counter or final or newest_power - last_anchor > _STALE_S
+            until = newest_power
+            if counter_quiet and until > b:
+                if self._power_only(b, until):
+                    self._set_boundary(until, None)
+                    continue
+            break
+        self._find_gaps()
+        self._coarsen()
+
+    def _finish_calibrated(self, end: _Anchor, upto: list[_Anchor]) -> None:
+        start = self._boundary_anchor
+        assert start is not None
+        between = [x for x in upto if x.u < end.u]
+        self._calibrated(start, end, between)
+        self._set_boundary(end.u, end)
+
+    def _set_boundary(self, t: float, anchor: _Anchor | None) -> None:
+        self._boundary = t
+        self._boundary_anchor = anchor
+        self._anchors = [x for x in self._anchors if x.u >= t]
+        for s in self._power.values():
+            s.drop_before(t - 0.25)
+
+    def _find_gaps(self) -> None:
+        b = self._boundary
+        if b is None or not self._read_times:
+            return
+        times = sorted(self._read_times)
+        keep = [t for t in times if t > b]
+        done = [t for t in times if t <= b]
+        prev = getattr(self, "_last_gap_check", None)
+        for t in done:
+            if prev is not None and t - prev > self._max_gap:
+                self._gaps.append(Gap(self.name, prev, t))
+            prev = t
+        self._last_gap_check = prev
+        self._read_times = keep
+
+    def _coarsen(self) -> None:
+        n = len(self._kt)
+        if n <= self._max_knots:
+            return
+        # Old knots are thinned to coarse_step apart; E at every kept knot is unchanged, so
+        # totals and additivity hold, only sub-second shape of old data is lost.
+        cut = n // 2
+        kt, ke = array("d"), array("d")
+        last = -math.inf
+        for i in range(cut):
+            if self._kt[i] - last >= self._coarse_step or i == cut - 1:
+                kt.append(self._kt[i])
+                ke.append(self._ke[i])
+                last = self._kt[i]
+        kt.extend(self._kt[cut:])
+        ke.extend(self._ke[cut:])
+        self._kt, self._ke = kt, ke
+
+    def advance(self) -> None:
+        """Finalize whatever the readings so far determine."""
+        self._advance(final=False)
+
+    def flush(self) -> None:
+        """Finalize everything, including the not-yet-calibrated tail (end of a run)."""
+        self._advance(final=True)
+        self._find_gaps_all()
+
+    def _find_gaps_all(self) -> None:
+        self._read_times = [t for t in self._read_times if t > (self._boundary or -math.inf)]
+
+    # ------------------------------------------------------------------ query
+    @property
+    def finalized_until(self) -> float:
+        """Energy up to this time is final: later readings cannot change it."""
+        return self._kt[-1] if self._kt else -math.inf
+
+    @property
+    def start(self) -> float:
+        return self._kt[0] if self._kt else math.inf
+
+    def _tail(self) -> tuple[list[float], list[float]]:
+        """Provisional knots past the finalized part, from the pending power readings."""
+        if self._tail_cache is not None and self._tail_cache[0] == self._version:
+            return self._tail_cache[1], self._tail_cache[2]
+        ts: list[float] = []
+        es: list[float] = []
+        if self._kt:
+            b, e0 = self._kt[-1], self._ke[-1]
+            shape = self._shape_for(b, math.inf)
+            if shape is not None:
+                _, pts, cum = shape
+                i0 = _interp(pts, cum, b)
+                for t, c in zip(pts, cum, strict=True):
+                    if t > b:
+                        ts.append(t)
+                        es.append(e0 + self._scale * (c - i0))
+            elif self._boundary_anchor is not None:
+                for x in self._anchors:
+                    if x.u > b and x.series == self._boundary_anchor.series:
+                        ts.append(x.u)
+                        es.append(e0 + x.acc - self._boundary_anchor.acc)
+        self._tail_cache = (self._version, ts, es)
+        return ts, es
+
+    @property
+    def horizon(self) -> float:
+        """The latest time energy is known for, provisionally (finalized or not)."""
+        ts, _ = self._tail()
+        return ts[-1] if ts else self.finalized_until
+
+    def energy_at(self, t: float, provisional: bool = True) -> float:
+        """Cumulative joules from the first reading to ``t`` (clamped to the data)."""
+        if not self._kt:
+            return 0.0
+        if t <= self._kt[-1] or not provisional:
+            return _interp(self._kt, self._ke, t)
+        ts, es = self._tail()
+        if not ts:
+            return self._ke[-1]
+        return _interp([self._kt[-1], *ts], [self._ke[-1], *es], t)
+
+    def gaps(self, t0: float = -math.inf, t1: float = math.inf) -> list[Gap]:
+        found = [g for g in (*self._gaps, *self._explicit_gaps) if g.end > t0 and g.start < t1]
+        if self._kt and t0 < self.start and t0 > -math.inf:
+            found.append(Gap(self.name, t0, min(self.start, t1), "before the first reading"))
+        h = self.horizon
+        if self._kt and t1 > h and t1 < math.inf:
+            found.append(Gap(self.name, max(h, t0), t1, "after the last reading"))
+        return sorted(found, key=lambda g: g.start)
+
+    def memory_bytes(self) -> int:
+        pending = sum(len(s.t) for s in self._power.values()) * 2 + len(self._read_times)
+        return (len(self._kt) + len(self._ke)) * 8 + pending * 8 + len(self._anchors) * 72
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted(self.seconds_by_method, key=lambda m: -self.seconds_by_method[m])
+
+
+class EnergyTimeline:
+    """Cumulative energy per device, fused from raw readings.
+
+    Args:
+        calibration_window: shortest span (seconds) over which the counter calibrates the power
+            shape. ``0`` (default) honours every counter change, so ``E`` equals the counter at
+            each of its readings; longer windows let power alone place energy inside them.
+        max_gap: seconds without any reading on a device after which the hole is a reported gap.
+        max_knots: knots kept per device before old ones are thinned (bounds memory).
+        coarse_step: spacing (seconds) old knots are thinned to.
+        devices: restrict to these device names (readings of others raise ``ValueError``).
+
+    Example:
+        >>> from lightning_watt.trace import bundled_trace, load_trace
+        >>> trace = load_trace(bundled_trace("h200-square-wave"))
+        >>> tl = trace.timeline(kinds={"buffer_W"})
+        >>> tl.devices
+        ['gpu0']
+    """
+
+    def __init__(
+        self,
+        *,
+        calibration_window: float = 0.0,
+        max_gap: float = 1.0,
+        max_knots: int = 200_000,
+        coarse_step: float = 1.0,
+        devices: Iterable[str] | None = None,
+    ) -> None:
+        if not (isinstance(calibration_window, (int, float)) and 0 <= calibration_window < 60):
+            raise ValueError(
+                f"calibration_window must be seconds in [0, 60), got {calibration_window!r}"
+            )
+        for name, value in (
+            ("max_gap", max_gap),
+            ("coarse_step", coarse_step),
+        ):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(max_knots, int) or max_knots < 16:
+            raise ValueError(f"max_knots must be an integer >= 16, got {max_knots!r}")
+        self._kwargs = {
+            "calibration_window": float(calibration_window),
+            "max_gap": float(max_gap),
+            "max_knots": max_knots,
+            "coarse_step": float(coarse_step),
+        }
+        self._allowed = None if devices is None else frozenset(devices)
+        self._devices: dict[str, DeviceTimeline] = {}
+        for name in sorted(self._allowed or ()):
+            self._devices[name] = DeviceTimeline(name, **self._kwargs)  # type: ignore[arg-type]
+
+    def _device(self, name: str) -> DeviceTimeline:
+        tl = self._devices.get(name)
+        if tl is None:
+            if self._allowed is not None:
+                raise ValueError(f"device: unknown {name!r}; this timeline has {sorted(self._allowed)}")
+            tl = self._devices[name] = DeviceTimeline(name, **self._kwargs)  # type: ignore[arg-type]
+        return tl
+
+    def add(self, readings: Iterable[Reading]) -> None:
+        """Feed readings (each device's readings of one kind in time order) and finalize what
+        they determine."""
+        touched: set[str] = set()
+        for r in readings:
+            self._device(r.device).add(r.kind, r.t, r.value)
+            touched.add(r.device)
+        for name in touched:
+            self._devices[name].advance()
+
+    def mark_gap(self, device: str, start: float, end: float, reason: str) -> None:
+        """Record that ``device`` was not measured over ``[start, end]`` (a source failed)."""
+        self._device(device).mark_gap(start, end, reason)
+
+    def flush(self) -> None:
+        """Finalize everything: call at the end of a run (or before reading a whole trace)."""
+        for tl in self._devices.values():
+            tl.flush()
+
+    @property
+    def devices(self) -> list[str]:
+        return sorted(self._devices)
+
+    def device(self, name: str) -> DeviceTimeline:
+        if name not in self._devices:
+            raise ValueError(f"device: unknown {name!r}; this timeline has {self.devices}")
+        return self._devices[name]
+
+    def energy_between(self, t0: float, t1: float, provisional: bool = True) -> dict[str, float]:
+        """Joules per device over ``[t0, t1]``. Parts outside the data count as zero and are
+        reported by :meth:`gaps`. ``provisional=False`` uses only finalized energy."""
+        if t1 < t0:
+            raise ValueError(f"energy_between: t1 ({t1}) must not be before t0 ({t0})")
+        return {
+            name: tl.energy_at(t1, provisional) - tl.energy_at(t0, provisional)
+            for name, tl in sorted(self._devices.items())
+        }
+
+    def energy_at(self, t: float, provisional: bool = True) -> dict[str, float]:
+        """Cumulative joules per device from its first reading up to ``t``."""
+        return {n: tl.energy_at(t, provisional) for n, tl in sorted(self._devices.items())}
+
+    def gaps(self, t0: float = -math.inf, t1: float = math.inf) -> list[Gap]:
+        """Spans inside ``[t0, t1]`` where a device had no readings."""
+        out: list[Gap] = []
+        for tl in self._devices.values():
+            out.extend(tl.gaps(t0, t1))
+        return sorted(out, key=lambda g: (g.start, g.device))
+
+    @property
+    def finalized_until(self) -> float:
+        """Energy of every device is final up to this time."""
+        return min((tl.finalized_until for tl in self._devices.values()), default=-math.inf)
+
+    @property
+    def horizon(self) -> float:
+        """Energy of every device is known (provisionally) up to this time."""
+        return min((tl.horizon for tl in self._devices.values()), default=-math.inf)
+
+    def methods(self) -> dict[str, list[str]]:
+        """How each device's energy was obtained, most-used first (e.g. ``counter+buffer_W``)."""
+        return {n: tl.methods for n, tl in sorted(self._devices.items())}
+
+    def memory_bytes(self) -> int:
+        return sum(tl.memory_bytes() for tl in self._devices.values())
