@@ -208,8 +208,10 @@ class EnergyMeter:
             give_up = lost or failures[channel.name] >= self._max_errors
             fallback = channel.fallback
             then = (
-                f"switching to {fallback.name}" if give_up and fallback
-                else "giving up on it" if give_up
+                f"switching to {fallback.name}"
+                if give_up and fallback
+                else "giving up on it"
+                if give_up
                 else "retrying"
             )
             self._warn_once(

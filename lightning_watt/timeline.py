@@ -374,10 +374,9 @@ class DeviceTimeline:
             last_anchor = self._anchors[-1].u if self._anchors else b
             counter_quiet = not self._has_counter or final or newest_power - last_anchor > _STALE_S
             until = newest_power
-            if counter_quiet and until > b:
-                if self._power_only(b, until):
-                    self._set_boundary(until, None)
-                    continue
+            if counter_quiet and until > b and self._power_only(b, until):
+                self._set_boundary(until, None)
+                continue
             break
         self._find_gaps()
         self._coarsen()
@@ -566,7 +565,9 @@ class EnergyTimeline:
         tl = self._devices.get(name)
         if tl is None:
             if self._allowed is not None:
-                raise ValueError(f"device: unknown {name!r}; this timeline has {sorted(self._allowed)}")
+                raise ValueError(
+                    f"device: unknown {name!r}; this timeline has {sorted(self._allowed)}"
+                )
             tl = self._devices[name] = DeviceTimeline(name, **self._kwargs)  # type: ignore[arg-type]
         return tl
 

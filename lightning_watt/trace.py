@@ -109,7 +109,9 @@ def _read_samples(path: Path) -> list[Reading]:
         for lineno, row in enumerate(reader, start=2):
             where = f"{path}:{lineno}"
             if len(row) != 4:
-                raise TraceFormatError(f"{where}: expected 4 columns t,device,kind,value, got {row}")
+                raise TraceFormatError(
+                    f"{where}: expected 4 columns t,device,kind,value, got {row}"
+                )
             t = _parse_float(row[0], where, "t")
             device, kind = row[1], row[2]
             value = _parse_float(row[3], where, "value")
@@ -162,9 +164,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise TraceFormatError(f"{path}:1: expected a JSON object")
     if meta.get("format") != FORMAT:
-        raise TraceFormatError(
-            f"{path}:1: format must be {FORMAT!r}, got {meta.get('format')!r}"
-        )
+        raise TraceFormatError(f"{path}:1: format must be {FORMAT!r}, got {meta.get('format')!r}")
     return meta
 
 

@@ -22,7 +22,9 @@ __all__ = [
 ]
 
 
-def default_sources(gpu_devices: list[int] | None = None) -> tuple[list[EnergySource], dict[str, str]]:
+def default_sources(
+    gpu_devices: list[int] | None = None,
+) -> tuple[list[EnergySource], dict[str, str]]:
     """The sources this machine offers, best first, and the reasons others were left out.
 
     NVML for the GPUs (``gpu_devices``: torch CUDA indices, default the current device), RAPL for

@@ -64,15 +64,15 @@ class ReplaySource(EnergySource):
             raise ValueError(f"speed must be a finite number > 0, got {speed!r}")
         self._trace = trace if isinstance(trace, Trace) else load_trace(trace)
         self.label = str(self._trace.meta.get("gpu") or "recorded device")
-        self.trace_name = (
-            os.path.basename(str(trace)) if not isinstance(trace, Trace) else "trace"
-        )
+        self.trace_name = os.path.basename(str(trace)) if not isinstance(trace, Trace) else "trace"
         if not self._trace.samples:
             raise ValueError("trace: the recording has no samples to replay")
         t_first, t_last = self._trace.span
         self.start = t_first if start is None else float(start)
         if not t_first <= self.start < t_last:
-            raise ValueError(f"start must lie in the recording [{t_first}, {t_last}), got {start!r}")
+            raise ValueError(
+                f"start must lie in the recording [{t_first}, {t_last}), got {start!r}"
+            )
         if kinds is not None:
             unknown = set(kinds) - KINDS
             if unknown:
@@ -166,7 +166,9 @@ class ReplaySource(EnergySource):
                     # A live counter read returns its current value even at the first poll.
                     i = bisect.bisect_right(ts, self.start) - 1
                     if i >= 0:
-                        out.append(Reading(self._meter_time(0, self.start), name, kind, value(i, 0)))
+                        out.append(
+                            Reading(self._meter_time(0, self.start), name, kind, value(i, 0))
+                        )
                 state["first"] = False
                 end_t = now_t if lap == last_lap else self._end
                 lo = bisect.bisect_right(ts, last_t)
@@ -192,4 +194,9 @@ class ReplaySource(EnergySource):
         }
 
     def metadata(self) -> dict[str, object]:
-        return {"trace": self.trace_name, "gpu": self.label, "start": self.start, "speed": self.speed}
+        return {
+            "trace": self.trace_name,
+            "gpu": self.label,
+            "start": self.start,
+            "speed": self.speed,
+        }
