@@ -30,6 +30,11 @@ from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, Sour
 from lightning_watt.timeline import EnergyTimeline, Gap
 from lightning_watt.trace import StepEdge, TraceWriter
 
+#: Readings are held this long (meter clock) before they are recorded: channels deliver out of
+#: time order (the driver buffer is drained every 0.5 s and holds 2.4 s of samples) and
+#: watt-trace rows must be sorted by time.
+_RECORD_HOLD_S = 5.0
+
 
 class EnergyMeter:
     """Measures energy of the devices its sources know, on a background thread.
@@ -95,6 +100,11 @@ class EnergyMeter:
         self._stopped_at: float | None = None
         self._peak_power: dict[str, float] = {}
         self._last_flush = 0.0
+        # Readings waiting to be recorded, as a heap of (t, arrival, reading).
+        self._record_pending: list[tuple[float, int, Reading]] = []
+        self._record_seq = 0
+        self._record_written_t = -math.inf
+        self._record_late = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> EnergyMeter:
@@ -153,6 +163,7 @@ class EnergyMeter:
             except Exception as err:
                 self._warn_once(f"close:{source.name}", f"closing {source.name} failed: {err}")
         if self._writer is not None:
+            self._record_samples([], final=True)
             self._writer.meta.update(self._trace_meta())
             self._writer.close()
 
@@ -235,18 +246,45 @@ class EnergyMeter:
                 if r.kind == COUNTER_J:
                     prev = self._last_counter.get(r.device)
                     self._last_counter[r.device] = (r.t, r.value)
-                    if prev is not None and r.t > prev[0] and r.value > prev[1]:
+                    # Derived power only over a full counter update, never a 3 ms spike.
+                    if prev is not None and r.t - prev[0] >= 0.08 and r.value > prev[1]:
                         self._note_power(r.device, r.t, (r.value - prev[1]) / (r.t - prev[0]), 99)
                 else:
                     self._note_power(r.device, r.t, r.value, POWER_KINDS.index(r.kind))
         if self._writer is not None:
-            # watt-trace time 0 is the meter's start: recordings from any clock line up.
-            origin = self._started_at or 0.0
-            self._writer.write_samples(r._replace(t=r.t - origin) for r in readings)
+            self._record_samples(readings, final=False)
             now = self._clock()
             if now - self._last_flush > 5.0:
                 self._last_flush = now
                 self._writer.flush()
+
+    def _record_samples(self, readings: Sequence[Reading], final: bool) -> None:
+        """Write readings to the recording in time order, once no channel can still deliver
+        older ones (``final``: write all that is held)."""
+        assert self._writer is not None
+        # watt-trace time 0 is the meter's start: recordings from any clock line up.
+        origin = self._started_at or 0.0
+        pending = self._record_pending
+        for r in readings:
+            heapq.heappush(pending, (r.t, self._record_seq, r._replace(t=r.t - origin)))
+            self._record_seq += 1
+        until = math.inf if final else self._clock() - _RECORD_HOLD_S
+        out: list[Reading] = []
+        while pending and pending[0][0] <= until:
+            t, _, r = heapq.heappop(pending)
+            if t < self._record_written_t:
+                # Later rows are already on disk; writing it would make the file unreadable.
+                self._record_late += 1
+                continue
+            self._record_written_t = t
+            out.append(r)
+        self._writer.write_samples(out)
+        if self._record_late:
+            self._warn_once(
+                "record:late",
+                f"lightning-watt: {self._record_late} reading(s) arrived more than "
+                f"{_RECORD_HOLD_S} s late and were left out of the recording (energy unaffected).",
+            )
 
     def _note_power(self, device: str, t: float, watts: float, rank: int) -> None:
         """Latest power per device, from the best kind seen recently."""

@@ -1,0 +1,704 @@
+"""``WattCallback``: per-step energy in any Lightning run, on one GPU or many nodes.
+
+Thin glue around the framework-free parts: an :class:`~lightning_watt.meter.EnergyMeter` per
+process (one background thread), a :class:`~lightning_watt.step_clock.StepClock` marking step
+edges as CUDA events (no sync), and an :class:`~lightning_watt.ledger.EnergyLedger` cutting the
+run into train steps, validation steps and gaps whose energies add up to the devices' total.
+
+Example:
+    >>> import lightning as L
+    >>> from lightning_watt import WattCallback
+    >>> trainer = L.Trainer(callbacks=[WattCallback()], max_epochs=1)  # doctest: +SKIP
+    >>> trainer.fit(model)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lightning_watt.context import pop_energy_provider, push_energy_provider
+from lightning_watt.distributed import (
+    all_gather_objects,
+    ownership_weights,
+    sum_across_ranks,
+)
+from lightning_watt.ledger import GAP, EnergyLedger
+from lightning_watt.meter import EnergyMeter
+from lightning_watt.sources import EnergySource, ReplaySource, default_sources
+from lightning_watt.step_clock import StepClock
+from lightning_watt.summary import build_summary, render_summary
+from lightning_watt.trace import StepEdge, bundled_trace
+
+J_PER_KWH = 3.6e6
+_FORMS = ("guarded", "paper")
+
+
+def _resolve_trace(name_or_prefix: str) -> str:
+    if os.path.exists(name_or_prefix + ".meta.json"):
+        return name_or_prefix
+    try:
+        return bundled_trace(name_or_prefix)
+    except ValueError:
+        raise ValueError(
+            f"replay: {name_or_prefix!r} is neither a watt-trace prefix (PREFIX.meta.json not "
+            "found) nor a bundled trace ('h100-mlp', 'h200-mlp-stall', 'h200-square-wave')"
+        ) from None
+
+
+class WattCallback(Callback):
+    """Measures the energy of every step and logs it to the Trainer's loggers.
+
+    With no arguments it measures the GPUs the strategy trains on through NVML, the CPU through
+    RAPL (or a clearly labelled estimate where RAPL is not readable), logs under ``watt/`` at the
+    Trainer's ``log_every_n_steps``, and prints a summary at the end of each stage.
+
+    Args:
+        log_every_n_steps: logging cadence in train steps; ``None`` follows the Trainer's.
+        prefix: prefix of every logged key (``watt/`` groups them in TensorBoard).
+        per_device: also log power per device (``watt/power_W/<device>``) of rank zero.
+        progress_bar: show power and kWh in the progress bar.
+        sources: explicit energy sources (overrides auto-detection).
+        replay: a watt-trace prefix or bundled trace name (or one per rank) to replay instead of
+            measuring: shows on a CPU machine what a recorded GPU run looks like, and is
+            labelled as a replay everywhere.
+        replay_speed: trace seconds per wall second for ``replay``.
+        record: write what was read as watt-trace v1 next to the logs (``watt_trace.*``).
+        summary: print the end-of-stage summary and write ``watt_summary.json``.
+        score_from: name of an accuracy the module logs (e.g. ``"val_acc"``, in [0, 1]); the
+            Green Quotient Index of it and the cumulative kWh is logged as ``watt/gqi`` at each
+            validation epoch end, ready for ``EarlyStopping(monitor="watt/gqi", mode="max")``.
+        alpha, beta, form: the score's parameters (defaults 5, 10, ``"guarded"``).
+        target_accuracy: log ``watt/target_kWh`` when ``score_from`` first reaches it.
+        carbon_intensity, region, pue, price_per_kwh, currency: carbon and cost, see
+            :class:`lightning_watt.carbon.CarbonModel`.
+    """
+
+    def __init__(
+        self,
+        *,
+        log_every_n_steps: int | None = None,
+        prefix: str = "watt/",
+        per_device: bool = False,
+        progress_bar: bool = True,
+        sources: list[EnergySource] | None = None,
+        replay: str | list[str] | None = None,
+        replay_speed: float = 1.0,
+        record: bool = True,
+        summary: bool = True,
+        score_from: str | None = None,
+        alpha: float = 5.0,
+        beta: float = 10.0,
+        form: str = "guarded",
+        target_accuracy: float | None = None,
+        carbon_intensity: float | None = None,
+        region: str | None = None,
+        pue: float = 1.0,
+        price_per_kwh: float | None = None,
+        currency: str = "USD",
+    ) -> None:
+        super().__init__()
+        if log_every_n_steps is not None and (
+            not isinstance(log_every_n_steps, int) or log_every_n_steps < 1
+        ):
+            raise ValueError(
+                f"log_every_n_steps must be a positive integer or None, got {log_every_n_steps!r}"
+            )
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a string such as 'watt/', got {prefix!r}")
+        if sources is not None and not all(isinstance(s, EnergySource) for s in sources):
+            raise ValueError("sources must be a list of EnergySource instances, or None")
+        if sources is not None and replay is not None:
+            raise ValueError("sources and replay are exclusive: pass one of them")
+        replays = [replay] if isinstance(replay, str) else list(replay or [])
+        self._replay = [_resolve_trace(r) for r in replays]
+        if not (isinstance(replay_speed, (int, float)) and replay_speed > 0):
+            raise ValueError(f"replay_speed must be a number > 0, got {replay_speed!r}")
+        if form not in _FORMS:
+            raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if target_accuracy is not None and not (0.0 < target_accuracy <= 1.0):
+            raise ValueError(
+                f"target_accuracy must be in (0, 1] (a fraction, not a percentage), got "
+                f"{target_accuracy!r}"
+            )
+        if target_accuracy is not None and score_from is None:
+            raise ValueError("target_accuracy needs score_from: the logged accuracy to watch")
+        self._carbon = self._make_carbon(carbon_intensity, region, pue, price_per_kwh, currency)
+        self.log_every_n_steps = log_every_n_steps
+        self.prefix = prefix
+        self.per_device = per_device
+        self.progress_bar = progress_bar
+        self._sources = sources
+        self.replay_speed = float(replay_speed)
+        self.record = record
+        self.summary = summary
+        self.score_from = score_from
+        self.alpha, self.beta, self.form = float(alpha), float(beta), form
+        self.target_accuracy = target_accuracy
+        # Resumable totals of earlier segments (from a checkpoint).
+        self._offset: dict[str, Any] = {"energy_J": 0.0, "phases_J": {}, "steps": {}, "epochs": []}
+        self._target_kwh: float | None = None
+        self._reset_stage_state()
+        self.last_summary: dict[str, Any] | None = None
+
+    @staticmethod
+    def _make_carbon(intensity, region, pue, price, currency):
+        if intensity is None and region is None and price is None and pue == 1.0:
+            return None
+        from lightning_watt.carbon import CarbonModel
+
+        return CarbonModel(
+            carbon_intensity=intensity,
+            region=region,
+            pue=pue,
+            price_per_kwh=price,
+            currency=currency,
+        )
+
+    def _reset_stage_state(self) -> None:
+        self._meter: EnergyMeter | None = None
+        self._clock: StepClock | None = None
+        self._ledger: EnergyLedger | None = None
+        self._weights: dict[str, float] = {}
+        self._stage: str | None = None
+        self._last_tick: tuple[float, float, float] | None = None
+        self._run_kwh = 0.0  # all ranks, since the first segment, at the last reduction
+        self._warned_no_energy = False
+        self._provider_pushed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def _sources_for(self, trainer: pl.Trainer) -> tuple[list[EnergySource], dict[str, str]]:
+        if self._sources is not None:
+            return list(self._sources), {}
+        rank = trainer.global_rank
+        if self._replay:
+            prefix = self._replay[rank % len(self._replay)]
+            source = ReplaySource(
+                prefix, speed=self.replay_speed, loop=True, uuid_prefix=f"rank{rank}"
+            )
+            fit_start = float(source._trace.meta.get("fit_start", source.start))
+            source.start = min(max(fit_start, source.start), source._trace.span[1] - 1.0)
+            return [source], {}
+        root = trainer.strategy.root_device
+        return default_sources(gpu_devices=[root.index or 0] if root.type == "cuda" else None)
+
+    def _log_dir(self, trainer: pl.Trainer) -> Path:
+        log_dir = trainer.log_dir if trainer.loggers else None
+        return Path(log_dir or trainer.default_root_dir)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._meter is not None:
+            self._stop(trainer)
+        self._reset_stage_state()
+        self._stage = stage
+        sources, skipped = self._sources_for(trainer)
+        record = None
+        if self.record:
+            suffix = "" if stage == "fit" else f"_{stage}"
+            if trainer.world_size > 1:
+                suffix += f".rank{trainer.global_rank}"
+            record = str(self._log_dir(trainer) / f"watt_trace{suffix}")
+        meter = EnergyMeter(sources, record=record)
+        meter.start()
+        self._unavailable = {**skipped, **meter.unavailable}
+        if not meter.devices:
+            rank_zero_warn(
+                "lightning-watt: nothing to measure on this machine ("
+                + "; ".join(f"{k}: {v}" for k, v in self._unavailable.items())
+                + "). Training continues; energy is logged as 0."
+            )
+        self._meter = meter
+        root = trainer.strategy.root_device
+        self._clock = StepClock(meter.now, root if root.type == "cuda" else None)
+        self._ledger = EnergyLedger(start=meter.started_at or meter.now())
+        keys_by_rank = all_gather_objects([d.key for d in meter.devices])
+        weights = ownership_weights(keys_by_rank, trainer.global_rank)
+        self._weights = {d.name: w for d, w in zip(meter.devices, weights, strict=True)}
+        push_energy_provider(self._energy_kwh_provider)
+        self._provider_pushed = True
+
+    def _stop(self, trainer: pl.Trainer) -> None:
+        if self._provider_pushed:
+            pop_energy_provider(self._energy_kwh_provider)
+            self._provider_pushed = False
+        if self._meter is not None:
+            self._meter.stop()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stop(trainer)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._stop(trainer)
+
+    # ------------------------------------------------------------------ energy helpers
+    def _weighted(self, joules: dict[str, float]) -> float:
+        return sum(self._weights.get(d, 1.0) * j for d, j in joules.items())
+
+    def _final_energy(self, t0: float, t1: float) -> float:
+        assert self._meter is not None
+        return self._weighted(self._meter.energy_between(t0, t1, provisional=False))
+
+    def _provisional_energy(self, t0: float, t1: float) -> float:
+        """Best current estimate: measured up to the meter's horizon, then the latest power
+        held (readings arrive in batches, up to 0.5 s after the fact)."""
+        meter = self._meter
+        assert meter is not None
+        horizon = meter.horizon
+        if not math.isfinite(horizon) or t1 <= horizon:
+            return self._weighted(meter.energy_between(t0, t1))
+        measured = self._weighted(meter.energy_between(t0, max(t0, horizon)))
+        return measured + self._weighted(meter.power()) * (t1 - max(t0, horizon))
+
+    def _energy_kwh_provider(self) -> float:
+        if self._trainer_world_size > 1:
+            return self._run_kwh
+        return self._local_cumulative_kwh()
+
+    def _local_cumulative_kwh(self) -> float:
+        meter = self._meter
+        if meter is None or meter.started_at is None:
+            return self._offset["energy_J"] / J_PER_KWH
+        joules = self._provisional_energy(meter.started_at, meter.now())
+        return (self._offset["energy_J"] + joules) / J_PER_KWH
+
+    @property
+    def _trainer_world_size(self) -> int:
+        return getattr(self, "_world_size", 1)
+
+    def _sync_edges(self, wait: bool = False) -> None:
+        """Move resolved edges into the ledger (and the recording); attribute final energy."""
+        assert self._clock is not None and self._ledger is not None and self._meter is not None
+        edges = self._clock.resolve(wait=wait)
+        if edges:
+            self._ledger.add_edges((e.phase, e.edge, e.index, e.epoch, e.t) for e in edges)
+            self._meter.record_steps(
+                [StepEdge(e.phase, e.edge, e.index, e.t_host, e.t_gpu) for e in edges]
+            )
+        until = self._meter.finalized_until
+        first_pending = self._clock.first_pending_host()
+        if first_pending is not None:
+            until = min(until, first_pending)
+        self._ledger.advance(until, self._final_energy)
+
+    # ------------------------------------------------------------------ hooks: edges
+    def _mark(self, trainer: pl.Trainer, phase: str, edge: str, index: int) -> None:
+        if self._clock is not None:
+            self._clock.mark(phase, edge, index, trainer.current_epoch)
+
+    def _eval_phase(self, trainer: pl.Trainer) -> str:
+        if trainer.sanity_checking:
+            return "sanity"
+        if trainer.testing:
+            return "test"
+        return "val"
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._mark(trainer, "train", "start", trainer.global_step)
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._mark(trainer, "train", "end", trainer.global_step)
+        if self._should_log(trainer):
+            self._log_tick(trainer, pl_module)
+
+    @override
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._mark(trainer, self._eval_phase(trainer), "start", batch_idx)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._mark(trainer, self._eval_phase(trainer), "end", batch_idx)
+
+    @override
+    def on_test_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._mark(trainer, "test", "start", batch_idx)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._mark(trainer, "test", "end", batch_idx)
+
+    @override
+    def on_predict_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._mark(trainer, "predict", "start", batch_idx)
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._mark(trainer, "predict", "end", batch_idx)
+
+    # ------------------------------------------------------------------ hooks: logging
+    def _should_log(self, trainer: pl.Trainer) -> bool:
+        if self.log_every_n_steps is None:
+            return bool(trainer._logger_connector.should_update_logs)
+        return (trainer.global_step + 1) % self.log_every_n_steps == 0 or trainer.global_step == 0
+
+    def _log(self, pl_module: pl.LightningModule, values: dict[str, float], **kw: Any) -> None:
+        for key, value in values.items():
+            pl_module.log(self.prefix + key, float(value), sync_dist=False, **kw)
+
+    def _log_tick(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        meter, ledger = self._meter, self._ledger
+        if meter is None or ledger is None or meter.started_at is None:
+            return
+        self._world_size = trainer.world_size
+        self._sync_edges()
+        cum = self._provisional_energy(meter.started_at, meter.now())
+        # Power over the last interval from measured energy only (no held-power guesses): the
+        # interval ends at the newest reading; without a new reading, the last value stands.
+        horizon = meter.horizon
+        last_t, last_j, power = self._last_tick or (meter.started_at, 0.0, 0.0)
+        if math.isfinite(horizon) and horizon > last_t + 1e-3:
+            measured = self._weighted(meter.energy_between(meter.started_at, horizon))
+            power = (measured - last_j) / (horizon - last_t)
+            self._last_tick = (horizon, measured, power)
+        steps = ledger.take_step_energies()
+        step_j = sum(j for _, j in steps) / len(steps) if steps else float("nan")
+        has_step = 1.0 if steps else 0.0
+        total_cum, total_power, total_step, ranks_with_steps = sum_across_ranks(
+            [cum, power, 0.0 if math.isnan(step_j) else step_j, has_step], pl_module.device
+        )
+        self._run_kwh = (self._offset["energy_J"] + total_cum) / J_PER_KWH
+        values = {"energy_kWh": self._run_kwh, "power_W": total_power}
+        if ranks_with_steps > 0:
+            # Ranks step together: the job's energy per step is the sum of the ranks' shares.
+            values["step_J"] = total_step * trainer.world_size / ranks_with_steps
+        values.update(self._carbon_values(self._run_kwh))
+        self._log(pl_module, values, on_step=True, on_epoch=False)
+        if self.progress_bar:
+            pl_module.log("W", total_power, prog_bar=True, logger=False, on_step=True)
+            pl_module.log("kWh", self._run_kwh, prog_bar=True, logger=False, on_step=True)
+        if self.per_device and trainer.is_global_zero:
+            for name, watts in meter.power().items():
+                pl_module.log(f"{self.prefix}power_W/{name}", watts, on_step=True, on_epoch=False)
+
+    def _carbon_values(self, kwh: float) -> dict[str, float]:
+        if self._carbon is None:
+            return {}
+        out = {"co2e_kg": self._carbon.co2e_kg(kwh)}
+        cost = self._carbon.cost(kwh)
+        if cost is not None:
+            out["cost"] = cost
+        return out
+
+    def _epoch_phases(self, epoch: int) -> dict[str, float]:
+        """This rank's (weighted) joules per phase in ``epoch``, provisional for the newest."""
+        meter, ledger = self._meter, self._ledger
+        assert meter is not None and ledger is not None
+        self._sync_edges()
+        now = meter.now()
+        view = ledger.preview(now, self._provisional_energy) if now > ledger.cursor else ledger
+        ep = view.epochs.get(epoch)
+        return dict(ep.phases) if ep else {}
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._meter is None or self._meter.started_at is None:
+            return
+        self._world_size = trainer.world_size
+        phases = self._epoch_phases(trainer.current_epoch)
+        cum = self._provisional_energy(self._meter.started_at, self._meter.now())
+        train, val, gap, total = sum_across_ranks(
+            [
+                phases.get("train", 0.0),
+                phases.get("val", 0.0),
+                phases.get(GAP, 0.0) + phases.get("sanity", 0.0),
+                cum,
+            ],
+            pl_module.device,
+        )
+        self._run_kwh = (self._offset["energy_J"] + total) / J_PER_KWH
+        self._log(
+            pl_module,
+            {
+                "epoch_train_J": train,
+                "epoch_val_J": val,
+                "epoch_gap_J": gap,
+                "epoch_kWh": self._run_kwh,
+            },
+            on_step=False,
+            on_epoch=True,
+        )
+
+    def _current_accuracy(self, trainer: pl.Trainer) -> float | None:
+        assert self.score_from is not None
+        value = None
+        try:
+            # The epoch aggregate of this validation, computed before Lightning publishes it
+            # to callback_metrics (which happens after on_validation_epoch_end).
+            value = trainer._logger_connector.metrics["callback"].get(self.score_from)
+        except Exception:
+            value = None
+        if value is None:
+            value = trainer.callback_metrics.get(self.score_from)
+        if value is None:
+            return None
+        return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self._meter is None or self._meter.started_at is None:
+            return
+        self._world_size = trainer.world_size
+        cum = self._provisional_energy(self._meter.started_at, self._meter.now())
+        (total,) = sum_across_ranks([cum], pl_module.device)
+        self._run_kwh = (self._offset["energy_J"] + total) / J_PER_KWH
+        if self.score_from is None:
+            return
+        accuracy = self._current_accuracy(trainer)
+        if accuracy is None:
+            if not self._warned_no_energy:
+                self._warned_no_energy = True
+                rank_zero_warn(
+                    f"lightning-watt: score_from={self.score_from!r} was not logged by the module "
+                    f"in validation; logged keys: {sorted(trainer.callback_metrics)}"
+                )
+            return
+        from lightning_watt.functional import green_quotient_index
+
+        score = (
+            green_quotient_index(
+                accuracy, self._run_kwh, alpha=self.alpha, beta=self.beta, form=self.form
+            )
+            if (self.form == "guarded" or self._run_kwh > 1.0)
+            else float("nan")
+        )
+        values = {"gqi": score}
+        reached = self.target_accuracy is not None and accuracy >= self.target_accuracy
+        if reached and self._target_kwh is None:
+            self._target_kwh = self._run_kwh
+        if self._target_kwh is not None:
+            values["target_kWh"] = self._target_kwh
+        self._log(pl_module, values, on_step=False, on_epoch=True, prog_bar=False)
+
+    # ------------------------------------------------------------------ end of a stage
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module)
+
+    @override
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module)
+
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        meter, ledger, clock = self._meter, self._ledger, self._clock
+        if meter is None or ledger is None or clock is None or not meter.running:
+            return
+        edges = clock.resolve(wait=True)
+        meter.stop()
+        self._stop(trainer)
+        assert meter.started_at is not None
+        end = meter._stopped_at or meter.now()
+        if edges:
+            ledger.add_edges((e.phase, e.edge, e.index, e.epoch, e.t) for e in edges)
+            meter.record_steps(
+                [StepEdge(e.phase, e.edge, e.index, e.t_host, e.t_gpu) for e in edges]
+            )
+        ledger.advance(end, self._final_energy)
+        totals = meter.energy_between(meter.started_at, end)
+        peaks = meter.peak_power()
+        duration = end - meter.started_at
+        local = {
+            "rank": trainer.global_rank,
+            "duration_s": duration,
+            "devices": [
+                {
+                    "name": d.name,
+                    "rank": trainer.global_rank,
+                    "uuid": d.key,
+                    "label": d.label,
+                    "energy_J": totals.get(d.name, 0.0),
+                    "counted": self._weights.get(d.name, 1.0) > 0,
+                    "mean_power_W": totals.get(d.name, 0.0) / duration if duration > 0 else 0.0,
+                    "peak_power_W": peaks.get(d.name, 0.0),
+                    "method": meter.describe().get(d.name, ""),
+                    "estimated": d.estimated,
+                }
+                for d in meter.devices
+            ],
+            "phases_J": dict(ledger.phases),
+            "steps": dict(ledger.steps),
+            "epochs": {e: dict(ep.phases) for e, ep in ledger.epochs.items()},
+            "epoch_steps": {e: ep.train_steps for e, ep in ledger.epochs.items()},
+            "gaps": [(g.device, g.start, g.end, g.reason) for g in meter.gaps()],
+            "errors": meter.errors,
+            "unavailable": self._unavailable,
+        }
+        meter.set_trace_meta(fit_start=meter.started_at, fit_end=end, stage=self._stage)
+        gathered = all_gather_objects(local)
+        if not trainer.is_global_zero:
+            return
+        summary = build_summary(
+            gathered,
+            stage=self._stage or "fit",
+            offset=self._offset if self._stage == "fit" else None,
+            carbon=self._carbon,
+            score={
+                "monitor": self.score_from,
+                "alpha": self.alpha,
+                "beta": self.beta,
+                "form": self.form,
+                "final": _metric(trainer, self.prefix + "gqi"),
+                "target_accuracy": self.target_accuracy,
+                "target_kWh": self._target_kwh,
+            },
+            replay=[os.path.basename(p) for p in self._replay] or None,
+            world_size=trainer.world_size,
+            epoch_metrics=self._epoch_metrics,
+            run_name=str(getattr(trainer.logger, "name", "") or ""),
+        )
+        self.last_summary = summary
+        if self.summary:
+            log_dir = self._log_dir(trainer)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            name = (
+                "watt_summary.json" if self._stage == "fit" else f"watt_summary_{self._stage}.json"
+            )
+            (log_dir / name).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+            rank_zero_info(render_summary(summary))
+
+    @property
+    def _epoch_metrics(self) -> dict[int, dict[str, float]]:
+        return getattr(self, "_metrics_by_epoch", {})
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == "fit" or self._stage == "fit":
+            store = self.__dict__.setdefault("_metrics_by_epoch", {})
+            store[trainer.current_epoch] = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if _scalar(v)
+            }
+        if self._stage == "validate":
+            self._finish(trainer, pl_module)
+
+    # ------------------------------------------------------------------ resume
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """Cumulative energy, steps and phase totals of every segment so far, all ranks (in a
+        multi-process run, as of the last reduction: the latest epoch end or log step)."""
+        state = {
+            "version": 1,
+            "energy_J": self._offset["energy_J"],
+            "phases_J": dict(self._offset["phases_J"]),
+            "steps": dict(self._offset["steps"]),
+            "target_kWh": self._target_kwh,
+        }
+        meter, ledger = self._meter, self._ledger
+        if meter is not None and ledger is not None and meter.started_at is not None:
+            if self._trainer_world_size > 1:
+                state["energy_J"] = self._run_kwh * J_PER_KWH
+                return state
+            self._sync_edges()
+            until = meter.now() if meter.running else (meter._stopped_at or meter.now())
+            view = ledger.preview(until, self._provisional_energy)
+            state["energy_J"] += view.total()
+            for k, v in view.phases.items():
+                state["phases_J"][k] = state["phases_J"].get(k, 0.0) + v
+            for k, n in view.steps.items():
+                state["steps"][k] = state["steps"].get(k, 0) + n
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("version") != 1:
+            rank_zero_warn("lightning-watt: unknown checkpoint state version; starting from 0 J")
+            return
+        self._offset = {
+            "energy_J": float(state_dict["energy_J"]),
+            "phases_J": dict(state_dict.get("phases_J", {})),
+            "steps": dict(state_dict.get("steps", {})),
+            "epochs": [],
+        }
+        self._target_kwh = state_dict.get("target_kWh")
+        self._run_kwh = self._offset["energy_J"] / J_PER_KWH
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (
+        isinstance(value, torch.Tensor) and value.numel() == 1
+    )
+
+
+def _metric(trainer: pl.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)
+
+
+__all__: Sequence[str] = ["WattCallback"]

@@ -1,0 +1,116 @@
+"""Attributing energy to steps, phases and epochs: pure bookkeeping, no Lightning.
+
+The run's time is cut at every step edge into consecutive intervals: from a ``start`` edge to
+the next edge the interval belongs to that edge's phase (``train``, ``val``, ...); every other
+interval (data loading, checkpointing, stalls, idle) is a ``gap``. Because the intervals tile
+``[start, end]`` and energy is additive, phase totals add up exactly to the devices' total.
+
+Example:
+    >>> ledger = EnergyLedger(start=0.0)
+    >>> energy = lambda t0, t1: 100.0 * (t1 - t0)   # a constant 100 W
+    >>> ledger.add_edges([("train", "start", 0, 0, 1.0), ("train", "end", 1, 0, 2.0)])
+    >>> ledger.advance(3.0, energy)
+    >>> ledger.phases
+    {'gap': 200.0, 'train': 100.0}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+GAP = "gap"
+
+EnergyFn = Callable[[float, float], float]
+
+
+@dataclass
+class EpochEnergy:
+    """Joules per phase within one epoch, and its train steps."""
+
+    epoch: int
+    phases: dict[str, float] = field(default_factory=dict)
+    train_steps: int = 0
+
+    def total(self) -> float:
+        return sum(self.phases.values())
+
+
+class EnergyLedger:
+    """Running attribution of energy to phases, steps and epochs.
+
+    Edges are ``(phase, edge, index, epoch, t)`` tuples in order. ``advance(until, energy)``
+    attributes every interval up to ``until`` using ``energy(t0, t1)`` (joules); only call it
+    with times whose energy is final if the numbers must never change.
+    """
+
+    def __init__(self, start: float) -> None:
+        self.cursor = start
+        self.start = start
+        self._edges: list[tuple[str, str, int, int, float]] = []
+        self._open_phase: str | None = None
+        self._epoch = 0
+        self.phases: dict[str, float] = {}
+        self.steps: dict[str, int] = {}
+        self.epochs: dict[int, EpochEnergy] = {}
+        self.step_energies: list[tuple[int, float]] = []  # (global step, J) of recent train steps
+        self._open_energy = 0.0
+
+    def add_edges(self, edges: Iterable[tuple[str, str, int, int, float]]) -> None:
+        self._edges.extend(edges)
+
+    def _book(self, label: str, joules: float, epoch: int) -> None:
+        self.phases[label] = self.phases.get(label, 0.0) + joules
+        ep = self.epochs.get(epoch)
+        if ep is None:
+            ep = self.epochs[epoch] = EpochEnergy(epoch)
+        ep.phases[label] = ep.phases.get(label, 0.0) + joules
+
+    def advance(self, until: float, energy: EnergyFn) -> None:
+        """Attribute everything up to ``until`` (edges past it wait for the next call)."""
+        i = 0
+        for phase, edge, index, epoch, t in self._edges:
+            if t > until:
+                break
+            i += 1
+            t = max(t, self.cursor)
+            self._close(t, energy, epoch)
+            if edge == "start":
+                self._open_phase = phase
+                self._epoch = epoch
+                self._open_energy = 0.0
+            else:
+                if self._open_phase == phase:
+                    self.steps[phase] = self.steps.get(phase, 0) + 1
+                    if phase == "train":
+                        self.epochs.setdefault(epoch, EpochEnergy(epoch)).train_steps += 1
+                        self.step_energies.append((index, self._open_energy))
+                self._open_phase = None
+                self._epoch = epoch
+        del self._edges[:i]
+        if until > self.cursor:
+            self._close(until, energy, self._epoch)
+
+    def _close(self, t: float, energy: EnergyFn, epoch: int) -> None:
+        if t <= self.cursor:
+            return
+        joules = energy(self.cursor, t)
+        label = self._open_phase or GAP
+        self._book(label, joules, self._epoch if self._open_phase else epoch)
+        if self._open_phase:
+            self._open_energy += joules
+        self.cursor = t
+
+    def preview(self, until: float, energy: EnergyFn) -> EnergyLedger:
+        """A copy advanced to ``until`` (e.g. with provisional energy), leaving this one as is."""
+        clone = copy.deepcopy(self)
+        clone.advance(until, energy)
+        return clone
+
+    def total(self) -> float:
+        return sum(self.phases.values())
+
+    def take_step_energies(self) -> list[tuple[int, float]]:
+        out, self.step_energies = self.step_energies, []
+        return out

@@ -1,0 +1,49 @@
+"""Small real Lightning modules and data for the tests (CPU, a second or two per fit)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def blobs(n: int = 256, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return TensorDataset(x, y)
+
+
+class TinyClassifier(pl.LightningModule):
+    """A two-layer MLP on linearly separable blobs; logs ``val_acc`` in [0, 1]."""
+
+    def __init__(self, lr: float = 0.05, step_sleep: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        self.lr = lr
+        self.step_sleep = step_sleep
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        if self.step_sleep:
+            import time
+
+            time.sleep(self.step_sleep)
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        x, y = batch
+        acc = (self.net(x).argmax(-1) == y).float().mean()
+        self.log("val_acc", acc, on_epoch=True)
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(blobs(256, 0), batch_size=16)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(blobs(128, 1), batch_size=32)
