@@ -560,15 +560,16 @@ class WattCallback(Callback):
         if meter is None or ledger is None or clock is None or not meter.running:
             return
         edges = clock.resolve(wait=True)
-        meter.stop()
-        self._stop(trainer)
-        assert meter.started_at is not None
-        end = meter._stopped_at or meter.now()
         if edges:
             ledger.add_edges((e.phase, e.edge, e.index, e.epoch, e.t) for e in edges)
             meter.record_steps(
                 [StepEdge(e.phase, e.edge, e.index, e.t_host, e.t_gpu) for e in edges]
             )
+        meter.set_trace_meta(fit_start=meter.started_at, fit_end=meter.now(), stage=self._stage)
+        meter.stop()
+        self._stop(trainer)
+        assert meter.started_at is not None
+        end = meter._stopped_at or meter.now()
         ledger.advance(end, self._final_energy)
         totals = meter.energy_between(meter.started_at, end)
         peaks = meter.peak_power()
@@ -599,7 +600,6 @@ class WattCallback(Callback):
             "errors": meter.errors,
             "unavailable": self._unavailable,
         }
-        meter.set_trace_meta(fit_start=meter.started_at, fit_end=end, stage=self._stage)
         gathered = all_gather_objects(local)
         if not trainer.is_global_zero:
             return

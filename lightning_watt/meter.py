@@ -383,7 +383,7 @@ class EnergyMeter:
 
     def record_steps(self, edges: Sequence[StepEdge]) -> None:
         """Add step edges to the recording (no-op without ``record``)."""
-        if self._writer is not None and edges:
+        if self._writer is not None and edges and self._stopped_at is None:
             origin = self._started_at or 0.0
             self._writer.write_steps(
                 e._replace(

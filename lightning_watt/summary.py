@@ -83,7 +83,7 @@ def build_summary(
         "energy_kWh": kwh,
         "segment_energy_J": segment_j,
         "phases_J": phases,
-        "outside_steps_share": (outside / sum(phases.values())) if phases else 0.0,
+        "outside_steps_share": (outside / sum(phases.values())) if sum(phases.values()) else 0.0,
         "step_phases_J": step_phases,
         "mean_power_W": segment_j / duration if duration > 0 else 0.0,
         "peak_power_W": sum(d["peak_power_W"] for d in counted),

@@ -1,0 +1,171 @@
+"""WattCallback in real Trainer.fit runs on the CPU, fed by replayed real GPU traces."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import TinyClassifier
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_watt.callback import WattCallback
+from lightning_watt.trace import load_trace
+
+
+def _trainer(tmp_path, callbacks, **kw) -> pl.Trainer:
+    kw.setdefault("max_epochs", 2)
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+        logger=CSVLogger(tmp_path, name="run"),
+        log_every_n_steps=4,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        **kw,
+    )
+
+
+def _csv_keys(trainer: pl.Trainer) -> set[str]:
+    with open(f"{trainer.log_dir}/metrics.csv") as fh:
+        return set(fh.readline().strip().split(","))
+
+
+def test_fit_logs_keys_and_phases_add_up_to_total(tmp_path):
+    cb = WattCallback(replay="h200-mlp-stall", score_from="val_acc")
+    trainer = _trainer(tmp_path, [cb])
+    trainer.fit(TinyClassifier(step_sleep=0.005))
+
+    keys = _csv_keys(trainer)
+    for key in ("energy_kWh", "power_W", "step_J", "epoch_train_J", "epoch_val_J", "epoch_gap_J",
+                "epoch_kWh", "gqi"):
+        assert f"watt/{key}" in keys
+    summary = json.loads((tmp_path / "run" / "version_0" / "watt_summary.json").read_text())
+    assert summary["format"] == "lightning-watt summary v1"
+    assert summary["replay"] == "h200-mlp-stall"
+    assert summary["steps"]["train"] == trainer.global_step
+    # Conservation: steps and gaps add up exactly to the devices' total.
+    assert math.isclose(sum(summary["phases_J"].values()), summary["energy_J"], rel_tol=1e-9)
+    assert summary["energy_J"] > 0
+    # The replayed H200 draws at least its idle power (>60 W) the whole time.
+    assert summary["mean_power_W"] > 60
+    epochs = summary["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert math.isclose(epochs[-1]["energy_kWh"], summary["energy_kWh"], rel_tol=1e-9)
+    assert "val_acc" in epochs[-1]["metrics"]
+
+
+def test_recorded_trace_matches_the_summary(tmp_path):
+    cb = WattCallback(replay="h200-mlp-stall")
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(TinyClassifier(step_sleep=0.005))
+    trace = load_trace(f"{trainer.log_dir}/watt_trace")
+    phases = {e.phase for e in trace.steps}
+    assert {"train", "val"} <= phases
+    starts = [e for e in trace.steps if e.phase == "train" and e.edge == "start"]
+    assert len(starts) == trainer.global_step
+    energy = trace.timeline().energy_between(*trace.fit_window)["gpu0"]
+    assert energy == pytest.approx(cb.last_summary["energy_J"], rel=0.02)
+
+
+def test_batch_hooks_never_synchronise(tmp_path, monkeypatch):
+    calls = []
+
+    def forbidden(name):
+        def _raise(*a, **k):
+            calls.append(name)
+            raise AssertionError(f"{name} called in a batch hook")
+
+        return _raise
+
+    cb = WattCallback(replay="h200-mlp-stall", record=False, summary=False)
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    model = TinyClassifier()
+    trainer.strategy.connect(model)
+    cb.setup(trainer, model, "fit")
+    monkeypatch.setattr(torch.cuda, "synchronize", forbidden("torch.cuda.synchronize"))
+    monkeypatch.setattr(torch.Tensor, "item", forbidden("Tensor.item"))
+    monkeypatch.setattr(torch.cuda.Event, "synchronize", forbidden("Event.synchronize"))
+    for i in range(50):
+        cb.on_train_batch_start(trainer, model, None, i)
+        cb.on_train_batch_end(trainer, model, None, None, i)
+        cb.on_validation_batch_start(trainer, model, None, i)
+        cb.on_validation_batch_end(trainer, model, None, None, i)
+    monkeypatch.undo()
+    cb.teardown(trainer, model, "fit")
+    assert calls == []
+
+
+def test_resume_from_checkpoint_counts_each_segment_once(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = WattCallback(replay="h200-mlp-stall", summary=True)
+    trainer = _trainer(tmp_path, [first, ckpt], max_epochs=1)
+    trainer.fit(TinyClassifier(step_sleep=0.005))
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    state = next(v for k, v in saved["callbacks"].items() if "WattCallback" in k)
+    # Saved mid-run: measured energy plus at most ~0.5 s of held power not yet read back.
+    assert 0 < state["energy_J"] <= first.last_summary["energy_J"] * 1.3
+
+    second = WattCallback(replay="h200-mlp-stall")
+    trainer2 = _trainer(tmp_path, [second], max_epochs=2)
+    trainer2.fit(TinyClassifier(step_sleep=0.005), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    s2 = second.last_summary
+    assert s2["energy_J"] == pytest.approx(state["energy_J"] + s2["segment_energy_J"], rel=1e-9)
+    assert s2["steps"]["train"] == state["steps"]["train"] + (trainer2.global_step - 16)
+    assert math.isclose(sum(s2["phases_J"].values()), s2["energy_J"], rel_tol=1e-9)
+
+
+def test_lone_validate_is_measured(tmp_path):
+    cb = WattCallback(replay="h100-mlp")
+    trainer = _trainer(tmp_path, [cb])
+    trainer.validate(TinyClassifier(), verbose=False)
+    assert cb.last_summary["stage"] == "validate"
+    assert cb.last_summary["steps"]["val"] == 4
+    assert cb.last_summary["energy_J"] > 0
+
+
+def test_meter_thread_stops_on_exception(tmp_path):
+    class Boom(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 3:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    cb = WattCallback(replay="h200-mlp-stall")
+    trainer = _trainer(tmp_path, [cb])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Boom())
+    import threading
+
+    assert not [t for t in threading.enumerate() if t.name == "lightning-watt-meter"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"log_every_n_steps": 0}, "log_every_n_steps"),
+        ({"replay": "no-such-trace"}, "replay"),
+        ({"replay_speed": 0}, "replay_speed"),
+        ({"form": "exact"}, "form"),
+        ({"alpha": -1}, "alpha"),
+        ({"beta": 0}, "beta"),
+        ({"target_accuracy": 90, "score_from": "val_acc"}, "percentage"),
+        ({"target_accuracy": 0.9}, "score_from"),
+        ({"sources": ["nvml"]}, "sources"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WattCallback(**kwargs)
+
+
+def test_no_hardware_still_trains(tmp_path):
+    cb = WattCallback(sources=[])
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    with pytest.warns(UserWarning, match="nothing to measure"):
+        trainer.fit(TinyClassifier())
+    assert cb.last_summary["energy_J"] == 0.0
