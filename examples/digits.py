@@ -33,17 +33,17 @@ class DigitsCNN(pl.LightningModule):
         )  # fmt: skip
         self.lr = lr
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.cross_entropy(self.net(x), y)
         self.log("train_loss", loss)
         return loss
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_acc", (self.net(x).argmax(-1) == y).float().mean(), prog_bar=True)
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 

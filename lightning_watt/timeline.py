@@ -320,6 +320,8 @@ class DeviceTimeline:
         return True
 
     def _advance(self, final: bool) -> None:
+        # Finalizing moves the knots the provisional tail hangs from (flush adds no reading).
+        self._version += 1
         if self._boundary is None:
             firsts = [s.t[0] for s in self._power.values() if s.t]
             if self._anchors:

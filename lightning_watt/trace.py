@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -20,10 +21,11 @@ import json
 import math
 import os
 import re
+import zlib
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from lightning_watt.readings import COUNTER_J, KINDS, Reading
 from lightning_watt.timeline import _interp
@@ -89,10 +91,28 @@ def _parse_float(text: str, where: str, column: str) -> float:
     return value
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_text(path: Path) -> contextlib.closing[Iterator[str]]:
     if not path.exists():
         raise FileNotFoundError(f"watt-trace file missing: {path}")
-    return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return contextlib.closing(_lines(path))
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The text lines of a gzip file. A stream that stops short (a recording still being
+    written, or cut by a crash) ends at its last complete line instead of failing: that is
+    what :meth:`TraceWriter.flush` promises."""
+    lineno = 0
+    with io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="") as fh:
+        try:
+            for line in fh:
+                lineno += 1
+                yield line
+        except EOFError:
+            return
+        except (OSError, zlib.error, UnicodeDecodeError) as err:
+            raise TraceFormatError(
+                f"{path}:{lineno + 1}: not a readable gzip text file ({err})"
+            ) from None
 
 
 def _check_header(path: Path, got: list[str] | None, want: tuple[str, ...]) -> None:

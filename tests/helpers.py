@@ -24,7 +24,7 @@ class TinyClassifier(pl.LightningModule):
         self.lr = lr
         self.step_sleep = step_sleep
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         if self.step_sleep:
             import time
 
@@ -34,12 +34,12 @@ class TinyClassifier(pl.LightningModule):
         self.log("train_loss", loss)
         return loss
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def validation_step(self, batch, batch_idx):
         x, y = batch
         acc = (self.net(x).argmax(-1) == y).float().mean()
         self.log("val_acc", acc, on_epoch=True)
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
     def train_dataloader(self) -> DataLoader:

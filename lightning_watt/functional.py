@@ -1,0 +1,342 @@
+"""The Green Quotient Index (GQI): accuracy penalised by the energy spent to reach it.
+
+"Watt For What" (Gowda et al., arXiv 2310.06522) scores a model by
+
+.. math::
+
+    \\mathrm{GQI} = \\beta \\, \\frac{\\mathrm{accuracy}^{\\alpha}}{\\log_{10} E}
+
+with ``accuracy`` in [0, 1] and ``E`` the training energy in kWh (``alpha = 5``, ``beta = 10``
+here, the values read for the paper; both configurable). That *paper form* is undefined at
+``E = 1 kWh`` and negative below it, where most single-GPU runs live, so it cannot rank them.
+
+The *guarded form* (the default) replaces ``log10(E)`` by ``log10(1 + E)``:
+
+* it is finite, positive and strictly falling in ``E`` for every ``E > 0``, so it ranks runs of
+  any size;
+* for ``E`` above about 40 kWh it equals the paper form within 1 % (0.7 % at 40 kWh; the exact
+  crossover is 29.2 kWh), as the two logarithms converge;
+* for small ``E`` it behaves like ``beta * ln(10) * accuracy**alpha / E``: accuracy to the
+  ``alpha`` per kWh (``log10(1 + E) ≈ E / ln 10``); :func:`accuracy_per_kwh` is the plain ratio.
+
+Energy 0 (guarded form): the score is ``+inf`` when ``accuracy > 0`` (the limit as ``E → 0``, so
+the ordering "less energy, higher score" still holds) and ``0`` when ``accuracy == 0`` (zero
+accuracy scores 0 at every energy). A one-time :class:`GreenQuotientWarning` says so, because a
+zero reading usually means that nothing has been measured yet (for example Lightning's
+sanity-check validation before the first training step) rather than a free model. Raising instead
+would crash that validation loop for a logged metric.
+
+NaN inputs (a metric without data, a meter that failed) give a NaN score and a one-time warning
+naming the cause; they never raise. Every other bad input raises :class:`ValueError`.
+
+Example:
+    >>> from lightning_watt.functional import green_quotient_index
+    >>> round(green_quotient_index(0.9, 0.5), 3)  # guarded: 10 * 0.9**5 / log10(1.5)
+    33.533
+    >>> round(green_quotient_index(0.9, 500.0, form="paper"), 4)  # 10 * 0.9**5 / log10(500)
+    2.1878
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import warnings
+from typing import Literal, overload
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_BETA",
+    "FORMS",
+    "GreenQuotientWarning",
+    "accuracy_per_kwh",
+    "green_quotient_index",
+]
+
+DEFAULT_ALPHA = 5.0
+"""Exponent on accuracy; the value read for the paper."""
+DEFAULT_BETA = 10.0
+"""Scale factor; the value read for the paper."""
+FORMS: tuple[str, ...] = ("guarded", "paper")
+"""Accepted values of ``form``."""
+
+GQIForm = Literal["guarded", "paper"]
+_LN10 = math.log(10.0)
+
+
+class GreenQuotientWarning(UserWarning):
+    """Issued (once per cause and process) for a NaN input or a zero energy."""
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(cause: str, message: str) -> None:
+    # One warning per cause: a metric computed every epoch would otherwise repeat it forever.
+    with _warned_lock:
+        if cause in _warned:
+            return
+        _warned.add(cause)
+    warnings.warn(message, GreenQuotientWarning, stacklevel=3)
+
+
+_NAN_ACCURACY_MSG = (
+    "accuracy is NaN, so the Green Quotient Index is NaN (a metric computed before any data, or "
+    "an accuracy metric that divided by zero). This warning is shown once."
+)
+_NAN_ENERGY_MSG = (
+    "energy_kwh is NaN, so the Green Quotient Index is NaN (the energy meter produced no valid "
+    "reading). This warning is shown once."
+)
+_ZERO_ENERGY_MSG = (
+    "energy_kwh is 0: the score is +inf for accuracy > 0 (its limit as energy -> 0) and 0 for "
+    "accuracy == 0. Usually nothing has been measured yet, e.g. during Lightning's sanity-check "
+    "validation. This warning is shown once."
+)
+
+
+def _check_params(alpha: float, beta: float, form: str) -> tuple[float, float]:
+    """Validate the shape parameters; return them as floats."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS!r}, got {form!r}.")
+    values = []
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} must be a finite number > 0, got {value!r} ({type(value).__name__})."
+            ) from None
+        if not math.isfinite(number) or number <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+        values.append(number)
+    return values[0], values[1]
+
+
+def _accuracy_error(value: float) -> ValueError:
+    if 1.0 < value <= 100.0:
+        return ValueError(
+            f"accuracy must be a fraction in [0, 1], got {value!r}: it looks like a percentage; "
+            "divide it by 100."
+        )
+    return ValueError(f"accuracy must be a fraction in [0, 1], got {value!r}.")
+
+
+def _paper_energy_error(value: float) -> ValueError:
+    return ValueError(
+        f"form='paper' is undefined for energy_kwh <= 1 (got {value!r}): log10(E) is 0 at 1 kWh "
+        "and negative below it, so the score would divide by zero or change sign. "
+        "Use form='guarded', which divides by log10(1 + E) instead."
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, Tensor)
+
+
+def _as_tensors(accuracy: float | Tensor, energy_kwh: float | Tensor) -> tuple[Tensor, Tensor]:
+    """Both inputs as floating tensors of one dtype on one device, broadcast together."""
+    tensors = [x for x in (accuracy, energy_kwh) if isinstance(x, Tensor)]
+    device = tensors[0].device if tensors else None
+    acc = torch.as_tensor(accuracy, device=device)
+    energy = torch.as_tensor(energy_kwh, device=device)
+    # Integer or bool inputs (e.g. torch.tensor(1)) are promoted to the default float dtype.
+    dtype = torch.promote_types(
+        acc.dtype if acc.is_floating_point() else torch.get_default_dtype(),
+        energy.dtype if energy.is_floating_point() else torch.get_default_dtype(),
+    )
+    try:
+        shape = torch.broadcast_shapes(acc.shape, energy.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"accuracy (shape {tuple(acc.shape)}) and energy_kwh (shape {tuple(energy.shape)}) "
+            "cannot be broadcast together."
+        ) from None
+    return acc.to(dtype).expand(shape), energy.to(dtype).expand(shape)
+
+
+def _first(mask: Tensor, values: Tensor) -> float:
+    return float(values[mask].flatten()[0].item())
+
+
+def _check_tensors(acc: Tensor, energy: Tensor, form: str) -> None:
+    """Raise for invalid elements; warn once for NaN and zero energy."""
+    negative = energy < 0
+    if bool(negative.any()):
+        raise ValueError(f"energy_kwh must be >= 0 kWh, got {_first(negative, energy)!r}.")
+    if form == "paper":
+        undefined = energy <= 1
+        if bool(undefined.any()):
+            raise _paper_energy_error(_first(undefined, energy))
+    # NaN compares False everywhere, so it passes this range check and is handled below.
+    out_of_range = (acc < 0) | (acc > 1)
+    if bool(out_of_range.any()):
+        raise _accuracy_error(_first(out_of_range, acc))
+    if bool(acc.isnan().any()):
+        _warn_once("nan-accuracy", _NAN_ACCURACY_MSG)
+    if bool(energy.isnan().any()):
+        _warn_once("nan-energy", _NAN_ENERGY_MSG)
+    if form == "guarded" and bool((energy == 0).any()):
+        _warn_once("zero-energy", _ZERO_ENERGY_MSG)
+
+
+def _check_floats(acc: float, energy: float, form: str) -> None:
+    if energy < 0:
+        raise ValueError(f"energy_kwh must be >= 0 kWh, got {energy!r}.")
+    if form == "paper" and energy <= 1:
+        raise _paper_energy_error(energy)
+    if acc < 0 or acc > 1:
+        raise _accuracy_error(acc)
+    if math.isnan(acc):
+        _warn_once("nan-accuracy", _NAN_ACCURACY_MSG)
+    if math.isnan(energy):
+        _warn_once("nan-energy", _NAN_ENERGY_MSG)
+    if form == "guarded" and energy == 0:
+        _warn_once("zero-energy", _ZERO_ENERGY_MSG)
+
+
+@overload
+def green_quotient_index(
+    accuracy: float,
+    energy_kwh: float,
+    alpha: float = ...,
+    beta: float = ...,
+    form: GQIForm = ...,
+) -> float: ...
+
+
+@overload
+def green_quotient_index(
+    accuracy: Tensor,
+    energy_kwh: Tensor | float,
+    alpha: float = ...,
+    beta: float = ...,
+    form: GQIForm = ...,
+) -> Tensor: ...
+
+
+@overload
+def green_quotient_index(
+    accuracy: float,
+    energy_kwh: Tensor,
+    alpha: float = ...,
+    beta: float = ...,
+    form: GQIForm = ...,
+) -> Tensor: ...
+
+
+def green_quotient_index(
+    accuracy: float | Tensor,
+    energy_kwh: float | Tensor,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
+    form: GQIForm = "guarded",
+) -> float | Tensor:
+    """Green Quotient Index of a model with ``accuracy`` trained with ``energy_kwh``.
+
+    * ``form="guarded"`` (default): ``beta * accuracy**alpha / log10(1 + energy_kwh)``, finite,
+      positive and strictly falling in energy for every ``energy_kwh > 0``.
+    * ``form="paper"``: ``beta * accuracy**alpha / log10(energy_kwh)``, exactly as in
+      "Watt For What"; only defined for ``energy_kwh > 1``.
+
+    Higher is better. See the module docstring for why the guarded form exists.
+
+    Args:
+        accuracy: fraction in [0, 1] (not a percentage); a float or a tensor. NaN gives NaN and a
+            one-time :class:`GreenQuotientWarning`.
+        energy_kwh: training energy in kWh, ``>= 0``; a float or a tensor broadcastable with
+            ``accuracy``. With the guarded form, 0 gives ``+inf`` (``0`` if ``accuracy == 0``)
+            and a one-time warning.
+        alpha: exponent on accuracy, finite and ``> 0`` (paper: 5). Larger values reward
+            accuracy more against energy.
+        beta: scale factor, finite and ``> 0`` (paper: 10).
+        form: ``"guarded"`` or ``"paper"``.
+
+    Returns:
+        A float when both ``accuracy`` and ``energy_kwh`` are Python numbers, else a tensor of
+        their broadcast shape (floating dtype, on the inputs' device).
+
+    Raises:
+        ValueError: accuracy outside [0, 1] (values in (1, 100] are reported as a likely
+            percentage), negative energy, energy <= 1 kWh with ``form="paper"``, alpha or beta
+            not a finite number > 0, an unknown ``form``, or shapes that do not broadcast.
+
+    Example:
+        >>> import torch
+        >>> round(green_quotient_index(0.9, 0.5), 3)
+        33.533
+        >>> green_quotient_index(torch.tensor([0.8, 0.9]), torch.tensor(2.0))
+        tensor([ 6.8679, 12.3761])
+        >>> green_quotient_index(0.9, 0.5, form="paper")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: form='paper' is undefined for energy_kwh <= 1 (got 0.5): ...
+    """
+    alpha, beta = _check_params(alpha, beta, form)
+    if _is_number(accuracy) and _is_number(energy_kwh):
+        acc, energy = float(accuracy), float(energy_kwh)  # type: ignore[arg-type]
+        _check_floats(acc, energy, form)
+        numerator = beta * acc**alpha
+        if energy == 0:  # only reachable with the guarded form
+            return 0.0 if acc == 0 else math.inf
+        denominator = math.log1p(energy) / _LN10 if form == "guarded" else math.log10(energy)
+        return numerator / denominator
+
+    acc_t, energy_t = _as_tensors(accuracy, energy_kwh)
+    _check_tensors(acc_t, energy_t, form)
+    numerator = beta * acc_t.pow(alpha)
+    # log1p keeps full precision for the small energies (1e-6 kWh) of short runs in float32.
+    denominator = torch.log1p(energy_t) / _LN10 if form == "guarded" else torch.log10(energy_t)
+    score = numerator / denominator  # x / 0 is +inf for x > 0, NaN for x == 0
+    return torch.where((acc_t == 0) & (energy_t == 0), torch.zeros_like(score), score)
+
+
+@overload
+def accuracy_per_kwh(accuracy: float, energy_kwh: float) -> float: ...
+
+
+@overload
+def accuracy_per_kwh(accuracy: Tensor, energy_kwh: Tensor | float) -> Tensor: ...
+
+
+@overload
+def accuracy_per_kwh(accuracy: float, energy_kwh: Tensor) -> Tensor: ...
+
+
+def accuracy_per_kwh(accuracy: float | Tensor, energy_kwh: float | Tensor) -> float | Tensor:
+    """Accuracy divided by energy: ``accuracy / energy_kwh`` (accuracy points per kWh).
+
+    The plain ratio, with no exponent and no logarithm. For small energies the guarded GQI with
+    ``alpha=1`` tends to ``beta * ln(10) * accuracy_per_kwh`` because ``log10(1 + E) ≈ E / ln 10``.
+    Inputs are validated as in :func:`green_quotient_index`; energy 0 gives ``+inf`` (``0`` when
+    ``accuracy == 0``) with a one-time warning, NaN gives NaN with a one-time warning.
+
+    Args:
+        accuracy: fraction in [0, 1]; float or tensor.
+        energy_kwh: energy in kWh, ``>= 0``; float or tensor broadcastable with ``accuracy``.
+
+    Returns:
+        A float for two Python numbers, else a tensor.
+
+    Example:
+        >>> accuracy_per_kwh(0.9, 0.5)
+        1.8
+        >>> import torch
+        >>> accuracy_per_kwh(torch.tensor([0.5, 1.0]), 2.0)
+        tensor([0.2500, 0.5000])
+    """
+    if _is_number(accuracy) and _is_number(energy_kwh):
+        acc, energy = float(accuracy), float(energy_kwh)  # type: ignore[arg-type]
+        _check_floats(acc, energy, "guarded")
+        if energy == 0:
+            return 0.0 if acc == 0 else math.inf
+        return acc / energy
+    acc_t, energy_t = _as_tensors(accuracy, energy_kwh)
+    _check_tensors(acc_t, energy_t, "guarded")
+    ratio = acc_t / energy_t
+    return torch.where((acc_t == 0) & (energy_t == 0), torch.zeros_like(ratio), ratio)

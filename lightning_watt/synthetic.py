@@ -1,0 +1,377 @@
+"""Synthetic GPU power traces with exactly known energy, for tests, benchmarks and examples.
+
+Real traces (:func:`lightning_watt.trace.bundled_trace`) have no ground truth finer than the
+hardware counter's 100 ms updates. :func:`synthetic_run` builds a power signal whose energy is
+known to the millisecond, then derives from it the readings a GPU driver would give, with the
+semantics the real H100/H200 readers were measured to have:
+
+* **Truth.** Power is piecewise constant on a 1 ms grid: ``power_W[i]`` is the power over
+  ``[i * 1 ms, (i + 1) * 1 ms)``. The run is an idle stretch, then *blocks* of training steps
+  (each block has its own power level and typical step length, drawn from 5-300 ms; steps in a
+  block vary around both, as consecutive steps of one workload do), sometimes separated by idle
+  stretches (phase ``"idle"``, like a checkpoint stall), then idle again. Gaussian noise is
+  added per millisecond and power is clipped at zero.
+* ``counter_J``: the cumulative energy counter updates every ``counter_interval_s`` (100 ms);
+  its value at an update is ``origin + floor(true cumulative energy in mJ) / 1000`` (whole
+  millijoules, as NVML reports). Each reading is **stamped at the update instant** plus
+  ``counter_delay_s`` (default 0: a poller that pins every update, like the tight read loop of
+  the ``h200-square-wave`` trace). With a delay, the value read is still the one of the last
+  update: the reading is late, not the energy.
+* ``buffer_W``: one driver-buffer sample every ``buffer_interval_s`` (20 ms), whose value is the
+  **mean power of the 20 ms before its timestamp**, the semantics
+  :class:`~lightning_watt.timeline.EnergyTimeline` assumes for this kind.
+* ``instant_W``: at each counter update instant, the power of the millisecond just before it.
+* ``average_W``: at each counter update instant, the mean power of the trailing 1 s (of what
+  exists, at the very start).
+
+Step edges are written with ``t_gpu`` at the exact boundary and ``t_host`` ``host_lead_s``
+earlier (Lightning's hooks run ahead of the GPU).
+
+Example:
+    >>> from lightning_watt.synthetic import synthetic_run
+    >>> run = synthetic_run(seed=1)
+    >>> trace = run.trace
+    >>> sorted(trace.kinds)
+    ['average_W', 'buffer_W', 'counter_J', 'instant_W']
+    >>> truth = run.true_energy(*trace.fit_window)
+    >>> fused = trace.timeline().energy_between(*trace.fit_window)["gpu0"]
+    >>> abs(fused / truth - 1) < 1e-3
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W, KINDS, Reading
+from lightning_watt.trace import FORMAT, StepEdge, Trace
+
+#: Resolution of the true power signal (seconds).
+DT = 0.001
+
+__all__ = ["DT", "SyntheticRun", "SyntheticStep", "synthetic_run"]
+
+
+@dataclass(frozen=True)
+class SyntheticStep:
+    """One segment of the true signal: a training step (``phase="train"``) or an idle stretch
+    (``phase="idle"``), with its exact energy in joules."""
+
+    phase: str
+    index: int
+    start: float
+    end: float
+    energy_J: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def mean_power_W(self) -> float:
+        return self.energy_J / self.duration if self.duration > 0 else 0.0
+
+
+@dataclass
+class SyntheticRun:
+    """A synthetic recording and the truth it was made from.
+
+    Attributes:
+        trace: the readings and step edges, as a watt-trace v1 :class:`~lightning_watt.trace.Trace`.
+        steps: every segment (train steps and idle stretches), in time order.
+        power_W: the true power, one value per millisecond from ``t = 0``.
+        device: the device name used in the trace.
+
+    Example:
+        >>> run = synthetic_run(seed=0, duration_s=4.0)
+        >>> run.true_energy(0.0, 1.0) > 0
+        True
+    """
+
+    trace: Trace
+    steps: list[SyntheticStep]
+    power_W: np.ndarray
+    device: str = "gpu0"
+
+    def __post_init__(self) -> None:
+        # Cumulative joules at every millisecond boundary: E(i * DT) = _cum[i].
+        self._cum = np.concatenate(([0.0], np.cumsum(self.power_W * DT)))
+
+    @property
+    def duration(self) -> float:
+        """Length of the true signal in seconds."""
+        return len(self.power_W) * DT
+
+    @property
+    def train_steps(self) -> list[SyntheticStep]:
+        """The training steps only (no idle stretches)."""
+        return [s for s in self.steps if s.phase == "train"]
+
+    def energy_at(self, t: float | np.ndarray) -> float | np.ndarray:
+        """Exact cumulative joules from ``t = 0`` to ``t`` (clamped to the signal)."""
+        tt = np.clip(np.asarray(t, dtype=float), 0.0, self.duration)
+        i = np.minimum((tt / DT).astype(np.int64), len(self.power_W) - 1)
+        e = self._cum[i] + self.power_W[i] * (tt - i * DT)
+        return float(e) if e.ndim == 0 else e
+
+    def true_energy(self, t0: float, t1: float) -> float:
+        """Exact joules over ``[t0, t1]``."""
+        return float(self.energy_at(t1)) - float(self.energy_at(t0))
+
+
+def _segments(
+    rng: np.random.Generator,
+    n_ms: int,
+    idle_before_ms: int,
+    idle_after_ms: int,
+    step_ms: tuple[int, int],
+    levels_W: tuple[float, float],
+    idle_W: float,
+    steps_per_block: tuple[int, int],
+    idle_stretch_prob: float,
+    idle_stretch_ms: tuple[int, int],
+) -> list[tuple[str, int, int, float]]:
+    """``(phase, start_ms, end_ms, level_W)`` segments covering the busy middle of the run."""
+    segs: list[tuple[str, int, int, float]] = []
+    t = idle_before_ms
+    busy_end = n_ms - idle_after_ms
+    lo_ms, hi_ms = step_ms
+    while t < busy_end:
+        # One block: a workload with its own power level and typical step length.
+        level = rng.uniform(*levels_W)
+        typical = math.exp(rng.uniform(math.log(lo_ms), math.log(hi_ms)))
+        for _ in range(int(rng.integers(steps_per_block[0], steps_per_block[1] + 1))):
+            length = round(float(np.clip(typical * rng.uniform(0.7, 1.3), lo_ms, hi_ms)))
+            if t + length > busy_end:
+                break
+            segs.append(("train", t, t + length, level * rng.uniform(0.9, 1.1)))
+            t += length
+        else:
+            if rng.random() < idle_stretch_prob:
+                length = int(rng.integers(idle_stretch_ms[0], idle_stretch_ms[1] + 1))
+                if t + length <= busy_end:
+                    segs.append(("idle", t, t + length, idle_W))
+                    t += length
+            continue
+        break
+    return segs
+
+
+def synthetic_run(
+    seed: int = 0,
+    *,
+    duration_s: float = 30.0,
+    idle_before_s: float = 1.0,
+    idle_after_s: float = 1.0,
+    idle_W: float = 70.0,
+    levels_W: tuple[float, float] = (150.0, 650.0),
+    step_ms: tuple[int, int] = (5, 300),
+    steps_per_block: tuple[int, int] = (5, 40),
+    idle_stretch_prob: float = 0.2,
+    idle_stretch_ms: tuple[int, int] = (200, 1500),
+    noise_W: float = 15.0,
+    counter_interval_s: float = 0.1,
+    counter_phase_s: float = 0.0437,
+    counter_delay_s: float = 0.0,
+    counter_origin_J: float = 123_456.789,
+    buffer_interval_s: float = 0.02,
+    buffer_phase_s: float = 0.0071,
+    kinds: Collection[str] | None = None,
+    device: str = "gpu0",
+    host_lead_s: float = 0.004,
+) -> SyntheticRun:
+    """Build a synthetic run with known per-step energy (see the module docstring).
+
+    Args:
+        seed: for the random generator; the same arguments give the same run.
+        duration_s: length of the signal, idle stretches included.
+        idle_before_s, idle_after_s: idle power at both ends (outside the fit window).
+        idle_W: power when idle.
+        levels_W: range of the blocks' mean power levels.
+        step_ms: range of step lengths in milliseconds (whole milliseconds).
+        steps_per_block: range of the number of steps sharing one level and typical length.
+        idle_stretch_prob: chance that a block is followed by an idle stretch.
+        idle_stretch_ms: range of an idle stretch's length.
+        noise_W: standard deviation of the per-millisecond Gaussian noise.
+        counter_interval_s, counter_phase_s: the counter (and power fields) update at
+            ``counter_phase_s + k * counter_interval_s``.
+        counter_delay_s: how long after an update its counter reading is stamped.
+        counter_origin_J: the counter's arbitrary origin (whole millijoules).
+        buffer_interval_s, buffer_phase_s: driver-buffer samples at
+            ``buffer_phase_s + k * buffer_interval_s``, each the mean of the interval before.
+        kinds: only emit these kinds (default all four).
+        device: the device name of the readings.
+        host_lead_s: how much earlier than the GPU the host stamps each step edge.
+
+    Returns:
+        A :class:`SyntheticRun`: the trace, the segments with their exact energies, the signal.
+
+    Example:
+        >>> run = synthetic_run(seed=3, duration_s=3.0, kinds={"counter_J", "buffer_W"})
+        >>> run.trace.kinds
+        ['buffer_W', 'counter_J']
+    """
+    wanted = frozenset(KINDS if kinds is None else kinds)
+    unknown = wanted - KINDS
+    if unknown:
+        raise ValueError(f"kinds: unknown {sorted(unknown)}; accepted: {sorted(KINDS)}")
+    if not duration_s > idle_before_s + idle_after_s >= 0:
+        raise ValueError("duration_s must exceed idle_before_s + idle_after_s")
+    if not (1 <= step_ms[0] <= step_ms[1]):
+        raise ValueError(f"step_ms must be (lo, hi) with 1 <= lo <= hi, got {step_ms!r}")
+    for name, value in (
+        ("counter_interval_s", counter_interval_s),
+        ("buffer_interval_s", buffer_interval_s),
+    ):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    if counter_delay_s < 0 or noise_W < 0:
+        raise ValueError("counter_delay_s and noise_W must be >= 0")
+
+    # Every argument goes into the meta, so a recording says how to make it again.
+    params = {
+        "seed": seed,
+        "duration_s": duration_s,
+        "idle_before_s": idle_before_s,
+        "idle_after_s": idle_after_s,
+        "idle_W": idle_W,
+        "levels_W": list(levels_W),
+        "step_ms": list(step_ms),
+        "steps_per_block": list(steps_per_block),
+        "idle_stretch_prob": idle_stretch_prob,
+        "idle_stretch_ms": list(idle_stretch_ms),
+        "noise_W": noise_W,
+        "counter_interval_s": counter_interval_s,
+        "counter_phase_s": counter_phase_s,
+        "counter_delay_s": counter_delay_s,
+        "counter_origin_J": counter_origin_J,
+        "buffer_interval_s": buffer_interval_s,
+        "buffer_phase_s": buffer_phase_s,
+        "kinds": sorted(wanted),
+        "device": device,
+        "host_lead_s": host_lead_s,
+    }
+    rng = np.random.default_rng(seed)
+    n_ms = round(duration_s / DT)
+    segs = _segments(
+        rng,
+        n_ms,
+        round(idle_before_s / DT),
+        round(idle_after_s / DT),
+        step_ms,
+        levels_W,
+        idle_W,
+        steps_per_block,
+        idle_stretch_prob,
+        idle_stretch_ms,
+    )
+    level = np.full(n_ms, idle_W)
+    for _, a, b, watts in segs:
+        level[a:b] = watts
+    power = np.clip(level + rng.normal(0.0, noise_W, n_ms), 0.0, None)
+
+    # The run object first: its exact energy function derives every reading below.
+    run = SyntheticRun(Trace([]), [], power, device)
+    steps = [
+        SyntheticStep(phase, i, a * DT, b * DT, run.true_energy(a * DT, b * DT))
+        for i, (phase, a, b, _) in enumerate(segs)
+    ]
+    run.steps = steps
+    run.trace = Trace(
+        _readings(
+            run,
+            wanted,
+            counter_interval_s,
+            counter_phase_s,
+            counter_delay_s,
+            counter_origin_J,
+            buffer_interval_s,
+            buffer_phase_s,
+        ),
+        _edges(steps, host_lead_s),
+        _meta(steps, duration_s, params),
+    )
+    return run
+
+
+def _readings(
+    run: SyntheticRun,
+    wanted: frozenset[str],
+    counter_interval_s: float,
+    counter_phase_s: float,
+    counter_delay_s: float,
+    counter_origin_J: float,
+    buffer_interval_s: float,
+    buffer_phase_s: float,
+) -> list[Reading]:
+    dev, end = run.device, run.duration
+    out: list[Reading] = []
+    updates = np.arange(counter_phase_s, end + 1e-12, counter_interval_s)
+    updates = updates[updates > 0]
+    if COUNTER_J in wanted:
+        mj = np.floor(np.asarray(run.energy_at(updates)) * 1000.0 + 1e-9)
+        origin_mj = round(counter_origin_J * 1000.0)
+        for u, m in zip(updates, mj, strict=True):
+            if u + counter_delay_s <= end:
+                value = float(origin_mj + m) / 1000.0
+                out.append(Reading(float(u + counter_delay_s), dev, COUNTER_J, value))
+    if INSTANT_W in wanted:
+        # The millisecond that ends at (or contains) the update instant.
+        idx = np.clip(np.ceil(updates / DT - 1e-9).astype(np.int64) - 1, 0, len(run.power_W) - 1)
+        out.extend(
+            Reading(float(u), dev, INSTANT_W, float(run.power_W[i]))
+            for u, i in zip(updates, idx, strict=True)
+        )
+    if AVERAGE_W in wanted:
+        lo = np.maximum(updates - 1.0, 0.0)
+        avg = (np.asarray(run.energy_at(updates)) - np.asarray(run.energy_at(lo))) / (updates - lo)
+        out.extend(
+            Reading(float(u), dev, AVERAGE_W, float(w)) for u, w in zip(updates, avg, strict=True)
+        )
+    if BUFFER_W in wanted:
+        stamps = np.arange(buffer_phase_s, end + 1e-12, buffer_interval_s)
+        stamps = stamps[stamps >= buffer_interval_s]
+        before = np.asarray(run.energy_at(stamps - buffer_interval_s))
+        means = (np.asarray(run.energy_at(stamps)) - before) / buffer_interval_s
+        out.extend(
+            Reading(float(s), dev, BUFFER_W, float(w)) for s, w in zip(stamps, means, strict=True)
+        )
+    # Stable sort: at equal times the kinds keep the order above, so the trace is reproducible.
+    out.sort(key=lambda r: r.t)
+    return out
+
+
+def _edges(steps: Sequence[SyntheticStep], host_lead_s: float) -> list[StepEdge]:
+    edges: list[StepEdge] = []
+    for s in steps:
+        edges.append(StepEdge(s.phase, "start", s.index, s.start - host_lead_s, s.start))
+        edges.append(StepEdge(s.phase, "end", s.index, s.end - host_lead_s, s.end))
+    return edges
+
+
+def _meta(
+    steps: Sequence[SyntheticStep], duration_s: float, params: dict[str, Any]
+) -> dict[str, Any]:
+    train = [s for s in steps if s.phase == "train"]
+    fit = (train[0].start, train[-1].end) if train else (0.0, duration_s)
+    return {
+        "format": FORMAT,
+        "description": "synthetic run from lightning_watt.synthetic.synthetic_run "
+        "(1 ms piecewise-constant power with known per-step energy)",
+        "gpu": "synthetic",
+        "fit_start": fit[0],
+        "fit_end": fit[1],
+        "sources": {
+            COUNTER_J: "floor(true cumulative mJ) at each 100 ms update, stamped at the update "
+            "(plus counter_delay_s)",
+            BUFFER_W: "mean power of the 20 ms before each timestamp",
+            INSTANT_W: "power of the millisecond before each 100 ms update",
+            AVERAGE_W: "mean power of the trailing 1 s at each 100 ms update",
+        },
+        "synthetic": params,
+    }
