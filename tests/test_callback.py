@@ -41,8 +41,16 @@ def test_fit_logs_keys_and_phases_add_up_to_total(tmp_path):
     trainer.fit(TinyClassifier(step_sleep=0.005))
 
     keys = _csv_keys(trainer)
-    for key in ("energy_kWh", "power_W", "step_J", "epoch_train_J", "epoch_val_J", "epoch_gap_J",
-                "epoch_kWh", "gqi"):
+    for key in (
+        "energy_kWh",
+        "power_W",
+        "step_J",
+        "epoch_train_J",
+        "epoch_val_J",
+        "epoch_gap_J",
+        "epoch_kWh",
+        "gqi",
+    ):
         assert f"watt/{key}" in keys
     summary = json.loads((tmp_path / "run" / "version_0" / "watt_summary.json").read_text())
     assert summary["format"] == "lightning-watt summary v1"
@@ -169,3 +177,30 @@ def test_no_hardware_still_trains(tmp_path):
     with pytest.warns(UserWarning, match="nothing to measure"):
         trainer.fit(TinyClassifier())
     assert cb.last_summary["energy_J"] == 0.0
+
+
+def test_carbon_and_cost_are_logged_and_summarised(tmp_path):
+    cb = WattCallback(
+        replay="h200-mlp-stall", carbon_intensity=400.0, pue=1.2, price_per_kwh=0.3, currency="EUR"
+    )
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(TinyClassifier(step_sleep=0.005))
+    assert {"watt/co2e_kg", "watt/cost"} <= _csv_keys(trainer)
+    s = cb.last_summary
+    assert s["co2e_kg"] == pytest.approx(s["energy_kWh"] * 1.2 * 0.4, rel=1e-9)
+    assert s["cost"] == pytest.approx(s["energy_kWh"] * 1.2 * 0.3, rel=1e-9)
+    assert s["currency"] == "EUR"
+
+
+def test_cpu_estimate_is_included_and_labelled(tmp_path):
+    from lightning_watt.sources.estimate import EstimateSource
+
+    cb = WattCallback(sources=[EstimateSource(cpu_tdp_w=50.0, utilisation=lambda: 0.5)])
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(TinyClassifier(step_sleep=0.005))
+    s = cb.last_summary
+    assert s["estimated"] is True
+    assert [d["kind"] if "kind" in d else d["name"] for d in s["devices"]] == ["cpu"]
+    # idle 15 W + 0.5 x 35 W = 32.5 W held for the whole run
+    assert s["mean_power_W"] == pytest.approx(32.5, rel=0.05)
+    assert math.isclose(sum(s["phases_J"].values()), s["energy_J"], rel_tol=1e-9)
