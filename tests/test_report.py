@@ -203,7 +203,7 @@ def make_run(
         gap = sum(e["gap_J"] for e in epoch_rows)
         trace = load_trace(bundled_trace(trace_name))
         duration = trace.fit_window[1] - trace.fit_window[0]
-        method = "estimated" if estimated else "counter+buffer_W"
+        method = "estimated" if estimated else trace.timeline().methods()["gpu0"][0]
         summary = {
             "format": "lightning-watt summary v1",
             "stage": "fit",
@@ -579,3 +579,65 @@ def test_importing_the_package_does_not_import_matplotlib() -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)
+
+
+def test_two_devices_one_without_power_samples(tmp_path: Path) -> None:
+    from lightning_watt.readings import Reading
+
+    trace = load_trace(bundled_trace("h200-square-wave"))
+    # gpu1: the same GPU's counter alone (no power kinds), so its power comes from the counter.
+    extra = [Reading(r.t, "gpu1", r.kind, r.value) for r in trace.samples if r.kind == "counter_J"]
+    trace.samples = sorted([*trace.samples, *extra], key=lambda r: r.t)
+    trace.save(tmp_path / "run" / "watt_trace")
+    (run,) = read_runs([tmp_path])
+    _, _per_dev, sources = run.power_over_time()
+    assert sources == {"gpu0": "buffer_W", "gpu1": "counter_J"}
+    ax = plot_power(run).axes[0]
+    labels = [ln.get_label() for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    assert labels == ["gpu0 (buffer_W)", "gpu1 (counter_J)", "total"]
+    assert set(_spans_by_phase(ax)) >= {"load", "idle"}  # a trace's own phases are shaded too
+    ax = plot_energy(run).axes[0]
+    gpu0, gpu1, total = ax.get_lines()[:3]
+    assert total.get_ydata()[-1] == pytest.approx(gpu0.get_ydata()[-1] + gpu1.get_ydata()[-1])
+    assert gpu1.get_ydata()[-1] == pytest.approx(gpu0.get_ydata()[-1], rel=1e-3)  # one counter
+
+
+def test_monitor_override_and_lower_is_better(runs: dict[str, RunData], log_root: Path) -> None:
+    (run,) = read_runs([log_root / "version_0"], monitor="train_loss")
+    assert run.monitor == "train_loss" and not run.higher_is_better
+    losses = [v for v in run.scalars["train_loss"].values]
+    assert run.best_accuracy == pytest.approx(min(losses))
+
+
+def test_progress_bar_when_reading_many_event_files(
+    log_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import lightning_watt.report.cli as cli
+
+    monkeypatch.setattr(cli, "PROGRESS_MIN_FILES", 1)
+    args = ["report", str(log_root), "-o", str(tmp_path / "o"), "--no-plots"]
+    assert main(args) == 0
+    assert "reading 3 runs [" + "#" * 30 + "]" in capsys.readouterr().err
+    assert main([*args, "--no-progress"]) == 0
+    assert "reading 3 runs" not in capsys.readouterr().err
+
+
+def test_undefined_scores_are_skipped_not_plotted(tmp_path: Path) -> None:
+    # The callback logs watt/gqi as NaN where the score's form is undefined (kWh <= 1).
+    run_dir = tmp_path / "version_0"
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_text(
+        "epoch,step,val_acc,watt/gqi,watt/energy_kWh\n"
+        "0,9,0.5,nan,\n0,9,,,0.001\n1,19,0.7,nan,\n1,19,,,0.002\n"
+    )
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path), "-o", str(out), "-q"]) == 0
+    (run,) = json.loads((out / "report.json").read_text())["runs"]
+    assert run["final_score"] is None and run["best_accuracy"] == 0.7
+    assert run["plots"]["epoch_energy"].startswith("skipped: ")
+    (data,) = read_runs([tmp_path])
+    (left,) = plot_score(data).axes  # no GQI axis when there is no finite score
+    assert left.get_ylabel() == "val_acc"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -26,7 +27,6 @@ from typing import Any, TextIO
 
 from lightning_watt.report.progress import progress_bar, rich_available
 from lightning_watt.report.runs import (
-    LOOKED_FOR,
     ReportError,
     RunData,
     find_runs,
@@ -38,6 +38,8 @@ REPORT_FORMAT = "lightning-watt report v1"
 #: Reading this many event files, or this many bytes, earns a progress bar.
 PROGRESS_MIN_FILES = 8
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
+#: Drawing this many runs' plots earns a progress bar too (about a second per run).
+PROGRESS_MIN_RUNS_DRAWN = 4
 
 TABLE_COLUMNS = (
     "run",
@@ -173,18 +175,24 @@ def _parser() -> argparse.ArgumentParser:
         "report",
         help="table, report.json and plots of one or more runs",
         description=(
-            "Read run directories (a Lightning log_dir such as lightning_logs/version_0, or a "
-            f"folder above several: searched recursively for {LOOKED_FOR}), print a table of "
-            "the runs, write OUTDIR/report.json and plot each run into OUTDIR/<run>/: power over "
-            "time with phases shaded, cumulative energy, accuracy and GQI per epoch, energy per "
-            "epoch by phase; with several runs also OUTDIR/pareto.png (accuracy against energy, "
-            "Pareto front marked). Replayed or estimated runs are labelled as such."
+            "Summarise runs measured by lightning-watt: print a table of the runs, write\n"
+            "OUTDIR/report.json and, per run, OUTDIR/<run>/power.png (power over time, phases\n"
+            "shaded), energy.png (cumulative energy), score.png (accuracy and GQI per epoch)\n"
+            "and epoch_energy.png (energy per epoch: train/val/gap); with several runs also\n"
+            "OUTDIR/pareto.png (accuracy against energy, Pareto front marked). Replayed or\n"
+            "estimated runs say so in every title.\n\n"
+            "A RUN is a Lightning log_dir (e.g. lightning_logs/version_0), a folder above\n"
+            "several (searched recursively), or one file of a run. A run directory holds\n"
+            "TensorBoard event files (events.out.tfevents.*), a CSVLogger metrics.csv,\n"
+            "watt_summary.json and/or a watt-trace recording (watt_trace.*)."
         ),
         epilog=(
             "examples:\n"
             "  lightning-watt report lightning_logs/version_0 -o watt_report\n"
             "  lightning-watt report lightning_logs other_logs/ -o compare --monitor val/acc\n"
-            "  lightning-watt report lightning_logs --no-plots   # table and report.json only"
+            "  lightning-watt report lightning_logs --no-plots   # table and report.json only\n\n"
+            "exit status: 0 done; 2 a path is missing, holds no runs or has a malformed file;\n"
+            "1 matplotlib is missing (pip install 'lightning-watt[plot]', or use --no-plots)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -262,12 +270,17 @@ def run_report(args: argparse.Namespace) -> int:
     cross: dict[str, str] = {}
     slugs: set[str] = set()
     run_dirs = {run.name: _slug(run.name, slugs) for run in runs}
+    if not args.quiet:
+        print_table(runs)  # before the plots: the numbers are there while the PNGs are drawn
     if not args.no_plots:
         from lightning_watt.report.plots import NoDataError, plot_pareto, render_run, save
 
-        for run in runs:
-            drawn = render_run(run, outdir / run_dirs[run.name], dpi=args.dpi)
-            plots[run.name] = {k: _rel(v, outdir) for k, v in drawn.items()}
+        show = len(runs) >= PROGRESS_MIN_RUNS_DRAWN and not (args.no_progress or args.quiet)
+        with progress_bar(len(runs), "drawing plots", enabled=show) as bar:
+            for run in runs:
+                drawn = render_run(run, outdir / run_dirs[run.name], dpi=args.dpi)
+                plots[run.name] = {k: _rel(v, outdir) for k, v in drawn.items()}
+                bar(1)
         if len(runs) > 1:
             try:
                 cross["pareto"] = _rel(
@@ -276,10 +289,9 @@ def run_report(args: argparse.Namespace) -> int:
             except NoDataError as err:
                 cross["pareto"] = f"skipped: {err}"
 
-    if not args.quiet:
-        print_table(runs)
-    report = _report_json(runs, plots, cross)
-    (outdir / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    report = _json_safe(_report_json(runs, plots, cross))
+    text = json.dumps(report, indent=1, allow_nan=False)
+    (outdir / "report.json").write_text(text + "\n", encoding="utf-8")
     n_png = sum(
         1
         for v in [*cross.values(), *(p for d in plots.values() for p in d.values())]
@@ -288,6 +300,17 @@ def run_report(args: argparse.Namespace) -> int:
     if not args.quiet:
         sys.stderr.write(f"wrote {outdir / 'report.json'} and {n_png} plots under {outdir}\n")
     return 0
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as ``null``: report.json stays valid JSON for every reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _rel(path: str, root: Path) -> str:

@@ -54,8 +54,9 @@ PHASE_STYLE: dict[str, tuple[str, float, str | None]] = {
     "val": (ORANGE, 0.35, None),
     "gap": ("none", 0.6, "///"),
     "stall": (VERMILLION, 0.30, "xx"),
+    "sanity": (GREEN, 0.25, None),
 }
-_EXTRA_PHASE_COLOURS = (GREEN, PURPLE, YELLOW, BLUE)
+_EXTRA_PHASE_COLOURS = (PURPLE, YELLOW, BLUE, GREEN)
 #: Bars of the per-epoch split: stronger than the shading, same hues.
 BAR_STYLE: dict[str, tuple[str, str | None]] = {
     "train": (BLUE, None),

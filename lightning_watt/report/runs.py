@@ -9,11 +9,12 @@ watt-trace recording.
 
 Example:
     >>> import json, pathlib, tempfile
-    >>> run = pathlib.Path(tempfile.mkdtemp()) / "version_0"
-    >>> run.mkdir()
-    >>> _ = (run / "watt_summary.json").write_text(json.dumps({"energy_kWh": 0.5}))
-    >>> [r.energy_kWh for r in read_runs([run.parent])]
-    [0.5]
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     run = pathlib.Path(root) / "lightning_logs" / "version_0"
+    ...     run.mkdir(parents=True)
+    ...     _ = (run / "watt_summary.json").write_text(json.dumps({"energy_kWh": 0.5}))
+    ...     print([(r.name, r.energy_kWh) for r in read_runs([root])])
+    [('version_0', 0.5)]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -119,6 +121,52 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _short_method(method: str) -> str:
+    """The fusion method of a device description: the callback writes e.g. ``replay of
+    h200-mlp-stall (NVIDIA H200; ...) [counter+buffer_W, gap, instant_W (no counter)]``, where
+    the bracket lists the methods most used first; a table wants ``counter+buffer_W``.
+
+    Example:
+        >>> _short_method("nvml (H100; counter_J, instant_W) [counter+instant_W, gap]")
+        'counter+instant_W'
+    """
+    m = re.search(r"\[([^\],]+)", method)
+    if m:
+        return m.group(1).strip()
+    return re.sub(r"\s*\(.*\)\s*", " ", method).strip() or method
+
+
+#: Holes in raw power samples up to this long are bridged in plots, as the energy timeline
+#: bridges them (its default ``max_gap``); longer ones stay visible as breaks in the line.
+_BRIDGE_S = 1.0
+
+
+def _bridge(values: list[float], max_bins: int) -> list[float]:
+    """Fill runs of NaN no longer than ``max_bins`` by linear interpolation between their
+    neighbours (a poller that paused for 300 ms did not see zero or unknown power).
+
+    Example:
+        >>> nan = float("nan")
+        >>> _bridge([1.0, nan, 3.0, nan, nan, nan, 7.0], max_bins=2)[:3]
+        [1.0, 2.0, 3.0]
+    """
+    out = list(values)
+    i, n = 0, len(out)
+    while i < n:
+        if not math.isnan(out[i]):
+            i += 1
+            continue
+        j = i
+        while j < n and math.isnan(out[j]):
+            j += 1
+        if i > 0 and j < n and j - i <= max_bins:
+            a, b = out[i - 1], out[j]
+            for k in range(i, j):
+                out[k] = a + (b - a) * (k - i + 1) / (j - i + 1)
+        i = j
+    return out
+
+
 def _looks_lower_better(key: str) -> bool:
     return bool(re.search(r"loss|err|mse|mae|perplex", key, re.IGNORECASE))
 
@@ -176,7 +224,19 @@ class RunData:
                     methods.append(per_device[0])
         if not methods:
             return "logged" if self.scalars else "unknown"
-        return ", ".join("estimated" if ESTIMATE_W in m or m == "estimated" else m for m in methods)
+        short: list[str] = []
+        for m in methods:
+            m = "estimated" if ESTIMATE_W in m or m == "estimated" else _short_method(m)
+            if m not in short:
+                short.append(m)
+        return ", ".join(short)
+
+    @property
+    def method_detail(self) -> str | None:
+        """The devices' method descriptions in full, as the summary gives them."""
+        devices = (self.summary or {}).get("devices") or []
+        found = [str(d["method"]) for d in devices if isinstance(d, dict) and d.get("method")]
+        return "; ".join(found) or None
 
     @property
     def estimated(self) -> bool:
@@ -296,18 +356,30 @@ class RunData:
                     if 0 <= i < n:
                         sums[i] += w
                         counts[i] += 1
-                out[name] = [s / c if c else math.nan for s, c in zip(sums, counts, strict=True)]
+                means = [s / c if c else math.nan for s, c in zip(sums, counts, strict=True)]
+                out[name] = _bridge(means, max_bins=int(_BRIDGE_S / bin_s))
                 sources[name] = kind
             else:
                 dev = self._timeline.device(name)
                 cum = [dev.energy_at(t0 + i * bin_s) for i in range(n + 1)]
-                out[name] = [(b - a) / bin_s for a, b in itertools.pairwise(cum)]
+                first, last = dev.start, dev.horizon
+                # Outside the counter's readings the energy is unknown, not zero watts.
+                out[name] = [
+                    (b - a) / bin_s
+                    if first <= t0 + i * bin_s and t0 + (i + 1) * bin_s <= last
+                    else math.nan
+                    for i, (a, b) in enumerate(itertools.pairwise(cum))
+                ]
                 sources[name] = "counter_J"
         return centres, out, sources
 
     def raw_power(self) -> dict[str, tuple[str, list[float], list[float]]]:
         """The best raw power kind per device, as recorded: ``{device: (kind, t, watts)}`` with
         ``t`` relative to the fit start."""
+        return self._raw_power
+
+    @cached_property
+    def _raw_power(self) -> dict[str, tuple[str, list[float], list[float]]]:
         if not self.has_trace:
             return {}
         assert self.trace is not None
@@ -606,6 +678,7 @@ class RunData:
             "best_accuracy": self.best_accuracy,
             "final_score": self.final_score,
             "method": self.method,
+            "method_detail": self.method_detail,
             "estimated": self.estimated,
             "replay": self.replay,
             "co2e_kg": self._summary_number("co2e_kg"),
@@ -946,19 +1019,22 @@ def read_run(
 
 
 def _names(locations: Sequence[RunLocation], summaries: Sequence[str | None]) -> list[str]:
-    """Short unique names: the summary's run name, else the directory relative to the deepest
-    folder all runs share."""
+    """Short unique names: the summary's run name (with the directory added where several runs
+    share it, as every version of one Lightning logger does), else the directory relative to
+    the deepest folder all runs share."""
     dirs = [loc.path.resolve() for loc in locations]
     common = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0].parent
-    names: list[str] = []
-    for loc, d, given in zip(locations, dirs, summaries, strict=True):
-        if given:
-            base = given
-        elif _standalone(loc):
-            base = Path(loc.trace or "").name
+    rels = []
+    for loc, d in zip(locations, dirs, strict=True):
+        if _standalone(loc):
+            rels.append(Path(loc.trace or "").name)
         else:
             rel = d.relative_to(common) if d != common else Path(d.name)
-            base = rel.as_posix() if str(rel) != "." else d.name
+            rels.append(rel.as_posix() if str(rel) != "." else d.name)
+    given_counts = Counter(g for g in summaries if g)
+    names: list[str] = []
+    for rel, given in zip(rels, summaries, strict=True):
+        base = (given if given_counts[given] == 1 else f"{given} ({rel})") if given else rel
         name, n = base, 2
         while name in names:
             name, n = f"{base} #{n}", n + 1
