@@ -174,6 +174,7 @@ class WattCallback(Callback):
         self._ledger: EnergyLedger | None = None
         self._weights: dict[str, float] = {}
         self._stage: str | None = None
+        self._world_size = 1
         self._last_tick: tuple[float, float, float] | None = None
         self._run_kwh = 0.0  # all ranks, since the first segment, at the last reduction
         self._warned_no_energy = False
@@ -205,6 +206,7 @@ class WattCallback(Callback):
             self._stop(trainer)
         self._reset_stage_state()
         self._stage = stage
+        self._world_size = trainer.world_size
         sources, skipped = self._sources_for(trainer)
         record = None
         if self.record:
@@ -267,8 +269,19 @@ class WattCallback(Callback):
         measured = self._weighted(meter.energy_between(t0, max(t0, horizon)))
         return measured + self._weighted(meter.power()) * (t1 - max(t0, horizon))
 
+    @property
+    def energy_kwh(self) -> float:
+        """Cumulative kWh of the run (all ranks, earlier segments included). Fresh in a single
+        process; in a multi-process run, as of the last reduction (log step or epoch end)."""
+        return self._energy_kwh_provider()
+
+    @property
+    def carbon(self) -> Any:
+        """The :class:`~lightning_watt.carbon.CarbonModel` in use, or ``None``."""
+        return self._carbon
+
     def _energy_kwh_provider(self) -> float:
-        if self._trainer_world_size > 1:
+        if self._world_size > 1:
             return self._run_kwh
         return self._local_cumulative_kwh()
 
@@ -278,10 +291,6 @@ class WattCallback(Callback):
             return self._offset["energy_J"] / J_PER_KWH
         joules = self._provisional_energy(meter.started_at, meter.now())
         return (self._offset["energy_J"] + joules) / J_PER_KWH
-
-    @property
-    def _trainer_world_size(self) -> int:
-        return getattr(self, "_world_size", 1)
 
     def _sync_edges(self, wait: bool = False) -> None:
         """Move resolved edges into the ledger (and the recording); attribute final energy."""
@@ -412,7 +421,6 @@ class WattCallback(Callback):
         meter, ledger = self._meter, self._ledger
         if meter is None or ledger is None or meter.started_at is None:
             return
-        self._world_size = trainer.world_size
         self._sync_edges()
         cum = self._provisional_energy(meter.started_at, meter.now())
         # Power over the last interval from measured energy only (no held-power guesses): the
@@ -466,7 +474,6 @@ class WattCallback(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._meter is None or self._meter.started_at is None:
             return
-        self._world_size = trainer.world_size
         phases = self._epoch_phases(trainer.current_epoch)
         cum = self._provisional_energy(self._meter.started_at, self._meter.now())
         train, val, gap, total = sum_across_ranks(
@@ -510,7 +517,6 @@ class WattCallback(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._meter is None or self._meter.started_at is None:
             return
-        self._world_size = trainer.world_size
         cum = self._provisional_energy(self._meter.started_at, self._meter.now())
         (total,) = sum_across_ranks([cum], pl_module.device)
         self._run_kwh = (self._offset["energy_J"] + total) / J_PER_KWH
@@ -573,6 +579,8 @@ class WattCallback(Callback):
         ledger.advance(end, self._final_energy)
         totals = meter.energy_between(meter.started_at, end)
         peaks = meter.peak_power()
+        methods = meter.methods()
+        sources = meter.source_descriptions()
         duration = end - meter.started_at
         local = {
             "rank": trainer.global_rank,
@@ -587,7 +595,9 @@ class WattCallback(Callback):
                     "counted": self._weights.get(d.name, 1.0) > 0,
                     "mean_power_W": totals.get(d.name, 0.0) / duration if duration > 0 else 0.0,
                     "peak_power_W": peaks.get(d.name, 0.0),
-                    "method": meter.describe().get(d.name, ""),
+                    "method": (methods.get(d.name) or ["none"])[0],
+                    "methods": methods.get(d.name, []),
+                    "source": sources.get(d.name, ""),
                     "estimated": d.estimated,
                 }
                 for d in meter.devices
@@ -642,8 +652,12 @@ class WattCallback(Callback):
             return
         if trainer.state.fn == "fit" or self._stage == "fit":
             store = self.__dict__.setdefault("_metrics_by_epoch", {})
+            # The module's own metrics of this epoch; our epoch energies are in the row already
+            # (and callback_metrics still holds the previous epoch's at this point).
             store[trainer.current_epoch] = {
-                k: float(v) for k, v in trainer.callback_metrics.items() if _scalar(v)
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if _scalar(v) and k not in ("W", "kWh") and not k.startswith(self.prefix + "epoch_")
             }
         if self._stage == "validate":
             self._finish(trainer, pl_module)
@@ -662,7 +676,7 @@ class WattCallback(Callback):
         }
         meter, ledger = self._meter, self._ledger
         if meter is not None and ledger is not None and meter.started_at is not None:
-            if self._trainer_world_size > 1:
+            if self._world_size > 1:
                 state["energy_J"] = self._run_kwh * J_PER_KWH
                 return state
             self._sync_edges()

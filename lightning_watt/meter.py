@@ -377,6 +377,15 @@ class EnergyMeter:
             out[name] = f"{self._describe.get(name, '?')} [{used}]"
         return out
 
+    def methods(self) -> dict[str, list[str]]:
+        """How each device's energy was obtained, most-used first (``counter+buffer_W``, ...)."""
+        with self._lock:
+            return self._timeline.methods()
+
+    def source_descriptions(self) -> dict[str, str]:
+        """What each device's source says about how it measures."""
+        return {name: self._describe.get(name, "?") for name in sorted(self._devices)}
+
     def memory_bytes(self) -> int:
         with self._lock:
             return self._timeline.memory_bytes()
