@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,7 @@ class WattCallback(Callback):
         self._weights: dict[str, float] = {}
         self._stage: str | None = None
         self._world_size = 1
+        self._run_dir = Path(".")
         self._last_tick: tuple[float, float, float] | None = None
         self._run_kwh = 0.0  # all ranks, since the first segment, at the last reduction
         self._warned_no_energy = False
@@ -197,6 +199,8 @@ class WattCallback(Callback):
         return default_sources(gpu_devices=[root.index or 0] if root.type == "cuda" else None)
 
     def _log_dir(self, trainer: pl.Trainer) -> Path:
+        # trainer.log_dir broadcasts from rank zero: a collective, so every rank asks it here, in
+        # setup, and the answer is kept for the end of the stage (where only rank zero writes).
         log_dir = trainer.log_dir if trainer.loggers else None
         return Path(log_dir or trainer.default_root_dir)
 
@@ -208,12 +212,13 @@ class WattCallback(Callback):
         self._stage = stage
         self._world_size = trainer.world_size
         sources, skipped = self._sources_for(trainer)
+        self._run_dir = self._log_dir(trainer)
         record = None
         if self.record:
             suffix = "" if stage == "fit" else f"_{stage}"
             if trainer.world_size > 1:
                 suffix += f".rank{trainer.global_rank}"
-            record = str(self._log_dir(trainer) / f"watt_trace{suffix}")
+            record = str(self._run_dir / f"watt_trace{suffix}")
         meter = EnergyMeter(sources, record=record)
         meter.start()
         self._unavailable = {**skipped, **meter.unavailable}
@@ -414,8 +419,12 @@ class WattCallback(Callback):
         return (trainer.global_step + 1) % self.log_every_n_steps == 0 or trainer.global_step == 0
 
     def _log(self, pl_module: pl.LightningModule, values: dict[str, float], **kw: Any) -> None:
-        for key, value in values.items():
-            pl_module.log(self.prefix + key, float(value), sync_dist=False, **kw)
+        with warnings.catch_warnings():
+            # Values are already reduced across ranks (identical everywhere): Lightning's advice
+            # to add sync_dist would only cost another collective per key.
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+            for key, value in values.items():
+                pl_module.log(self.prefix + key, float(value), sync_dist=False, **kw)
 
     def _log_tick(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         meter, ledger = self._meter, self._ledger
@@ -443,13 +452,17 @@ class WattCallback(Callback):
             # Ranks step together: the job's energy per step is the sum of the ranks' shares.
             values["step_J"] = total_step * trainer.world_size / ranks_with_steps
         values.update(self._carbon_values(self._run_kwh))
-        self._log(pl_module, values, on_step=True, on_epoch=False)
+        if self.per_device and trainer.is_global_zero:
+            values.update({f"power_W/{name}": w for name, w in meter.power().items()})
+        own_cadence = self.log_every_n_steps is not None
+        self._log(pl_module, values, on_step=True, on_epoch=False, logger=not own_cadence)
+        if own_cadence:
+            # Lightning hands on_step values to the loggers only at the Trainer's cadence (finer
+            # ticks are dropped, stale ones re-sent): write this tick's row to the loggers here.
+            trainer._logger_connector.log_metrics({self.prefix + k: v for k, v in values.items()})
         if self.progress_bar:
             pl_module.log("W", total_power, prog_bar=True, logger=False, on_step=True)
             pl_module.log("kWh", self._run_kwh, prog_bar=True, logger=False, on_step=True)
-        if self.per_device and trainer.is_global_zero:
-            for name, watts in meter.power().items():
-                pl_module.log(f"{self.prefix}power_W/{name}", watts, on_step=True, on_epoch=False)
 
     def _carbon_values(self, kwh: float) -> dict[str, float]:
         if self._carbon is None:
@@ -634,7 +647,7 @@ class WattCallback(Callback):
         )
         self.last_summary = summary
         if self.summary:
-            log_dir = self._log_dir(trainer)
+            log_dir = self._run_dir
             log_dir.mkdir(parents=True, exist_ok=True)
             name = (
                 "watt_summary.json" if self._stage == "fit" else f"watt_summary_{self._stage}.json"

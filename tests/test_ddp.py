@@ -1,0 +1,68 @@
+"""Two real processes (DDP over gloo on the CPU), each replaying a different real GPU trace."""
+
+from __future__ import annotations
+
+import json
+
+import lightning.pytorch as pl
+import pytest
+from helpers import TinyClassifier
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_watt.callback import WattCallback
+from lightning_watt.sources import ReplaySource
+from lightning_watt.trace import bundled_trace, load_trace
+
+
+def _fit(tmp_path, callback: WattCallback) -> dict:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        callbacks=[callback],
+        logger=CSVLogger(tmp_path, name="ddp"),
+        log_every_n_steps=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(TinyClassifier(step_sleep=0.01))
+    run = tmp_path / "ddp" / "version_0"
+    return {"summary": json.loads((run / "watt_summary.json").read_text()), "dir": run}
+
+
+@pytest.mark.slow
+def test_total_is_the_sum_of_both_ranks_traces(tmp_path):
+    out = _fit(tmp_path, WattCallback(replay=["h200-mlp-stall", "h100-mlp"]))
+    summary, run = out["summary"], out["dir"]
+    assert summary["world_size"] == 2
+    assert sorted((d["rank"], d["counted"]) for d in summary["devices"]) == [(0, True), (1, True)]
+    # Each rank recorded what it read; their energies over each rank's run add up to the total.
+    per_rank = []
+    for rank in (0, 1):
+        trace = load_trace(run / f"watt_trace.rank{rank}")
+        per_rank.append(sum(trace.timeline().energy_between(*trace.fit_window).values()))
+    assert summary["energy_J"] == pytest.approx(sum(per_rank), rel=0.01)
+    device_j = {d["rank"]: d["energy_J"] for d in summary["devices"]}
+    assert device_j[0] == pytest.approx(per_rank[0], rel=0.01)
+    assert device_j[1] == pytest.approx(per_rank[1], rel=0.01)
+    # Steps and gaps of both ranks add up to the devices' total.
+    assert sum(summary["phases_J"].values()) == pytest.approx(summary["energy_J"], rel=1e-9)
+    # The logged cumulative energy (all ranks, live) ends near the final total.
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = header.index("watt/energy_kWh")
+    logged = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert logged and logged[-1] <= summary["energy_kWh"] * 1.05
+    assert logged[-1] >= summary["energy_kWh"] * 0.5
+
+
+@pytest.mark.slow
+def test_a_device_seen_by_two_ranks_is_counted_once(tmp_path):
+    shared = ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0, uuid_prefix="same-gpu")
+    out = _fit(tmp_path, WattCallback(sources=[shared]))
+    summary = out["summary"]
+    counted = [d for d in summary["devices"] if d["counted"]]
+    assert len(summary["devices"]) == 2 and len(counted) == 1
+    assert counted[0]["rank"] == 0
+    assert summary["energy_J"] == pytest.approx(counted[0]["energy_J"], rel=1e-9)
