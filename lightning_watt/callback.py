@@ -180,6 +180,7 @@ class WattCallback(Callback):
         self._last_tick: tuple[float, float, float] | None = None
         self._run_kwh = 0.0  # all ranks, since the first segment, at the last reduction
         self._warned_no_energy = False
+        self._warned_score = False
         self._provider_pushed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -546,13 +547,17 @@ class WattCallback(Callback):
             return
         from lightning_watt.functional import green_quotient_index
 
-        score = (
-            green_quotient_index(
-                accuracy, self._run_kwh, alpha=self.alpha, beta=self.beta, form=self.form
+        try:
+            score = float(
+                green_quotient_index(
+                    accuracy, self._run_kwh, alpha=self.alpha, beta=self.beta, form=self.form
+                )
             )
-            if (self.form == "guarded" or self._run_kwh > 1.0)
-            else float("nan")
-        )
+        except ValueError as err:
+            # An accuracy logged in percent, or the paper's form below 1 kWh: say why once,
+            # log NaN (so monitors see "no score"), never stop the fit.
+            self._warn_score_once(f"lightning-watt: watt/gqi is NaN: {err}")
+            score = float("nan")
         values = {"gqi": score}
         reached = self.target_accuracy is not None and accuracy >= self.target_accuracy
         if reached and self._target_kwh is None:
@@ -560,6 +565,11 @@ class WattCallback(Callback):
         if self._target_kwh is not None:
             values["target_kWh"] = self._target_kwh
         self._log(pl_module, values, on_step=False, on_epoch=True, prog_bar=False)
+
+    def _warn_score_once(self, message: str) -> None:
+        if not self._warned_score:
+            self._warned_score = True
+            rank_zero_warn(message)
 
     # ------------------------------------------------------------------ end of a stage
     @override

@@ -419,5 +419,10 @@ class EnergyMeter:
             "sources": dict(self._describe),
         }
         for source in self._sources:
-            meta.update({f"{source.name}.{k}": v for k, v in source.metadata().items()})
+            facts = source.metadata()
+            meta.update({f"{source.name}.{k}": v for k, v in facts.items()})
+            # The trace format's own fields, readable by ReplaySource and the report.
+            for key in ("gpu", "driver"):
+                if key in facts and key not in meta:
+                    meta[key] = facts[key]
         return meta

@@ -205,3 +205,17 @@ def test_cpu_estimate_is_included_and_labelled(tmp_path):
     assert 0.3 * 32.5 < s["mean_power_W"] <= 32.5 * 1.01
     assert {d["name"] for d in s["devices"]} == {"cpu"}
     assert math.isclose(sum(s["phases_J"].values()), s["energy_J"], rel_tol=1e-9)
+
+
+def test_accuracy_logged_in_percent_warns_and_never_stops_the_fit(tmp_path):
+    class Percent(TinyClassifier):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_acc", 100 * (self.net(x).argmax(-1) == y).float().mean(), on_epoch=True)
+
+    cb = WattCallback(replay="h200-mlp-stall", score_from="val_acc", record=False)
+    trainer = _trainer(tmp_path, [cb], max_epochs=2)
+    with pytest.warns(UserWarning, match="percentage"):
+        trainer.fit(Percent())
+    assert trainer.current_epoch == 2
+    assert math.isnan(float(trainer.callback_metrics["watt/gqi"]))

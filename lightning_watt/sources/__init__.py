@@ -9,6 +9,9 @@ from lightning_watt.sources.base import (
     EnergySource,
     SourceUnavailable,
 )
+from lightning_watt.sources.estimate import EstimateSource
+from lightning_watt.sources.nvml import MigEnergyWarning, NvmlSource, nvml_status
+from lightning_watt.sources.rapl import RaplSource, rapl_status
 from lightning_watt.sources.replay import ReplaySource
 
 __all__ = [
@@ -16,9 +19,15 @@ __all__ = [
     "ChannelLost",
     "Clock",
     "EnergySource",
+    "EstimateSource",
+    "MigEnergyWarning",
+    "NvmlSource",
+    "RaplSource",
     "ReplaySource",
     "SourceUnavailable",
     "default_sources",
+    "nvml_status",
+    "rapl_status",
 ]
 
 
