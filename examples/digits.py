@@ -5,7 +5,8 @@ through NVML; with ``--replay h200-mlp-stall`` a real recorded H200 trace is rep
 machine shows what a GPU run looks like (labelled as a replay in logs and summary).
 
     python examples/digits.py --replay h200-mlp-stall
-    tensorboard --logdir runs/digits
+    tensorboard --logdir runs        # energy curves under watt/
+    # PNG report: runs/digits/version_0/report/
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> WattCallback:
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="use only this many images")
     parser.add_argument("--logdir", default="runs")
+    parser.add_argument("--no-report", action="store_true", help="skip the PNG report")
     args = parser.parse_args(argv)
 
     pl.seed_everything(0, verbose=False)
@@ -82,7 +84,12 @@ def main(argv: list[str] | None = None) -> WattCallback:
         enable_model_summary=False,
     )
     trainer.fit(DigitsCNN(), train, val)
-    print(f"logs and watt_summary.json in {trainer.log_dir}")
+    if not args.no_report:
+        from lightning_watt.report.cli import main as report
+
+        report(["report", str(trainer.log_dir), "-o", f"{trainer.log_dir}/report", "-q"])
+    print(f"logs, watt_summary.json and report/*.png in {trainer.log_dir}")
+    print(f"tensorboard --logdir {args.logdir}")
     return watt
 
 
