@@ -326,6 +326,11 @@ class WattCallback(Callback):
         return "val"
 
     @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._clock is not None and trainer.current_epoch > 0:
+            self._clock.reanchor()
+
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:

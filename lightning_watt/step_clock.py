@@ -49,18 +49,23 @@ class StepClock:
         self._now = now
         self._cuda = device is not None and device.type == "cuda" and torch.cuda.is_available()
         self._device = device
-        self._pending: deque[tuple[str, str, int, int, float, Any]] = deque()
+        self._pending: deque[tuple[str, str, int, int, float, Any, tuple[Any, float]]] = deque()
         self._free: list[Any] = []
-        self._ref: Any = None
-        self._ref_t = 0.0
-        if self._cuda:
-            with torch.cuda.device(device):
-                self._ref = torch.cuda.Event(enable_timing=True)
-                # The single synchronisation of a run: pins GPU time to the meter clock.
-                torch.cuda.synchronize(device)
-                self._ref.record()
-                torch.cuda.synchronize(device)
-                self._ref_t = now()
+        self._ref: tuple[Any, float] = (None, 0.0)
+        self.reanchor()
+
+    def reanchor(self) -> None:
+        """Pin GPU time to the meter clock again. Costs one synchronisation, so it is done at
+        start and at epoch boundaries only: GPU and host clocks drift apart by parts per million
+        (tens of ms per hour), which would slowly shift steps against the power readings."""
+        if not self._cuda:
+            return
+        with torch.cuda.device(self._device):
+            event = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(self._device)
+            event.record()
+            torch.cuda.synchronize(self._device)
+            self._ref = (event, self._now())
 
     @property
     def uses_gpu_time(self) -> bool:
@@ -72,21 +77,21 @@ class StepClock:
         if self._cuda:
             event = self._free.pop() if self._free else torch.cuda.Event(enable_timing=True)
             event.record()
-        self._pending.append((phase, edge, index, epoch, self._now(), event))
+        self._pending.append((phase, edge, index, epoch, self._now(), event, self._ref))
 
     def resolve(self, wait: bool = False) -> list[Edge]:
         """Edges whose GPU time is known, in order. ``wait=True`` (end of a stage only) blocks
         until every recorded event has completed."""
         out: list[Edge] = []
         while self._pending:
-            phase, edge, index, epoch, t_host, event = self._pending[0]
+            phase, edge, index, epoch, t_host, event, (ref, ref_t) = self._pending[0]
             t_gpu = None
             if event is not None:
                 if not wait and not event.query():
                     break
                 if wait:
                     event.synchronize()
-                t_gpu = self._ref_t + self._ref.elapsed_time(event) / 1000.0
+                t_gpu = ref_t + ref.elapsed_time(event) / 1000.0
                 self._free.append(event)
             self._pending.popleft()
             out.append(Edge(phase, edge, index, epoch, t_host, t_gpu))
