@@ -26,7 +26,7 @@ from lightning_watt.timeline import EnergyTimeline, Gap
 from lightning_watt.trace import Trace, bundled_trace, load_trace
 
 if TYPE_CHECKING:
-    from lightning_watt.budget import EnergyBudget
+    from lightning_watt.budget import EnergyBudget, EnergyBudgetWarning
     from lightning_watt.callback import WattCallback
     from lightning_watt.functional import accuracy_per_kwh, green_quotient_index
     from lightning_watt.metrics import GreenQuotientIndex
@@ -38,6 +38,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "WattCallback": "lightning_watt.callback",
     "EnergyBudget": "lightning_watt.budget",
+    "EnergyBudgetWarning": "lightning_watt.budget",
     "GreenQuotientIndex": "lightning_watt.metrics",
     "green_quotient_index": "lightning_watt.functional",
     "accuracy_per_kwh": "lightning_watt.functional",
@@ -57,6 +58,7 @@ __all__ = [
     "CarbonModel",
     "DeviceInfo",
     "EnergyBudget",
+    "EnergyBudgetWarning",
     "EnergyMeter",
     "EnergySource",
     "EnergyTimeline",
