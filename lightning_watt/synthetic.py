@@ -48,13 +48,15 @@ from typing import Any
 
 import numpy as np
 
-from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W, KINDS, Reading
+from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W, Reading
 from lightning_watt.trace import FORMAT, StepEdge, Trace
 
 #: Resolution of the true power signal (seconds).
 DT = 0.001
+#: The kinds :func:`synthetic_run` can emit.
+GENERATED_KINDS = frozenset({COUNTER_J, BUFFER_W, INSTANT_W, AVERAGE_W})
 
-__all__ = ["DT", "SyntheticRun", "SyntheticStep", "synthetic_run"]
+__all__ = ["DT", "GENERATED_KINDS", "SyntheticRun", "SyntheticStep", "synthetic_run"]
 
 
 @dataclass(frozen=True)
@@ -216,10 +218,12 @@ def synthetic_run(
         >>> run.trace.kinds
         ['buffer_W', 'counter_J']
     """
-    wanted = frozenset(KINDS if kinds is None else kinds)
-    unknown = wanted - KINDS
+    wanted = frozenset(GENERATED_KINDS if kinds is None else kinds)
+    unknown = wanted - GENERATED_KINDS
     if unknown:
-        raise ValueError(f"kinds: unknown {sorted(unknown)}; accepted: {sorted(KINDS)}")
+        raise ValueError(
+            f"kinds: cannot generate {sorted(unknown)}; choose from {sorted(GENERATED_KINDS)}"
+        )
     if not duration_s > idle_before_s + idle_after_s >= 0:
         raise ValueError("duration_s must exceed idle_before_s + idle_after_s")
     if not (1 <= step_ms[0] <= step_ms[1]):
@@ -277,10 +281,12 @@ def synthetic_run(
 
     # The run object first: its exact energy function derives every reading below.
     run = SyntheticRun(Trace([]), [], power, device)
-    steps = [
-        SyntheticStep(phase, i, a * DT, b * DT, run.true_energy(a * DT, b * DT))
-        for i, (phase, a, b, _) in enumerate(segs)
-    ]
+    steps: list[SyntheticStep] = []
+    per_phase: dict[str, int] = {}  # train steps count 0, 1, 2, ... like global_step
+    for phase, a, b, _ in segs:
+        index = per_phase.get(phase, 0)
+        per_phase[phase] = index + 1
+        steps.append(SyntheticStep(phase, index, a * DT, b * DT, run.true_energy(a * DT, b * DT)))
     run.steps = steps
     run.trace = Trace(
         _readings(

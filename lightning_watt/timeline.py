@@ -175,6 +175,7 @@ class DeviceTimeline:
         self.seconds_by_method: dict[str, float] = {}
         self.resets = 0
         self._tail_cache: tuple[int, list[float], list[float]] | None = None
+        self._coarse_n = 0  # leading knots already thinned to coarse_step
         self._version = 0
 
     # ------------------------------------------------------------------ ingest
@@ -220,6 +221,12 @@ class DeviceTimeline:
 
     def mark_gap(self, start: float, end: float, reason: str) -> None:
         if end > start:
+            last = self._explicit_gaps[-1] if self._explicit_gaps else None
+            if last is not None and last.reason == reason and start <= last.end:
+                # Repeated failures of one reader extend one gap, not stack overlapping copies.
+                merged = Gap(self.name, min(last.start, start), max(last.end, end), reason)
+                self._explicit_gaps[-1] = merged
+                return
             self._explicit_gaps.append(Gap(self.name, start, end, reason))
 
     # ------------------------------------------------------------------ finalize
@@ -274,7 +281,8 @@ class DeviceTimeline:
             kind, ts, cum = shape
             i0 = _interp(ts, cum, a.u)
             d_power = _interp(ts, cum, b.u) - i0
-            if d_power > 0:
+            # A vanishing power integral (subnormal watts) cannot shape anything: k = inf.
+            if d_power > 0 and math.isfinite(d_counter / d_power):
                 k = d_counter / d_power
                 lo, hi = bisect.bisect_right(ts, a.u), bisect.bisect_left(ts, b.u)
                 inner = ts[lo:hi]
@@ -417,18 +425,27 @@ class DeviceTimeline:
         if n <= self._max_knots:
             return
         # Old knots are thinned to coarse_step apart; E at every kept knot is unchanged, so
-        # totals and additivity hold, only sub-second shape of old data is lost.
-        cut = n // 2
+        # totals and additivity hold, only sub-second shape of old data is lost. Only the older
+        # half of the knots not yet thinned is thinned: halving all knots, once thinned ones
+        # filled half the budget (~28 h at 50 knots/s), thinned nothing, and memory and time
+        # per call grew without bound.
+        done = self._coarse_n
+        if done > self._max_knots // 2:
+            # Thinned knots fill half the budget: thin them all again, twice as sparse, so
+            # recent data keeps its fine shape however long the run.
+            self._coarse_step *= 2
+            done = 0
+        cut = done + (n - done) // 2
         kt, ke = array("d"), array("d")
-        last = -math.inf
-        for i in range(cut):
-            if self._kt[i] - last >= self._coarse_step or i == cut - 1:
+        last = self._kt[done - 1] if done else -math.inf
+        for i in range(done, cut):
+            if self._kt[i] - last >= self._coarse_step:
                 kt.append(self._kt[i])
                 ke.append(self._ke[i])
                 last = self._kt[i]
-        kt.extend(self._kt[cut:])
-        ke.extend(self._ke[cut:])
-        self._kt, self._ke = kt, ke
+        self._kt[done:cut] = kt
+        self._ke[done:cut] = ke
+        self._coarse_n = done + len(kt)
 
     def advance(self) -> None:
         """Finalize whatever the readings so far determine."""

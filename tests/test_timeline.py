@@ -301,6 +301,42 @@ def test_finalized_energy_never_changes() -> None:
     assert before == after
 
 
+def test_energy_after_flush_uses_the_final_knots() -> None:
+    """Regression: a provisional tail cached before ``flush`` was reused after it, so energy
+    past the last knot could go down (found by the random-readings property)."""
+    readings = [
+        Reading(0.0, "gpu0", COUNTER_J, 0.0),
+        Reading(0.0, "gpu0", BUFFER_W, 0.0),
+        Reading(1.0, "gpu0", COUNTER_J, 1.0),
+        Reading(2.0, "gpu0", COUNTER_J, -4999.0),  # a reset
+        Reading(7.0, "gpu0", COUNTER_J, -4998.0),
+        Reading(8.0, "gpu0", COUNTER_J, -4998.0),
+    ]
+    tl = EnergyTimeline()
+    for r in readings:
+        tl.add([r])
+        tl.energy_at(8.0)  # a query fills the cache, as a live meter's reads do
+    tl.flush()
+    assert tl.energy_between(3.0, 8.0)["gpu0"] == pytest.approx(0.8)
+    assert tl.energy_at(8.0)["gpu0"] == pytest.approx(2.0)
+
+
+def test_vanishing_power_shape_never_gives_nan() -> None:
+    """Regression: a subnormal power integral made the counter's scale infinite (inf * 0 = nan);
+    found by the random-readings property."""
+    tl = _fed(
+        [
+            Reading(0.0, "gpu0", COUNTER_J, 0.0),
+            Reading(0.0, "gpu0", BUFFER_W, 0.0),
+            Reading(1.0, "gpu0", BUFFER_W, 5e-324),
+            Reading(2.0, "gpu0", COUNTER_J, 1.0),
+            Reading(2.0, "gpu0", BUFFER_W, 5e-324),
+        ]
+    )
+    assert tl.energy_between(0.0, 1.0)["gpu0"] == pytest.approx(0.5)
+    assert tl.energy_between(0.0, 2.0)["gpu0"] == pytest.approx(1.0)
+
+
 def test_old_knots_are_thinned_without_changing_energy_at_kept_knots() -> None:
     tr = trace("h200-mlp-stall")
     full = timeline("h200-mlp-stall")
@@ -310,6 +346,40 @@ def test_old_knots_are_thinned_without_changing_energy_at_kept_knots() -> None:
     assert small.energy_between(first, last)["gpu0"] == pytest.approx(
         full.energy_between(first, last)["gpu0"], rel=1e-12
     )
+
+
+def test_knots_stay_bounded_on_long_runs_and_recent_shape_stays_fine() -> None:
+    """Regression: once thinned knots filled half of ``max_knots`` (about 28 h at the default
+    budget), thinning stopped working: memory and time per call grew without bound."""
+    tl = EnergyTimeline(max_knots=64)
+    reference = EnergyTimeline()  # the default budget: nothing thinned in 10 minutes
+    sizes = []
+    for drain in range(1200):  # 10 minutes of 0.5 s meter drains
+        t = drain * 0.5
+        # 500 W and 100 W alternating every 100 ms; the counter updates every 100 ms.
+        done = 170.0 * drain  # joules before this drain: 50 + 10 + 50 + 10 + 50 per drain
+        readings = [
+            Reading(t + 0.1 * (k + 1), "gpu0", COUNTER_J, done + [50, 60, 110, 120, 170][k])
+            for k in range(5)
+        ]
+        readings += [
+            Reading(t + 0.02 * (j + 1), "gpu0", BUFFER_W, 500.0 if (j // 5) % 2 == 0 else 100.0)
+            for j in range(25)
+        ]
+        readings.sort(key=lambda r: r.t)
+        tl.add(readings)
+        reference.add(readings)
+        sizes.append(tl.memory_bytes())
+    tl.flush()
+    reference.flush()
+    assert max(sizes[100:]) < 200 * 16  # at most ~200 knots of 16 bytes, plus pending samples
+    # Thinning loses old shape, never energy: the total is the same to rounding.
+    total = reference.energy_between(0.0, 600.0)["gpu0"]
+    assert total == pytest.approx(170.0 * 1200 - 50.0 + 0.08 * 500.0)
+    assert tl.energy_between(0.0, 600.0)["gpu0"] == pytest.approx(total, rel=1e-12)
+    # The newest knots keep their 100 ms shape (with 64 knots, only the last few tenths).
+    assert tl.energy_between(599.8, 599.9)["gpu0"] == pytest.approx(10.0)
+    assert tl.energy_between(599.9, 600.0)["gpu0"] == pytest.approx(50.0)
 
 
 def test_validation() -> None:

@@ -146,8 +146,10 @@ class ReplaySource(EnergySource):
     def _reader(self, device: str, kind: str, ts: list[float], vs: list[float]):
         name = self._rename[device]
         is_counter = kind == COUNTER_J
-        span_energy = (vs[-1] - vs[0]) if is_counter and len(vs) > 1 else 0.0
-        origin = vs[0] if is_counter else 0.0
+        # Laps repeat [start, end]: measure the counter from its value at ``start``, so each lap
+        # adds that span's energy only (not the energy recorded before ``start``).
+        origin = vs[max(bisect.bisect_right(ts, self.start) - 1, 0)] if is_counter else 0.0
+        span_energy = (vs[-1] - origin) if is_counter and len(vs) > 1 else 0.0
         state = {"lap": 0, "t": self.start - 1e-12, "first": True}
 
         def value(i: int, lap: int) -> float:

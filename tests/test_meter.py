@@ -1,0 +1,308 @@
+"""EnergyMeter on replayed real traces and on fake sources: accuracy, failures, recording.
+
+The sources named ``Fake*`` here are fakes (no hardware): they exist to make channels fail,
+vanish or report on demand. Each test that runs the meter keeps to 1-3 s of wall time.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lightning_watt import EnergyMeter, EnergySource, ReplaySource, SourceUnavailable
+from lightning_watt.readings import COUNTER_J, INSTANT_W, USAGE_W, DeviceInfo, Reading
+from lightning_watt.sources.base import Channel, ChannelLost, Clock
+from lightning_watt.timeline import EnergyTimeline
+from lightning_watt.trace import Trace, bundled_trace, load_trace
+
+STALL = "h200-mlp-stall"
+
+
+@functools.cache
+def trace(name: str) -> Trace:
+    return load_trace(bundled_trace(name))
+
+
+@functools.cache
+def full_timeline(name: str) -> EnergyTimeline:
+    return trace(name).timeline()
+
+
+def to_trace_time(source: ReplaySource, meter_t: float) -> float:
+    """Where the replay was at meter time ``meter_t`` (no loop)."""
+    return source.start + (meter_t - source._opened) * source.speed
+
+
+# --------------------------------------------------------------------------- fakes
+class FakeFlakySource(EnergySource):
+    """A fake (no hardware): ``fake0`` at a constant 100 W through a primary channel that fails
+    after ``ok_reads`` reads, with a fallback channel that always works."""
+
+    name = "fake-flaky"
+
+    def __init__(self, ok_reads: int = 3, error: Exception | None = None) -> None:
+        self.ok_reads = ok_reads
+        self.error = error or RuntimeError("fake hardware error")
+        self.primary_calls = 0
+        self.fallback_calls = 0
+        self._clock: Clock = time.monotonic
+
+    def open(self, clock: Clock) -> None:
+        self._clock = clock
+
+    def devices(self) -> list[DeviceInfo]:
+        return [DeviceInfo("fake0", label="a fake device")]
+
+    def _primary(self) -> list[Reading]:
+        self.primary_calls += 1
+        if self.primary_calls > self.ok_reads:
+            raise self.error
+        return [Reading(self._clock(), "fake0", INSTANT_W, 100.0)]
+
+    def _fallback(self) -> list[Reading]:
+        self.fallback_calls += 1
+        return [Reading(self._clock(), "fake0", USAGE_W, 100.0)]
+
+    def channels(self) -> list[Channel]:
+        fallback = Channel("fake0/fallback", 0.01, self._fallback, ("fake0",))
+        return [Channel("fake0/primary", 0.01, self._primary, ("fake0",), fallback=fallback)]
+
+
+class FakeMissingSource(EnergySource):
+    """A fake (no hardware) whose hardware is never there."""
+
+    name = "fake-missing"
+
+    def open(self, clock: Clock) -> None:
+        raise SourceUnavailable("fake: no such hardware on this machine")
+
+    def devices(self) -> list[DeviceInfo]:  # pragma: no cover - never opened
+        return []
+
+    def channels(self) -> list[Channel]:  # pragma: no cover - never opened
+        return []
+
+
+class FakeSpySource(EnergySource):
+    """A fake wrapper that passes another source through and keeps every reading it served."""
+
+    def __init__(self, inner: EnergySource) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.served: list[Reading] = []
+
+    def open(self, clock: Clock) -> None:
+        self.inner.open(clock)
+
+    def devices(self) -> list[DeviceInfo]:
+        return self.inner.devices()
+
+    def describe(self) -> dict[str, str]:
+        return self.inner.describe()
+
+    def _spy(self, read: Callable[[], list[Reading]]) -> Callable[[], list[Reading]]:
+        def wrapped() -> list[Reading]:
+            out = list(read())
+            self.served.extend(out)
+            return out
+
+        return wrapped
+
+    def channels(self) -> list[Channel]:
+        return [
+            Channel(c.name, c.interval_s, self._spy(c.read), c.devices, describe=c.describe)
+            for c in self.inner.channels()
+        ]
+
+
+# --------------------------------------------------------------------------- replay accuracy
+def test_replayed_energy_matches_the_trace_timeline() -> None:
+    source = ReplaySource(bundled_trace(STALL), start=20.0)
+    with EnergyMeter([source]) as meter:
+        assert meter.running
+        time.sleep(2.5)
+        live = meter.total()["gpu0"]
+        assert live > 0.0
+    assert not meter.running
+    full = full_timeline(STALL)
+    start = meter.started_at
+    assert start is not None
+    end = meter.finalized_until
+    assert end - start > 2.0
+    windows = [(start, end), (start + 0.3, end - 0.3)]
+    windows += [(start + 0.5 * k, start + 0.5 * (k + 1)) for k in range(4)]
+    for lo, hi in windows:
+        got = meter.energy_between(lo, hi)["gpu0"]
+        expected = full.energy_between(to_trace_time(source, lo), to_trace_time(source, hi))
+        assert got == pytest.approx(expected["gpu0"], rel=0.005)
+    # The live total ends at the newest reading (the buffer is drained every 0.5 s, later on a
+    # loaded machine); after stop() the last read brings it up to the stop.
+    assert 0.5 * meter.total()["gpu0"] <= live <= meter.total()["gpu0"] * 1.001
+    # The latest power is a real H200 reading, and the counter shaped by the buffer was used.
+    assert 50.0 < meter.power()["gpu0"] < 800.0
+    assert meter.peak_power()["gpu0"] >= meter.power()["gpu0"]
+    assert "counter+buffer_W" in meter.describe()["gpu0"]
+    assert meter.errors == {}
+    assert meter.gaps(start, end) == []
+
+
+def test_loop_at_double_speed_keeps_energy_consistent(tmp_path: Path) -> None:
+    tr = trace(STALL)
+    last = tr.span[1]
+    start = last - 1.5
+    source = ReplaySource(bundled_trace(STALL), start=start, speed=2.0, loop=True)
+    lap = (last - start) / source.speed  # meter seconds per lap
+    with EnergyMeter([source], record=str(tmp_path / "loop")) as meter:
+        time.sleep(2.2)  # almost three laps
+    device = meter._timeline.device("gpu0")
+    assert device.resets == 0  # the loop carries the counter on
+    counter = [r.value for r in load_trace(tmp_path / "loop").samples if r.kind == COUNTER_J]
+    assert len(counter) > 30
+    assert all(b >= a for a, b in itertools.pairwise(counter))
+    # Each lap is the recorded span again, squeezed into half the time: its energy / speed.
+    full = full_timeline(STALL)
+    t0 = source._opened
+    expected = 0.0
+    a, b = meter.started_at, device.finalized_until
+    assert a is not None and b - a > 2 * lap
+    k = 0
+    while t0 + k * lap < b:
+        lo, hi = max(a, t0 + k * lap), min(b, t0 + (k + 1) * lap)
+        if hi > lo:
+            seg = full.energy_between(
+                start + (lo - t0 - k * lap) * source.speed,
+                start + (hi - t0 - k * lap) * source.speed,
+            )
+            expected += seg["gpu0"] / source.speed
+        k += 1
+    assert meter.energy_between(a, b)["gpu0"] == pytest.approx(expected, rel=0.03)
+    # No window around a seam is empty or negative.
+    for seam in (t0 + lap, t0 + 2 * lap):
+        assert meter.energy_between(seam - 0.1, seam + 0.1)["gpu0"] > 0.1 * 50.0
+
+
+# --------------------------------------------------------------------------- failures
+def test_a_failing_channel_is_counted_warned_once_gapped_and_replaced() -> None:
+    fake = FakeFlakySource(ok_reads=3)
+    meter = EnergyMeter([fake], max_consecutive_errors=20)
+    with pytest.warns(RuntimeWarning) as record, meter:
+        time.sleep(0.8)
+        # The training thread only ever sees numbers.
+        assert meter.total()["fake0"] >= 0.0
+    ours = [w for w in record if "fake0/primary" in str(w.message)]
+    assert len(ours) == 1  # 20 failures, one warning
+    assert "switching to fake0/fallback" not in str(ours[0].message)  # first failure: retrying
+    assert meter.errors == {"fake0/primary": 20}
+    assert fake.primary_calls == 3 + 20  # given up after 20 in a row: never called again
+    assert fake.fallback_calls > 10  # the fallback took over
+    # One gap for the whole failing stretch (not one per failure), from the last good read.
+    gaps = [g for g in meter.gaps() if g.reason.startswith("fake0/primary: fake hardware error")]
+    assert len(gaps) == 1
+    gap = gaps[0]
+    assert 0.15 < gap.duration < 0.8  # 20 failures 10 ms apart, inside a 0.8 s run
+    # After the gap, the fallback measures what the primary did.
+    stop = meter._stopped_at
+    assert stop is not None
+    assert meter.energy_between(gap.end, stop)["fake0"] == pytest.approx(
+        100.0 * (stop - gap.end), rel=0.1
+    )
+
+
+def test_a_lost_channel_switches_to_its_fallback_at_once() -> None:
+    fake = FakeFlakySource(ok_reads=2, error=ChannelLost("fake GPU fell off the bus"))
+    with (
+        pytest.warns(RuntimeWarning, match="switching to fake0/fallback"),
+        EnergyMeter([fake]) as meter,
+    ):
+        time.sleep(0.3)
+    assert meter.errors == {"fake0/primary": 1}
+    assert fake.primary_calls == 3
+    assert fake.fallback_calls > 5
+
+
+def test_an_unavailable_source_is_listed_and_the_others_measure() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with EnergyMeter([FakeMissingSource(), FakeFlakySource(ok_reads=10**6)]) as meter:
+            time.sleep(0.3)
+    assert [str(w.message) for w in caught] == []  # an unavailable source is no reason to warn
+    assert meter.unavailable == {"fake-missing": "fake: no such hardware on this machine"}
+    assert [d.name for d in meter.devices] == ["fake0"]
+    assert meter.total()["fake0"] > 0.0
+    assert meter.errors == {}
+
+
+# --------------------------------------------------------------------------- lifecycle
+def test_start_stop_and_context_manager() -> None:
+    meter = EnergyMeter([FakeFlakySource(ok_reads=10**6)])
+    assert meter.total() == {}
+    assert not meter.running
+    meter.start()
+    with pytest.raises(RuntimeError, match="already started"):
+        meter.start()
+    time.sleep(0.2)
+    meter.stop()
+    meter.stop()  # harmless
+    total = meter.total()
+    assert total["fake0"] > 0.0
+    time.sleep(0.05)
+    assert meter.total() == total  # stopped: nothing more accrues
+    assert meter.power() == {"fake0": 100.0}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Channel("c", 0.0, list, ("gpu0",)),
+        lambda: Channel("c", -0.1, list, ("gpu0",)),
+        lambda: ReplaySource(bundled_trace(STALL), speed=0.0),
+        lambda: ReplaySource(bundled_trace(STALL), speed=-2.0),
+        lambda: ReplaySource(bundled_trace(STALL), speed=math.nan),
+        lambda: ReplaySource(bundled_trace(STALL), devices={"gpu7"}),
+        lambda: ReplaySource(bundled_trace(STALL), devices={"gpu7": "gpu0"}),
+        lambda: ReplaySource(bundled_trace(STALL), start=-1.0),
+        lambda: ReplaySource(bundled_trace(STALL), start=1e6),
+        lambda: ReplaySource(bundled_trace(STALL), kinds={"volts"}),
+        lambda: EnergyMeter([], max_consecutive_errors=0),
+        lambda: EnergyMeter([], max_gap=-1.0),
+        lambda: EnergyMeter([], max_gap=0.0),
+        lambda: EnergyMeter([object()]),  # type: ignore[list-item]
+    ],
+)
+def test_invalid_arguments_fail_at_construction(make: Callable[[], object]) -> None:
+    with pytest.raises(ValueError):
+        make()
+
+
+# --------------------------------------------------------------------------- recording
+def test_recording_reads_back_as_the_same_readings(tmp_path: Path) -> None:
+    # A meter clock running 10x real time: 1.2 s of wall time records 12 s, longer than the
+    # recorder's reorder hold and its 5 s flush period, so both paths are exercised.
+    origin = time.monotonic()
+
+    def fast_clock() -> float:
+        return 10.0 * (time.monotonic() - origin)
+
+    spy = FakeSpySource(ReplaySource(bundled_trace(STALL), start=10.0))
+    prefix = str(tmp_path / "rec")
+    with EnergyMeter([spy], record=prefix, clock=fast_clock) as meter:
+        time.sleep(1.2)
+    recorded = load_trace(prefix)  # sorted by time, or this raises
+    assert meter.started_at is not None
+    served = [r._replace(t=r.t - meter.started_at) for r in spy.served]
+    assert len(served) > 1000
+
+    def key(r: Reading) -> tuple[float, str, str, float]:
+        return (r.t, r.device, r.kind, r.value)
+
+    assert sorted(recorded.samples, key=key) == sorted(served, key=key)
+    assert recorded.meta["format"] == "watt-trace v1"
+    assert recorded.meta["devices"]["gpu0"]["uuid"].startswith("replay:")
+    assert set(recorded.kinds) == {"average_W", "buffer_W", "counter_J", "instant_W"}
