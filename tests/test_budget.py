@@ -90,7 +90,9 @@ def test_forecast_per_epoch_is_logged_without_stopping(tmp_path):
     trainer = _trainer(tmp_path, [watt, budget], max_epochs=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", EnergyBudgetWarning)
-        trainer.fit(TinyClassifier())
+        # Steps of a few ms, so every epoch spans real readings (a sub-ms epoch can end before
+        # the meter's first reading arrives, and then measures nothing yet).
+        trainer.fit(TinyClassifier(step_sleep=0.005))
     assert not budget.stopped and budget.stop_reason is None
     assert trainer.current_epoch == 3  # ran every planned epoch
 
@@ -112,7 +114,7 @@ def test_forecast_per_step_when_max_steps_is_set(tmp_path):
     budget = EnergyBudget(max_kwh=1.0)
     # 16 train batches per epoch; 40 steps end inside the third epoch.
     trainer = _trainer(tmp_path, [budget, watt], max_epochs=None, max_steps=40)
-    trainer.fit(TinyClassifier())
+    trainer.fit(TinyClassifier(step_sleep=0.005))
     assert budget.forecast_basis == "steps"
     assert trainer.global_step == 40
     rows = _rows(trainer)

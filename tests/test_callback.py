@@ -219,3 +219,38 @@ def test_accuracy_logged_in_percent_warns_and_never_stops_the_fit(tmp_path):
         trainer.fit(Percent())
     assert trainer.current_epoch == 2
     assert math.isnan(float(trainer.callback_metrics["watt/gqi"]))
+
+
+def test_no_per_step_tensor_reads_with_the_progress_bar_on(tmp_path, monkeypatch):
+    """On a GPU every Tensor.item() on a logged value waits for the GPU: the callback may read
+    tensors at its log ticks only, not on every step (counted here on the CPU)."""
+    counts = {}
+    real_item = torch.Tensor.item
+
+    def counting_item(self):
+        counts["n"] = counts.get("n", 0) + 1
+        return real_item(self)
+
+    def fit(callbacks) -> int:
+        counts["n"] = 0
+        trainer = pl.Trainer(
+            default_root_dir=tmp_path,
+            callbacks=callbacks,
+            logger=False,
+            max_epochs=2,
+            log_every_n_steps=8,
+            enable_progress_bar=True,
+            enable_model_summary=False,
+            accelerator="cpu",
+            limit_val_batches=0,
+        )
+        monkeypatch.setattr(torch.Tensor, "item", counting_item)
+        trainer.fit(TinyClassifier())
+        monkeypatch.setattr(torch.Tensor, "item", real_item)
+        return counts["n"]
+
+    baseline = fit([])
+    with_watt = fit([WattCallback(replay="h200-mlp-stall", record=False, summary=False)])
+    steps, ticks = 32, 4
+    assert with_watt - baseline <= 3 * ticks, (baseline, with_watt)
+    assert with_watt - baseline < steps
