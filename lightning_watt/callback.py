@@ -178,6 +178,9 @@ class WattCallback(Callback):
         self._world_size = 1
         self._run_dir = Path(".")
         self._final_cache: tuple[float, float] = (math.nan, 0.0)
+        self._final_known: dict[float, float] = {}
+        self._epoch = 0
+        self._epoch_loop: Any = None
         self._last_tick: tuple[float, float, float] | None = None
         self._run_kwh = 0.0  # all ranks, since the first segment, at the last reduction
         self._warned_no_energy = False
@@ -267,9 +270,17 @@ class WattCallback(Callback):
         the lookups, and the same E values keep the attribution exactly additive."""
         meter = self._meter
         assert meter is not None
+        known = self._final_known
         cached_t, cached_e = self._final_cache
-        e0 = cached_e if cached_t == t0 else self._weighted(meter.energy_at(t0, False))
-        e1 = self._weighted(meter.energy_at(t1, False))
+        if cached_t == t0:
+            e0 = cached_e
+        else:
+            e0 = known.get(t0)
+            if e0 is None:
+                e0 = self._weighted(meter.energy_at(t0, False))
+        e1 = known.get(t1)
+        if e1 is None:
+            e1 = self._weighted(meter.energy_at(t1, False))
         self._final_cache = (t1, e1)
         return e1 - e0
 
@@ -310,17 +321,27 @@ class WattCallback(Callback):
     def _sync_edges(self, wait: bool = False) -> None:
         """Move resolved edges into the ledger (and the recording); attribute final energy."""
         assert self._clock is not None and self._ledger is not None and self._meter is not None
+        meter, ledger = self._meter, self._ledger
         edges = self._clock.resolve(wait=wait)
         if edges:
-            self._ledger.add_edges((e.phase, e.edge, e.index, e.epoch, e.t) for e in edges)
-            self._meter.record_steps(
-                [StepEdge(e.phase, e.edge, e.index, e.t_host, e.t_gpu) for e in edges]
-            )
-        until = self._meter.finalized_until
+            ledger.add_edges((e.phase, e.edge, e.index, e.epoch, e.t) for e in edges)
+            if meter.recording:
+                meter.record_steps(
+                    [StepEdge(e.phase, e.edge, e.index, e.t_host, e.t_gpu) for e in edges]
+                )
+        until = meter.finalized_until
         first_pending = self._clock.first_pending_host()
         if first_pending is not None:
             until = min(until, first_pending)
-        self._ledger.advance(until, self._final_energy)
+        # Every cumulative energy the ledger will ask for, in one pass under one lock.
+        times = ledger.times_until(until)
+        if times:
+            cumulative = meter.energy_at_many(times, provisional=False)
+            self._final_known = {
+                t: self._weighted(e) for t, e in zip(times, cumulative, strict=True)
+            }
+        ledger.advance(until, self._final_energy)
+        self._final_known = {}
 
     # ------------------------------------------------------------------ hooks: edges
     def _mark(self, trainer: pl.Trainer, phase: str, edge: str, index: int) -> None:
@@ -338,12 +359,21 @@ class WattCallback(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._clock is not None and trainer.current_epoch > 0:
             self._clock.reanchor()
+        # Resolved once per epoch, not per step: Lightning's properties walk several objects
+        # each time, which was most of the hooks' ~20 us.
+        self._epoch = trainer.current_epoch
+        self._epoch_loop = trainer.fit_loop.epoch_loop
+
+    def _global_step(self, trainer: pl.Trainer) -> int:
+        loop = self._epoch_loop
+        return loop.global_step if loop is not None else trainer.global_step
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._mark(trainer, "train", "start", trainer.global_step)
+        if self._clock is not None:
+            self._clock.mark("train", "start", self._global_step(trainer), self._epoch)
 
     @override
     def on_train_batch_end(
@@ -354,7 +384,8 @@ class WattCallback(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        self._mark(trainer, "train", "end", trainer.global_step)
+        if self._clock is not None:
+            self._clock.mark("train", "end", self._global_step(trainer), self._epoch)
         if self._should_log(trainer):
             self._log_tick(trainer, pl_module)
 
@@ -429,9 +460,15 @@ class WattCallback(Callback):
 
     # ------------------------------------------------------------------ hooks: logging
     def _should_log(self, trainer: pl.Trainer) -> bool:
+        loop = self._epoch_loop
         if self.log_every_n_steps is None:
-            return bool(trainer._logger_connector.should_update_logs)
-        return (trainer.global_step + 1) % self.log_every_n_steps == 0 or trainer.global_step == 0
+            every = trainer.log_every_n_steps
+            if loop is None or every == 0:
+                return bool(trainer._logger_connector.should_update_logs)
+            # Lightning's own rule (LoggerConnector.should_update_logs), without the walk to it.
+            return (loop._batches_that_stepped + 1) % every == 0 or trainer.should_stop
+        step = self._global_step(trainer)
+        return (step + 1) % self.log_every_n_steps == 0 or step == 0
 
     def _log(self, pl_module: pl.LightningModule, values: dict[str, float], **kw: Any) -> None:
         with warnings.catch_warnings():

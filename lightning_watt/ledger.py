@@ -67,6 +67,18 @@ class EnergyLedger:
             ep = self.epochs[epoch] = EpochEnergy(epoch)
         ep.phases[label] = ep.phases.get(label, 0.0) + joules
 
+    def times_until(self, until: float) -> list[float]:
+        """The times :meth:`advance` would evaluate energy at, to fetch them in one batch."""
+        times = [self.cursor]
+        for *_, t in self._edges:
+            if t > until:
+                break
+            if t > times[-1]:
+                times.append(t)
+        if until > times[-1]:
+            times.append(until)
+        return times if len(times) > 1 else []
+
     def advance(self, until: float, energy: EnergyFn) -> None:
         """Attribute everything up to ``until`` (edges past it wait for the next call)."""
         i = 0

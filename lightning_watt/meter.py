@@ -322,6 +322,18 @@ class EnergyMeter:
         with self._lock:
             return self._timeline.energy_at(t, provisional)
 
+    def energy_at_many(
+        self, times: Sequence[float], provisional: bool = True
+    ) -> list[dict[str, float]]:
+        """Cumulative joules per device at each of ``times``, under one lock acquisition."""
+        with self._lock:
+            return [self._timeline.energy_at(t, provisional) for t in times]
+
+    @property
+    def recording(self) -> bool:
+        """Whether readings are being written to a watt-trace (``record=``)."""
+        return self._writer is not None and self._stopped_at is None
+
     def total(self) -> dict[str, float]:
         """Joules per device since :meth:`start` (up to the newest reading, or to stop)."""
         start = self._started_at
