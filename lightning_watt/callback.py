@@ -31,6 +31,7 @@ from typing_extensions import override
 from lightning_watt.context import pop_energy_provider, push_energy_provider
 from lightning_watt.distributed import (
     all_gather_objects,
+    barrier,
     ownership_weights,
     sum_across_ranks,
 )
@@ -695,8 +696,15 @@ class WattCallback(Callback):
             "unavailable": self._unavailable,
         }
         gathered = all_gather_objects(local)
-        if not trainer.is_global_zero:
-            return
+        try:
+            if trainer.is_global_zero:
+                self._write_summary(trainer, gathered)
+        finally:
+            # Ranks leave the stage together: a rank that ran ahead to teardown and exit while
+            # rank zero still wrote the summary aborted the gloo process group (seen 2 in 8).
+            barrier()
+
+    def _write_summary(self, trainer: pl.Trainer, gathered: list[dict[str, Any]]) -> None:
         summary = build_summary(
             gathered,
             stage=self._stage or "fit",

@@ -39,6 +39,12 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op outside distributed runs)."""
+    if distributed_ready():
+        dist.barrier()
+
+
 def sum_across_ranks(values: Sequence[float], device: torch.device | None = None) -> list[float]:
     """One all-reduce of a small vector (the only collective of a logging interval)."""
     if not distributed_ready():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import lightning.pytorch as pl
@@ -48,13 +49,15 @@ def test_total_is_the_sum_of_both_ranks_traces(tmp_path):
     assert device_j[1] == pytest.approx(per_rank[1], rel=0.01)
     # Steps and gaps of both ranks add up to the devices' total.
     assert sum(summary["phases_J"].values()) == pytest.approx(summary["energy_J"], rel=1e-9)
-    # The logged cumulative energy (all ranks, live) ends near the final total.
+    # The logged cumulative energy (all ranks, live) grows and never passes the final total
+    # (its last value comes from the last log step, before the final validation and teardown).
     rows = (run / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     col = header.index("watt/energy_kWh")
     logged = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
-    assert logged and logged[-1] <= summary["energy_kWh"] * 1.05
-    assert logged[-1] >= summary["energy_kWh"] * 0.5
+    assert len(logged) >= 4 and logged[0] > 0
+    assert all(b >= a for a, b in itertools.pairwise(logged))
+    assert logged[-1] <= summary["energy_kWh"] * 1.05
 
 
 @pytest.mark.slow
