@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -47,3 +51,18 @@ class TinyClassifier(pl.LightningModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(blobs(128, 1), batch_size=32)
+
+
+def csv_trainer(tmp_path: Path, callbacks: list[Any], **kw: Any) -> pl.Trainer:
+    """A quiet CPU Trainer logging to ``tmp_path/run`` as CSV every 4 steps."""
+    kw.setdefault("max_epochs", 2)
+    kw.setdefault("log_every_n_steps", 4)
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+        logger=CSVLogger(tmp_path, name="run"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        **kw,
+    )

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
-from helpers import TinyClassifier
+from helpers import TinyClassifier, csv_trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger
 
@@ -26,17 +26,7 @@ BUDGET_KWH = 1.2e-4
 
 def _trainer(tmp_path, callbacks, **kw) -> pl.Trainer:
     kw.setdefault("max_epochs", 100)
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-        logger=CSVLogger(tmp_path, name="run"),
-        log_every_n_steps=4,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        accelerator="cpu",
-        **kw,
-    )
+    return csv_trainer(tmp_path, callbacks, enable_checkpointing=False, **kw)
 
 
 def _rows(trainer: pl.Trainer) -> list[dict[str, str]]:

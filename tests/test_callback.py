@@ -8,26 +8,15 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import TinyClassifier
+from helpers import TinyClassifier, csv_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from lightning_watt.callback import WattCallback
 from lightning_watt.trace import load_trace
 
 
 def _trainer(tmp_path, callbacks, **kw) -> pl.Trainer:
-    kw.setdefault("max_epochs", 2)
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-        logger=CSVLogger(tmp_path, name="run"),
-        log_every_n_steps=4,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        **kw,
-    )
+    return csv_trainer(tmp_path, callbacks, **kw)
 
 
 def _csv_keys(trainer: pl.Trainer) -> set[str]:
