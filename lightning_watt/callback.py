@@ -151,7 +151,13 @@ class WattCallback(Callback):
         self.alpha, self.beta, self.form = float(alpha), float(beta), form
         self.target_accuracy = target_accuracy
         # Resumable totals of earlier segments (from a checkpoint).
-        self._offset: dict[str, Any] = {"energy_J": 0.0, "phases_J": {}, "steps": {}, "epochs": []}
+        self._offset: dict[str, Any] = {
+            "energy_J": 0.0,
+            "phases_J": {},
+            "steps": {},
+            "epochs": {},
+            "epoch_steps": {},
+        }
         self._target_kwh: float | None = None
         self._reset_stage_state()
         self.last_summary: dict[str, Any] | None = None
@@ -182,9 +188,10 @@ class WattCallback(Callback):
         self._final_known: dict[float, float] = {}
         self._epoch = 0
         self._epoch_loop: Any = None
+        self._reduced_epochs: dict[int, dict[str, float]] = {}  # all ranks, at epoch ends
         self._last_tick: tuple[float, float, float] | None = None
         self._run_kwh = 0.0  # all ranks, since the first segment, at the last reduction
-        self._warned_no_energy = False
+        self._warned_no_accuracy = False
         self._warned_score = False
         self._provider_pushed = False
 
@@ -562,6 +569,7 @@ class WattCallback(Callback):
             pl_module.device,
         )
         self._run_kwh = (self._offset["energy_J"] + total) / J_PER_KWH
+        self._reduced_epochs[trainer.current_epoch] = {"train": train, "val": val, GAP: gap}
         self._log(
             pl_module,
             {
@@ -600,8 +608,8 @@ class WattCallback(Callback):
             return
         accuracy = self._current_accuracy(trainer)
         if accuracy is None:
-            if not self._warned_no_energy:
-                self._warned_no_energy = True
+            if not self._warned_no_accuracy:
+                self._warned_no_accuracy = True
                 rank_zero_warn(
                     f"lightning-watt: score_from={self.score_from!r} was not logged by the module "
                     f"in validation; logged keys: {sorted(trainer.callback_metrics)}"
@@ -757,28 +765,43 @@ class WattCallback(Callback):
     # ------------------------------------------------------------------ resume
     @override
     def state_dict(self) -> dict[str, Any]:
-        """Cumulative energy, steps and phase totals of every segment so far, all ranks (in a
-        multi-process run, as of the last reduction: the latest epoch end or log step)."""
-        state = {
+        """Cumulative energy, steps, phase and per-epoch totals of every segment so far, all
+        ranks. In a multi-process run the totals are those of the last reduction (the latest
+        epoch end or log step); energy after the last epoch end is kept as ``unattributed``."""
+        prior = self._offset
+        state: dict[str, Any] = {
             "version": 1,
-            "energy_J": self._offset["energy_J"],
-            "phases_J": dict(self._offset["phases_J"]),
-            "steps": dict(self._offset["steps"]),
+            "energy_J": prior["energy_J"],
+            "phases_J": dict(prior["phases_J"]),
+            "steps": dict(prior["steps"]),
+            "epochs": {e: dict(ph) for e, ph in prior["epochs"].items()},
+            "epoch_steps": dict(prior["epoch_steps"]),
             "target_kWh": self._target_kwh,
         }
         meter, ledger = self._meter, self._ledger
-        if meter is not None and ledger is not None and meter.started_at is not None:
-            if self._world_size > 1:
-                state["energy_J"] = self._run_kwh * J_PER_KWH
-                return state
+        if meter is None or ledger is None or meter.started_at is None:
+            return state
+        if self._world_size > 1:
+            epochs = self._reduced_epochs
+            segment_j = self._run_kwh * J_PER_KWH - prior["energy_J"]
+            steps = ledger.steps  # ranks step together
+            epoch_steps = {e: ep.train_steps for e, ep in ledger.epochs.items()}
+            phases = _sum_dicts(epochs.values())
+            phases["unattributed"] = max(0.0, segment_j - sum(phases.values()))
+        else:
             self._sync_edges()
             until = meter.now() if meter.running else (meter._stopped_at or meter.now())
             view = ledger.preview(until, self._provisional_energy)
-            state["energy_J"] += view.total()
-            for k, v in view.phases.items():
-                state["phases_J"][k] = state["phases_J"].get(k, 0.0) + v
-            for k, n in view.steps.items():
-                state["steps"][k] = state["steps"].get(k, 0) + n
+            epochs = {e: ep.phases for e, ep in view.epochs.items()}
+            segment_j = view.total()
+            steps, phases = view.steps, view.phases
+            epoch_steps = {e: ep.train_steps for e, ep in view.epochs.items()}
+        state["energy_J"] += segment_j
+        state["phases_J"] = _sum_dicts([state["phases_J"], phases])
+        state["steps"] = _sum_dicts([state["steps"], steps])
+        state["epoch_steps"] = _sum_dicts([state["epoch_steps"], epoch_steps])
+        for e, ph in epochs.items():
+            state["epochs"][e] = _sum_dicts([state["epochs"].get(e, {}), ph])
         return state
 
     @override
@@ -790,10 +813,19 @@ class WattCallback(Callback):
             "energy_J": float(state_dict["energy_J"]),
             "phases_J": dict(state_dict.get("phases_J", {})),
             "steps": dict(state_dict.get("steps", {})),
-            "epochs": [],
+            "epochs": {int(e): dict(ph) for e, ph in state_dict.get("epochs", {}).items()},
+            "epoch_steps": {int(e): n for e, n in state_dict.get("epoch_steps", {}).items()},
         }
         self._target_kwh = state_dict.get("target_kWh")
         self._run_kwh = self._offset["energy_J"] / J_PER_KWH
+
+
+def _sum_dicts(dicts: Any) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def _scalar(value: Any) -> bool:

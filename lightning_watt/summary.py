@@ -47,16 +47,26 @@ def build_summary(
         steps = dict(ranks[0]["steps"])  # ranks step together: steps are per job, not summed
         epoch_steps = {int(e): n for e, n in ranks[0]["epoch_steps"].items()}
     prior_j = float(offset["energy_J"]) if offset else 0.0
+    # Energy of earlier segments that no epoch row holds (e.g. a multi-process checkpoint's
+    # energy after its last epoch end): counted before the first row's cumulative kWh.
+    unassigned_prior_j = prior_j
     if offset:
         for k, v in offset.get("phases_J", {}).items():
             phases[k] = phases.get(k, 0.0) + v
         for k, n in offset.get("steps", {}).items():
             steps[k] = steps.get(k, 0) + n
+        for e, ph in offset.get("epochs", {}).items():
+            slot = epochs.setdefault(int(e), {})
+            for k, v in ph.items():
+                slot[k] = slot.get(k, 0.0) + v
+                unassigned_prior_j -= v
+        for e, n in offset.get("epoch_steps", {}).items():
+            epoch_steps[int(e)] = epoch_steps.get(int(e), 0) + n
     total_j = prior_j + segment_j
     duration = max((r["duration_s"] for r in ranks), default=0.0)
     step_phases = {k: v for k, v in phases.items() if k != "gap"}
     outside = phases.get("gap", 0.0) + phases.get("sanity", 0.0)
-    cumulative = prior_j
+    cumulative = unassigned_prior_j
     epoch_rows = []
     for e in sorted(epochs):
         ph = epochs[e]

@@ -11,7 +11,7 @@ import torch
 from helpers import TinyClassifier, csv_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_watt.callback import WattCallback
+from lightning_watt.callback import J_PER_KWH, WattCallback
 from lightning_watt.trace import load_trace
 
 
@@ -114,6 +114,12 @@ def test_resume_from_checkpoint_counts_each_segment_once(tmp_path):
     assert s2["energy_J"] == pytest.approx(state["energy_J"] + s2["segment_energy_J"], rel=1e-9)
     assert s2["steps"]["train"] == state["steps"]["train"] + (trainer2.global_step - 16)
     assert math.isclose(sum(s2["phases_J"].values()), s2["energy_J"], rel_tol=1e-9)
+    # Epoch rows of both segments survive, each counted once, and they add up to the total.
+    rows = s2["epochs"]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[0]["train_steps"] == 16 and rows[1]["train_steps"] == 16
+    assert rows[0]["train_J"] == pytest.approx(state["epochs"][0]["train"], rel=1e-9)
+    assert rows[-1]["energy_kWh"] * J_PER_KWH == pytest.approx(s2["energy_J"], rel=1e-9)
 
 
 def test_lone_validate_is_measured(tmp_path):

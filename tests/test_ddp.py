@@ -69,3 +69,29 @@ def test_a_device_seen_by_two_ranks_is_counted_once(tmp_path):
     assert len(summary["devices"]) == 2 and len(counted) == 1
     assert counted[0]["rank"] == 0
     assert summary["energy_J"] == pytest.approx(counted[0]["energy_J"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_resume_in_ddp_keeps_both_segments(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(max_epochs: int, ckpt_path=None) -> dict:
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=max_epochs,
+            callbacks=[WattCallback(replay=["h200-mlp-stall", "h100-mlp"], record=False),
+                       ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+            logger=CSVLogger(tmp_path, name="ddp"), log_every_n_steps=2,
+            enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(TinyClassifier(step_sleep=0.01), ckpt_path=ckpt_path)
+        version = sorted((tmp_path / "ddp").glob("version_*"))[-1]
+        return json.loads((version / "watt_summary.json").read_text())
+
+    first = fit(1)
+    second = fit(2, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert [e["epoch"] for e in second["epochs"]] == [0, 1]
+    assert second["energy_J"] > second["segment_energy_J"] > 0
+    # The first segment as checkpointed (all ranks, at its last reduction) is carried over.
+    carried = second["energy_J"] - second["segment_energy_J"]
+    assert 0.5 * first["energy_J"] <= carried <= first["energy_J"] * 1.3
+    assert sum(second["phases_J"].values()) == pytest.approx(second["energy_J"], rel=1e-9)
