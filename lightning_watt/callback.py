@@ -20,7 +20,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import lightning.pytorch as pl
 import torch
@@ -42,8 +42,16 @@ from lightning_watt.step_clock import StepClock
 from lightning_watt.summary import build_summary, render_summary
 from lightning_watt.trace import StepEdge, bundled_trace
 
+if TYPE_CHECKING:  # pragma: no cover
+    from lightning_watt.functional import GQIForm
+
 J_PER_KWH = 3.6e6
 _FORMS = ("guarded", "paper")
+
+
+def _is_form(form: str) -> TypeGuard[GQIForm]:
+    """Whether ``form`` names a Green Quotient Index form (narrows ``str`` to ``GQIForm``)."""
+    return form in _FORMS
 
 
 def _resolve_trace(name_or_prefix: str) -> str:
@@ -126,7 +134,7 @@ class WattCallback(Callback):
         self._replay = [_resolve_trace(r) for r in replays]
         if not (isinstance(replay_speed, (int, float)) and replay_speed > 0):
             raise ValueError(f"replay_speed must be a number > 0, got {replay_speed!r}")
-        if form not in _FORMS:
+        if not _is_form(form):
             raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -148,7 +156,8 @@ class WattCallback(Callback):
         self.record = record
         self.summary = summary
         self.score_from = score_from
-        self.alpha, self.beta, self.form = float(alpha), float(beta), form
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.form: GQIForm = form
         self.target_accuracy = target_accuracy
         # Resumable totals of earlier segments (from a checkpoint).
         self._offset: dict[str, Any] = {
@@ -283,9 +292,10 @@ class WattCallback(Callback):
         if cached_t == t0:
             e0 = cached_e
         else:
-            e0 = known.get(t0)
-            if e0 is None:
-                e0 = self._weighted(meter.energy_at(t0, False))
+            known_e0 = known.get(t0)
+            if known_e0 is None:
+                known_e0 = self._weighted(meter.energy_at(t0, False))
+            e0 = known_e0
         e1 = known.get(t1)
         if e1 is None:
             e1 = self._weighted(meter.energy_at(t1, False))
@@ -470,7 +480,9 @@ class WattCallback(Callback):
     def _should_log(self, trainer: pl.Trainer) -> bool:
         loop = self._epoch_loop
         if self.log_every_n_steps is None:
-            every = trainer.log_every_n_steps
+            # Set on the Trainer by Lightning's LoggerConnector, so its class does not declare it
+            # (unused-ignore: a Lightning release that declares it would make this ignore moot).
+            every: int = trainer.log_every_n_steps  # type: ignore[attr-defined,unused-ignore]
             if loop is None or every == 0:
                 return bool(trainer._logger_connector.should_update_logs)
             # Lightning's own rule (LoggerConnector.should_update_logs), without the walk to it.
@@ -521,6 +533,7 @@ class WattCallback(Callback):
         # into callback_metrics for monitors: pl_module.log costs ~0.4 ms per key, and on_step
         # values reach loggers only at the Trainer's own cadence.
         keyed = {self.prefix + k: float(v) for k, v in values.items()}
+        # Annotated dict[str, Tensor], but Lightning's loggers take plain floats as well.
         trainer._logger_connector.log_metrics(keyed)  # type: ignore[arg-type]
         callback_metrics = getattr(trainer._logger_connector, "_callback_metrics", None)
         if isinstance(callback_metrics, dict):

@@ -279,7 +279,7 @@ def green_quotient_index(
     """
     alpha, beta = _check_params(alpha, beta, form)
     if _is_number(accuracy) and _is_number(energy_kwh):
-        acc, energy = float(accuracy), float(energy_kwh)  # type: ignore[arg-type]
+        acc, energy = float(accuracy), float(energy_kwh)
         _check_floats(acc, energy, form)
         numerator = beta * acc**alpha
         if energy == 0:  # only reachable with the guarded form
@@ -289,10 +289,10 @@ def green_quotient_index(
 
     acc_t, energy_t = _as_tensors(accuracy, energy_kwh)
     _check_tensors(acc_t, energy_t, form)
-    numerator = beta * acc_t.pow(alpha)
+    numerator_t = beta * acc_t.pow(alpha)
     # log1p keeps full precision for the small energies (1e-6 kWh) of short runs in float32.
-    denominator = torch.log1p(energy_t) / _LN10 if form == "guarded" else torch.log10(energy_t)
-    score = numerator / denominator  # x / 0 is +inf for x > 0, NaN for x == 0
+    denominator_t = torch.log1p(energy_t) / _LN10 if form == "guarded" else torch.log10(energy_t)
+    score = numerator_t / denominator_t  # x / 0 is +inf for x > 0, NaN for x == 0
     return torch.where((acc_t == 0) & (energy_t == 0), torch.zeros_like(score), score)
 
 
@@ -331,7 +331,7 @@ def accuracy_per_kwh(accuracy: float | Tensor, energy_kwh: float | Tensor) -> fl
         tensor([0.2500, 0.5000])
     """
     if _is_number(accuracy) and _is_number(energy_kwh):
-        acc, energy = float(accuracy), float(energy_kwh)  # type: ignore[arg-type]
+        acc, energy = float(accuracy), float(energy_kwh)
         _check_floats(acc, energy, "guarded")
         if energy == 0:
             return 0.0 if acc == 0 else math.inf

@@ -165,7 +165,8 @@ class GreenQuotientIndex(Metric):
             )
         self.energy_reduction: EnergyReduction = energy_reduction
 
-        options = {
+        # Heterogeneous keyword arguments for Accuracy: each value's type is its parameter's.
+        options: dict[str, Any] = {
             "task": task,
             "threshold": threshold,
             "num_classes": num_classes,

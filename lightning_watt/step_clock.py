@@ -27,7 +27,8 @@ class Edge(NamedTuple):
 
     phase: str
     edge: str
-    index: int
+    # The field shadows tuple.index(); callers and tests read ``edge.index`` by name.
+    index: int  # type: ignore[assignment]
     epoch: int
     t_host: float
     t_gpu: float | None

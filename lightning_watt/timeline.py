@@ -40,6 +40,7 @@ import math
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lightning_watt.readings import (
     AVERAGE_W,
@@ -569,7 +570,8 @@ class EnergyTimeline:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not isinstance(max_knots, int) or max_knots < 16:
             raise ValueError(f"max_knots must be an integer >= 16, got {max_knots!r}")
-        self._kwargs = {
+        # Keyword arguments for every DeviceTimeline; each value has its parameter's type.
+        self._kwargs: dict[str, Any] = {
             "calibration_window": float(calibration_window),
             "max_gap": float(max_gap),
             "max_knots": max_knots,
@@ -578,7 +580,7 @@ class EnergyTimeline:
         self._allowed = None if devices is None else frozenset(devices)
         self._devices: dict[str, DeviceTimeline] = {}
         for name in sorted(self._allowed or ()):
-            self._devices[name] = DeviceTimeline(name, **self._kwargs)  # type: ignore[arg-type]
+            self._devices[name] = DeviceTimeline(name, **self._kwargs)
 
     def _device(self, name: str) -> DeviceTimeline:
         tl = self._devices.get(name)
@@ -587,7 +589,7 @@ class EnergyTimeline:
                 raise ValueError(
                     f"device: unknown {name!r}; this timeline has {sorted(self._allowed)}"
                 )
-            tl = self._devices[name] = DeviceTimeline(name, **self._kwargs)  # type: ignore[arg-type]
+            tl = self._devices[name] = DeviceTimeline(name, **self._kwargs)
         return tl
 
     def add(self, readings: Iterable[Reading]) -> None:

@@ -22,7 +22,7 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,7 +48,8 @@ class StepEdge(NamedTuple):
 
     phase: str
     edge: str
-    index: int
+    # The field shadows tuple.index(); the name is part of the format (STEPS_HEADER) and public.
+    index: int  # type: ignore[assignment]
     t_host: float
     t_gpu: float | None = None
 
@@ -91,13 +92,13 @@ def _parse_float(text: str, where: str, column: str) -> float:
     return value
 
 
-def _open_text(path: Path) -> contextlib.closing[Iterator[str]]:
+def _open_text(path: Path) -> contextlib.closing[Generator[str, None, None]]:
     if not path.exists():
         raise FileNotFoundError(f"watt-trace file missing: {path}")
     return contextlib.closing(_lines(path))
 
 
-def _lines(path: Path) -> Iterator[str]:
+def _lines(path: Path) -> Generator[str, None, None]:
     """The text lines of a gzip file. A stream that stops short (a recording still being
     written, or cut by a crash) ends at its last complete line instead of failing: that is
     what :meth:`TraceWriter.flush` promises."""

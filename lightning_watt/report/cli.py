@@ -327,11 +327,14 @@ def _report_json(
 ) -> dict[str, Any]:
     from lightning_watt.report.runs import pareto_front
 
-    usable = [r for r in runs if r.energy_kWh is not None and r.best_accuracy is not None]
-    front = pareto_front(
-        [(r.energy_kWh, r.best_accuracy) for r in usable],  # type: ignore[misc]
-        higher_is_better=all(r.higher_is_better for r in usable),
-    )
+    usable: list[RunData] = []
+    points: list[tuple[float, float]] = []
+    for r in runs:
+        energy, accuracy = r.energy_kWh, r.best_accuracy
+        if energy is not None and accuracy is not None:
+            usable.append(r)
+            points.append((energy, accuracy))
+    front = pareto_front(points, higher_is_better=all(r.higher_is_better for r in usable))
     rows = []
     for run in runs:
         row = run.to_dict()

@@ -25,7 +25,7 @@ import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lightning_watt.report.runs import J_PER_KWH, RunData, pareto_front
 
@@ -108,7 +108,9 @@ def _style() -> Iterator[None]:
     require_matplotlib()
     import matplotlib
 
-    with matplotlib.rc_context(_RC):
+    # matplotlib >= 3.10 types the keys as a Literal of every rc name; a plain str dict is
+    # what older releases (still supported, >= 3.7) accept, so the keys are cast, not annotated.
+    with matplotlib.rc_context(cast("dict[Any, Any]", _RC)):
         yield
 
 
@@ -578,16 +580,21 @@ def plot_pareto(runs: Sequence[RunData]) -> Figure:
     Runs lacking energy or accuracy are left out and counted in the subtitle.
     """
     with _style():
-        usable = [r for r in runs if r.energy_kWh is not None and r.best_accuracy is not None]
+        usable: list[RunData] = []
+        points: list[tuple[float, float]] = []
+        for r in runs:
+            energy, accuracy = r.energy_kWh, r.best_accuracy
+            if energy is not None and accuracy is not None:
+                usable.append(r)
+                points.append((energy, accuracy))
         if len(usable) < 1:
             raise NoDataError("no run has both an energy total and an accuracy")
         higher = all(r.higher_is_better for r in usable)
-        points = [(r.energy_kWh, r.best_accuracy) for r in usable]
-        front = set(pareto_front(points, higher_is_better=higher))  # type: ignore[arg-type]
-        unit, factor = _energy_unit(max(e for e, _ in points))  # type: ignore[type-var]
+        front = set(pareto_front(points, higher_is_better=higher))
+        unit, factor = _energy_unit(max(e for e, _ in points))
         fig = _figure(9, 6)
         ax = fig.add_subplot()
-        fx = sorted((points[i][0] * factor, points[i][1]) for i in front)  # type: ignore[operator]
+        fx = sorted((points[i][0] * factor, points[i][1]) for i in front)
         if len(fx) > 1:
             ax.step(
                 [p[0] for p in fx],
@@ -601,7 +608,7 @@ def plot_pareto(runs: Sequence[RunData]) -> Figure:
             )
         dominated = [i for i in range(len(usable)) if i not in front]
         ax.scatter(
-            [points[i][0] * factor for i in sorted(front)],  # type: ignore[operator]
+            [points[i][0] * factor for i in sorted(front)],
             [points[i][1] for i in sorted(front)],
             s=70,
             color=VERMILLION,
@@ -612,7 +619,7 @@ def plot_pareto(runs: Sequence[RunData]) -> Figure:
         )
         if dominated:
             ax.scatter(
-                [points[i][0] * factor for i in dominated],  # type: ignore[operator]
+                [points[i][0] * factor for i in dominated],
                 [points[i][1] for i in dominated],
                 s=60,
                 facecolor="white",
@@ -627,7 +634,7 @@ def plot_pareto(runs: Sequence[RunData]) -> Figure:
             label = run.name + (f" ({', '.join(tags)})" if tags else "")
             ax.annotate(
                 label,
-                (points[i][0] * factor, points[i][1]),  # type: ignore[operator]
+                (points[i][0] * factor, points[i][1]),
                 xytext=(7, 5),
                 textcoords="offset points",
                 fontsize=9,

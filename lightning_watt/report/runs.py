@@ -452,8 +452,10 @@ class RunData:
     def energy_kWh(self) -> float | None:
         """Total energy of the fit, all devices and ranks."""
         value = self._summary_number("energy_kWh")
-        if value is None and self._summary_number("energy_J") is not None:
-            value = self._summary_number("energy_J") / J_PER_KWH  # type: ignore[operator]
+        if value is None:
+            joules = self._summary_number("energy_J")
+            if joules is not None:
+                value = joules / J_PER_KWH
         if value is not None:
             return value
         if self._trace_phases_J is not None:
@@ -545,7 +547,9 @@ class RunData:
             keys.extend(k for k in row.metrics if not k.startswith("watt/") and k not in keys)
         acc = [k for k in keys if "acc" in k.lower()]
         val = [k for k in acc if "val" in k.lower()]
-        return (val or acc or [None])[0]
+        if val:
+            return val[0]
+        return acc[0] if acc else None
 
     @property
     def higher_is_better(self) -> bool:
@@ -602,8 +606,9 @@ class RunData:
     def _epochs_of(self, series: ScalarSeries) -> list[int]:
         """The epoch of each value: recorded (CSV), else from the logged ``epoch`` key at the
         same step (Lightning logs it with every metric), else the value's position."""
-        if series.epochs is not None and all(e is not None for e in series.epochs):
-            return [int(e) for e in series.epochs]  # type: ignore[arg-type]
+        recorded = series.epochs
+        if recorded is not None and all(e is not None for e in recorded):
+            return [int(e) for e in recorded if e is not None]  # all known: filters nothing
         steps, epochs = self._epoch_steps()
         if steps:
             out = []
@@ -618,7 +623,9 @@ class RunData:
         for i, raw in enumerate((self.summary or {}).get("epochs") or []):
             if not isinstance(raw, dict):
                 continue
-            metrics = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {}
+            metrics = raw.get("metrics")
+            if not isinstance(metrics, dict):
+                metrics = {}
             epoch = raw.get("epoch", i)
             rows.append(
                 EpochRow(
@@ -655,10 +662,10 @@ class RunData:
                 continue
             for epoch, value in zip(self._epochs_of(series), series.values, strict=True):
                 setattr(by_epoch.setdefault(epoch, EpochRow(epoch)), attr, value)
-        for key in (self.monitor, GQI_KEY):
-            if key and key in self.scalars:
-                for epoch, value in self.metric_by_epoch(key):
-                    by_epoch.setdefault(epoch, EpochRow(epoch)).metrics[key] = value
+        for metric in (self.monitor, GQI_KEY):
+            if metric and metric in self.scalars:
+                for epoch, value in self.metric_by_epoch(metric):
+                    by_epoch.setdefault(epoch, EpochRow(epoch)).metrics[metric] = value
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     # ------------------------------------------------------------------ export
@@ -807,7 +814,8 @@ def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[RunLocation]:
             )
         if path.is_file():
             loc = _location_for_file(path)
-            key = Path(loc.trace).resolve() if _standalone(loc) else loc.path.resolve()
+            trace = loc.trace if _standalone(loc) else None
+            key = Path(trace).resolve() if trace is not None else loc.path.resolve()
             if key not in seen:
                 seen.add(key)
                 found.append(loc)
@@ -1024,13 +1032,13 @@ def _names(locations: Sequence[RunLocation], summaries: Sequence[str | None]) ->
     the deepest folder all runs share."""
     dirs = [loc.path.resolve() for loc in locations]
     common = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0].parent
-    rels = []
+    rels: list[str] = []
     for loc, d in zip(locations, dirs, strict=True):
         if _standalone(loc):
             rels.append(Path(loc.trace or "").name)
         else:
-            rel = d.relative_to(common) if d != common else Path(d.name)
-            rels.append(rel.as_posix() if str(rel) != "." else d.name)
+            rel_path = d.relative_to(common) if d != common else Path(d.name)
+            rels.append(rel_path.as_posix() if str(rel_path) != "." else d.name)
     given_counts = Counter(g for g in summaries if g)
     names: list[str] = []
     for rel, given in zip(rels, summaries, strict=True):

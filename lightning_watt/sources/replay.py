@@ -22,6 +22,7 @@ import bisect
 import math
 import os
 from collections.abc import Collection
+from typing import TypedDict
 
 from lightning_watt.readings import COUNTER_J, KINDS, DeviceInfo, Reading
 from lightning_watt.sources.base import Channel, Clock, EnergySource
@@ -30,6 +31,14 @@ from lightning_watt.trace import Trace, load_trace
 #: Polling rates of the live NVML source, mirrored so a replay exercises the same timing.
 _INTERVALS = {COUNTER_J: 0.1, "buffer_W": 0.5}
 _DEFAULT_INTERVAL = 0.1
+
+
+class _LapState(TypedDict):
+    """Where a replay channel's reader got to: lap number, trace time, first poll or not."""
+
+    lap: int
+    t: float
+    first: bool
 
 
 class ReplaySource(EnergySource):
@@ -150,7 +159,7 @@ class ReplaySource(EnergySource):
         # adds that span's energy only (not the energy recorded before ``start``).
         origin = vs[max(bisect.bisect_right(ts, self.start) - 1, 0)] if is_counter else 0.0
         span_energy = (vs[-1] - origin) if is_counter and len(vs) > 1 else 0.0
-        state = {"lap": 0, "t": self.start - 1e-12, "first": True}
+        state: _LapState = {"lap": 0, "t": self.start - 1e-12, "first": True}
 
         def value(i: int, lap: int) -> float:
             if not is_counter:
