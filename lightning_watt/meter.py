@@ -92,6 +92,7 @@ class EnergyMeter:
         self._latest_power: dict[str, tuple[float, float, int]] = {}
         self._last_counter: dict[str, tuple[float, float]] = {}
         self._errors: dict[str, int] = {}
+        self._produces: dict[str, set[tuple[str, str]]] = {}  # channel -> (device, kind) it reads
         self._warned: set[str] = set()
         self._unavailable: dict[str, str] = {}
         self._describe: dict[str, str] = {}
@@ -231,12 +232,22 @@ class EnergyMeter:
                 f"{then}. Training continues; the gap is recorded.",
             )
             if give_up:
+                with self._lock:
+                    for device, kind in self._produces.get(channel.name, ()):
+                        self._timeline.retire(device, kind)
                 return fallback
             return channel
         failures[channel.name] = 0
+        produced = self._produces.setdefault(channel.name, set())
+        produced.update((r.device, r.kind) for r in readings)
         if readings:
             last_ok[channel.name] = readings[-1].t
             self._ingest(readings)
+        if produced:
+            # Even an empty read says "nothing new up to now": the timeline stops waiting.
+            polled_at = self._clock()
+            with self._lock:
+                self._timeline.mark_polled(produced, polled_at)
         return channel
 
     def _ingest(self, readings: list[Reading]) -> None:

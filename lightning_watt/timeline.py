@@ -176,6 +176,11 @@ class DeviceTimeline:
         self.seconds_by_method: dict[str, float] = {}
         self.resets = 0
         self._tail_cache: tuple[int, list[float], list[float]] | None = None
+        # Watermarks: how far each kind's reader has been polled (live meters tell us), and the
+        # kinds whose reader was given up. With them, finalization waits for readers that are
+        # merely late (a stalled thread) instead of guessing from data times.
+        self._polled: dict[str, float] = {}
+        self._retired: set[str] = set()
         self._coarse_n = 0  # leading knots already thinned to coarse_step
         self._version = 0
 
@@ -230,12 +235,30 @@ class DeviceTimeline:
                 return
             self._explicit_gaps.append(Gap(self.name, start, end, reason))
 
+    def mark_polled(self, kind: str, t: float) -> None:
+        """The reader of ``kind`` has delivered everything up to ``t`` (even if nothing new)."""
+        if t > self._polled.get(kind, -math.inf):
+            self._polled[kind] = t
+            self._version += 1
+
+    def retire(self, kind: str) -> None:
+        """The reader of ``kind`` is gone for good: stop waiting for it."""
+        self._retired.add(kind)
+        self._version += 1
+
+    @property
+    def _watermarked(self) -> bool:
+        return bool(self._polled)
+
     # ------------------------------------------------------------------ finalize
     def _active_power(self) -> list[_PowerSeries]:
-        """Power kinds still delivering, best first (a kind silent for long is not waited on)."""
-        newest = max((s.last_t for s in self._power.values()), default=-math.inf)
-        active = [s for s in self._power.values() if s.t and newest - s.last_t <= _STALE_S]
-        return sorted(active, key=lambda s: POWER_KINDS.index(s.kind))
+        """Power kinds still delivering, best first. With watermarks: every kind not retired.
+        Without (a recording read in time order): a kind silent for long is not waited on."""
+        present = [s for s in self._power.values() if s.t and s.kind not in self._retired]
+        if not self._watermarked:
+            newest = max((s.last_t for s in present), default=-math.inf)
+            present = [s for s in present if newest - s.last_t <= _STALE_S]
+        return sorted(present, key=lambda s: POWER_KINDS.index(s.kind))
 
     def _shape_for(self, a: float, b: float) -> tuple[str, list[float], list[float]] | None:
         """The best power kind whose samples cover ``[a, b]``, as cumulative knots."""
@@ -257,7 +280,9 @@ class DeviceTimeline:
         """How far the best delivering power kind reaches: windows beyond wait for it."""
         active = self._active_power()
         if not active:
-            return math.inf if not self._power else -math.inf
+            return math.inf if not self._power or self._watermarked else -math.inf
+        # Data time, not the watermark: a window must end inside the best kind's samples, or a
+        # lesser kind that happens to cover it would be picked to shape it.
         return active[0].last_t
 
     def _emit(self, ts: Iterable[float], es: Iterable[float], method: str, a: float, b: float):
@@ -312,6 +337,21 @@ class DeviceTimeline:
         if self._sum_power > 0:
             self._scale = min(2.0, max(0.5, self._sum_counter / self._sum_power))
 
+    def _hold_power(self, a: float, b: float, reason: str) -> None:
+        """No reading shapes [a, b]: carry the last known power across it (reported as a gap),
+        rather than counting it as zero."""
+        watts = 0.0
+        for s in sorted(self._power.values(), key=lambda s: POWER_KINDS.index(s.kind)):
+            i = bisect.bisect_right(s.t, a) - 1
+            if i >= 0:
+                watts = s.w[i]
+                break
+        else:
+            if len(self._kt) >= 2 and self._kt[-1] > self._kt[-2]:
+                watts = (self._ke[-1] - self._ke[-2]) / (self._kt[-1] - self._kt[-2])
+        self._emit([b], [self._ke[-1] + self._scale * watts * (b - a)], "held power", a, b)
+        self._gaps.append(Gap(self.name, a, b, reason))
+
     def _power_only(self, a: float, b: float) -> bool:
         shape = self._shape_for(a, b)
         if shape is None:
@@ -361,8 +401,7 @@ class DeviceTimeline:
                     if not final and nxt.u > power_until:
                         break
                     if not self._power_only(b, nxt.u):
-                        self._emit([nxt.u], [self._ke[-1]], "gap", b, nxt.u)
-                        self._gaps.append(Gap(self.name, b, nxt.u, "counter reset, no power"))
+                        self._hold_power(b, nxt.u, "counter reset, no power")
                     self._set_boundary(nxt.u, nxt)
                     continue
                 ready = [x for x in same if x.u <= power_until]
@@ -377,13 +416,18 @@ class DeviceTimeline:
                 if not final and nxt.u > power_until:
                     break
                 if not self._power_only(b, nxt.u):
-                    self._emit([nxt.u], [self._ke[-1]], "gap", b, nxt.u)
+                    self._hold_power(b, nxt.u, "no power readings: last power held")
                 self._set_boundary(nxt.u, nxt)
                 continue
             # No anchor ahead: power alone, if the counter is absent or has gone quiet.
             newest_power = max((s.last_t for s in self._power.values()), default=-math.inf)
             last_anchor = self._anchors[-1].u if self._anchors else b
-            counter_quiet = not self._has_counter or final or newest_power - last_anchor > _STALE_S
+            if self._watermarked and COUNTER_J in self._polled:
+                counter_quiet = final or COUNTER_J in self._retired
+            else:
+                counter_quiet = (
+                    not self._has_counter or final or newest_power - last_anchor > _STALE_S
+                )
             until = newest_power
             if counter_quiet and until > b and self._power_only(b, until):
                 self._set_boundary(until, None)
@@ -605,6 +649,26 @@ class EnergyTimeline:
     def mark_gap(self, device: str, start: float, end: float, reason: str) -> None:
         """Record that ``device`` was not measured over ``[start, end]`` (a source failed)."""
         self._device(device).mark_gap(start, end, reason)
+
+    def mark_polled(self, pairs: Iterable[tuple[str, str]], t: float) -> None:
+        """Readers of these ``(device, kind)`` pairs have delivered everything up to ``t``.
+
+        A live meter calls this after every read, even an empty one. Energy is then finalized
+        only as far as every live reader has reached, so a reader that is merely late (a
+        stalled thread) is waited for instead of replaced by a worse one.
+        """
+        touched = set()
+        for device, kind in pairs:
+            self._device(device).mark_polled(kind, t)
+            touched.add(device)
+        for name in touched:
+            self._devices[name].advance()
+
+    def retire(self, device: str, kind: str) -> None:
+        """The reader of ``kind`` on ``device`` is gone for good: stop waiting for it."""
+        tl = self._device(device)
+        tl.retire(kind)
+        tl.advance()
 
     def flush(self) -> None:
         """Finalize everything: call at the end of a run (or before reading a whole trace)."""
