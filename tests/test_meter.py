@@ -182,11 +182,9 @@ def test_loop_at_double_speed_keeps_energy_consistent(tmp_path: Path) -> None:
             )
             expected += seg["gpu0"] / source.speed
         k += 1
-    # Known, deterministic and open: at speed 2 the looped replay reads +2.97 % against this
-    # reference (at speed 4, +5.3 %), so 3 % failed at random. The cause is still to be found
-    # (counter origin before ``start``, seams, time-compressed shapes); it is noted in the
-    # issue tracker. The bound keeps catching gross errors such as a counter jump per lap.
-    assert meter.energy_between(a, b)["gpu0"] == pytest.approx(expected, rel=0.04)
+    # Each lap adds exactly the recording's energy over [start, end] (was +3 % before the
+    # replay measured its counter from its value at ``start`` and to its value at ``end``).
+    assert meter.energy_between(a, b)["gpu0"] == pytest.approx(expected, rel=0.005)
     # No window around a seam is empty or negative.
     for seam in (t0 + lap, t0 + 2 * lap):
         assert meter.energy_between(seam - 0.1, seam + 0.1)["gpu0"] > 0.1 * 50.0
