@@ -196,6 +196,7 @@ class WattCallback(Callback):
         self._final_cache: tuple[float, float] = (math.nan, 0.0)
         self._final_known: dict[float, float] = {}
         self._epoch = 0
+        self._steps_logged = 0
         self._epoch_loop: Any = None
         self._reduced_epochs: dict[int, dict[str, float]] = {}  # all ranks, at epoch ends
         self._last_tick: tuple[float, float, float] | None = None
@@ -515,7 +516,13 @@ class WattCallback(Callback):
             measured = self._weighted(meter.energy_between(meter.started_at, horizon))
             power = (measured - last_j) / (horizon - last_t)
             self._last_tick = (horizon, measured, power)
-        steps = ledger.take_step_energies()
+        # Steps of this interval, with the newest readings (finalized energy lags by up to the
+        # buffer's 0.5 s drain; a short logging interval would otherwise see no finished step).
+        view = ledger.preview(meter.now(), self._provisional_energy)
+        new_steps = view.steps.get("train", 0) - self._steps_logged
+        steps = view.step_energies[-new_steps:] if new_steps > 0 else []
+        self._steps_logged = view.steps.get("train", 0)
+        ledger.take_step_energies()  # already in the view: keeps the list short
         step_j = sum(j for _, j in steps) / len(steps) if steps else float("nan")
         has_step = 1.0 if steps else 0.0
         total_cum, total_power, total_step, ranks_with_steps = sum_across_ranks(
@@ -677,7 +684,8 @@ class WattCallback(Callback):
             meter.record_steps(
                 [StepEdge(e.phase, e.edge, e.index, e.t_host, e.t_gpu) for e in edges]
             )
-        meter.set_trace_meta(fit_start=meter.started_at, fit_end=meter.now(), stage=self._stage)
+        # fit_end is written by meter.stop(): the recording then spans what the summary counts.
+        meter.set_trace_meta(fit_start=meter.started_at, stage=self._stage)
         meter.stop()
         self._stop(trainer)
         assert meter.started_at is not None

@@ -116,7 +116,16 @@ class EnergyLedger:
 
     def preview(self, until: float, energy: EnergyFn) -> EnergyLedger:
         """A copy advanced to ``until`` (e.g. with provisional energy), leaving this one as is."""
-        clone = copy.deepcopy(self)
+        # A shallow copy of the containers is enough (their items are immutable, except the
+        # per-epoch records, copied one by one): a deepcopy per log tick cost ~0.3 ms.
+        clone = copy.copy(self)
+        clone._edges = list(self._edges)
+        clone.phases = dict(self.phases)
+        clone.steps = dict(self.steps)
+        clone.epochs = {
+            e: EpochEnergy(e, dict(ep.phases), ep.train_steps) for e, ep in self.epochs.items()
+        }
+        clone.step_energies = list(self.step_energies)
         clone.advance(until, energy)
         return clone
 

@@ -140,6 +140,8 @@ class EnergyMeter:
             self._writer = TraceWriter(self._record)
             self._writer.meta.update(self._trace_meta())
         self._started_at = self._clock()
+        for channel in channels:
+            self._declare(channel, self._started_at)
         self._stop_event.clear()
         self._thread = threading.Thread(
             target=self._run, args=(channels,), name="lightning-watt-meter", daemon=True
@@ -166,6 +168,13 @@ class EnergyMeter:
         if self._writer is not None:
             self._record_samples([], final=True)
             self._writer.meta.update(self._trace_meta())
+            # The recording's own window is the meter's: [0, stop] on the trace clock. A fit
+            # window opened with set_trace_meta(fit_start=...) closes here too, so the trace
+            # and the meter's totals cover exactly the same span.
+            stop = self._stopped_at - (self._started_at or 0.0)
+            self._writer.meta["meter_stop"] = stop
+            if "fit_start" in self._writer.meta:
+                self._writer.meta.setdefault("fit_end", stop)
             self._writer.close()
 
     def __enter__(self) -> EnergyMeter:
@@ -235,6 +244,8 @@ class EnergyMeter:
                 with self._lock:
                     for device, kind in self._produces.get(channel.name, ()):
                         self._timeline.retire(device, kind)
+                if fallback is not None:
+                    self._declare(fallback, self._clock())
                 return fallback
             return channel
         failures[channel.name] = 0
@@ -249,6 +260,14 @@ class EnergyMeter:
             with self._lock:
                 self._timeline.mark_polled(produced, polled_at)
         return channel
+
+    def _declare(self, channel: Channel, t: float) -> None:
+        """Tell the timeline which readers exist before they speak, so it waits for them."""
+        pairs = {(d, k) for d in channel.devices for k in channel.kinds}
+        if pairs:
+            self._produces.setdefault(channel.name, set()).update(pairs)
+            with self._lock:
+                self._timeline.mark_polled(pairs, t)
 
     def _ingest(self, readings: list[Reading]) -> None:
         with self._lock:

@@ -237,6 +237,9 @@ class DeviceTimeline:
 
     def mark_polled(self, kind: str, t: float) -> None:
         """The reader of ``kind`` has delivered everything up to ``t`` (even if nothing new)."""
+        if kind != COUNTER_J and kind not in self._power:
+            # Declared before its first sample: an empty series makes the timeline wait for it.
+            self._power[kind] = _PowerSeries(kind)
         if t > self._polled.get(kind, -math.inf):
             self._polled[kind] = t
             self._version += 1
@@ -254,8 +257,9 @@ class DeviceTimeline:
     def _active_power(self) -> list[_PowerSeries]:
         """Power kinds still delivering, best first. With watermarks: every kind not retired.
         Without (a recording read in time order): a kind silent for long is not waited on."""
-        present = [s for s in self._power.values() if s.t and s.kind not in self._retired]
+        present = [s for s in self._power.values() if s.kind not in self._retired]
         if not self._watermarked:
+            present = [s for s in present if s.t]
             newest = max((s.last_t for s in present), default=-math.inf)
             present = [s for s in present if newest - s.last_t <= _STALE_S]
         return sorted(present, key=lambda s: POWER_KINDS.index(s.kind))
@@ -281,6 +285,8 @@ class DeviceTimeline:
         active = self._active_power()
         if not active:
             return math.inf if not self._power or self._watermarked else -math.inf
+        if not active[0].t:
+            return -math.inf  # the best reader is declared but has not spoken yet: wait
         # Data time, not the watermark: a window must end inside the best kind's samples, or a
         # lesser kind that happens to cover it would be picked to shape it.
         return active[0].last_t

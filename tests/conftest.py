@@ -6,6 +6,12 @@ import os
 import sys
 
 import pytest
+from hypothesis import settings
+
+# Deterministic property tests (the same examples on every run and in CI), and no per-example
+# deadline: a loaded 2-core machine must not turn a slow example into a failure.
+settings.register_profile("lightning-watt", derandomize=True, deadline=None)
+settings.load_profile("lightning-watt")
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, tests/fake_pynvml.py
 

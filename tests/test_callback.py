@@ -66,7 +66,7 @@ def test_recorded_trace_matches_the_summary(tmp_path):
     starts = [e for e in trace.steps if e.phase == "train" and e.edge == "start"]
     assert len(starts) == trainer.global_step
     energy = trace.timeline().energy_between(*trace.fit_window)["gpu0"]
-    assert energy == pytest.approx(cb.last_summary["energy_J"], rel=0.02)
+    assert energy == pytest.approx(cb.last_summary["energy_J"], rel=0.005)
 
 
 def test_batch_hooks_never_synchronise(tmp_path, monkeypatch):

@@ -52,6 +52,9 @@ class Channel:
         devices: the devices whose readings it produces (gaps are marked on them on failure).
         fallback: a channel to start when this one is lost (e.g. power fields for the buffer).
         describe: how it measures, for summaries (``"NVML energy counter"``).
+        kinds: the reading kinds it produces. Declaring them lets the meter wait for this
+            reader from the start (before its first reading), instead of finalizing energy with
+            whatever other reader happened to speak first.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Channel:
     fallback: Channel | None = None
     describe: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:

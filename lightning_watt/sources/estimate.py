@@ -334,6 +334,7 @@ class EstimateSource(EnergySource):
                 read=self._read,
                 devices=(self.device,),
                 describe=_NOTE,
+                kinds=(ESTIMATE_W,),
             )
         ]
 

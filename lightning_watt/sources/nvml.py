@@ -595,6 +595,7 @@ class NvmlSource(EnergySource):
                 self._guard(gpu, "power usage", self._read_usage),
                 (name,),
                 describe="nvmlDeviceGetPowerUsage (100 ms)",
+                kinds=(USAGE_W,),
             )
         if gpu.fields:
             fields = Channel(
@@ -604,6 +605,7 @@ class NvmlSource(EnergySource):
                 (name,),
                 fallback=usage,
                 describe=f"power fields {self._field_names(gpu)} (100 ms)",
+                kinds=(INSTANT_W, AVERAGE_W),
             )
         if gpu.buffer:
             period = gpu.buffer_period_ms or _DEFAULT_BUFFER_PERIOD_MS
@@ -614,6 +616,7 @@ class NvmlSource(EnergySource):
                 (name,),
                 fallback=fields or usage,
                 describe=f"driver power buffer ({period:.0f} ms samples)",
+                kinds=(BUFFER_W,),
             )
         power = buffer or fields or usage
         out: list[Channel] = []
@@ -625,6 +628,7 @@ class NvmlSource(EnergySource):
                     self._guard(gpu, "energy counter", self._read_counter),
                     (name,),
                     describe="energy counter (100 ms)",
+                    kinds=(COUNTER_J,),
                 )
             )
         if power is not None:

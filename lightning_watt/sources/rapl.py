@@ -515,6 +515,7 @@ class RaplSource(EnergySource):
                 read=self._reader(c),
                 devices=(c.zone.device,),
                 describe=f"RAPL energy counter {c.zone.key}",
+                kinds=(COUNTER_J,),
             )
             for c in self._counters.values()
         ]

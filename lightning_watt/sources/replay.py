@@ -151,6 +151,7 @@ class ReplaySource(EnergySource):
                     read=self._reader(device, kind, ts, vs),
                     devices=(self._rename[device],),
                     describe=f"replay of {kind}",
+                    kinds=(kind,),
                 )
             )
         return out
