@@ -35,7 +35,7 @@ from lightning_watt.distributed import (
     ownership_weights,
     sum_across_ranks,
 )
-from lightning_watt.ledger import GAP, EnergyLedger
+from lightning_watt.ledger import GAP, EnergyFn, EnergyLedger
 from lightning_watt.meter import EnergyMeter
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
 from lightning_watt.step_clock import StepClock
@@ -193,8 +193,6 @@ class WattCallback(Callback):
         self._stage: str | None = None
         self._world_size = 1
         self._run_dir = Path(".")
-        self._final_cache: tuple[float, float] = (math.nan, 0.0)
-        self._final_known: dict[float, float] = {}
         self._epoch = 0
         self._steps_logged = 0
         self._epoch_loop: Any = None
@@ -282,37 +280,40 @@ class WattCallback(Callback):
     def _weighted(self, joules: dict[str, float]) -> float:
         return sum(self._weights.get(d, 1.0) * j for d, j in joules.items())
 
-    def _final_energy(self, t0: float, t1: float) -> float:
-        """Final joules over [t0, t1]. The ledger asks for back-to-back intervals, so the
-        cumulative energy at t0 is usually the one computed for the previous t1: reusing it halves
-        the lookups, and the same E values keep the attribution exactly additive."""
+    def _energy_fn(self, times: list[float], provisional: bool) -> EnergyFn:
+        """Joules over [t0, t1] for the ledger, from cumulative energies fetched in one batch
+        under one lock (the ledger asks for back-to-back intervals, all at ``times``).
+
+        Final: the meter's finalized energy. Provisional: measured up to the meter's horizon,
+        then the latest power held (readings arrive up to 0.5 s after the fact). Differences of
+        one cumulative function keep the attribution exactly additive either way.
+        """
         meter = self._meter
         assert meter is not None
-        known = self._final_known
-        cached_t, cached_e = self._final_cache
-        if cached_t == t0:
-            e0 = cached_e
-        else:
-            known_e0 = known.get(t0)
-            if known_e0 is None:
-                known_e0 = self._weighted(meter.energy_at(t0, False))
-            e0 = known_e0
-        e1 = known.get(t1)
-        if e1 is None:
-            e1 = self._weighted(meter.energy_at(t1, False))
-        self._final_cache = (t1, e1)
-        return e1 - e0
+        horizon = meter.horizon if provisional else math.inf
+        held = self._weighted(meter.power()) if provisional and math.isfinite(horizon) else 0.0
+
+        def batch(ts: list[float]) -> list[float]:
+            clamped = [min(t, horizon) for t in ts]
+            values = meter.energy_at_many(clamped, provisional=provisional)
+            return [
+                self._weighted(v) + held * (t - c)
+                for t, c, v in zip(ts, clamped, values, strict=True)
+            ]
+
+        known = dict(zip(times, batch(times), strict=True))
+
+        def cumulative(t: float) -> float:
+            e = known.get(t)
+            if e is None:
+                e = known[t] = batch([t])[0]
+            return e
+
+        return lambda t0, t1: cumulative(t1) - cumulative(t0)
 
     def _provisional_energy(self, t0: float, t1: float) -> float:
-        """Best current estimate: measured up to the meter's horizon, then the latest power
-        held (readings arrive in batches, up to 0.5 s after the fact)."""
-        meter = self._meter
-        assert meter is not None
-        horizon = meter.horizon
-        if not math.isfinite(horizon) or t1 <= horizon:
-            return self._weighted(meter.energy_between(t0, t1))
-        measured = self._weighted(meter.energy_between(t0, max(t0, horizon)))
-        return measured + self._weighted(meter.power()) * (t1 - max(t0, horizon))
+        """Best current estimate of the (weighted) joules over [t0, t1]."""
+        return self._energy_fn([t0, t1], provisional=True)(t0, t1)
 
     @property
     def energy_kwh(self) -> float:
@@ -337,6 +338,12 @@ class WattCallback(Callback):
         joules = self._provisional_energy(meter.started_at, meter.now())
         return (self._offset["energy_J"] + joules) / J_PER_KWH
 
+    def _preview(self, until: float) -> EnergyLedger:
+        """The ledger advanced to ``until`` with provisional energy (this one left as is)."""
+        ledger = self._ledger
+        assert ledger is not None
+        return ledger.preview(until, self._energy_fn(ledger.times_until(until), provisional=True))
+
     def _sync_edges(self, wait: bool = False) -> None:
         """Move resolved edges into the ledger (and the recording); attribute final energy."""
         assert self._clock is not None and self._ledger is not None and self._meter is not None
@@ -352,15 +359,7 @@ class WattCallback(Callback):
         first_pending = self._clock.first_pending_host()
         if first_pending is not None:
             until = min(until, first_pending)
-        # Every cumulative energy the ledger will ask for, in one pass under one lock.
-        times = ledger.times_until(until)
-        if times:
-            cumulative = meter.energy_at_many(times, provisional=False)
-            self._final_known = {
-                t: self._weighted(e) for t, e in zip(times, cumulative, strict=True)
-            }
-        ledger.advance(until, self._final_energy)
-        self._final_known = {}
+        ledger.advance(until, self._energy_fn(ledger.times_until(until), provisional=False))
 
     # ------------------------------------------------------------------ hooks: edges
     def _mark(self, trainer: pl.Trainer, phase: str, edge: str, index: int) -> None:
@@ -518,7 +517,7 @@ class WattCallback(Callback):
             self._last_tick = (horizon, measured, power)
         # Steps of this interval, with the newest readings (finalized energy lags by up to the
         # buffer's 0.5 s drain; a short logging interval would otherwise see no finished step).
-        view = ledger.preview(meter.now(), self._provisional_energy)
+        view = self._preview(meter.now())
         new_steps = view.steps.get("train", 0) - self._steps_logged
         steps = view.step_energies[-new_steps:] if new_steps > 0 else []
         self._steps_logged = view.steps.get("train", 0)
@@ -569,7 +568,7 @@ class WattCallback(Callback):
         assert meter is not None and ledger is not None
         self._sync_edges()
         now = meter.now()
-        view = ledger.preview(now, self._provisional_energy) if now > ledger.cursor else ledger
+        view = self._preview(now) if now > ledger.cursor else ledger
         ep = view.epochs.get(epoch)
         return dict(ep.phases) if ep else {}
 
@@ -690,7 +689,7 @@ class WattCallback(Callback):
         self._stop(trainer)
         assert meter.started_at is not None
         end = meter._stopped_at or meter.now()
-        ledger.advance(end, self._final_energy)
+        ledger.advance(end, self._energy_fn(ledger.times_until(end), provisional=False))
         totals = meter.energy_between(meter.started_at, end)
         peaks = meter.peak_power()
         methods = meter.methods()
@@ -812,7 +811,7 @@ class WattCallback(Callback):
         else:
             self._sync_edges()
             until = meter.now() if meter.running else (meter._stopped_at or meter.now())
-            view = ledger.preview(until, self._provisional_energy)
+            view = self._preview(until)
             epochs = {e: ep.phases for e, ep in view.epochs.items()}
             segment_j = view.total()
             steps, phases = view.steps, view.phases
