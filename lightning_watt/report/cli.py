@@ -325,15 +325,9 @@ def _rel(path: str, root: Path) -> str:
 def _report_json(
     runs: Sequence[RunData], plots: dict[str, dict[str, str]], cross: dict[str, str]
 ) -> dict[str, Any]:
-    from lightning_watt.report.runs import pareto_front
+    from lightning_watt.report.runs import pareto_front, pareto_points
 
-    usable: list[RunData] = []
-    points: list[tuple[float, float]] = []
-    for r in runs:
-        energy, accuracy = r.energy_kWh, r.best_accuracy
-        if energy is not None and accuracy is not None:
-            usable.append(r)
-            points.append((energy, accuracy))
+    usable, points = pareto_points(runs)
     front = pareto_front(points, higher_is_better=all(r.higher_is_better for r in usable))
     rows = []
     for run in runs:

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from lightning_watt.report.runs import J_PER_KWH, RunData, pareto_front
+from lightning_watt.report.runs import J_PER_KWH, RunData, pareto_front, pareto_points
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -580,13 +580,7 @@ def plot_pareto(runs: Sequence[RunData]) -> Figure:
     Runs lacking energy or accuracy are left out and counted in the subtitle.
     """
     with _style():
-        usable: list[RunData] = []
-        points: list[tuple[float, float]] = []
-        for r in runs:
-            energy, accuracy = r.energy_kWh, r.best_accuracy
-            if energy is not None and accuracy is not None:
-                usable.append(r)
-                points.append((energy, accuracy))
+        usable, points = pareto_points(runs)
         if len(usable) < 1:
             raise NoDataError("no run has both an energy total and an accuracy")
         higher = all(r.higher_is_better for r in usable)

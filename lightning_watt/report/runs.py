@@ -706,6 +706,19 @@ class RunData:
         }
 
 
+def pareto_points(runs: Sequence[RunData]) -> tuple[list[RunData], list[tuple[float, float]]]:
+    """The runs that have both an energy total and an accuracy, with their ``(kWh, accuracy)``
+    points, for the Pareto view (the report's table, JSON and plot use the same selection)."""
+    usable: list[RunData] = []
+    points: list[tuple[float, float]] = []
+    for r in runs:
+        energy, accuracy = r.energy_kWh, r.best_accuracy
+        if energy is not None and accuracy is not None:
+            usable.append(r)
+            points.append((energy, accuracy))
+    return usable, points
+
+
 def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool = True) -> list[int]:
     """Indices of the points ``(energy, quality)`` no other point dominates: one dominates
     another with no more energy and no worse quality, and strictly better in one of them.
