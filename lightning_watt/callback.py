@@ -40,7 +40,7 @@ from lightning_watt.meter import EnergyMeter
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
 from lightning_watt.step_clock import StepClock
 from lightning_watt.summary import build_summary, render_summary
-from lightning_watt.trace import StepEdge, bundled_trace
+from lightning_watt.trace import StepEdge, bundled_trace, load_trace
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_watt.functional import GQIForm
@@ -209,12 +209,18 @@ class WattCallback(Callback):
             return list(self._sources), {}
         rank = trainer.global_rank
         if self._replay:
-            prefix = self._replay[rank % len(self._replay)]
+            trace = load_trace(self._replay[rank % len(self._replay)])
+            # Replay from where the recorded fit started (not its idle lead-in), looping.
+            first, last = trace.span
+            start = min(max(float(trace.meta.get("fit_start", first)), first), last - 1.0)
             source = ReplaySource(
-                prefix, speed=self.replay_speed, loop=True, uuid_prefix=f"rank{rank}"
+                trace,
+                start=start,
+                speed=self.replay_speed,
+                loop=True,
+                uuid_prefix=f"rank{rank}",
+                name=os.path.basename(self._replay[rank % len(self._replay)]),
             )
-            fit_start = float(source._trace.meta.get("fit_start", source.start))
-            source.start = min(max(fit_start, source.start), source._trace.span[1] - 1.0)
             return [source], {}
         root = trainer.strategy.root_device
         return default_sources(gpu_devices=[root.index or 0] if root.type == "cuda" else None)

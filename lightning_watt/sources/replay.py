@@ -55,6 +55,7 @@ class ReplaySource(EnergySource):
             recording's ``gpu0`` as ``gpu1``.
         uuid_prefix: prefix for device uuids, so two ranks replaying the same file can either
             share devices (same prefix: counted once) or not.
+        name: how the recording is called in labels (default: the prefix's file name).
     """
 
     name = "replay"
@@ -69,12 +70,15 @@ class ReplaySource(EnergySource):
         kinds: Collection[str] | None = None,
         devices: dict[str, str] | Collection[str] | None = None,
         uuid_prefix: str = "replay",
+        name: str | None = None,
     ) -> None:
         if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a finite number > 0, got {speed!r}")
         self._trace = trace if isinstance(trace, Trace) else load_trace(trace)
         self.label = str(self._trace.meta.get("gpu") or "recorded device")
-        self.trace_name = os.path.basename(str(trace)) if not isinstance(trace, Trace) else "trace"
+        if name is None:
+            name = os.path.basename(str(trace)) if not isinstance(trace, Trace) else "trace"
+        self.trace_name = name
         if not self._trace.samples:
             raise ValueError("trace: the recording has no samples to replay")
         t_first, t_last = self._trace.span
