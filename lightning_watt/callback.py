@@ -332,6 +332,14 @@ class WattCallback(Callback):
         """The :class:`~lightning_watt.carbon.CarbonModel` in use, or ``None``."""
         return self._carbon
 
+    def _note_run_energy(self, segment_j: float) -> None:
+        """Record the all-rank energy of a reduction. Live estimates hold the latest power over
+        readings not yet arrived; when the readings come in lower, the cumulative energy must
+        not step back (a dipping kWh curve, a score that rises on no work), so it is held until
+        the measurement passes it. The end-of-stage summary uses final energies only."""
+        kwh = (self._offset["energy_J"] + segment_j) / J_PER_KWH
+        self._run_kwh = max(self._run_kwh, kwh)
+
     def _energy_kwh_provider(self) -> float:
         if self._world_size > 1:
             return self._run_kwh
@@ -533,7 +541,7 @@ class WattCallback(Callback):
         total_cum, total_power, total_step, ranks_with_steps = sum_across_ranks(
             [cum, power, 0.0 if math.isnan(step_j) else step_j, has_step], pl_module.device
         )
-        self._run_kwh = (self._offset["energy_J"] + total_cum) / J_PER_KWH
+        self._note_run_energy(total_cum)
         values = {"energy_kWh": self._run_kwh, "power_W": total_power}
         if ranks_with_steps > 0:
             # Ranks step together: the job's energy per step is the sum of the ranks' shares.
@@ -593,7 +601,7 @@ class WattCallback(Callback):
             ],
             pl_module.device,
         )
-        self._run_kwh = (self._offset["energy_J"] + total) / J_PER_KWH
+        self._note_run_energy(total)
         self._reduced_epochs[trainer.current_epoch] = {"train": train, "val": val, GAP: gap}
         self._log(
             pl_module,
@@ -628,7 +636,7 @@ class WattCallback(Callback):
             return
         cum = self._provisional_energy(self._meter.started_at, self._meter.now())
         (total,) = sum_across_ranks([cum], pl_module.device)
-        self._run_kwh = (self._offset["energy_J"] + total) / J_PER_KWH
+        self._note_run_energy(total)
         if self.score_from is None:
             return
         accuracy = self._current_accuracy(trainer)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import math
 
@@ -54,6 +56,12 @@ def test_fit_logs_keys_and_phases_add_up_to_total(tmp_path):
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert math.isclose(epochs[-1]["energy_kWh"], summary["energy_kWh"], rel_tol=1e-9)
     assert "val_acc" in epochs[-1]["metrics"]
+    # The live cumulative energy never steps back, even where held-power estimates ran high.
+    with open(f"{trainer.log_dir}/metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    logged = [float(r["watt/energy_kWh"]) for r in rows if r["watt/energy_kWh"]]
+    assert len(logged) >= 4
+    assert all(b >= a for a, b in itertools.pairwise(logged))
 
 
 def test_recorded_trace_matches_the_summary(tmp_path):
