@@ -32,3 +32,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rendezvous_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each multi-process test picks its own free port. Lightning writes the port of a spawn
+    into os.environ, so without this the next DDP test reused it while the previous group's
+    socket could still hold it (a failure seen about once in a dozen runs)."""
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
