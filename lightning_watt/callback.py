@@ -37,6 +37,7 @@ from lightning_watt.distributed import (
 )
 from lightning_watt.ledger import GAP, EnergyFn, EnergyLedger
 from lightning_watt.meter import EnergyMeter
+from lightning_watt.readings import J_PER_KWH
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
 from lightning_watt.step_clock import StepClock
 from lightning_watt.summary import build_summary, render_summary
@@ -45,7 +46,6 @@ from lightning_watt.trace import StepEdge, bundled_trace, load_trace
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_watt.functional import GQIForm
 
-J_PER_KWH = 3.6e6
 _FORMS = ("guarded", "paper")
 
 

@@ -37,6 +37,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
+from lightning_watt.readings import J_PER_KWH
+
 __all__ = [
     "JOULES_PER_KWH",
     "MAX_G_CO2E_PER_KWH",
@@ -47,7 +49,7 @@ __all__ = [
     "lookup_region",
 ]
 
-JOULES_PER_KWH = 3.6e6
+JOULES_PER_KWH = J_PER_KWH
 #: Above any real grid (coal-only generation is ~1000-1100 g/kWh lifecycle): a larger value is
 #: almost certainly a unit mistake (kg or lb instead of g).
 MAX_G_CO2E_PER_KWH = 2000.0

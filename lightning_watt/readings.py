@@ -33,6 +33,9 @@ KINDS: frozenset[str] = frozenset((COUNTER_J, *POWER_KINDS))
 
 MEASURED_KINDS: frozenset[str] = KINDS - {ESTIMATE_W}
 
+J_PER_KWH = 3.6e6
+"""Joules in one kilowatt-hour."""
+
 
 class Reading(NamedTuple):
     """One value read from one device: ``t`` on the meter clock (seconds), ``kind`` from

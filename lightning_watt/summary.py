@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-J_PER_KWH = 3.6e6
+from lightning_watt.readings import J_PER_KWH
+
 FORMAT = "lightning-watt summary v1"
 
 

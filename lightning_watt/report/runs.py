@@ -33,7 +33,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lightning_watt.readings import ESTIMATE_W, POWER_KINDS
+from lightning_watt.readings import ESTIMATE_W, J_PER_KWH, POWER_KINDS
 from lightning_watt.trace import Trace, load_trace, trace_prefix
 
 SUMMARY_NAME = "watt_summary.json"
@@ -41,7 +41,6 @@ SUMMARY_FORMAT = "lightning-watt summary v1"
 METRICS_NAME = "metrics.csv"
 TRACE_NAME = "watt_trace"
 EVENTS_PREFIX = "events.out.tfevents."
-J_PER_KWH = 3.6e6
 GQI_KEY = "watt/gqi"
 
 #: What a run directory is recognised by; quoted in errors so a user knows what was looked for.
