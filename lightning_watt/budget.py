@@ -253,12 +253,13 @@ class EnergyBudget(Callback):
         per_unit = kwh / done
         forecast = per_unit * planned
         self.forecast_kwh, self.forecast_basis = forecast, basis
-        prefix = self._watt.prefix
-        pl_module.log(prefix + "forecast_kWh", forecast, on_step=False, on_epoch=True)
+        values = {"forecast_kWh": forecast}
         forecast_kg = None
         if self.max_kg_co2e is not None:
             forecast_kg = self._co2e_kg(forecast)
-            pl_module.log(prefix + "forecast_co2e_kg", forecast_kg, on_step=False, on_epoch=True)
+            values["forecast_co2e_kg"] = forecast_kg
+        # Identical on every rank already: logged as the WattCallback logs, with no collective.
+        self._watt._publish(trainer, values)
         if not warn or not self.warn_forecast or self._warned or self._announced:
             return
         unit = "step" if basis == "steps" else "epoch"

@@ -43,7 +43,7 @@ import math
 import numbers
 import threading
 import warnings
-from typing import Literal, overload
+from typing import Literal, cast, overload
 
 import torch
 from torch import Tensor
@@ -55,6 +55,7 @@ __all__ = [
     "GreenQuotientWarning",
     "accuracy_per_kwh",
     "green_quotient_index",
+    "validate_score_params",
 ]
 
 DEFAULT_ALPHA = 5.0
@@ -116,6 +117,18 @@ def _check_params(alpha: float, beta: float, form: str) -> tuple[float, float]:
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
         values.append(number)
     return values[0], values[1]
+
+
+def validate_score_params(alpha: float, beta: float, form: str) -> GQIForm:
+    """Check the score's parameters as :func:`green_quotient_index` would, at configuration
+    time; returns ``form`` as a :data:`GQIForm`. Raises ``ValueError`` naming the parameter.
+
+    Example:
+        >>> validate_score_params(5, 10, "paper")
+        'paper'
+    """
+    _check_params(alpha, beta, form)
+    return cast(GQIForm, form)
 
 
 def _accuracy_error(value: float) -> ValueError:

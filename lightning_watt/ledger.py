@@ -5,6 +5,11 @@ the next edge the interval belongs to that edge's phase (``train``, ``val``, ...
 interval (data loading, checkpointing, stalls, idle) is a ``gap``. Because the intervals tile
 ``[start, end]`` and energy is additive, phase totals add up exactly to the devices' total.
 
+An edge whose epoch is ``None`` (the sanity check, which runs before the loop says which epoch
+it is about to train) leaves its energy, and the gaps around it, unassigned until the next edge
+that names an epoch: start-up costs belong to the first epoch a segment trains, not to the
+epoch a checkpoint was saved in.
+
 Example:
     >>> ledger = EnergyLedger(start=0.0)
     >>> energy = lambda t0, t1: 100.0 * (t1 - t0)   # a constant 100 W
@@ -23,6 +28,9 @@ from dataclasses import dataclass, field
 GAP = "gap"
 
 EnergyFn = Callable[[float, float], float]
+
+#: ``(phase, edge, index, epoch, t)``: ``epoch`` ``None`` where the loop has not said it yet.
+LedgerEdge = tuple[str, str, int, "int | None", float]
 
 
 @dataclass
@@ -48,24 +56,41 @@ class EnergyLedger:
     def __init__(self, start: float) -> None:
         self.cursor = start
         self.start = start
-        self._edges: list[tuple[str, str, int, int, float]] = []
+        self._edges: list[LedgerEdge] = []
         self._open_phase: str | None = None
-        self._epoch = 0
+        self._epoch: int | None = None
+        # Energy booked while no epoch was known yet: (phase -> J), moved to the first epoch named.
+        self.unassigned: dict[str, float] = {}
         self.phases: dict[str, float] = {}
         self.steps: dict[str, int] = {}
         self.epochs: dict[int, EpochEnergy] = {}
         self.step_energies: list[tuple[int, float]] = []  # (global step, J) of recent train steps
         self._open_energy = 0.0
 
-    def add_edges(self, edges: Iterable[tuple[str, str, int, int, float]]) -> None:
+    def add_edges(self, edges: Iterable[LedgerEdge]) -> None:
         self._edges.extend(edges)
 
-    def _book(self, label: str, joules: float, epoch: int) -> None:
+    def _book(self, label: str, joules: float, epoch: int | None) -> None:
         self.phases[label] = self.phases.get(label, 0.0) + joules
+        if epoch is None:
+            self.unassigned[label] = self.unassigned.get(label, 0.0) + joules
+            return
         ep = self.epochs.get(epoch)
         if ep is None:
             ep = self.epochs[epoch] = EpochEnergy(epoch)
+        if self.unassigned:
+            for k, v in self.unassigned.items():
+                ep.phases[k] = ep.phases.get(k, 0.0) + v
+            self.unassigned = {}
         ep.phases[label] = ep.phases.get(label, 0.0) + joules
+
+    def assign_unassigned(self, epoch: int) -> None:
+        """Give energy still waiting for an epoch to ``epoch`` (the end of a stage)."""
+        if self.unassigned:
+            ep = self.epochs.setdefault(epoch, EpochEnergy(epoch))
+            for k, v in self.unassigned.items():
+                ep.phases[k] = ep.phases.get(k, 0.0) + v
+            self.unassigned = {}
 
     def times_until(self, until: float) -> list[float]:
         """The times :meth:`advance` would evaluate energy at, to fetch them in one batch."""
@@ -96,7 +121,8 @@ class EnergyLedger:
                 if self._open_phase == phase:
                     self.steps[phase] = self.steps.get(phase, 0) + 1
                     if phase == "train":
-                        self.epochs.setdefault(epoch, EpochEnergy(epoch)).train_steps += 1
+                        if epoch is not None:
+                            self.epochs.setdefault(epoch, EpochEnergy(epoch)).train_steps += 1
                         self.step_energies.append((index, self._open_energy))
                 self._open_phase = None
                 self._epoch = epoch
@@ -104,7 +130,7 @@ class EnergyLedger:
         if until > self.cursor:
             self._close(until, energy, self._epoch)
 
-    def _close(self, t: float, energy: EnergyFn, epoch: int) -> None:
+    def _close(self, t: float, energy: EnergyFn, epoch: int | None) -> None:
         if t <= self.cursor:
             return
         joules = energy(self.cursor, t)
@@ -126,6 +152,7 @@ class EnergyLedger:
             e: EpochEnergy(e, dict(ep.phases), ep.train_steps) for e, ep in self.epochs.items()
         }
         clone.step_energies = list(self.step_energies)
+        clone.unassigned = dict(self.unassigned)
         clone.advance(until, energy)
         return clone
 

@@ -21,21 +21,32 @@ from typing import Any, NamedTuple
 
 import torch
 
+from lightning_watt.trace import StepEdge
+
 
 class Edge(NamedTuple):
-    """A resolved step edge: ``t_gpu`` (meter clock) when the GPU timeline is known."""
+    """A resolved step edge: ``t_gpu`` (meter clock) when the GPU timeline is known; ``epoch``
+    ``None`` where the loop has not said which epoch it belongs to (the sanity check)."""
 
     phase: str
     edge: str
     # The field shadows tuple.index(); callers and tests read ``edge.index`` by name.
     index: int  # type: ignore[assignment]
-    epoch: int
+    epoch: int | None
     t_host: float
     t_gpu: float | None
 
     @property
     def t(self) -> float:
         return self.t_host if self.t_gpu is None else self.t_gpu
+
+    def ledger_edge(self) -> tuple[str, str, int, int | None, float]:
+        """The edge as :class:`~lightning_watt.ledger.EnergyLedger` books it."""
+        return (self.phase, self.edge, self.index, self.epoch, self.t)
+
+    def recorded(self) -> StepEdge:
+        """The edge as a watt-trace row (no epoch: the format does not carry one)."""
+        return StepEdge(self.phase, self.edge, self.index, self.t_host, self.t_gpu)
 
 
 class StepClock:
@@ -50,7 +61,9 @@ class StepClock:
         self._now = now
         self._cuda = device is not None and device.type == "cuda" and torch.cuda.is_available()
         self._device = device
-        self._pending: deque[tuple[str, str, int, int, float, Any, tuple[Any, float]]] = deque()
+        self._pending: deque[tuple[str, str, int, int | None, float, Any, tuple[Any, float]]] = (
+            deque()
+        )
         self._free: list[Any] = []
         self._ref: tuple[Any, float] = (None, 0.0)
         self.reanchor()
@@ -72,7 +85,7 @@ class StepClock:
     def uses_gpu_time(self) -> bool:
         return self._cuda
 
-    def mark(self, phase: str, edge: str, index: int, epoch: int) -> None:
+    def mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:
         """Record an edge now (host) and where the GPU stream is (event); never blocks."""
         event = None
         if self._cuda:

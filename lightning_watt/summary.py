@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_watt.names import SUMMARY_FORMAT
 from lightning_watt.readings import J_PER_KWH
 
-FORMAT = "lightning-watt summary v1"
+FORMAT = SUMMARY_FORMAT
 
 
 def build_summary(
@@ -28,8 +29,15 @@ def build_summary(
     world_size: int = 1,
     epoch_metrics: dict[int, dict[str, float]] | None = None,
     run_name: str = "",
+    run_energy_J: float | None = None,
+    interrupted: bool = False,
 ) -> dict[str, Any]:
-    """Merge every rank's local numbers (devices counted once by uuid, phases summed)."""
+    """Merge every rank's local numbers (devices counted once by uuid, phases summed).
+
+    ``offset`` holds earlier segments of a resumed fit (they are part of ``energy_J``);
+    ``run_energy_J`` is the run's cumulative energy at the end of this stage (earlier stages
+    included), ``energy_J`` when not given.
+    """
     devices = [d for r in ranks for d in r["devices"]]
     counted = [d for d in devices if d.get("counted", True)]
     segment_j = sum(d["energy_J"] for d in counted)
@@ -89,10 +97,12 @@ def build_summary(
         "format": FORMAT,
         "stage": stage,
         "run_name": run_name,
+        "interrupted": interrupted,
         "duration_s": duration,
         "energy_J": total_j,
         "energy_kWh": kwh,
         "segment_energy_J": segment_j,
+        "run_energy_J": total_j if run_energy_J is None else run_energy_J,
         "phases_J": phases,
         "outside_steps_share": (outside / sum(phases.values())) if sum(phases.values()) else 0.0,
         "step_phases_J": step_phases,
@@ -129,17 +139,28 @@ def _fmt_j(joules: float) -> str:
     return f"{joules:.1f} J"
 
 
-def render_summary(summary: dict[str, Any]) -> str:
-    """A table for people: rich when installed, plain text otherwise."""
+def _fmt_sig(value: float, unit: str) -> str:
+    """Three significant digits, in a smaller unit where a number would start with 0.0."""
+    if unit == "kg" and 0 < abs(value) < 1.0:
+        return f"{value * 1e3:.3g} g"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def render_summary(summary: dict[str, Any], show_unavailable: bool = True) -> str:
+    """A table for people: rich when installed, plain text otherwise. ``show_unavailable``:
+    list what could not be measured (said once per callback, not at every stage)."""
     rows: list[tuple[str, str]] = [
-        ("stage", summary["stage"]),
+        ("stage", summary["stage"] + (" (interrupted)" if summary.get("interrupted") else "")),
         ("duration", f"{summary['duration_s']:.1f} s"),
-        ("energy", f"{_fmt_j(summary['energy_J'])} ({summary['energy_kWh']:.6f} kWh)"),
+        ("energy", f"{_fmt_j(summary['energy_J'])} ({summary['energy_kWh']:.4g} kWh)"),
         ("mean / peak power", f"{summary['mean_power_W']:.1f} W / {summary['peak_power_W']:.1f} W"),
     ]
     for phase, joules in sorted(summary["phases_J"].items(), key=lambda kv: -kv[1]):
         rows.append((f"  {phase}", _fmt_j(joules)))
     rows.append(("outside steps", f"{100 * summary['outside_steps_share']:.1f} %"))
+    run_j = summary.get("run_energy_J")
+    if run_j is not None and abs(run_j - summary["energy_J"]) > 1e-9 * max(1.0, run_j):
+        rows.append(("run so far", f"{_fmt_j(run_j)} (earlier stages included)"))
     for d in summary["devices"]:
         tag = " (estimated)" if d["estimated"] else ""
         dup = "" if d.get("counted", True) else " [shared, counted once]"
@@ -151,15 +172,16 @@ def render_summary(summary: dict[str, Any]) -> str:
             )
         )
     if summary.get("co2e_kg") is not None:
-        rows.append(("CO2e", f"{summary['co2e_kg']:.4f} kg"))
+        rows.append(("CO2e", _fmt_sig(summary["co2e_kg"], "kg")))
     if summary.get("cost") is not None:
-        rows.append(("cost", f"{summary['cost']:.4f} {summary.get('currency') or ''}"))
+        rows.append(("cost", _fmt_sig(summary["cost"], summary.get("currency") or "")))
     if summary.get("replay"):
         rows.append(("NOTE", f"energies replayed from recorded trace(s): {summary['replay']}"))
     if summary.get("estimated"):
         rows.append(("NOTE", "some energies are estimated from utilisation, not measured"))
-    for name, reason in summary.get("unavailable", {}).items():
-        rows.append((f"not measured: {name}", reason))
+    if show_unavailable:
+        for name, reason in summary.get("unavailable", {}).items():
+            rows.append((f"not measured: {name}", reason))
     title = "lightning-watt energy summary"
     try:
         import io

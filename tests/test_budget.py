@@ -19,7 +19,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_watt.budget import EnergyBudget, EnergyBudgetWarning
-from lightning_watt.callback import J_PER_KWH, WattCallback
+from lightning_watt.callback import WattCallback
 
 BUDGET_KWH = 1.2e-4
 
@@ -155,19 +155,19 @@ def test_bad_arguments_fail_at_construction(kwargs, match):
 
 # ---------------------------------------------------------------------- logic, without a fit
 class _Module:
-    def __init__(self) -> None:
-        self.logged: dict[str, float] = {}
-
-    def log(self, key, value, **kw) -> None:
-        assert kw == {"on_step": False, "on_epoch": True}
-        self.logged[key] = float(value)
+    """Stands in for the LightningModule: the budget logs through the WattCallback."""
 
 
 def _ddp_watt(kwh: float = 0.0, **kw) -> WattCallback:
     """A WattCallback as it stands on any rank of a 2-process run between reductions."""
     watt = WattCallback(**kw)
     watt._world_size = 2
-    watt._run_kwh = kwh
+    watt._live_kwh = kwh
+    # What the callback would log, recorded instead of sent to a Trainer's loggers.
+    watt.logged = {}  # type: ignore[attr-defined]
+    watt._publish = lambda trainer, values, save=False: watt.logged.update(  # type: ignore[method-assign]
+        {watt.prefix + k: float(v) for k, v in values.items()}
+    )
     return watt
 
 
@@ -199,7 +199,7 @@ def test_ranks_decide_from_the_reduced_energy_only(monkeypatch):
     for i in range(4):
         budget.on_train_batch_end(trainer, None, None, None, i)
     assert not trainer.should_stop
-    watt._run_kwh = 1.0  # the next reduction reaches the budget, on every rank alike
+    watt._live_kwh = 1.0  # the next reduction reaches the budget, on every rank alike
     budget.on_train_batch_end(trainer, None, None, None, 4)
     assert not trainer.should_stop  # batch 5: not a check
     budget.on_train_batch_end(trainer, None, None, None, 5)
@@ -213,10 +213,10 @@ def test_carbon_budget_stops_with_pue_applied():
     budget = EnergyBudget(max_kg_co2e=0.3)
     trainer = _fake_trainer(watt)
     budget.setup(trainer, None, "fit")
-    watt._run_kwh = 0.39
+    watt._live_kwh = 0.39
     budget.on_train_batch_end(trainer, None, None, None, 0)
     assert not trainer.should_stop
-    watt._run_kwh = 0.4  # 0.4 x 1.5 x 0.5 = 0.3 kg
+    watt._live_kwh = 0.4  # 0.4 x 1.5 x 0.5 = 0.3 kg
     budget.on_train_batch_end(trainer, None, None, None, 1)
     assert trainer.should_stop
     assert budget.stop_reason.startswith("max_kg_co2e=0.3 reached at 0.3 kg CO2e (0.4 kWh)")
@@ -230,15 +230,15 @@ def test_forecast_warns_once_and_names_when_the_budget_is_reached():
     budget.setup(trainer, module, "fit")
     with pytest.warns(EnergyBudgetWarning) as record:
         budget.on_train_epoch_end(trainer, module)  # 0.2 kWh/epoch x 10 = 2 kWh > 1 kWh
-    assert module.logged["watt/forecast_kWh"] == pytest.approx(2.0)
+    assert watt.logged["watt/forecast_kWh"] == pytest.approx(2.0)
     message = str(record[0].message)
     assert "2 kWh" in message and "max_kwh=1" in message and "around epoch 5" in message
     # Once: later epochs update the forecast without warning again.
-    trainer.current_epoch, watt._run_kwh = 1, 0.42
+    trainer.current_epoch, watt._live_kwh = 1, 0.42
     with warnings.catch_warnings():
         warnings.simplefilter("error", EnergyBudgetWarning)
         budget.on_train_epoch_end(trainer, module)
-    assert module.logged["watt/forecast_kWh"] == pytest.approx(2.1)
+    assert watt.logged["watt/forecast_kWh"] == pytest.approx(2.1)
     assert budget.state_dict()["warned"] is True
 
 
@@ -252,8 +252,8 @@ def test_forecast_with_carbon_budget_logs_and_warns_in_kg():
     with pytest.warns(EnergyBudgetWarning, match=r"0\.4 kg CO2e.*max_kg_co2e=0\.2.*step 500"):
         budget.on_train_epoch_end(trainer, module)  # 1 kWh forecast: under 5 kWh, 0.4 kg over
     assert budget.forecast_basis == "steps"
-    assert module.logged["watt/forecast_kWh"] == pytest.approx(1.0)
-    assert module.logged["watt/forecast_co2e_kg"] == pytest.approx(0.4)
+    assert watt.logged["watt/forecast_kWh"] == pytest.approx(1.0)
+    assert watt.logged["watt/forecast_co2e_kg"] == pytest.approx(0.4)
 
 
 def test_no_warning_when_disabled_or_within_budget_or_unbounded():
@@ -271,9 +271,9 @@ def test_no_warning_when_disabled_or_within_budget_or_unbounded():
             warnings.simplefilter("error", EnergyBudgetWarning)
             budget.on_train_epoch_end(trainer, module)
         if trainer_kw.get("max_epochs") == -1:
-            assert module.logged == {} and budget.forecast_kwh is None
+            assert watt.logged == {} and budget.forecast_kwh is None
         else:
-            assert "watt/forecast_kWh" in module.logged
+            assert "watt/forecast_kWh" in watt.logged
 
 
 def test_state_dict_round_trip_and_resume_with_a_larger_budget():
@@ -310,7 +310,7 @@ def test_state_key_tells_budgets_apart():
 def test_energy_is_read_from_the_cumulative_total_of_a_single_process():
     # One process: energy_kwh is fresh (here, no meter yet: the restored offset of a resume).
     watt = WattCallback()
-    watt._offset["energy_J"] = 0.7 * J_PER_KWH
+    watt._live_kwh = 0.7
     budget = EnergyBudget(max_kwh=0.5)
     trainer = _fake_trainer(watt)
     budget.setup(trainer, None, "fit")
