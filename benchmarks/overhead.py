@@ -253,15 +253,18 @@ class TimedWattCallback(WattCallback):
 
     def setup(self, trainer, pl_module, stage) -> None:
         super().setup(trainer, pl_module, stage)
-        meter, clock, ledger = self._meter, self._clock, self._ledger
-        assert meter is not None and clock is not None and ledger is not None
+        books = self._books
+        assert books is not None
+        meter, clock, ledger = books.meter, books.clock, books.ledger
         ledger.__class__ = _TimedLedger
         _wrap(meter, "energy_between", "EnergyMeter.energy_between")
         _wrap(clock, "resolve", "StepClock.resolve", count=len)
+        _wrap(books, "sync_edges", "_sync_edges")
+        _wrap(books, "energy_j", "_provisional_energy")
         meter._lock = _TimedLock(meter._lock, threading.get_ident(), self.lock_holds)
 
     def _meter_thread(self) -> threading.Thread | None:
-        return self._meter._thread if self._meter is not None else None
+        return self._books.meter._thread if self._books is not None else None
 
     def on_train_start(self, trainer, pl_module) -> None:
         thread = self._meter_thread()
@@ -297,22 +300,11 @@ class TimedWattCallback(WattCallback):
             self._acc = None
             _ACTIVE = None
 
-    def _sync_edges(self, wait: bool = False) -> None:
+    def _publish(self, trainer, values, save=False) -> None:
         t0 = perf_counter()
-        super()._sync_edges(wait)
-        _charge("_sync_edges", perf_counter() - t0)
-
-    def _provisional_energy(self, t0: float, t1: float) -> float:
-        s = perf_counter()
-        out = super()._provisional_energy(t0, t1)
-        _charge("_provisional_energy", perf_counter() - s)
-        return out
-
-    def _log(self, pl_module, values, **kw) -> None:
-        t0 = perf_counter()
-        super()._log(pl_module, values, **kw)
-        _charge("_log (pl_module.log per key)", perf_counter() - t0)
-        _charge("_log (pl_module.log per key): items", len(values))
+        super()._publish(trainer, values, save)
+        _charge("_publish (loggers + callback_metrics)", perf_counter() - t0)
+        _charge("_publish (loggers + callback_metrics): items", len(values))
 
 
 # ---------------------------------------------------------------------------- one fit
@@ -529,7 +521,7 @@ def _report_tick_parts(ticks: list[dict[str, float]]) -> None:
         ("_provisional_energy", "_provisional_energy", 1),
         ("EnergyMeter.energy_between (all calls)", "EnergyMeter.energy_between", 1),
         ("lock wait (training thread, all)", "lock wait (training thread)", 1),
-        ("_log (pl_module.log per key)", "_log (pl_module.log per key)", 1),
+        ("_publish (loggers + callback_metrics)", "_publish (loggers + callback_metrics)", 1),
     ]
     print(f"  what a tick spends (n={len(ticks)} ticks; µs per tick; nested parts are included):")
     print(f"    {'':44} {'mean':>8} {'p50':>8} {'p99':>8} {'calls/tick':>10}")
@@ -537,7 +529,7 @@ def _report_tick_parts(ticks: list[dict[str, float]]) -> None:
         values = [t.get(key, 0.0) * 1e6 for t in ticks]
         calls = statistics.mean(t.get(key + "#", 0) for t in ticks)
         extra = ""
-        if key in ("StepClock.resolve", "_log (pl_module.log per key)"):
+        if key in ("StepClock.resolve", "_publish (loggers + callback_metrics)"):
             extra = f"   ({statistics.mean(t.get(key + ': items', 0) for t in ticks):.0f} items)"
             extra = extra.replace("items", "edges" if key == "StepClock.resolve" else "keys")
         print(

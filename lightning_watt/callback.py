@@ -200,6 +200,7 @@ class WattCallback(Callback):
         self._run_j: float | None = None  # the run's energy after its last finished stage
         self._base_j = 0.0  # the run's energy before the live stage
         self._live_kwh = 0.0  # the live cumulative kWh, held so that it never steps back
+        self._logged_kwh = 0.0  # the highest cumulative kWh logged in this run
         self._target_kwh: float | None = None
         self._metrics_by_epoch: dict[int, dict[str, float]] = {}
         self._pending_state: dict[str, Any] | None = None
@@ -344,6 +345,7 @@ class WattCallback(Callback):
             self._offset = RunTotals()
             self._base_j = 0.0
             self._live_kwh = 0.0
+            self._logged_kwh = 0.0
             self._run_j = None
             self._target_kwh = None
             self._metrics_by_epoch = {}
@@ -582,6 +584,11 @@ class WattCallback(Callback):
         """One row straight to every logger at Lightning's training x-axis, and the values into
         ``callback_metrics`` for monitors (EarlyStopping, ModelCheckpoint), whatever the stage
         (Lightning's ``self.log`` is not allowed in predict, and per key it costs ~0.4 ms)."""
+        if "energy_kWh" in values:
+            # The logged curve of one run never steps back, across stages too: a live value
+            # that held power a little high stays until the measured energy passes it.
+            self._logged_kwh = max(self._logged_kwh, values["energy_kWh"])
+            values = {**values, "energy_kWh": self._logged_kwh}
         keyed = {self.prefix + k: float(v) for k, v in values.items()}
         step = private.stepped_batches(trainer)
         # Lightning adds the epoch to every row it logs; rows of ours carry it too.
@@ -683,6 +690,14 @@ class WattCallback(Callback):
                 f"in validation; logged keys: {private.unpublished_metric_keys(trainer)}",
             )
             return {}
+        if kwh <= 0.0:
+            # Nothing measured (yet): a score would be +inf, which monitors read as "stop".
+            self._warn_once(
+                "no-energy",
+                f"lightning-watt: no energy measured yet, so {self.prefix}gqi is not logged for "
+                "this validation (see the summary's 'not measured' lines).",
+            )
+            return {}
         value = private.unpublished_metric(trainer, key)
         accuracy = float(value.item() if isinstance(value, torch.Tensor) else value)
         from lightning_watt.functional import green_quotient_index
@@ -754,6 +769,8 @@ class WattCallback(Callback):
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer)
+        if self._run_j is not None:
+            self._publish(trainer, {"energy_kWh": self._run_j / J_PER_KWH}, save=True)
 
     def _finish(self, trainer: pl.Trainer, tuned: bool = False, interrupted: bool = False) -> None:
         """Close the stage's books with final energy, merge ranks, write the summary.
@@ -806,6 +823,7 @@ class WattCallback(Callback):
                 run_name=str(getattr(trainer.logger, "name", "") or ""),
                 run_energy_J=run_j,
                 interrupted=interrupted,
+                prefix=self.prefix,
             )
             self.last_summary = summary
             if trainer.is_global_zero:

@@ -31,6 +31,7 @@ def build_summary(
     run_name: str = "",
     run_energy_J: float | None = None,
     interrupted: bool = False,
+    prefix: str = "watt/",
 ) -> dict[str, Any]:
     """Merge every rank's local numbers (devices counted once by uuid, phases summed).
 
@@ -97,6 +98,7 @@ def build_summary(
         "format": FORMAT,
         "stage": stage,
         "run_name": run_name,
+        "prefix": prefix,
         "interrupted": interrupted,
         "duration_s": duration,
         "energy_J": total_j,
