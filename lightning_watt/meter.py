@@ -187,6 +187,11 @@ class EnergyMeter:
     def running(self) -> bool:
         return self._thread is not None and self._stopped_at is None
 
+    @property
+    def stopped_at(self) -> float | None:
+        """When :meth:`stop` ended the measurement (meter clock), ``None`` before."""
+        return self._stopped_at
+
     # ------------------------------------------------------------------ the thread
     def _run(self, channels: list[Channel]) -> None:
         failures: dict[str, int] = {}
