@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,23 +158,38 @@ class StageAccountant:
         self.sync_edges()
         return done
 
+    def settle(self, t: float, timeout: float) -> bool:
+        """Read every source until the energy up to ``t`` is final, or ``timeout`` seconds
+        passed: the counter must update after ``t`` and the power readings reach that update
+        (typically 0.1-0.2 s on NVML, at once for RAPL and the estimate). For checkpoints,
+        whose books must hold what the hardware measured, not a provisional shape."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            self.measure_now(max(0.0, min(left, 0.25)))
+            if self.meter.finalized_until >= t:
+                return True
+            if time.monotonic() >= deadline or not self.meter.running:
+                return False
+            time.sleep(0.02)
+
     def weighted(self, joules: Mapping[str, float]) -> float:
         return sum(self.weights.get(d, 1.0) * j for d, j in joules.items())
 
-    def energy_fn(self, times: list[float], provisional: bool) -> EnergyFn:
+    def energy_fn(self, times: list[float], provisional: bool, hold: bool = True) -> EnergyFn:
         """Joules over ``[t0, t1]`` from cumulative energies fetched in one locked batch (the
         ledger asks for back-to-back intervals, all at ``times``).
 
         Final: the meter's finalized energy. Provisional: measured up to the meter's horizon,
-        then the latest power held (readings arrive up to 0.5 s after the fact). Differences of
-        one cumulative function keep the attribution exactly additive either way.
+        then (``hold``) the latest power held, since readings arrive up to 0.5 s after the fact.
+        Differences of one cumulative function keep the attribution exactly additive either way.
         """
         meter = self.meter
         horizon = meter.horizon if provisional else math.inf
         if math.isinf(horizon) and horizon < 0:
             # Nothing read yet: no energy known, and no power to hold.
             return lambda t0, t1: 0.0
-        held = self.weighted(meter.power()) if math.isfinite(horizon) else 0.0
+        held = self.weighted(meter.power()) if hold and math.isfinite(horizon) else 0.0
 
         def batch(ts: list[float]) -> list[float]:
             clamped = [min(t, horizon) for t in ts]
@@ -194,10 +210,13 @@ class StageAccountant:
         return lambda t0, t1: cumulative(t1) - cumulative(t0)
 
     def energy_j(self, until: float | None = None) -> float:
-        """This process's (weighted) joules since the stage began, up to ``until`` (now),
-        provisional past the newest reading."""
+        """This process's (weighted) joules since the stage began, as measured up to the newest
+        reading (at most ``until``, default now). It lags the present by the readers' delay
+        (up to 0.5 s; :meth:`measure_now` first to close it) rather than guess: held power
+        ran 5-20 % high on short runs and a cumulative energy must not overshoot."""
         t1 = self.meter.now() if until is None else until
-        return self.energy_fn([self.started_at, t1], provisional=True)(self.started_at, t1)
+        fn = self.energy_fn([self.started_at, t1], provisional=True, hold=False)
+        return fn(self.started_at, t1)
 
     def sync_edges(self, wait: bool = False) -> None:
         """Move resolved edges into the ledger (and the recording); attribute final energy."""
@@ -213,10 +232,12 @@ class StageAccountant:
             until = min(until, first_pending)
         ledger.advance(until, self.energy_fn(ledger.times_until(until), provisional=False))
 
-    def preview(self, until: float) -> EnergyLedger:
-        """The ledger advanced to ``until`` with provisional energy (the books left as they are)."""
+    def preview(self, until: float, hold: bool = True) -> EnergyLedger:
+        """The ledger advanced to ``until`` with provisional energy (the books left as they are);
+        ``hold=False``: nothing past the newest reading, where energy is a guess."""
         ledger = self.ledger
-        return ledger.preview(until, self.energy_fn(ledger.times_until(until), provisional=True))
+        fn = self.energy_fn(ledger.times_until(until), provisional=True, hold=hold)
+        return ledger.preview(until, fn)
 
     def tick(self) -> Tick:
         """This process's numbers for a log row: cumulative joules, power, joules per step."""
@@ -227,7 +248,9 @@ class StageAccountant:
         # Power from measured energy only (no held-power guesses): the interval ends at the
         # newest reading; without a new reading, the last value stands.
         horizon = meter.horizon
-        last_t, last_j, power = self._last_power or (self.started_at, 0.0, 0.0)
+        # Before the first measured interval, the newest power reading stands in.
+        first = (self.started_at, 0.0, self.weighted(meter.power()))
+        last_t, last_j, power = self._last_power or first
         if math.isfinite(horizon) and horizon > last_t + 1e-3:
             measured = self.weighted(meter.energy_between(self.started_at, horizon))
             power = (measured - last_j) / (horizon - last_t)
@@ -247,7 +270,7 @@ class StageAccountant:
         """This process's (weighted) joules per phase in ``epoch``, provisional for the newest."""
         self.sync_edges()
         now = self.meter.now()
-        view = self.preview(now) if now > self.ledger.cursor else self.ledger
+        view = self.preview(now, hold=False) if now > self.ledger.cursor else self.ledger
         ep = view.epochs.get(epoch)
         phases = dict(ep.phases) if ep else {}
         if not view.epochs or epoch == max(view.epochs):
@@ -255,12 +278,15 @@ class StageAccountant:
             phases = _sum_dicts([phases, view.unassigned])
         return phases
 
-    def totals(self, epoch: int) -> RunTotals:
-        """This stage's books so far (for a checkpoint), provisional past the newest reading."""
+    def totals(self, epoch: int, until: float | None = None) -> RunTotals:
+        """This stage's books up to ``until`` (default now; for a checkpoint): final energy
+        where the meter has it, measured (provisional) energy up to the newest reading,
+        nothing guessed past it."""
         self.sync_edges()
         meter = self.meter
-        until = meter.now() if meter.running else (meter.stopped_at or meter.now())
-        view = self.preview(until)
+        if until is None:
+            until = meter.now() if meter.running else (meter.stopped_at or meter.now())
+        view = self.preview(until, hold=False)
         view.assign_unassigned(epoch)
         return _totals_of(view)
 

@@ -187,10 +187,11 @@ class EnergyBudget(Callback):
                 )
         return None
 
-    def _check(self, trainer: pl.Trainer) -> bool:
+    def _check(self, trainer: pl.Trainer, measure: bool = False) -> bool:
         if self._watt is None:
             return False
-        kwh = self._watt.energy_kwh  # all ranks; identical on every rank in a multi-process run
+        # All ranks; identical on every rank in a multi-process run.
+        kwh = self._watt.measured_energy_kwh() if measure else self._watt.energy_kwh
         reason = self._reached(kwh)
         if reason is None:
             return False
@@ -223,7 +224,7 @@ class EnergyBudget(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._watt is None:
             return
-        stopping = self._check(trainer)
+        stopping = self._check(trainer, measure=True)
         self._forecast(trainer, pl_module, warn=not stopping)
 
     # ------------------------------------------------------------------ the forecast

@@ -58,8 +58,10 @@ from lightning_watt.trace import bundled_trace, load_trace
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_watt.functional import GQIForm
 
-#: Seconds a validation end or a checkpoint waits for the meter's synchronous read.
+#: Seconds a validation or epoch end waits for the meter's synchronous read.
 _MEASURE_TIMEOUT_S = 0.5
+#: Seconds a checkpoint waits for the energy up to its moment to become final.
+_SETTLE_TIMEOUT_S = 0.6
 
 
 def _resolve_trace(name_or_prefix: str) -> str:
@@ -286,6 +288,8 @@ class WattCallback(Callback):
         except (OSError, ValueError):
             return
         self._handoff_seen = mtime
+        if data.get("pid") == os.getpid():
+            return  # left by this process (this instance, or a deep copy of it): not a handoff
         self._run_j = data.get("run_energy_J")
         self._live_kwh = (self._run_j or 0.0) / J_PER_KWH
         self._offset = RunTotals.from_state(data["offset"]) if data.get("offset") else RunTotals()
@@ -296,6 +300,7 @@ class WattCallback(Callback):
         if self._handoff is None or self._rank != 0:
             return
         data = {
+            "pid": os.getpid(),
             "run_energy_J": self._run_j,
             "offset": self._offset.to_state(),
             "target_kWh": self._target_kwh,
@@ -420,6 +425,14 @@ class WattCallback(Callback):
     def carbon(self) -> Any:
         """The :class:`~lightning_watt.carbon.CarbonModel` in use, or ``None``."""
         return self._carbon
+
+    def measured_energy_kwh(self) -> float:
+        """:attr:`energy_kwh` after reading every source now (a few ms, on the meter's thread):
+        for moments that decide something, such as an epoch end. In a multi-process run, the
+        value of the last reduction, as :attr:`energy_kwh`."""
+        if self._books is not None and self._world_size == 1:
+            self._books.measure_now(_MEASURE_TIMEOUT_S)
+        return self._energy_kwh_provider()
 
     def _energy_kwh_provider(self) -> float:
         books = self._books
@@ -747,6 +760,12 @@ class WattCallback(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer)
+        self._publish_final(trainer)
+
+    def _publish_final(self, trainer: pl.Trainer) -> None:
+        """The stage's last row: the run's final energy, the number the summary holds."""
+        if self._run_j is not None:
+            self._publish(trainer, {"energy_kWh": self._run_j / J_PER_KWH}, save=True)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -757,20 +776,23 @@ class WattCallback(Callback):
             self._metrics_by_epoch[trainer.current_epoch] = {
                 k: float(v)
                 for k, v in trainer.callback_metrics.items()
-                if _scalar(v) and k not in ("W", "kWh") and not k.startswith(self.prefix)
+                if _scalar(v)
+                and k not in ("W", "kWh")
+                and not k.startswith((self.prefix + "epoch_", self.prefix + "power_W"))
             }
         if self._stage == "validate":
             self._finish(trainer)
+            self._publish_final(trainer)
 
     @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer)
+        self._publish_final(trainer)
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer)
-        if self._run_j is not None:
-            self._publish(trainer, {"energy_kWh": self._run_j / J_PER_KWH}, save=True)
+        self._publish_final(trainer)
 
     def _finish(self, trainer: pl.Trainer, tuned: bool = False, interrupted: bool = False) -> None:
         """Close the stage's books with final energy, merge ranks, write the summary.
@@ -875,15 +897,16 @@ class WattCallback(Callback):
                 phases["unattributed"] = max(0.0, segment_j - sum(phases.values()))
                 local = books.ledger
                 segment = RunTotals(
-                    energy_J=max(segment_j, 0.0),
+                    energy_J=sum(phases.values()),
                     phases_J=phases,
                     steps=dict(local.steps),  # ranks step together
                     epochs={e: dict(ph) for e, ph in self._reduced_epochs.items()},
                     epoch_steps={e: ep.train_steps for e, ep in local.epochs.items()},
                 )
             else:
-                books.measure_now(_MEASURE_TIMEOUT_S)
-                segment = books.totals(self._epoch)
+                now = books.meter.now()
+                books.settle(now, _SETTLE_TIMEOUT_S)
+                segment = books.totals(self._epoch, until=now)
             totals = totals + segment
         return {
             "version": STATE_VERSION,

@@ -36,6 +36,20 @@ from lightning_watt.trace import StepEdge, TraceWriter
 _RECORD_HOLD_S = 5.0
 
 
+class _SyncRequest:
+    """One :meth:`EnergyMeter.sync` call waiting for the meter thread's read of everything."""
+
+    __slots__ = ("done", "ok")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+
+    def finish(self, ok: bool) -> None:
+        self.ok = ok
+        self.done.set()
+
+
 class EnergyMeter:
     """Measures energy of the devices its sources know, on a background thread.
 
@@ -51,7 +65,7 @@ class EnergyMeter:
 
     Example:
         >>> meter = EnergyMeter(sources=[])
-        >>> meter.start(); meter.stop()
+        >>> _ = meter.start(); meter.stop()
         >>> meter.total()
         {}
     """
@@ -85,6 +99,13 @@ class EnergyMeter:
         self._clock = clock
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
+        # Wakes the meter thread early: a sync() request or stop().
+        self._wake = threading.Event()
+        # sync() requests not yet served, and whether the thread still takes any (both guarded
+        # by _sync_lock, never held while reading hardware).
+        self._sync_lock = threading.Lock()
+        self._sync_pending: list[_SyncRequest] = []
+        self._sync_open = False
         self._thread: threading.Thread | None = None
         self._sources: list[EnergySource] = []
         self._devices: dict[str, DeviceInfo] = {}
@@ -143,6 +164,9 @@ class EnergyMeter:
         for channel in channels:
             self._declare(channel, self._started_at)
         self._stop_event.clear()
+        self._wake.clear()
+        with self._sync_lock:
+            self._sync_open = True
         self._thread = threading.Thread(
             target=self._run, args=(channels,), name="lightning-watt-meter", daemon=True
         )
@@ -151,13 +175,20 @@ class EnergyMeter:
 
     def stop(self) -> None:
         """Stop polling (after one last read of every channel), finalize all energy, close the
-        sources and the recording. Safe to call more than once."""
+        sources and the recording. Safe to call more than once.
+
+        The measurement ends at the moment ``stop`` is called (:attr:`stopped_at`): the last
+        read of every channel starts after it, so the energy over ``[started_at, stopped_at]``
+        rests on readings that reach the end (a reading made while joining the thread used to
+        end before ``stopped_at``, and the estimate's last interval got 0 J)."""
         thread = self._thread
         if thread is None or self._stopped_at is not None:
             return
+        requested = self._clock()
         self._stop_event.set()
+        self._wake.set()
         thread.join(timeout=10.0)
-        self._stopped_at = self._clock()
+        self._stopped_at = requested
         with self._lock:
             self._timeline.flush()
         for source in self._sources:
@@ -187,6 +218,67 @@ class EnergyMeter:
     def running(self) -> bool:
         return self._thread is not None and self._stopped_at is None
 
+    def sync(self, timeout: float = 1.0) -> bool:
+        """Have the meter thread read every live channel once, now, and wait for it.
+
+        For the rare moments when energy should rest on measurements, not on held power (the
+        end of a validation, a checkpoint, the end of a stage). Callable from any thread; the
+        reads themselves happen on the meter thread (channels are not thread-safe), each
+        starting after this call, and this thread only waits. Reading a counter and a buffer
+        takes a few milliseconds; the regular schedule resumes a full interval after the sync.
+
+        Returns ``True`` once every channel was read successfully. ``False`` (never an
+        exception, never a wait longer than ``timeout`` seconds) when the meter is not running
+        (not started, stopped, no channel left), on a timeout (a read stuck in hardware: the
+        sync is still done when the thread gets to it) or when a read failed (it is counted,
+        warned about and marked as a gap as in any poll; a lost channel's fallback is read in
+        its place). Called on the meter thread itself, it returns ``False`` at once.
+
+        After a successful sync, :attr:`horizon` and :attr:`finalized_until` are as close to
+        the call as the readers allow:
+
+        * **CPU estimate** (``estimate_W``): the read closes the current utilisation interval,
+          so both reach the read's time, after the call. The power of that interval is its
+          mean since the previous read (up to ``interval_s``, 0.25 s, earlier): a burst just
+          before the call is spread over that interval, not placed on its moment.
+        * **RAPL** (``counter_J`` alone): both reach the read's time, after the call (a
+          counter that has not moved since the previous read leaves them at its last change).
+        * **NVML counter + driver buffer**: a buffer sample is the mean of the 20 ms before its
+          timestamp and appears in the buffer with a delay, so :attr:`horizon` reaches the
+          newest sample, about 20-40 ms before the call. The counter updates every 100 ms
+          and a read pins its value at the read's time (it may be up to 100 ms old; the
+          timeline moves energy by at most that), while a read that sees no new value pins
+          nothing; energy is finalized up to the last counter change the buffer covers, so
+          :attr:`finalized_until` is up to ~0.1-0.2 s before the call (finalizing further
+          would need held power over the newest 20 ms, or waiting for the driver's next
+          sample). Between it and :attr:`horizon` the provisional energy is the buffer's
+          shape scaled by the counter's recent calibration: a measurement, not held power.
+        * **NVML power fields, no buffer**: readings are stamped at the read, so
+          :attr:`horizon` reaches it (the instant field's value is the power at its last
+          100 ms refresh); with the 1 s average alone, placed half a second back, it trails
+          the call by 0.5 s. Finalization is as for the buffer: up to the last counter change
+          the power readings cover.
+        * **Replay**: what the recording's readers allowed at the replayed time (the bundled
+          H200 recordings read their counter 0.1-0.49 s apart, so up to 0.5 s).
+        """
+        try:
+            wait = float(timeout)
+        except (TypeError, ValueError):
+            return False
+        if not wait > 0:  # negative or NaN: look, but do not wait
+            wait = 0.0
+        wait = min(wait, threading.TIMEOUT_MAX)
+        thread = self._thread
+        if thread is None or self._stopped_at is not None or threading.current_thread() is thread:
+            return False
+        request = _SyncRequest()
+        with self._sync_lock:
+            if not self._sync_open:
+                return False
+            self._sync_pending.append(request)
+        self._wake.set()
+        return request.done.wait(wait) and request.ok
+
     @property
     def stopped_at(self) -> float | None:
         """When :meth:`stop` ended the measurement (meter clock), ``None`` before."""
@@ -200,26 +292,72 @@ class EnergyMeter:
         queue: list[tuple[float, int, Channel]] = [(now, i, c) for i, c in enumerate(channels)]
         heapq.heapify(queue)
         counter = len(queue)
-        while queue:
-            due, _, channel = queue[0]
-            wait = due - self._clock()
-            if wait > 0 and self._stop_event.wait(wait):
-                break
-            heapq.heappop(queue)
-            replacement = self._poll(channel, failures, last_ok)
-            if replacement is not None:
-                next_due = max(due + replacement.interval_s, self._clock())
-                heapq.heappush(queue, (next_due, counter, replacement))
-                counter += 1
-        # One last read of everything, so the energy reaches the moment stop() was called.
+        ok = False
+        try:
+            while queue and not self._stop_event.is_set():
+                with self._sync_lock:
+                    requests, self._sync_pending = self._sync_pending, []
+                if requests:
+                    queue, counter, ok = self._poll_all(queue, counter, failures, last_ok)
+                    for request in requests:
+                        request.finish(ok)
+                    continue
+                due, _, channel = queue[0]
+                wait = due - self._clock()
+                if wait > 0:
+                    # Woken early by sync() or stop(); either way, look again.
+                    self._wake.wait(wait)
+                    self._wake.clear()
+                    continue
+                heapq.heappop(queue)
+                replacement, _ = self._poll(channel, failures, last_ok)
+                if replacement is not None:
+                    next_due = max(due + replacement.interval_s, self._clock())
+                    heapq.heappush(queue, (next_due, counter, replacement))
+                    counter += 1
+            # One last read of everything, so the energy reaches the moment stop() was called.
+            # A sync() asked for before it is served by it.
+            _, _, ok = self._poll_all(queue, counter, failures, last_ok)
+        finally:
+            with self._sync_lock:
+                self._sync_open = False
+                requests, self._sync_pending = self._sync_pending, []
+            for request in requests:
+                request.finish(ok)
+
+    def _poll_all(
+        self,
+        queue: list[tuple[float, int, Channel]],
+        counter: int,
+        failures: dict[str, int],
+        last_ok: dict[str, float],
+    ) -> tuple[list[tuple[float, int, Channel]], int, bool]:
+        """Read every scheduled channel once now (for sync() and the final read); returns the
+        new schedule, the next sequence number and whether every read succeeded. A channel
+        given up for its fallback has the fallback read at once in its place."""
+        ok = bool(queue)
+        out: list[tuple[float, int, Channel]] = []
         for _, _, channel in sorted(queue, key=lambda x: x[1]):
-            self._poll(channel, failures, last_ok)
+            current: Channel | None = channel
+            while current is not None:
+                replacement, read_ok = self._poll(current, failures, last_ok)
+                if read_ok or replacement is None or replacement is current:
+                    ok = ok and read_ok
+                    break
+                current = replacement  # lost: its fallback speaks for it in this pass
+            if replacement is not None:
+                # The next regular read a full interval after this one: a read moments later
+                # costs the same and says next to nothing (the estimate's 10 ms ticks).
+                out.append((self._clock() + replacement.interval_s, counter, replacement))
+                counter += 1
+        heapq.heapify(out)
+        return out, counter, ok
 
     def _poll(
         self, channel: Channel, failures: dict[str, int], last_ok: dict[str, float]
-    ) -> Channel | None:
+    ) -> tuple[Channel | None, bool]:
         """Read one channel; returns the channel to schedule next (itself, its fallback, or
-        ``None`` when given up)."""
+        ``None`` when given up) and whether the read succeeded."""
         try:
             readings = list(channel.read())
         except Exception as err:
@@ -251,8 +389,8 @@ class EnergyMeter:
                         self._timeline.retire(device, kind)
                 if fallback is not None:
                     self._declare(fallback, self._clock())
-                return fallback
-            return channel
+                return fallback, False
+            return channel, False
         failures[channel.name] = 0
         produced = self._produces.setdefault(channel.name, set())
         produced.update((r.device, r.kind) for r in readings)
@@ -264,7 +402,7 @@ class EnergyMeter:
             polled_at = self._clock()
             with self._lock:
                 self._timeline.mark_polled(produced, polled_at)
-        return channel
+        return channel, True
 
     def _declare(self, channel: Channel, t: float) -> None:
         """Tell the timeline which readers exist before they speak, so it waits for them."""

@@ -16,10 +16,13 @@ How readings become energy, per device:
   fixes every window's total exactly; power only decides where inside it the joules went.
 * **Without a counter**, the power integral is the energy (scaled by the last calibration
   factor when a counter existed and went stale).
-* **Buffer samples** are read as the mean power of the interval before their timestamp (the
-  driver's 20 ms averaging window). **Point fields** (``instant_W``, ``usage_W``,
-  ``estimate_W``) are integrated as trapezoids. ``average_W`` is a trailing 1 s mean, so each
-  value is placed half a second before its read time.
+* **Interval means**: a buffer sample is the mean power of the interval before its timestamp
+  (the driver's 20 ms averaging window; a longer hole before it is bridged, not charged to it),
+  and an ``estimate_W`` reading is the mean power since the previous estimate (the utilisation
+  of that interval), however long it was. Either is integrated as a step: every sub-window of
+  an interval gets that interval's power. **Point fields** (``instant_W``, ``usage_W``) are
+  integrated as trapezoids. ``average_W`` is a trailing 1 s mean, so each value is placed half
+  a second before its read time.
 * ``E(t)`` is stored as piecewise-linear knots, so ``energy_between(a, b) = E(b) - E(a)`` and
   adjacent intervals add up exactly (to floating point). Times with no readings for longer than
   ``max_gap`` are reported by :meth:`EnergyTimeline.gaps`, never silently zero.
@@ -46,6 +49,7 @@ from lightning_watt.readings import (
     AVERAGE_W,
     BUFFER_W,
     COUNTER_J,
+    ESTIMATE_W,
     KINDS,
     POWER_KINDS,
     Reading,
@@ -56,6 +60,10 @@ _KIND_SHIFT_S = {AVERAGE_W: 0.5}
 #: A buffer sample covers at most this long before its timestamp (the driver's 20 ms period,
 #: with room for jitter); longer holes are bridged as gaps, not charged to the next sample.
 _BUFFER_HOLD_S = 0.1
+#: Kinds whose samples are the mean power of the interval before their timestamp, with the
+#: longest interval one sample speaks for. An estimate is the utilisation since the previous
+#: read, so it speaks for all of it.
+_INTERVAL_MEAN_HOLD_S = {BUFFER_W: _BUFFER_HOLD_S, ESTIMATE_W: math.inf}
 #: A reader silent this long (seconds) is not waited for: the timeline moves on without it.
 _STALE_S = 2.0
 
@@ -99,15 +107,16 @@ class _PowerSeries:
         """Cumulative power integral ``Ip`` at the sample times (joules from the first)."""
         ts, ws = self.t, self.w
         cum = [0.0]
-        if self.kind == BUFFER_W:
+        hold = _INTERVAL_MEAN_HOLD_S.get(self.kind)
+        if hold is not None:
             for i in range(1, len(ts)):
                 dt = ts[i] - ts[i - 1]
-                if dt <= _BUFFER_HOLD_S:
+                if dt <= hold:
                     cum.append(cum[-1] + ws[i] * dt)
                 else:
                     # The sample only speaks for its own window; the hole before it is bridged
                     # with the mean of its neighbours (and reported as a gap if long).
-                    held = _BUFFER_HOLD_S / 5
+                    held = hold / 5
                     cum.append(cum[-1] + ws[i] * held + 0.5 * (ws[i] + ws[i - 1]) * (dt - held))
         else:
             for i in range(1, len(ts)):

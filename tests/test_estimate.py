@@ -16,6 +16,7 @@ from lightning_watt.sources.estimate import (
     cpu_topology,
     default_cpu_tdp_w,
 )
+from lightning_watt.timeline import EnergyTimeline
 
 
 class FakeClock:
@@ -45,7 +46,7 @@ def test_power_is_idle_plus_utilisation_times_headroom() -> None:
     assert source.power_w(-0.1) == 50.0 and source.power_w(1.3) == 200.0  # clamped
 
 
-def test_readings_are_estimates_stamped_mid_interval() -> None:
+def test_readings_are_estimates_stamped_at_the_end_of_their_interval() -> None:
     fake = FakeUtilisation(0.0, 1.0, 0.5)
     clock = FakeClock()
     source = EstimateSource(cpu_tdp_w=100.0, idle_fraction=0.3, utilisation=fake)
@@ -56,12 +57,35 @@ def test_readings_are_estimates_stamped_mid_interval() -> None:
     for _ in range(3):
         clock.t += 0.5
         got.extend(channel.read())
+    # Each reading is the mean of the interval before it; the first read also marks where its
+    # interval began (open, at 10.0), so nothing of the run is left before the first reading.
     assert [(r.t, r.device, r.kind, r.value) for r in got] == [
-        (10.25, "cpu", ESTIMATE_W, 30.0),
-        (10.75, "cpu", ESTIMATE_W, 100.0),
-        (11.25, "cpu", ESTIMATE_W, 65.0),
+        (10.0, "cpu", ESTIMATE_W, 30.0),
+        (10.5, "cpu", ESTIMATE_W, 30.0),
+        (11.0, "cpu", ESTIMATE_W, 100.0),
+        (11.5, "cpu", ESTIMATE_W, 65.0),
     ]
     assert fake.calls == 3  # an injected reader is not primed by open()
+
+
+def test_estimates_give_each_interval_its_own_power() -> None:
+    clock = FakeClock()
+    source = EstimateSource(
+        cpu_tdp_w=100.0, idle_fraction=0.3, utilisation=FakeUtilisation(0.0, 1.0, 0.5)
+    )
+    source.open(clock)
+    (channel,) = source.channels()
+    tl = EnergyTimeline()
+    for dt in (0.1, 0.25, 0.4):
+        clock.t += dt
+        tl.add(channel.read())
+    tl.flush()
+    # (10, 10.1] at 30 W, (10.1, 10.35] at 100 W, (10.35, 10.75] at 65 W: no lag, no ramps.
+    assert tl.energy_between(10.0, 10.75)["cpu"] == pytest.approx(3.0 + 25.0 + 26.0)
+    assert tl.energy_between(10.0, 10.05)["cpu"] == pytest.approx(1.5)
+    assert tl.energy_between(10.3, 10.35)["cpu"] == pytest.approx(5.0)
+    assert tl.energy_between(10.7, 10.75)["cpu"] == pytest.approx(3.25)
+    assert tl.device("cpu").finalized_until == pytest.approx(10.75)
 
 
 def test_everything_it_says_is_labelled_estimated() -> None:

@@ -14,10 +14,11 @@ def test_digits_example_main_path(tmp_path):
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    watt = module.main(
+    outcome = module.main(
         ["--replay", "h200-mlp-stall", "--max-epochs", "2", "--limit", "300",
          "--logdir", str(tmp_path)]
     )  # fmt: skip
+    watt = outcome.watt
     run = tmp_path / "digits" / "version_0"
     summary = json.loads((run / "watt_summary.json").read_text())
     assert summary["replay"] == "h200-mlp-stall"

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W, Reading
+from lightning_watt.readings import (
+    AVERAGE_W,
+    BUFFER_W,
+    COUNTER_J,
+    ESTIMATE_W,
+    INSTANT_W,
+    Reading,
+)
 from lightning_watt.timeline import EnergyTimeline
 from lightning_watt.trace import Trace, bundled_trace, load_trace
 
@@ -254,6 +261,17 @@ def test_a_buffer_sample_is_the_mean_of_the_interval_before_it() -> None:
     # The sample at 0.12 s says 500 W over (0.10, 0.12]: nothing of it leaks before 0.10 s.
     assert tl.energy_between(0.0, 0.10)["gpu0"] == pytest.approx(100.0 * 0.10)
     assert tl.energy_between(0.10, 0.20)["gpu0"] == pytest.approx(500.0 * 0.10)
+
+
+def test_an_estimate_is_the_mean_of_the_interval_before_it() -> None:
+    # An estimate is the utilisation since the previous one, however long the interval.
+    samples = [Reading(t, "cpu", ESTIMATE_W, w) for t, w in [(0.0, 10.0), (1.0, 20.0), (3.0, 40.0)]]
+    tl = _fed(samples)
+    assert tl.energy_between(0.0, 1.0)["cpu"] == pytest.approx(20.0)
+    assert tl.energy_between(0.5, 1.0)["cpu"] == pytest.approx(10.0)
+    assert tl.energy_between(1.0, 1.5)["cpu"] == pytest.approx(20.0)
+    assert tl.energy_between(2.5, 3.0)["cpu"] == pytest.approx(20.0)  # the last half: no zero tail
+    assert tl.methods() == {"cpu": ["estimate_W"]}
 
 
 def test_average_field_describes_the_second_before_it() -> None:

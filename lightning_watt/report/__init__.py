@@ -1,6 +1,7 @@
 """Reports on finished runs: tables, ``report.json`` and plots, from run directories on disk.
 
-The reading side (:mod:`lightning_watt.report.runs`) needs only the package's own
+The reading side (discovery, readers and :class:`RunData`, gathered in
+:mod:`lightning_watt.report.runs`) needs only the package's own
 dependencies; the plots (:mod:`lightning_watt.report.plots`) need matplotlib, the ``plot`` extra
 (``pip install lightning-watt[plot]``), and are imported only when drawn.
 

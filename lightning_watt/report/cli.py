@@ -1,6 +1,6 @@
 """The ``lightning-watt`` command: ``lightning-watt report RUN [RUN ...] -o OUTDIR``.
 
-Reads run directories written by the callback (or any Lightning log_dir with ``watt/`` metrics),
+Reads run directories written by the callback (or any Lightning log_dir with its metrics),
 prints a table of the runs, writes ``report.json`` and, with matplotlib installed, one folder of
 PNG plots per run plus ``pareto.png`` comparing the runs.
 
@@ -25,14 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from lightning_watt.names import SUMMARY_STEM, TRACE_STEM, summary_file
+from lightning_watt.report.discovery import SUMMARY_NAME, find_runs, location_bytes
+from lightning_watt.report.errors import ReportError
 from lightning_watt.report.progress import progress_bar, rich_available
-from lightning_watt.report.runs import (
-    ReportError,
-    RunData,
-    find_runs,
-    location_bytes,
-    read_runs,
-)
+from lightning_watt.report.reading import read_runs
+from lightning_watt.report.rundata import RunData
 
 REPORT_FORMAT = "lightning-watt report v1"
 #: Reading this many event files, or this many bytes, earns a progress bar.
@@ -53,6 +51,8 @@ TABLE_COLUMNS = (
     "method",
     "replay",
 )
+#: After the run's name in the table when an exception ended its fit.
+INTERRUPTED_MARK = " (interrupted)"
 
 
 def _version() -> str:
@@ -96,7 +96,7 @@ def table_rows(runs: Sequence[RunData]) -> list[list[str]]:
             acc += f" ({run.monitor})"
         rows.append(
             [
-                run.name,
+                run.name + (INTERRUPTED_MARK if run.interrupted else ""),
                 fmt_duration(run.duration_s),
                 _num(run.energy_kWh, ".4g"),
                 _num(run.mean_power_W, ".1f"),
@@ -128,7 +128,7 @@ def print_table(
         for col in TABLE_COLUMNS:
             table.add_column(col, justify="right" if col in numeric else "left", overflow="fold")
         for run, row in zip(runs, rows, strict=True):
-            style = "yellow" if (run.replay or run.estimated) else None
+            style = "yellow" if (run.replay or run.estimated or run.interrupted) else None
             table.add_row(*row, style=style)
         buffer = io.StringIO()
         is_tty = bool(getattr(file, "isatty", lambda: False)())
@@ -184,7 +184,9 @@ def _parser() -> argparse.ArgumentParser:
             "A RUN is a Lightning log_dir (e.g. lightning_logs/version_0), a folder above\n"
             "several (searched recursively), or one file of a run. A run directory holds\n"
             "TensorBoard event files (events.out.tfevents.*), a CSVLogger metrics.csv,\n"
-            "watt_summary.json and/or a watt-trace recording (watt_trace.*)."
+            f"{SUMMARY_NAME} and/or a watt-trace recording ({TRACE_STEM}.*); a callback\n"
+            f"with another logging prefix tags them ({SUMMARY_STEM}.<tag>.json). Other\n"
+            f"stages' files ({summary_file('test')}, ...) are not read: the report is of fits."
         ),
         epilog=(
             "examples:\n"
@@ -325,7 +327,7 @@ def _rel(path: str, root: Path) -> str:
 def _report_json(
     runs: Sequence[RunData], plots: dict[str, dict[str, str]], cross: dict[str, str]
 ) -> dict[str, Any]:
-    from lightning_watt.report.runs import pareto_front, pareto_points
+    from lightning_watt.report.pareto import pareto_front, pareto_points
 
     usable, points = pareto_points(runs)
     front = pareto_front(points, higher_is_better=all(r.higher_is_better for r in usable))

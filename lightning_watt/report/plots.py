@@ -27,7 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from lightning_watt.report.runs import J_PER_KWH, RunData, pareto_front, pareto_points
+from lightning_watt.readings import J_PER_KWH
+from lightning_watt.report.pareto import pareto_front, pareto_points
+from lightning_watt.report.rundata import RunData
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -199,8 +201,8 @@ def _legend_below(fig: Figure, ax: Axes, handles: list[Any] | None = None) -> No
 
 # --------------------------------------------------------------------------- per run
 def plot_power(run: RunData, max_points: int = 2000) -> Figure:
-    """Power over time with phases shaded (from the trace), else the logged ``watt/power_W``
-    against the global step.
+    """Power over time with phases shaded (from the trace), else the logged ``power_W`` (and
+    ``power_W/<device>``) against the global step.
 
     From a trace: a black line of the fused power per bin (counter-anchored: the hardware's own
     integral decides each bin's energy), a grey band of the raw power samples' range, and the
@@ -305,14 +307,15 @@ def plot_power(run: RunData, max_points: int = 2000) -> Figure:
             handles = ax.get_legend_handles_labels()[0]
             handles += list(phase_handles.values())
         else:
-            series = run.scalars.get("watt/power_W")
+            keys = run.keys
+            series = run.scalars.get(keys.power_W)
             per_device = {
-                k.split("/", 2)[2]: s
+                name: s
                 for k, s in run.scalars.items()
-                if k.startswith("watt/power_W/") and s.values
+                if (name := keys.device_of(k)) is not None and s.values
             }
             if not (series and series.values) and not per_device:
-                raise NoDataError(f"{run.name}: no trace and no logged watt/power_W")
+                raise NoDataError(f"{run.name}: no trace and no logged {keys.power_W}")
             for i, (device, s) in enumerate(sorted(per_device.items())):
                 ax.plot(
                     s.steps,
@@ -331,7 +334,7 @@ def plot_power(run: RunData, max_points: int = 2000) -> Figure:
                     color=BLACK,
                     linewidth=1.4,
                     drawstyle="steps-pre",
-                    label="total" if per_device else "watt/power_W",
+                    label="total" if per_device else keys.power_W,
                 )
             ax.set_xlabel("Global step")
             details = [
@@ -348,23 +351,24 @@ def plot_power(run: RunData, max_points: int = 2000) -> Figure:
 
 def plot_energy(run: RunData) -> Figure:
     """Cumulative energy since the fit started: from the trace over time (per device, and their
-    total), else the logged ``watt/energy_kWh`` over global steps with epoch ends marked; the
+    total), else the logged ``energy_kWh`` over global steps with epoch ends marked; the
     energy target and the latest forecast as horizontal lines when logged."""
     with _style():
         fig = _figure()
         ax = fig.add_subplot()
-        target = run.scalars.get("watt/target_kWh")
-        forecast = run.scalars.get("watt/forecast_kWh")
+        keys = run.keys
+        target = run.scalars.get(keys.target_kWh)
+        forecast = run.scalars.get(keys.forecast_kWh)
         peaks: list[float] = []
         if run.has_trace:
             ts, per_dev = run.energy_over_time()
             totals = [sum(v) for v in zip(*per_dev.values(), strict=True)]
             peaks = [max(totals, default=0.0)]
         else:
-            series = run.scalars.get("watt/energy_kWh")
-            epoch_kwh = run.scalars.get("watt/epoch_kWh")
+            series = run.scalars.get(keys.energy_kWh)
+            epoch_kwh = run.scalars.get(keys.epoch_kWh)
             if not ((series and series.values) or (epoch_kwh and epoch_kwh.values)):
-                raise NoDataError(f"{run.name}: no trace and no logged watt/energy_kWh")
+                raise NoDataError(f"{run.name}: no trace and no logged {keys.energy_kWh}")
             peaks = [max(s.values) for s in (series, epoch_kwh) if s and s.values]
         for extra in (target, forecast):
             if extra and extra.values:
@@ -398,7 +402,7 @@ def plot_energy(run: RunData) -> Figure:
                     [v * factor for v in series.values],
                     color=BLACK,
                     linewidth=1.6,
-                    label="watt/energy_kWh",
+                    label=keys.energy_kWh,
                 )
             if epoch_kwh and epoch_kwh.values:
                 ax.plot(
@@ -421,9 +425,9 @@ def plot_energy(run: RunData) -> Figure:
                 )
                 forecast = None  # drawn as a series: no horizontal line as well
             ax.set_xlabel("Global step")
-            details = ["logged watt/energy_kWh (all devices and ranks)"]
+            details = [f"logged {keys.energy_kWh} (all devices and ranks)"]
         if target and target.values:
-            # watt/target_kWh is the energy spent when the target accuracy was first reached.
+            # target_kWh is the energy spent when the target accuracy was first reached.
             ax.axhline(
                 target.values[-1] * factor,
                 color=VERMILLION,
@@ -450,15 +454,16 @@ def plot_energy(run: RunData) -> Figure:
 
 
 def plot_score(run: RunData) -> Figure:
-    """The monitored accuracy (left axis) and the Green Quotient Index ``watt/gqi`` (right
+    """The monitored accuracy (left axis) and the Green Quotient Index ``gqi`` (right
     axis) per validation epoch; the best accuracy is starred."""
     with _style():
         from matplotlib.ticker import MaxNLocator
 
         acc = run.metric_by_epoch(run.monitor) if run.monitor else []
-        gqi = run.metric_by_epoch("watt/gqi")
+        gqi_key = run.keys.gqi
+        gqi = run.metric_by_epoch(gqi_key)
         if not acc and not gqi:
-            raise NoDataError(f"{run.name}: no per-epoch accuracy ({run.monitor}) or watt/gqi")
+            raise NoDataError(f"{run.name}: no per-epoch accuracy ({run.monitor}) or {gqi_key}")
         fig = _figure(10, 4.8)
         ax = fig.add_subplot()
         handles = []
@@ -500,10 +505,10 @@ def plot_score(run: RunData) -> Figure:
                 markersize=5,
                 linewidth=1.6,
                 linestyle="--",
-                label="GQI (watt/gqi)",
+                label=f"GQI ({gqi_key})",
             )
             handles.append(line)
-            twin.set_ylabel("Green Quotient Index (watt/gqi)", color=VERMILLION)
+            twin.set_ylabel(f"Green Quotient Index ({gqi_key})", color=VERMILLION)
             twin.tick_params(axis="y", colors=VERMILLION)
         score = (run.summary or {}).get("score")
         details = []
@@ -524,7 +529,7 @@ def plot_epoch_energy(run: RunData) -> Figure:
     with _style():
         rows = [r for r in run.epochs() if r.train_J is not None or r.val_J is not None]
         if not rows:
-            raise NoDataError(f"{run.name}: no per-epoch energy (watt/epoch_train_J)")
+            raise NoDataError(f"{run.name}: no per-epoch energy ({run.keys.epoch_train_J})")
         totals = [(r.train_J or 0) + (r.val_J or 0) + (r.gap_J or 0) for r in rows]
         unit, factor = _joule_unit(max(totals))
         fig = _figure(10, 4.8)

@@ -18,6 +18,12 @@ cent; use RAPL wherever it can be read.
   workers. The default where ``/proc/stat`` cannot be read.
 * any callable returning the fraction since its previous call (tests inject a fake).
 
+**Timing**: each read returns one ``estimate_W`` reading stamped at the read, whose watts are
+the mean power of the interval since the previous read (the timeline integrates the kind as
+such a step, not as a point); the first read also returns one stamped at :meth:`open`, where
+its interval began. So the readings cover the meter's whole run, up to the last read (the one
+``stop()`` and ``sync()`` make), with nothing held or left at zero.
+
 **Default TDP** (when ``cpu_tdp_w`` is not given): 10 W per physical core, capped at 250 W per
 socket, at least 10 W. Published TDPs run from ~3.5 W/core on 96-core server parts (EPYC 9654,
 360 W) through ~6-9 W/core on 32-56-core Xeons and EPYCs (205-350 W) to 10-16 W/core on
@@ -265,6 +271,7 @@ class EstimateSource(EnergySource):
         self.utilisation_source = ""
         self._clock: Clock = time.monotonic
         self._prev_t = 0.0
+        self._first = True
 
     @property
     def idle_w(self) -> float:
@@ -296,6 +303,7 @@ class EstimateSource(EnergySource):
                 self.utilisation_source = "this process's CPU time (no /proc/stat)"
         self._clock = clock
         self._prev_t = clock()
+        self._first = True
 
     def _read(self) -> list[Reading]:
         assert self._reader is not None, "open() first"
@@ -303,11 +311,19 @@ class EstimateSource(EnergySource):
         if not math.isfinite(u):
             raise ValueError(f"estimate: utilisation reader returned {u!r}")
         t = self._clock()
-        # The utilisation is the mean over the interval just ended: stamping its power at the
-        # interval's middle makes the timeline's trapezoids integrate it without a lag.
-        mid = 0.5 * (self._prev_t + t)
+        # The utilisation is the mean over the interval just ended, (previous read, t]: the
+        # reading is stamped at its end and the timeline integrates ``estimate_W`` as the mean
+        # of the interval before each timestamp, so every part of the interval gets this power
+        # and the newest reading speaks up to its own read (a mid-interval stamp left the last
+        # half interval at 0 J). The first read also marks where its interval began (open),
+        # so the meter's start is covered too.
+        watts = self.power_w(u)
+        out = [Reading(t, self.device, ESTIMATE_W, watts)]
+        if self._first and self._prev_t < t:
+            out.insert(0, Reading(self._prev_t, self.device, ESTIMATE_W, watts))
+        self._first = False
         self._prev_t = t
-        return [Reading(mid, self.device, ESTIMATE_W, self.power_w(u))]
+        return out
 
     def devices(self) -> list[DeviceInfo]:
         # System-wide load is the host's, shared by all ranks on it, so they count it once; a

@@ -1,0 +1,39 @@
+"""Reading the summary JSON the callback writes at the end of a fit
+(:func:`lightning_watt.summary.build_summary`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning_watt.names import SUMMARY_FORMAT
+from lightning_watt.report.errors import ReportError
+
+
+def read_summary(path: Path, warnings: list[str]) -> dict[str, Any]:
+    """The summary as a dict; a format other than this version's is read, with a warning."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}:1: expected a JSON object")
+    if "format" in data and data["format"] != SUMMARY_FORMAT:
+        warnings.append(
+            f"{path}: format {data['format']!r}, expected {SUMMARY_FORMAT!r}; read anyway"
+        )
+    return data
+
+
+def peek_run_name(path: Path | None) -> str | None:
+    """The summary's ``run_name``, or ``None`` (also when the file is unreadable: reading the
+    run later reports that with its path)."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = data.get("run_name") if isinstance(data, dict) else None
+    return str(value) if value else None
