@@ -32,6 +32,7 @@ from typing import Any
 
 from lightning_watt.ledger import EnergyFn, EnergyLedger
 from lightning_watt.meter import EnergyMeter
+from lightning_watt.readings import J_PER_KWH
 from lightning_watt.step_clock import StepClock
 
 #: Version of :meth:`RunTotals.to_state`, stored in checkpoints.
@@ -94,6 +95,91 @@ class RunTotals:
             },
             epoch_steps={int(e): int(n) for e, n in state.get("epoch_steps", {}).items()},
         )
+
+
+@dataclass
+class RunBooks:
+    """The run's cumulative energy across stages (all ranks, joules unless named kWh).
+
+    The rule: :meth:`begin` ``"fit"`` starts a run; :meth:`restore` of a checkpoint continues
+    the run it holds (in a fit, as earlier segments whose phases and epochs count); any other
+    stage adds to the run it follows; a ``"tune"`` stage is not part of any run.
+
+    Example:
+        >>> books = RunBooks()
+        >>> books.begin("fit"); books.end("fit", 120.0)
+        120.0
+        >>> books.begin("test"); books.end("test", 30.0)    # after the fit: adds to its run
+        150.0
+        >>> books.begin("tune"); books.end("tune", 50.0), books.final_J   # not part of it
+        (200.0, 150.0)
+        >>> books.begin("fit"); books.kwh                   # a new fit: a new run
+        0.0
+    """
+
+    #: Earlier segments of a resumed fit (its energy is part of the fit's ``energy_J``).
+    offset: RunTotals = field(default_factory=RunTotals)
+    #: The run's energy before the live stage, other than ``offset``.
+    base_J: float = 0.0
+    #: The run's energy after its last finished stage; ``None`` before any.
+    final_J: float | None = None
+    #: The live cumulative kWh, held so that it never steps back within a stage.
+    kwh: float = 0.0
+    #: The highest cumulative kWh logged in this run.
+    logged_kwh: float = 0.0
+    #: The run's kWh when ``target_accuracy`` was first reached.
+    target_kwh: float | None = None
+    stage: str | None = None
+
+    def begin(self, stage: str) -> None:
+        """A stage starts: a fit starts a run, any other stage continues the current one."""
+        self.stage = stage
+        if stage == "fit":
+            self.offset, self.base_J, self.final_J = RunTotals(), 0.0, None
+            self.kwh = self.logged_kwh = 0.0
+            self.target_kwh = None
+        else:
+            self.base_J = self.final_J or 0.0
+
+    @property
+    def before_stage_J(self) -> float:
+        """The run's energy before the live stage (a resumed fit's earlier segments included)."""
+        return self.base_J + (self.offset.energy_J if self.stage == "fit" else 0.0)
+
+    def note(self, stage_J: float) -> float:
+        """The live stage's all-rank energy so far; returns the run's cumulative kWh. Held:
+        when readings come in lower than an earlier estimate, the cumulative energy does not
+        step back (a dipping kWh curve, a score that rises on no work)."""
+        self.kwh = max(self.kwh, (self.before_stage_J + stage_J) / J_PER_KWH)
+        return self.kwh
+
+    def logged(self, kwh: float) -> float:
+        """The kWh to log: never below one logged earlier in the run, across stages too."""
+        self.logged_kwh = max(self.logged_kwh, kwh)
+        return self.logged_kwh
+
+    def end(self, stage: str, segment_J: float) -> float:
+        """The live stage ended with ``segment_J`` final joules (all ranks); returns the run's
+        energy after it. A ``"tune"`` stage leaves the run as it was."""
+        run_J = self.before_stage_J + segment_J
+        if stage != "tune":
+            self.final_J = run_J
+        self.kwh = (self.final_J or 0.0) / J_PER_KWH
+        return run_J
+
+    def restore(self, totals: RunTotals, target_kwh: float | None = None) -> None:
+        """Continue the run a checkpoint holds (called after :meth:`begin`)."""
+        if self.stage == "fit":
+            self.offset, self.base_J = totals, 0.0
+        else:
+            self.offset, self.base_J = RunTotals(), totals.energy_J
+        self.target_kwh = target_kwh
+        self.kwh = totals.energy_J / J_PER_KWH
+
+    def checkpoint(self, segment: RunTotals) -> RunTotals:
+        """The run's books to save: everything before the live stage plus ``segment``."""
+        before = self.offset if self.stage == "fit" else RunTotals(energy_J=self.base_J)
+        return before + segment
 
 
 @dataclass(frozen=True)
@@ -357,4 +443,4 @@ def _sum_dicts(dicts: Any) -> dict[Any, Any]:
     return out
 
 
-__all__ = ["STATE_VERSION", "RunTotals", "StageAccountant", "StageRecord", "Tick"]
+__all__ = ["STATE_VERSION", "RunBooks", "RunTotals", "StageAccountant", "StageRecord", "Tick"]

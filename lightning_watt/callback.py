@@ -38,7 +38,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_watt import _lightning_private as private
-from lightning_watt.accountant import STATE_VERSION, RunTotals, StageAccountant, StageRecord
+from lightning_watt.accountant import (
+    STATE_VERSION,
+    RunBooks,
+    RunTotals,
+    StageAccountant,
+    StageRecord,
+)
 from lightning_watt.context import pop_energy_provider, push_energy_provider
 from lightning_watt.distributed import (
     all_gather_objects,
@@ -197,13 +203,7 @@ class WattCallback(Callback):
         self.alpha, self.beta = float(alpha), float(beta)
         self.target_accuracy = target_accuracy
         self.last_summary: dict[str, Any] | None = None
-        # The run's books across stages (all ranks).
-        self._offset = RunTotals()  # earlier segments of a resumed fit
-        self._run_j: float | None = None  # the run's energy after its last finished stage
-        self._base_j = 0.0  # the run's energy before the live stage
-        self._live_kwh = 0.0  # the live cumulative kWh, held so that it never steps back
-        self._logged_kwh = 0.0  # the highest cumulative kWh logged in this run
-        self._target_kwh: float | None = None
+        self._run = RunBooks()  # the run's energy across stages, all ranks
         self._metrics_by_epoch: dict[int, dict[str, float]] = {}
         self._pending_state: dict[str, Any] | None = None
         self._said_unavailable = False
@@ -290,10 +290,15 @@ class WattCallback(Callback):
         self._handoff_seen = mtime
         if data.get("pid") == os.getpid():
             return  # left by this process (this instance, or a deep copy of it): not a handoff
-        self._run_j = data.get("run_energy_J")
-        self._live_kwh = (self._run_j or 0.0) / J_PER_KWH
-        self._offset = RunTotals.from_state(data["offset"]) if data.get("offset") else RunTotals()
-        self._target_kwh = data.get("target_kWh")
+        final = data.get("run_energy_J")
+        offset = RunTotals.from_state(data["offset"]) if data.get("offset") else RunTotals()
+        self._run = RunBooks(
+            offset=offset,
+            final_J=final,
+            kwh=(final or 0.0) / J_PER_KWH,
+            target_kwh=data.get("target_kWh"),
+            stage=data.get("stage"),
+        )
         self.last_summary = data.get("last_summary")
 
     def _write_handoff(self) -> None:
@@ -301,9 +306,10 @@ class WattCallback(Callback):
             return
         data = {
             "pid": os.getpid(),
-            "run_energy_J": self._run_j,
-            "offset": self._offset.to_state(),
-            "target_kWh": self._target_kwh,
+            "run_energy_J": self._run.final_J,
+            "offset": self._run.offset.to_state(),
+            "target_kWh": self._run.target_kwh,
+            "stage": self._run.stage,
             "last_summary": self.last_summary,
         }
         with contextlib.suppress(OSError):
@@ -344,18 +350,11 @@ class WattCallback(Callback):
         self._stage_id = uuid.uuid4().hex
         self._world_size = trainer.world_size
         self._rank = trainer.global_rank
+        # A fit starts a run; a checkpoint it resumes from restores the earlier segments
+        # (load_state_dict, called after setup).
+        self._run.begin(name)
         if name == "fit":
-            # A fit starts a run; a checkpoint it resumes from restores the earlier segments
-            # (load_state_dict, called after setup).
-            self._offset = RunTotals()
-            self._base_j = 0.0
-            self._live_kwh = 0.0
-            self._logged_kwh = 0.0
-            self._run_j = None
-            self._target_kwh = None
             self._metrics_by_epoch = {}
-        else:
-            self._base_j = self._run_j or 0.0
         # Lightning suppresses logging and checkpointing in fast_dev_run: so do we for files.
         self._write_files = not getattr(trainer, "fast_dev_run", False)
         self._run_dir = run_directory(trainer)
@@ -438,23 +437,9 @@ class WattCallback(Callback):
         books = self._books
         if books is None:
             self._adopt_handoff()
-            return self._live_kwh
-        if self._world_size == 1:
-            self._note_run_energy(books.energy_j())
-        return self._live_kwh
-
-    def _note_run_energy(self, stage_j: float) -> float:
-        """Record the all-rank energy of the live stage; returns the run's cumulative kWh.
-        Live estimates hold the latest power over readings not yet arrived; when the readings
-        come in lower, the cumulative energy must not step back (a dipping kWh curve, a score
-        that rises on no work), so it is held until the measurement passes it."""
-        kwh = (self._base_j + self._offset_j_in_stage() + stage_j) / J_PER_KWH
-        self._live_kwh = max(self._live_kwh, kwh)
-        return self._live_kwh
-
-    def _offset_j_in_stage(self) -> float:
-        # A resumed fit's earlier segments; other stages carry theirs in the base.
-        return self._offset.energy_J if self._stage == "fit" else 0.0
+        elif self._world_size == 1:
+            self._run.note(books.energy_j())
+        return self._run.kwh
 
     # ------------------------------------------------------------------ hooks: edges
     def _eval_phase(self, trainer: pl.Trainer) -> str:
@@ -598,10 +583,8 @@ class WattCallback(Callback):
         ``callback_metrics`` for monitors (EarlyStopping, ModelCheckpoint), whatever the stage
         (Lightning's ``self.log`` is not allowed in predict, and per key it costs ~0.4 ms)."""
         if "energy_kWh" in values:
-            # The logged curve of one run never steps back, across stages too: a live value
-            # that held power a little high stays until the measured energy passes it.
-            self._logged_kwh = max(self._logged_kwh, values["energy_kWh"])
-            values = {**values, "energy_kWh": self._logged_kwh}
+            # The logged curve of one run never steps back, across stages too.
+            values = {**values, "energy_kWh": self._run.logged(values["energy_kWh"])}
         keyed = {self.prefix + k: float(v) for k, v in values.items()}
         step = private.stepped_batches(trainer)
         # Lightning adds the epoch to every row it logs; rows of ours carry it too.
@@ -621,7 +604,7 @@ class WattCallback(Callback):
             [tick.energy_J, tick.power_W, 0.0 if tick.steps == 0 else tick.step_J, has_step],
             pl_module.device,
         )
-        kwh = self._note_run_energy(stage_j)
+        kwh = self._run.note(stage_j)
         values = {"energy_kWh": kwh, "power_W": power}
         if ranks_with_steps > 0:
             # Ranks step together: the job's energy per step is the sum of the ranks' shares.
@@ -650,7 +633,7 @@ class WattCallback(Callback):
         assert books is not None
         books.measure_now(_MEASURE_TIMEOUT_S)
         (stage_j,) = sum_across_ranks([books.energy_j()], pl_module.device)
-        return self._note_run_energy(stage_j)
+        return self._run.note(stage_j)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -669,7 +652,7 @@ class WattCallback(Callback):
             ],
             pl_module.device,
         )
-        kwh = self._note_run_energy(stage_j)
+        kwh = self._run.note(stage_j)
         self._reduced_epochs[trainer.current_epoch] = {"train": train, "val": val, GAP: gap}
         self._publish(
             trainer,
@@ -728,10 +711,10 @@ class WattCallback(Callback):
             score = math.nan
         values = {"gqi": score}
         reached = self.target_accuracy is not None and accuracy >= self.target_accuracy
-        if reached and self._target_kwh is None:
-            self._target_kwh = kwh
-        if self._target_kwh is not None:
-            values["target_kWh"] = self._target_kwh
+        if reached and self._run.target_kwh is None:
+            self._run.target_kwh = kwh
+        if self._run.target_kwh is not None:
+            values["target_kWh"] = self._run.target_kwh
         return values
 
     @override
@@ -764,8 +747,8 @@ class WattCallback(Callback):
 
     def _publish_final(self, trainer: pl.Trainer) -> None:
         """The stage's last row: the run's final energy, the number the summary holds."""
-        if self._run_j is not None:
-            self._publish(trainer, {"energy_kWh": self._run_j / J_PER_KWH}, save=True)
+        if self._run.final_J is not None:
+            self._publish(trainer, {"energy_kWh": self._run.final_J / J_PER_KWH}, save=True)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -817,14 +800,8 @@ class WattCallback(Callback):
             segment_j = sum(
                 d["energy_J"] for r in gathered for d in r["devices"] if d.get("counted", True)
             )
-            offset = self._offset if stage == "fit" else None
-            run_j = self._base_j + (offset.energy_J if offset else 0.0) + segment_j
-            if stage != "tune":
-                # From here on the run's energy is the final one (live values held power).
-                self._run_j = run_j
-                self._live_kwh = run_j / J_PER_KWH
-            else:
-                self._live_kwh = (self._run_j or 0.0) / J_PER_KWH
+            offset = self._run.offset if self._stage == "fit" else None
+            run_j = self._run.end(stage, segment_j)
             summary = build_summary(
                 gathered,
                 stage=stage,
@@ -837,7 +814,7 @@ class WattCallback(Callback):
                     "form": self.form,
                     "final": _metric(trainer, self.prefix + "gqi"),
                     "target_accuracy": self.target_accuracy,
-                    "target_kWh": self._target_kwh,
+                    "target_kWh": self._run.target_kwh,
                 },
                 replay=[os.path.basename(p) for p in self._replay] or None,
                 world_size=trainer.world_size,
@@ -888,11 +865,11 @@ class WattCallback(Callback):
         multi-process run the segment's totals are those of the last reduction (the latest
         epoch end, validation end or log step); energy after the last epoch end is kept as
         ``unattributed``."""
-        totals = self._offset if self._stage == "fit" else RunTotals(energy_J=self._base_j)
+        segment = RunTotals()
         books = self._books
         if books is not None:
             if self._world_size > 1:
-                segment_j = self._live_kwh * J_PER_KWH - self._base_j - self._offset_j_in_stage()
+                segment_j = self._run.kwh * J_PER_KWH - self._run.before_stage_J
                 phases = _sum_dicts(self._reduced_epochs.values())
                 phases["unattributed"] = max(0.0, segment_j - sum(phases.values()))
                 local = books.ledger
@@ -907,12 +884,11 @@ class WattCallback(Callback):
                 now = books.meter.now()
                 books.settle(now, _SETTLE_TIMEOUT_S)
                 segment = books.totals(self._epoch, until=now)
-            totals = totals + segment
         return {
             "version": STATE_VERSION,
             "stage_id": self._stage_id,
-            **totals.to_state(),
-            "target_kWh": self._target_kwh,
+            **self._run.checkpoint(segment).to_state(),
+            "target_kWh": self._run.target_kwh,
         }
 
     @override
@@ -936,14 +912,7 @@ class WattCallback(Callback):
             )
             return
         target = state_dict.get("target_kWh")
-        self._target_kwh = float(target) if isinstance(target, (int, float)) else None
-        if self._stage == "fit":
-            self._offset = totals
-            self._base_j = 0.0
-        else:
-            self._offset = RunTotals()
-            self._base_j = totals.energy_J
-        self._live_kwh = totals.energy_J / J_PER_KWH
+        self._run.restore(totals, float(target) if isinstance(target, (int, float)) else None)
 
 
 def _rank_record(record: StageRecord, rank: int, unavailable: dict[str, str]) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""The run's books without Lightning: RunTotals, RunBooks (the run rule) and StageAccountant."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lightning_watt.accountant import RunBooks, RunTotals, StageAccountant
+from lightning_watt.ledger import EnergyLedger
+from lightning_watt.meter import EnergyMeter
+from lightning_watt.readings import J_PER_KWH
+from lightning_watt.sources import ReplaySource
+from lightning_watt.step_clock import StepClock
+from lightning_watt.trace import bundled_trace
+
+joules = st.floats(min_value=0.0, max_value=1e9, allow_nan=False)
+phases = st.dictionaries(st.sampled_from(["train", "val", "gap", "sanity"]), joules, max_size=4)
+
+
+def _totals(ph: dict[str, float], epoch: int = 0) -> RunTotals:
+    return RunTotals(
+        energy_J=sum(ph.values()), phases_J=dict(ph), epochs={epoch: dict(ph)}, steps={"train": 1}
+    )
+
+
+@given(phases, phases, st.integers(0, 3), st.integers(0, 3))
+def test_totals_add_phase_by_phase_and_keep_their_sum(a, b, ea, eb):
+    total = _totals(a, ea) + _totals(b, eb)
+    assert math.isclose(total.energy_J, sum(total.phases_J.values()), rel_tol=1e-9, abs_tol=1e-6)
+    assert total.steps == {"train": 2}
+    assert math.isclose(
+        sum(sum(ph.values()) for ph in total.epochs.values()), total.energy_J, abs_tol=1e-6
+    )
+
+
+def test_totals_round_trip_and_refuse_nan():
+    totals = _totals({"train": 3.0, "gap": 1.0}, epoch=2)
+    assert RunTotals.from_state(totals.to_state()) == totals
+    with pytest.raises(ValueError, match="energy_J must be a finite number >= 0"):
+        RunTotals.from_state({"energy_J": float("nan")})
+    with pytest.raises(ValueError, match=r"phases_J\[gap\]"):
+        RunTotals.from_state({"energy_J": 1.0, "phases_J": {"gap": -1.0}})
+
+
+stages = st.lists(
+    st.tuples(st.sampled_from(["fit", "validate", "test", "predict", "tune"]), joules),
+    min_size=1,
+    max_size=8,
+)
+
+
+@given(stages)
+def test_the_run_rule(sequence):
+    """A fit starts a run, other stages add to it, a tune leaves it as it was."""
+    books, expected = RunBooks(), 0.0
+    for stage, segment in sequence:
+        books.begin("fit" if stage == "tune" else stage)  # a tune starts as Lightning's fit
+        if stage in ("fit", "tune"):
+            expected = 0.0
+        run = books.end(stage, segment)
+        if stage != "tune":
+            expected += segment
+            assert run == pytest.approx(expected)
+        assert books.final_J is None or books.final_J == pytest.approx(expected)
+        assert books.kwh == pytest.approx(expected / J_PER_KWH)
+
+
+def test_a_resumed_fit_counts_its_earlier_segments_and_holds_its_live_value():
+    books = RunBooks()
+    books.begin("fit")
+    books.restore(_totals({"train": 70.0, "gap": 30.0}), target_kwh=1e-5)
+    assert books.kwh == pytest.approx(100.0 / J_PER_KWH)
+    assert books.note(50.0) == pytest.approx(150.0 / J_PER_KWH)
+    assert books.note(40.0) == pytest.approx(150.0 / J_PER_KWH)  # held, never back
+    saved = books.checkpoint(_totals({"train": 45.0}))
+    assert saved.energy_J == pytest.approx(145.0) and saved.phases_J["train"] == 115.0
+    assert books.end("fit", 48.0) == pytest.approx(148.0)
+    assert books.target_kwh == 1e-5
+    # A test from a checkpoint continues the run in it; the logged curve never steps back.
+    books.begin("test")
+    books.restore(_totals({"train": 10.0}))
+    assert books.end("test", 5.0) == pytest.approx(15.0)
+    assert books.logged(1.0) == 1.0 and books.logged(0.5) == 1.0
+
+
+def test_sanity_energy_goes_to_the_epoch_trained_next():
+    ledger = EnergyLedger(start=0.0)
+    ledger.add_edges(
+        [
+            ("sanity", "start", 0, None, 1.0),
+            ("sanity", "end", 0, None, 2.0),
+            ("train", "start", 0, 5, 3.0),
+            ("train", "end", 0, 5, 4.0),
+        ]
+    )
+    ledger.advance(5.0, lambda t0, t1: 10.0 * (t1 - t0))
+    assert list(ledger.epochs) == [5]
+    assert ledger.epochs[5].phases == {"gap": 30.0, "sanity": 10.0, "train": 10.0}
+    assert not ledger.unassigned
+
+
+def test_stage_accountant_books_add_up_on_a_replayed_gpu():
+    source = ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0, speed=4.0)
+    meter = EnergyMeter([source]).start()
+    books = StageAccountant(meter, StepClock(meter.now, device=None))
+    books.mark("sanity", "start", 0, None)
+    books.mark("sanity", "end", 0, None)
+    for step in range(5):
+        books.mark("train", "start", step, 0)
+        time.sleep(0.02)
+        books.mark("train", "end", step, 0)
+    assert books.measure_now(1.0)
+    tick = books.tick()
+    assert tick.energy_J > 0 and tick.power_W > 0
+    saved = books.totals(epoch=0)
+    record = books.finish(epoch=0)
+    totals = record.totals
+    assert totals.steps == {"sanity": 1, "train": 5}
+    assert totals.epoch_steps == {0: 5}
+    assert sum(totals.phases_J.values()) == pytest.approx(totals.energy_J, rel=1e-9)
+    assert sum(totals.epochs[0].values()) == pytest.approx(totals.energy_J, rel=1e-9)
+    device_j = sum(d["energy_J"] for d in record.devices)
+    assert totals.energy_J == pytest.approx(device_j, rel=1e-9)
+    # The books saved before the end hold no more than the final books (no held-power guess).
+    assert 0 < saved.energy_J <= totals.energy_J * (1 + 1e-3)
