@@ -25,6 +25,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Seconds a validation or epoch end waits for the meter's synchronous read.
 _MEASURE_TIMEOUT_S = 0.5
+#: Seconds a validation end waits for a meter that has not delivered any reading yet.
+_FIRST_READING_TIMEOUT_S = 5.0
 #: Seconds a checkpoint waits for the energy up to its moment to become final.
 _SETTLE_TIMEOUT_S = 0.6
 
@@ -632,6 +635,13 @@ class WattCallback(Callback):
         books = self._books
         assert books is not None
         books.measure_now(_MEASURE_TIMEOUT_S)
+        if books.meter.devices and math.isinf(books.meter.horizon):
+            # No reading at all yet (a meter thread starved by a busy machine): a score on
+            # 0 kWh would be +inf, which EarlyStopping takes for "stop". Give it time.
+            deadline = time.monotonic() + _FIRST_READING_TIMEOUT_S
+            while math.isinf(books.meter.horizon) and time.monotonic() < deadline:
+                time.sleep(0.01)
+                books.measure_now(_MEASURE_TIMEOUT_S)
         (stage_j,) = sum_across_ranks([books.energy_j()], pl_module.device)
         return self._run.note(stage_j)
 

@@ -3,15 +3,27 @@ and the printed summary across stages."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
+import time
 import warnings
 
 import pytest
-from compat.checks import SCORED_FIT_KEYS, check_stage, check_summary, watt_files
+from compat.checks import (
+    SCORED_FIT_KEYS,
+    check_stage,
+    check_summary,
+    epoch_numbers,
+    read_rows,
+    watt_files,
+)
 from compat.scenarios import MultiValClassifier, StagedClassifier, printed_info, trainer, watt
+from lightning.pytorch.callbacks import EarlyStopping
 
 from lightning_watt.callback import WattCallback
-from lightning_watt.sources import EstimateSource, RaplSource
+from lightning_watt.sources import Channel, EstimateSource, RaplSource, ReplaySource
+from lightning_watt.trace import bundled_trace
 
 
 def _fit_catching_warnings(tr, model) -> list[str]:
@@ -108,3 +120,40 @@ def test_printed_summary_across_stages(tmp_path, capsys):
         assert co2e > 0 and _co2e_kg(printed[stage]) == pytest.approx(co2e, rel=0.05)
     assert _not_measured(printed["fit"]), printed["fit"]
     assert not _not_measured(printed["validate"] + printed["test"])
+
+
+class _StarvedReplay(ReplaySource):
+    """A replayed GPU whose meter thread gets no CPU for its first ``delay`` seconds, as on a
+    machine busy with other work: no reading exists when the first validation ends."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(bundled_trace("h200-mlp-stall"), start=10.0)
+        self.delay = delay
+
+    def channels(self) -> list[Channel]:
+        stalled = [False]
+
+        def late(read):
+            def first_read_late():
+                if not stalled[0]:
+                    stalled[0] = True
+                    time.sleep(self.delay)
+                return read()
+
+            return first_read_late
+
+        return [dataclasses.replace(c, read=late(c.read)) for c in super().channels()]
+
+
+def test_early_stopping_on_the_score_survives_a_starved_meter(tmp_path):
+    # The flaky example run: the first epoch's score was +inf or NaN (nothing read yet), and
+    # EarlyStopping(check_finite=True) ended the fit after epoch 0, one epoch row short.
+    cb = WattCallback(sources=[_StarvedReplay(delay=1.5)], score_from="val_acc", record=False)
+    stop = EarlyStopping(monitor="watt/gqi", mode="max", patience=5)
+    tr = trainer(tmp_path, [cb, stop], max_epochs=3, limit_train_batches=4)
+    tr.fit(StagedClassifier())
+    s = check_stage(tr, cb, "fit", keys=SCORED_FIT_KEYS)
+    assert epoch_numbers(s) == [0, 1, 2]
+    assert not stop.stopped_epoch
+    scores = [float(r["watt/gqi"]) for r in read_rows(tr) if r.get("watt/gqi")]
+    assert len(scores) == 3 and all(math.isfinite(v) and v > 0 for v in scores), scores
