@@ -253,7 +253,7 @@ class TimedWattCallback(WattCallback):
 
     def setup(self, trainer, pl_module, stage) -> None:
         super().setup(trainer, pl_module, stage)
-        books = self._books
+        books = self._books.stage
         assert books is not None
         meter, clock, ledger = books.meter, books.clock, books.ledger
         ledger.__class__ = _TimedLedger
@@ -264,7 +264,8 @@ class TimedWattCallback(WattCallback):
         meter._lock = _TimedLock(meter._lock, threading.get_ident(), self.lock_holds)
 
     def _meter_thread(self) -> threading.Thread | None:
-        return self._books.meter._thread if self._books is not None else None
+        stage = self._books.stage
+        return stage.meter._thread if stage is not None else None
 
     def on_train_start(self, trainer, pl_module) -> None:
         thread = self._meter_thread()
@@ -286,14 +287,14 @@ class TimedWattCallback(WattCallback):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self.hooks.append((self._start_dt, perf_counter() - t0, self._ticked))
 
-    def _log_tick(self, trainer, pl_module) -> None:
+    def _log_tick(self, trainer) -> None:
         global _ACTIVE
         self._ticked = True
         self._acc = defaultdict(float)
         _ACTIVE = self
         t0 = perf_counter()
         try:
-            super()._log_tick(trainer, pl_module)
+            super()._log_tick(trainer)
         finally:
             self._acc["_log_tick"] = perf_counter() - t0
             self.ticks.append(dict(self._acc))

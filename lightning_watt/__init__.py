@@ -26,6 +26,7 @@ from lightning_watt.timeline import EnergyTimeline, Gap
 from lightning_watt.trace import Trace, bundled_trace, load_trace
 
 if TYPE_CHECKING:
+    from lightning_watt.accountant import EnergyAccountant
     from lightning_watt.budget import EnergyBudget, EnergyBudgetWarning
     from lightning_watt.callback import WattCallback
     from lightning_watt.functional import accuracy_per_kwh, green_quotient_index
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 # Lightning and torchmetrics load only when these are first used: `import lightning_watt` stays
 # light for plain-PyTorch users of EnergyMeter and for the report command.
 _LAZY = {
+    "EnergyAccountant": "lightning_watt.accountant",
     "WattCallback": "lightning_watt.callback",
     "EnergyBudget": "lightning_watt.budget",
     "EnergyBudgetWarning": "lightning_watt.budget",
@@ -57,6 +59,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CarbonModel",
     "DeviceInfo",
+    "EnergyAccountant",
     "EnergyBudget",
     "EnergyBudgetWarning",
     "EnergyMeter",

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_watt.callback import WattCallback
+from lightning_watt.validate import finite_number, positive_int
 
 __all__: Sequence[str] = ["EnergyBudget", "EnergyBudgetWarning"]
 
@@ -39,13 +40,7 @@ class EnergyBudgetWarning(UserWarning):
 
 
 def _budget_value(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
-    return float(value)
+    return finite_number(name, value, minimum=0.0, exclusive_minimum=True, allow_none=True)
 
 
 class EnergyBudget(Callback):
@@ -113,16 +108,8 @@ class EnergyBudget(Callback):
             raise ValueError("EnergyBudget needs a budget: pass max_kwh= and/or max_kg_co2e=")
         if not isinstance(warn_forecast, bool):
             raise ValueError(f"warn_forecast must be True or False, got {warn_forecast!r}")
-        if (
-            isinstance(check_every_n_steps, bool)
-            or not isinstance(check_every_n_steps, int)
-            or check_every_n_steps < 1
-        ):
-            raise ValueError(
-                f"check_every_n_steps must be a positive integer, got {check_every_n_steps!r}"
-            )
         self.warn_forecast = warn_forecast
-        self.check_every_n_steps = check_every_n_steps
+        self.check_every_n_steps = positive_int("check_every_n_steps", check_every_n_steps)
         self.stopped = False
         self.stop_reason: str | None = None
         self.stopped_at_kwh: float | None = None

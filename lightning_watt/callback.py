@@ -1,8 +1,7 @@
 """``WattCallback``: per-step energy in any Lightning run, on one GPU or many nodes.
 
-Thin glue: it maps Lightning's hooks onto a :class:`~lightning_watt.accountant.StageAccountant`
-(meter, step clock and ledger of one stage of one process), reduces the numbers across ranks
-once per log interval, logs them, and keeps the run's books across stages and checkpoints.
+Thin glue: it maps Lightning's hooks onto an :class:`~lightning_watt.accountant.EnergyAccountant`
+(the run's energy books, without Lightning), logs what it reports and writes the summary.
 
 **The run's cumulative energy** (what ``energy_kwh``, ``watt/energy_kWh`` and the score use):
 a ``fit`` starts a run, unless it resumes one from a checkpoint (``ckpt_path=``), whose earlier
@@ -24,9 +23,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,38 +35,21 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_watt import _lightning_private as private
-from lightning_watt.accountant import (
-    STATE_VERSION,
-    RunBooks,
-    RunTotals,
-    StageAccountant,
-    StageRecord,
-)
+from lightning_watt import schema as keys
+from lightning_watt.accountant import EnergyAccountant
+from lightning_watt.books import RunBooks, RunTotals
 from lightning_watt.context import pop_energy_provider, push_energy_provider
-from lightning_watt.distributed import (
-    all_gather_objects,
-    barrier,
-    ownership_weights,
-    sum_across_ranks,
-)
-from lightning_watt.ledger import GAP
+from lightning_watt.distributed import barrier
+from lightning_watt.handoff import Handoff
 from lightning_watt.meter import EnergyMeter
-from lightning_watt.names import DEFAULT_PREFIX, prefix_tag, stage_name, summary_file, trace_stem
 from lightning_watt.readings import J_PER_KWH
+from lightning_watt.schema import DEFAULT_PREFIX, prefix_tag, stage_name, summary_file, trace_stem
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
-from lightning_watt.step_clock import StepClock
-from lightning_watt.summary import build_summary, render_summary
+from lightning_watt.summary import render_summary
 from lightning_watt.trace import bundled_trace, load_trace
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_watt.functional import GQIForm
-
-#: Seconds a validation or epoch end waits for the meter's synchronous read.
-_MEASURE_TIMEOUT_S = 0.5
-#: Seconds a validation end waits for a meter that has not delivered any reading yet.
-_FIRST_READING_TIMEOUT_S = 5.0
-#: Seconds a checkpoint waits for the energy up to its moment to become final.
-_SETTLE_TIMEOUT_S = 0.6
 
 
 def _resolve_trace(name_or_prefix: str) -> str:
@@ -206,14 +185,11 @@ class WattCallback(Callback):
         self.alpha, self.beta = float(alpha), float(beta)
         self.target_accuracy = target_accuracy
         self.last_summary: dict[str, Any] | None = None
-        self._run = RunBooks()  # the run's energy across stages, all ranks
+        self._books = EnergyAccountant()
         self._metrics_by_epoch: dict[int, dict[str, float]] = {}
         self._pending_state: dict[str, Any] | None = None
         self._said_unavailable = False
-        # Where a copy of this callback running in other processes (ddp_spawn) leaves its
-        # books for this one; made when the callback is first pickled.
-        self._handoff: str | None = None
-        self._handoff_seen = 0.0
+        self._handoff: Handoff | None = None  # made when first pickled (ddp_spawn)
         self._reset_stage()
 
     @staticmethod
@@ -231,20 +207,18 @@ class WattCallback(Callback):
         )
 
     def _reset_stage(self) -> None:
-        self._books: StageAccountant | None = None
-        self._stage: str | None = None
-        self._stage_id = ""
-        self._world_size = 1
-        self._rank = 0
         self._run_dir = Path(".")
         self._write_files = True
         self._unavailable: dict[str, str] = {}
         self._epoch = 0
         self._epoch_loop: Any = None
         self._window: int | None = None  # global step when the open optimizer step began
-        self._reduced_epochs: dict[int, dict[str, float]] = {}  # all ranks, at epoch ends
         self._warned: set[str] = set()
         self._provider_pushed = False
+
+    @property
+    def _live(self) -> bool:
+        return self._books.stage is not None
 
     @property
     @override
@@ -256,47 +230,31 @@ class WattCallback(Callback):
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
-        """Configuration and the run's books; never the live stage (a thread, CUDA events).
-        A copy that runs elsewhere (ddp_spawn's workers) hands its books back through a file
-        named here, read by this instance's ``energy_kwh``/``last_summary``."""
+        """Configuration and the run's books; never a live stage (a thread, CUDA events). A
+        copy that runs in another process (ddp_spawn's workers) hands its books back."""
         if self._handoff is None:
-            self._handoff = os.path.join(
-                tempfile.gettempdir(), f"lightning-watt-{uuid.uuid4().hex}.json"
-            )
+            self._handoff = Handoff()
         state = dict(self.__dict__)
-        for key in ("_books", "_epoch_loop", "_provider_pushed"):
-            state.pop(key, None)
+        state["_books"] = self._books.run
+        state.pop("_epoch_loop", None)
+        state["_provider_pushed"] = False
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        run = state.pop("_books")
         self.__dict__.update(state)
-        self._books = None
+        self._books = EnergyAccountant()
+        self._books.run = run
         self._epoch_loop = None
-        self._provider_pushed = False
 
-    def _adopt_handoff(self) -> None:
-        """Take the books a copy of this callback left in another process, if newer."""
-        path = self._handoff
-        if path is None or self._books is not None:
+    def _take_handoff(self) -> None:
+        data = self._handoff.take() if self._handoff is not None and not self._live else None
+        if data is None:
             return
-        try:
-            mtime = os.path.getmtime(path)
-        except OSError:
-            return
-        if mtime <= self._handoff_seen:
-            return
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError):
-            return
-        self._handoff_seen = mtime
-        if data.get("pid") == os.getpid():
-            return  # left by this process (this instance, or a deep copy of it): not a handoff
         final = data.get("run_energy_J")
-        offset = RunTotals.from_state(data["offset"]) if data.get("offset") else RunTotals()
-        self._run = RunBooks(
-            offset=offset,
+        offset = data.get("offset")
+        self._books.run = RunBooks(
+            offset=RunTotals.from_state(offset) if offset else RunTotals(),
             final_J=final,
             kwh=(final or 0.0) / J_PER_KWH,
             target_kwh=data.get("target_kWh"),
@@ -304,22 +262,18 @@ class WattCallback(Callback):
         )
         self.last_summary = data.get("last_summary")
 
-    def _write_handoff(self) -> None:
-        if self._handoff is None or self._rank != 0:
-            return
-        data = {
-            "pid": os.getpid(),
-            "run_energy_J": self._run.final_J,
-            "offset": self._run.offset.to_state(),
-            "target_kWh": self._run.target_kwh,
-            "stage": self._run.stage,
-            "last_summary": self.last_summary,
-        }
-        with contextlib.suppress(OSError):
-            tmp = self._handoff + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, self._handoff)
+    def _leave_handoff(self) -> None:
+        run = self._books.run
+        if self._handoff is not None and self._books.rank == 0:
+            self._handoff.leave(
+                {
+                    "run_energy_J": run.final_J,
+                    "offset": run.offset.to_state(),
+                    "target_kWh": run.target_kwh,
+                    "stage": run.stage,
+                    "last_summary": self.last_summary,
+                }
+            )
 
     # ------------------------------------------------------------------ lifecycle
     def _sources_for(self, trainer: pl.Trainer) -> tuple[list[EnergySource], dict[str, str]]:
@@ -327,7 +281,8 @@ class WattCallback(Callback):
             return list(self._sources), {}
         rank = trainer.global_rank
         if self._replay:
-            trace = load_trace(self._replay[rank % len(self._replay)])
+            prefix = self._replay[rank % len(self._replay)]
+            trace = load_trace(prefix)
             # Replay from where the recorded fit started (not its idle lead-in), looping.
             first, last = trace.span
             start = min(max(float(trace.meta.get("fit_start", first)), first), last - 1.0)
@@ -337,7 +292,7 @@ class WattCallback(Callback):
                 speed=self.replay_speed,
                 loop=True,
                 uuid_prefix=f"rank{rank}",
-                name=os.path.basename(self._replay[rank % len(self._replay)]),
+                name=os.path.basename(prefix),
             )
             return [source], {}
         root = trainer.strategy.root_device
@@ -345,43 +300,38 @@ class WattCallback(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._books is not None:
-            self._abort()
+        self._books.abort()
+        self._release()
         self._reset_stage()
         name = stage_name(stage)
-        self._stage = name
-        self._stage_id = uuid.uuid4().hex
-        self._world_size = trainer.world_size
-        self._rank = trainer.global_rank
-        # A fit starts a run; a checkpoint it resumes from restores the earlier segments
-        # (load_state_dict, called after setup).
-        self._run.begin(name)
         if name == "fit":
             self._metrics_by_epoch = {}
-        # Lightning suppresses logging and checkpointing in fast_dev_run: so do we for files.
+        # Lightning writes no logs in fast_dev_run: no files of ours either.
         self._write_files = not getattr(trainer, "fast_dev_run", False)
         self._run_dir = run_directory(trainer)
-        tag = prefix_tag(self.prefix)
         record = None
         if self.record and self._write_files:
-            stem = trace_stem(name, trainer.global_rank, trainer.world_size, tag)
+            stem = trace_stem(
+                name, trainer.global_rank, trainer.world_size, prefix_tag(self.prefix)
+            )
             record = str(self._run_dir / stem)
         sources, skipped = self._sources_for(trainer)
-        meter = EnergyMeter(sources, record=record)
-        meter.start()
+        meter = EnergyMeter(sources, record=record).start()
         self._unavailable = {**skipped, **meter.unavailable}
         if not meter.devices and not self._said_unavailable:
             rank_zero_warn(
                 "lightning-watt: nothing to measure on this machine ("
                 + "; ".join(f"{k}: {v}" for k, v in self._unavailable.items())
-                + "). Training continues; energy is logged as 0."
+                + "). Training continues; energy is logged as 0. `lightning-watt doctor` "
+                "tells what this machine can measure and how to enable it."
             )
-        root = trainer.strategy.root_device
-        clock = StepClock(meter.now, root if root.type == "cuda" else None)
-        keys_by_rank = all_gather_objects([d.key for d in meter.devices])
-        weights = ownership_weights(keys_by_rank, trainer.global_rank)
-        self._books = StageAccountant(
-            meter, clock, {d.name: w for d, w in zip(meter.devices, weights, strict=True)}
+        # A checkpoint this stage resumes from is loaded after setup (load_state_dict).
+        self._books.begin(
+            name,
+            meter,
+            trainer.strategy.root_device,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
         )
         push_energy_provider(self._energy_kwh_provider)
         self._provider_pushed = True
@@ -394,18 +344,11 @@ class WattCallback(Callback):
             pop_energy_provider(self._energy_kwh_provider)
             self._provider_pushed = False
 
-    def _abort(self) -> None:
-        """Stop measuring without closing the books (the stage ended by an exception)."""
-        self._release()
-        if self._books is not None:
-            self._books.abort()
-            self._books = None
-
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._books is not None:
+        if self._live:
             # A stage that ended without its end hook: a Tuner's fit, rolled back.
-            self._finish(trainer, tuned=self._stage == "fit")
+            self._finish(trainer, tuned=self._books.stage_name == "fit")
         self._release()
 
     @override
@@ -423,45 +366,34 @@ class WattCallback(Callback):
         epoch or validation end); final once a stage has ended."""
         return self._energy_kwh_provider()
 
+    def measured_energy_kwh(self) -> float:
+        """:attr:`energy_kwh` after reading every source now (a few ms, on the meter's thread):
+        for moments that decide something, such as an epoch end. In a multi-process run, the
+        value of the last reduction, as :attr:`energy_kwh`."""
+        if self._live and self._books.world_size == 1:
+            return self._books.measured_kwh()
+        return self._energy_kwh_provider()
+
+    def _energy_kwh_provider(self) -> float:
+        self._take_handoff()
+        return self._books.energy_kwh
+
     @property
     def carbon(self) -> Any:
         """The :class:`~lightning_watt.carbon.CarbonModel` in use, or ``None``."""
         return self._carbon
 
-    def measured_energy_kwh(self) -> float:
-        """:attr:`energy_kwh` after reading every source now (a few ms, on the meter's thread):
-        for moments that decide something, such as an epoch end. In a multi-process run, the
-        value of the last reduction, as :attr:`energy_kwh`."""
-        if self._books is not None and self._world_size == 1:
-            self._books.measure_now(_MEASURE_TIMEOUT_S)
-        return self._energy_kwh_provider()
-
-    def _energy_kwh_provider(self) -> float:
-        books = self._books
-        if books is None:
-            self._adopt_handoff()
-        elif self._world_size == 1:
-            self._run.note(books.energy_j())
-        return self._run.kwh
-
     # ------------------------------------------------------------------ hooks: edges
     def _eval_phase(self, trainer: pl.Trainer) -> str:
         if trainer.sanity_checking:
             return "sanity"
-        if trainer.testing:
-            return "test"
-        return "val"
-
-    def _mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:
-        if self._books is not None:
-            self._books.mark(phase, edge, index, epoch)
+        return "test" if trainer.testing else "val"
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._books is not None and trainer.current_epoch > 0:
-            self._books.clock.reanchor()
-        # Resolved once per epoch, not per step: Lightning's properties walk several objects
-        # each time, which was most of the hooks' cost.
+        if trainer.current_epoch > 0:
+            self._books.new_epoch()
+        # Resolved once per epoch, not per step: Lightning's properties walk several objects.
         self._epoch = trainer.current_epoch
         self._epoch_loop = trainer.fit_loop.epoch_loop
         self._window = None
@@ -474,10 +406,9 @@ class WattCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._books is None or self._window is not None:
-            return  # a micro-batch inside an optimizer step already open
-        self._window = self._global_step(trainer)
-        self._books.mark("train", "start", self._window, self._epoch)
+        if self._window is None:  # else a micro-batch inside an optimizer step already open
+            self._window = self._global_step(trainer)
+            self._books.mark("train", "start", self._window, self._epoch)
 
     @override
     def on_train_batch_end(
@@ -488,24 +419,31 @@ class WattCallback(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        books, window = self._books, self._window
-        if books is None or window is None or self._global_step(trainer) == window:
+        window = self._window
+        if window is None or self._global_step(trainer) == window:
             return  # accumulating: the optimizer step is not done yet
-        books.mark("train", "end", window, self._epoch)
+        self._books.mark("train", "end", window, self._epoch)
         self._window = None
-        if self._should_log(trainer, window):
-            self._log_tick(trainer, pl_module)
+        if self._live and self._should_log(trainer, window):
+            self._log_tick(trainer)
 
     def _close_window(self) -> None:
         """End an optimizer step left open (a loop that stopped mid-accumulation)."""
-        if self._books is not None and self._window is not None:
+        if self._window is not None:
             self._books.mark("train", "end", self._window, self._epoch)
-        self._window = None
+            self._window = None
 
     def _should_log(self, trainer: pl.Trainer, step: int) -> bool:
         if self.log_every_n_steps is None:
             return private.should_log_now(trainer)
         return (step + 1) % self.log_every_n_steps == 0
+
+    def _mark_eval(self, trainer: pl.Trainer, edge: str, batch_idx: int) -> None:
+        phase = self._eval_phase(trainer)
+        # The sanity check runs before the loop says which epoch it trains next: its energy
+        # goes to that epoch (not, after a resume, to the checkpoint's).
+        epoch = None if phase == "sanity" else trainer.current_epoch
+        self._books.mark(phase, edge, batch_idx, epoch)
 
     @override
     def on_validation_batch_start(
@@ -516,10 +454,7 @@ class WattCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        phase = self._eval_phase(trainer)
-        # The sanity check runs before the loop says which epoch it trains next: its energy
-        # goes to that epoch (not, after a resume, to the checkpoint's).
-        self._mark(phase, "start", batch_idx, None if phase == "sanity" else trainer.current_epoch)
+        self._mark_eval(trainer, "start", batch_idx)
 
     @override
     def on_validation_batch_end(
@@ -531,8 +466,7 @@ class WattCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        phase = self._eval_phase(trainer)
-        self._mark(phase, "end", batch_idx, None if phase == "sanity" else trainer.current_epoch)
+        self._mark_eval(trainer, "end", batch_idx)
 
     @override
     def on_test_batch_start(
@@ -543,7 +477,7 @@ class WattCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._mark("test", "start", batch_idx, trainer.current_epoch)
+        self._books.mark("test", "start", batch_idx, trainer.current_epoch)
 
     @override
     def on_test_batch_end(
@@ -555,7 +489,7 @@ class WattCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._mark("test", "end", batch_idx, trainer.current_epoch)
+        self._books.mark("test", "end", batch_idx, trainer.current_epoch)
 
     @override
     def on_predict_batch_start(
@@ -566,7 +500,7 @@ class WattCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._mark("predict", "start", batch_idx, trainer.current_epoch)
+        self._books.mark("predict", "start", batch_idx, trainer.current_epoch)
 
     @override
     def on_predict_batch_end(
@@ -578,16 +512,17 @@ class WattCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._mark("predict", "end", batch_idx, trainer.current_epoch)
+        self._books.mark("predict", "end", batch_idx, trainer.current_epoch)
 
     # ------------------------------------------------------------------ hooks: logging
     def _publish(self, trainer: pl.Trainer, values: dict[str, float], save: bool = False) -> None:
         """One row straight to every logger at Lightning's training x-axis, and the values into
         ``callback_metrics`` for monitors (EarlyStopping, ModelCheckpoint), whatever the stage
         (Lightning's ``self.log`` is not allowed in predict, and per key it costs ~0.4 ms)."""
-        if "energy_kWh" in values:
+        if keys.ENERGY_KWH in values:
             # The logged curve of one run never steps back, across stages too.
-            values = {**values, "energy_kWh": self._run.logged(values["energy_kWh"])}
+            held = self._books.run.logged(values[keys.ENERGY_KWH])
+            values = {**values, keys.ENERGY_KWH: held}
         keyed = {self.prefix + k: float(v) for k, v in values.items()}
         step = private.stepped_batches(trainer)
         # Lightning adds the epoch to every row it logs; rows of ours carry it too.
@@ -598,75 +533,49 @@ class WattCallback(Callback):
                 logger.save()
         private.set_callback_metrics(trainer, keyed)
 
-    def _log_tick(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        books = self._books
-        assert books is not None
-        tick = books.tick()
-        has_step = 1.0 if tick.steps else 0.0
-        stage_j, power, step_j, ranks_with_steps = sum_across_ranks(
-            [tick.energy_J, tick.power_W, 0.0 if tick.steps == 0 else tick.step_J, has_step],
-            pl_module.device,
-        )
-        kwh = self._run.note(stage_j)
-        values = {"energy_kWh": kwh, "power_W": power}
-        if ranks_with_steps > 0:
-            # Ranks step together: the job's energy per step is the sum of the ranks' shares.
-            values["step_J"] = step_j * trainer.world_size / ranks_with_steps
-        values.update(self._carbon_values(kwh))
-        if self.per_device and trainer.is_global_zero:
-            values.update({f"power_W/{name}": w for name, w in books.meter.power().items()})
+    def _log_tick(self, trainer: pl.Trainer) -> None:
+        tick = self._books.log_values()
+        values = {keys.ENERGY_KWH: tick.energy_kWh, keys.POWER_W: tick.power_W}
+        if tick.step_J is not None:
+            values[keys.STEP_J] = tick.step_J
+        values.update(self._carbon_values(tick.energy_kWh))
+        stage = self._books.stage
+        if self.per_device and trainer.is_global_zero and stage is not None:
+            power = stage.meter.power()
+            values.update({keys.DEVICE_POWER_W + name: w for name, w in power.items()})
         self._publish(trainer, values)
         if self.progress_bar and trainer.progress_bar_callback is not None:
             private.set_progress_bar_values(
-                trainer, {"W": round(power, 1), "kWh": float(f"{kwh:.4g}")}
+                trainer,
+                {
+                    keys.BAR_POWER: round(tick.power_W, 1),
+                    keys.BAR_ENERGY: float(f"{tick.energy_kWh:.4g}"),
+                },
             )
 
     def _carbon_values(self, kwh: float) -> dict[str, float]:
         if self._carbon is None:
             return {}
-        out = {"co2e_kg": self._carbon.co2e_kg(kwh)}
+        out = {keys.CO2E_KG: self._carbon.co2e_kg(kwh)}
         cost = self._carbon.cost(kwh)
         if cost is not None:
-            out["cost"] = cost
+            out[keys.COST] = cost
         return out
-
-    def _measured_run_kwh(self, pl_module: pl.LightningModule) -> float:
-        """Read every source now, then reduce: the run's kWh resting on measurements."""
-        books = self._books
-        assert books is not None
-        books.measure_now(_MEASURE_TIMEOUT_S)
-        if books.meter.devices and math.isinf(books.meter.horizon):
-            # No reading at all yet (a meter thread starved by a busy machine): a score on
-            # 0 kWh would be +inf, which EarlyStopping takes for "stop". Give it time.
-            deadline = time.monotonic() + _FIRST_READING_TIMEOUT_S
-            while math.isinf(books.meter.horizon) and time.monotonic() < deadline:
-                time.sleep(0.01)
-                books.measure_now(_MEASURE_TIMEOUT_S)
-        (stage_j,) = sum_across_ranks([books.energy_j()], pl_module.device)
-        return self._run.note(stage_j)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        books = self._books
-        if books is None:
+        if not self._live:
             return
         self._close_window()
-        books.measure_now(_MEASURE_TIMEOUT_S)
-        phases = books.epoch_phases(trainer.current_epoch)
-        train, val, gap, stage_j = sum_across_ranks(
-            [
-                phases.get("train", 0.0),
-                phases.get("val", 0.0),
-                phases.get(GAP, 0.0) + phases.get("sanity", 0.0),
-                books.energy_j(),
-            ],
-            pl_module.device,
-        )
-        kwh = self._run.note(stage_j)
-        self._reduced_epochs[trainer.current_epoch] = {"train": train, "val": val, GAP: gap}
+        epoch = self._books.epoch_end(trainer.current_epoch)
         self._publish(
             trainer,
-            {"epoch_train_J": train, "epoch_val_J": val, "epoch_gap_J": gap, "epoch_kWh": kwh},
+            {
+                keys.EPOCH_TRAIN_J: epoch.train_J,
+                keys.EPOCH_VAL_J: epoch.val_J,
+                keys.EPOCH_GAP_J: epoch.gap_J,
+                keys.EPOCH_KWH: epoch.energy_kWh,
+            },
         )
 
     def _score_key(self, trainer: pl.Trainer) -> str | None:
@@ -697,10 +606,11 @@ class WattCallback(Callback):
             )
             return {}
         if kwh <= 0.0:
-            # Nothing measured (yet): a score would be +inf, which monitors read as "stop".
+            # Nothing measured: a score would be +inf, which monitors read as "stop".
             self._warn_once(
                 "no-energy",
-                f"lightning-watt: no energy measured yet, so {self.prefix}gqi is not logged for "
+                f"lightning-watt: no energy measured, so {self.prefix}{keys.GQI} is not logged "
+                "for "
                 "this validation (see the summary's 'not measured' lines).",
             )
             return {}
@@ -717,32 +627,32 @@ class WattCallback(Callback):
         except ValueError as err:
             # An accuracy logged in percent, or the paper's form below 1 kWh: say why once,
             # log NaN (so monitors see "no score"), never stop the fit.
-            self._warn_once("score", f"lightning-watt: {self.prefix}gqi is NaN: {err}")
+            self._warn_once("score", f"lightning-watt: {self.prefix}{keys.GQI} is NaN: {err}")
             score = math.nan
-        values = {"gqi": score}
+        values = {keys.GQI: score}
+        run = self._books.run
         reached = self.target_accuracy is not None and accuracy >= self.target_accuracy
-        if reached and self._run.target_kwh is None:
-            self._run.target_kwh = kwh
-        if self._run.target_kwh is not None:
-            values["target_kWh"] = self._run.target_kwh
+        if reached and run.target_kwh is None:
+            run.target_kwh = kwh
+        if run.target_kwh is not None:
+            values[keys.TARGET_KWH] = run.target_kwh
         return values
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self._books is None:
+        if trainer.sanity_checking or not self._live:
             return
-        kwh = self._measured_run_kwh(pl_module)
+        kwh = self._books.measured_kwh()
         values = self._score_values(trainer, kwh)
-        if self._stage != "fit":
-            values = {"energy_kWh": kwh, **values}
+        if self._books.stage_name != "fit":
+            values = {keys.ENERGY_KWH: kwh, **values}
         if values:
             self._publish(trainer, values)
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._books is None:
-            return
-        self._publish(trainer, {"energy_kWh": self._measured_run_kwh(pl_module)})
+        if self._live:
+            self._publish(trainer, {keys.ENERGY_KWH: self._books.measured_kwh()})
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -753,101 +663,76 @@ class WattCallback(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer)
-        self._publish_final(trainer)
-
-    def _publish_final(self, trainer: pl.Trainer) -> None:
-        """The stage's last row: the run's final energy, the number the summary holds."""
-        if self._run.final_J is not None:
-            self._publish(trainer, {"energy_kWh": self._run.final_J / J_PER_KWH}, save=True)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        if self._stage == "fit":
+        if self._books.stage_name == "fit":
             # The module's own metrics of this epoch, for the summary's epoch rows.
             self._metrics_by_epoch[trainer.current_epoch] = {
                 k: float(v)
                 for k, v in trainer.callback_metrics.items()
                 if _scalar(v)
-                and k not in ("W", "kWh")
-                and not k.startswith((self.prefix + "epoch_", self.prefix + "power_W"))
+                and k not in (keys.BAR_POWER, keys.BAR_ENERGY)
+                and not k.startswith((self.prefix + "epoch_", self.prefix + keys.POWER_W))
             }
-        if self._stage == "validate":
+        elif self._books.stage_name == "validate":
             self._finish(trainer)
-            self._publish_final(trainer)
 
     @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer)
-        self._publish_final(trainer)
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer)
-        self._publish_final(trainer)
 
     def _finish(self, trainer: pl.Trainer, tuned: bool = False, interrupted: bool = False) -> None:
-        """Close the stage's books with final energy, merge ranks, write the summary.
-        ``interrupted``: an exception ended the stage; ranks may be out of step, so only a
-        single process writes what it has."""
+        """Close the stage's books, merge ranks, write and print the summary, and log the
+        run's final energy as the stage's last row. ``interrupted``: an exception ended the
+        stage; ranks may be out of step, so only a single process writes what it has."""
         books = self._books
-        if books is None:
+        if not self._live:
             return
         self._release()
-        self._books = None
-        if interrupted and self._world_size > 1:
+        if interrupted and books.world_size > 1:
             books.abort()
             return
-        self._close_window_of(books)
-        stage = "tune" if tuned else (self._stage or "fit")
-        record = books.finish(epoch=trainer.current_epoch, meta={"stage": stage})
-        local = _rank_record(record, self._rank, self._unavailable)
-        gathered = all_gather_objects(local)
-        if interrupted:
-            gathered = [local]
+        self._close_window()
         try:
-            segment_j = sum(
-                d["energy_J"] for r in gathered for d in r["devices"] if d.get("counted", True)
-            )
-            offset = self._run.offset if self._stage == "fit" else None
-            run_j = self._run.end(stage, segment_j)
-            summary = build_summary(
-                gathered,
-                stage=stage,
-                offset=offset.to_state() if offset else None,
+            summary = books.finish(
+                "tune" if tuned else None,
+                trainer.current_epoch,
+                interrupted=interrupted,
+                unavailable=self._unavailable,
                 carbon=self._carbon,
                 score={
                     "monitor": self.score_from,
                     "alpha": self.alpha,
                     "beta": self.beta,
                     "form": self.form,
-                    "final": _metric(trainer, self.prefix + "gqi"),
+                    "final": _metric(trainer, self.prefix + keys.GQI),
                     "target_accuracy": self.target_accuracy,
-                    "target_kWh": self._run.target_kwh,
+                    "target_kWh": books.run.target_kwh,
                 },
                 replay=[os.path.basename(p) for p in self._replay] or None,
-                world_size=trainer.world_size,
-                epoch_metrics=self._metrics_by_epoch if stage == "fit" else None,
+                epoch_metrics=self._metrics_by_epoch if books.stage_name == "fit" else None,
                 run_name=str(getattr(trainer.logger, "name", "") or ""),
-                run_energy_J=run_j,
-                interrupted=interrupted,
                 prefix=self.prefix,
             )
             self.last_summary = summary
             if trainer.is_global_zero:
                 self._write_summary(summary)
-                self._write_handoff()
+                self._leave_handoff()
+            if not (tuned or interrupted) and books.run.final_J is not None:
+                final_kwh = books.run.final_J / J_PER_KWH
+                self._publish(trainer, {keys.ENERGY_KWH: final_kwh}, save=True)
         finally:
-            # Ranks leave the stage together: a rank that ran ahead to teardown and exit while
-            # rank zero still wrote the summary aborted the gloo process group.
+            # Ranks leave the stage together: a rank that runs ahead to teardown and exits
+            # while rank zero still writes the summary aborts the process group.
             if not interrupted:
                 barrier()
-
-    def _close_window_of(self, books: StageAccountant) -> None:
-        if self._window is not None:
-            books.mark("train", "end", self._window, self._epoch)
-            self._window = None
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
         if not self.summary:
@@ -871,83 +756,19 @@ class WattCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         """The run's books up to now, all ranks: energy, steps, phase and per-epoch totals of
-        every segment, measured (every source is read when the checkpoint is taken). In a
-        multi-process run the segment's totals are those of the last reduction (the latest
-        epoch end, validation end or log step); energy after the last epoch end is kept as
-        ``unattributed``."""
-        segment = RunTotals()
-        books = self._books
-        if books is not None:
-            if self._world_size > 1:
-                segment_j = self._run.kwh * J_PER_KWH - self._run.before_stage_J
-                phases = _sum_dicts(self._reduced_epochs.values())
-                phases["unattributed"] = max(0.0, segment_j - sum(phases.values()))
-                local = books.ledger
-                segment = RunTotals(
-                    energy_J=sum(phases.values()),
-                    phases_J=phases,
-                    steps=dict(local.steps),  # ranks step together
-                    epochs={e: dict(ph) for e, ph in self._reduced_epochs.items()},
-                    epoch_steps={e: ep.train_steps for e, ep in local.epochs.items()},
-                )
-            else:
-                now = books.meter.now()
-                books.settle(now, _SETTLE_TIMEOUT_S)
-                segment = books.totals(self._epoch, until=now)
-        return {
-            "version": STATE_VERSION,
-            "stage_id": self._stage_id,
-            **self._run.checkpoint(segment).to_state(),
-            "target_kWh": self._run.target_kwh,
-        }
+        every segment, measured (see :meth:`EnergyAccountant.state_dict`)."""
+        return self._books.state_dict(self._epoch)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the run a checkpoint holds. A checkpoint taken earlier in this very stage
-        (a Tuner rolling back its trial steps) changes nothing: the stage's books stay."""
-        if state_dict.get("version") not in (1, STATE_VERSION):
-            rank_zero_warn("lightning-watt: unknown checkpoint state version; starting from 0 J")
-            return
-        if self._books is None:
+        (a Tuner rolling back its trial steps) changes nothing."""
+        if not self._live:
             self._pending_state = dict(state_dict)  # applied when the next stage starts
             return
-        if state_dict.get("stage_id") == self._stage_id:
-            return
-        try:
-            totals = RunTotals.from_state(state_dict)
-        except (KeyError, TypeError, ValueError) as err:
-            rank_zero_warn(
-                f"lightning-watt: the checkpoint's energy state is unusable ({err}); the run's "
-                "energy restarts from 0 J"
-            )
-            return
-        target = state_dict.get("target_kWh")
-        self._run.restore(totals, float(target) if isinstance(target, (int, float)) else None)
-
-
-def _rank_record(record: StageRecord, rank: int, unavailable: dict[str, str]) -> dict[str, Any]:
-    """One rank's stage, as :func:`~lightning_watt.summary.build_summary` merges it."""
-    totals = record.totals
-    return {
-        "rank": rank,
-        "duration_s": record.duration_s,
-        "devices": [{**d, "rank": rank} for d in record.devices],
-        "phases_J": dict(totals.phases_J),
-        "steps": dict(totals.steps),
-        "epochs": {e: dict(ph) for e, ph in totals.epochs.items()},
-        "epoch_steps": dict(totals.epoch_steps),
-        "gaps": record.gaps,
-        "errors": record.errors,
-        "unavailable": unavailable,
-    }
-
-
-def _sum_dicts(dicts: Any) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
+        problem = self._books.load_state_dict(state_dict)
+        if problem is not None:
+            rank_zero_warn(f"lightning-watt: checkpoint {problem}; the run's energy starts at 0 J")
 
 
 def _scalar(value: Any) -> bool:

@@ -31,13 +31,13 @@ import csv
 import difflib
 import functools
 import io
-import math
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
 from lightning_watt.readings import J_PER_KWH
+from lightning_watt.validate import finite_number
 
 __all__ = [
     "JOULES_PER_KWH",
@@ -121,17 +121,6 @@ def lookup_region(region: str) -> GridIntensity:
     )
 
 
-def _number(name: str, value: Any, lo: float, hi: float, unit: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not lo <= value <= hi
-    ):
-        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}] {unit}, got {value!r}")
-    return float(value)
-
-
 class CarbonModel:
     """Turns kWh into facility kWh, kg CO2e and money.
 
@@ -170,8 +159,12 @@ class CarbonModel:
             )
         self.grid: GridIntensity | None
         if carbon_intensity is not None:
-            self.carbon_intensity = _number(
-                "carbon_intensity", carbon_intensity, 0.0, MAX_G_CO2E_PER_KWH, "gCO2e/kWh"
+            self.carbon_intensity = finite_number(
+                "carbon_intensity",
+                carbon_intensity,
+                minimum=0.0,
+                maximum=MAX_G_CO2E_PER_KWH,
+                unit="gCO2e/kWh",
             )
             self.grid = None
             self.intensity_source = "given"
@@ -184,11 +177,11 @@ class CarbonModel:
                 f"{self.grid.source}" + (f"; {what}" if what else "")
             )
         self.region = None if self.grid is None else self.grid.region
-        self.pue = _number("pue", pue, 1.0, MAX_PUE, "(facility energy / IT energy)")
-        self.price_per_kwh = (
-            None
-            if price_per_kwh is None
-            else _number("price_per_kwh", price_per_kwh, 0.0, math.inf, "per kWh")
+        self.pue = finite_number(
+            "pue", pue, minimum=1.0, maximum=MAX_PUE, unit="(facility energy / IT energy)"
+        )
+        self.price_per_kwh = finite_number(
+            "price_per_kwh", price_per_kwh, minimum=0.0, unit="per kWh", allow_none=True
         )
         if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha()):
             raise ValueError(f"currency must be an ISO 4217 code such as 'USD', got {currency!r}")
@@ -196,15 +189,7 @@ class CarbonModel:
 
     @staticmethod
     def _kwh(kwh: Any) -> float:
-        if isinstance(kwh, bool):
-            raise ValueError(f"kwh must be a number of kWh >= 0, got {kwh!r}")
-        try:
-            value = float(kwh)
-        except (TypeError, ValueError):
-            raise ValueError(f"kwh must be a number of kWh >= 0, got {kwh!r}") from None
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"kwh must be a finite number of kWh >= 0, got {kwh!r}")
-        return value
+        return finite_number("kwh", kwh, minimum=0.0, unit="kWh")
 
     def facility_kwh(self, kwh: float) -> float:
         """Energy the facility drew for ``kwh`` of device energy: ``kwh x pue``."""

@@ -48,6 +48,8 @@ from typing import Literal, cast, overload
 import torch
 from torch import Tensor
 
+from lightning_watt.validate import finite_number
+
 __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_BETA",
@@ -105,18 +107,10 @@ def _check_params(alpha: float, beta: float, form: str) -> tuple[float, float]:
     """Validate the shape parameters; return them as floats."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS!r}, got {form!r}.")
-    values = []
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{name} must be a finite number > 0, got {value!r} ({type(value).__name__})."
-            ) from None
-        if not math.isfinite(number) or number <= 0:
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
-        values.append(number)
-    return values[0], values[1]
+    return (
+        finite_number("alpha", alpha, minimum=0.0, exclusive_minimum=True),
+        finite_number("beta", beta, minimum=0.0, exclusive_minimum=True),
+    )
 
 
 def validate_score_params(alpha: float, beta: float, form: str) -> GQIForm:

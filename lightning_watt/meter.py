@@ -29,6 +29,7 @@ from lightning_watt.readings import COUNTER_J, POWER_KINDS, DeviceInfo, Reading
 from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
 from lightning_watt.timeline import EnergyTimeline, Gap
 from lightning_watt.trace import StepEdge, TraceWriter
+from lightning_watt.validate import positive_int
 
 #: Readings are held this long (meter clock) before they are recorded: channels deliver out of
 #: time order (the driver buffer is drained every 0.5 s and holds 2.4 s of samples) and
@@ -83,19 +84,15 @@ class EnergyMeter:
     ) -> None:
         if sources is not None and not all(isinstance(s, EnergySource) for s in sources):
             raise ValueError("sources must be EnergySource instances (or None for auto-detect)")
-        if not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 1:
-            raise ValueError(
-                f"max_consecutive_errors must be an integer >= 1, got {max_consecutive_errors!r}"
-            )
+        max_errors = positive_int("max_consecutive_errors", max_consecutive_errors)
         self._timeline_kwargs: dict[str, Any] = {
             "calibration_window": calibration_window,
             "max_gap": max_gap,
             "max_knots": max_knots,
         }
-        EnergyTimeline(**self._timeline_kwargs)  # validates now, not when started
         self._requested_sources = None if sources is None else list(sources)
         self._record = None if record is None else str(record)
-        self._max_errors = max_consecutive_errors
+        self._max_errors = max_errors
         self._clock = clock
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
@@ -109,6 +106,7 @@ class EnergyMeter:
         self._thread: threading.Thread | None = None
         self._sources: list[EnergySource] = []
         self._devices: dict[str, DeviceInfo] = {}
+        # Built now (and again at start, with the devices) so bad arguments fail here.
         self._timeline = EnergyTimeline(**self._timeline_kwargs)
         self._latest_power: dict[str, tuple[float, float, int]] = {}
         self._last_counter: dict[str, tuple[float, float]] = {}
@@ -179,8 +177,8 @@ class EnergyMeter:
 
         The measurement ends at the moment ``stop`` is called (:attr:`stopped_at`): the last
         read of every channel starts after it, so the energy over ``[started_at, stopped_at]``
-        rests on readings that reach the end (a reading made while joining the thread used to
-        end before ``stopped_at``, and the estimate's last interval got 0 J)."""
+        rests on readings that reach the end: no channel's energy stops short of
+        ``stopped_at``, and an estimate's last interval is charged in full."""
         thread = self._thread
         if thread is None or self._stopped_at is not None:
             return

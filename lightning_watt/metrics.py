@@ -24,8 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 from torchmetrics import Accuracy, Metric
-from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
+from lightning_watt import _torchmetrics_private as private
 from lightning_watt.context import current_energy_kwh
 from lightning_watt.functional import (
     DEFAULT_ALPHA,
@@ -199,19 +199,18 @@ class GreenQuotientIndex(Metric):
         # would be invisible to all of that: in a collection, for example, two GQIs sharing a
         # compute group would leave the second one's accuracy frozen after the first batch.
         self._mirrored: dict[str, str] = {}
-        for name, default in accuracy._defaults.items():
+        for name, spec in private.state_specs(accuracy).items():
             own = f"accuracy_{name}"
             self.add_state(
                 own,
-                deepcopy(default),
-                dist_reduce_fx=accuracy._reductions[name],
-                persistent=accuracy._persistent[name],
+                deepcopy(spec.default),
+                dist_reduce_fx=spec.reduction,
+                persistent=spec.persistent,
             )
             self._mirrored[own] = name
         accuracy.persistent(False)  # saved once, as our states
-        # We sync the mirrored states before handing them over; syncing again would double them.
-        accuracy.sync_on_compute = False
-        accuracy._to_sync = False
+        # We sync the mirrored states before handing them over.
+        private.disable_compute_sync(accuracy)
         if accuracy.full_state_update is not False:
             # A metric that reads its whole state in update() needs forward's two-pass path.
             object.__setattr__(self, "full_state_update", True)
@@ -222,8 +221,9 @@ class GreenQuotientIndex(Metric):
             dist_reduce_fx=_REDUCERS[energy_reduction],
             persistent=False,
         )
-        self._forward_merging = False
+        # During forward(): the reading held before it, and the one passed with the batch.
         self._forward_earlier_energy: Tensor | None = None
+        self._forward_reading: Tensor | None = None
 
     def update(
         self, preds: Tensor, target: Tensor, energy_kwh: float | Tensor | None = None
@@ -246,6 +246,8 @@ class GreenQuotientIndex(Metric):
             setattr(self, own, getattr(self.accuracy, name))
         if reading is not None:
             self.energy_kwh = reading
+            if self._forward_earlier_energy is not None:  # inside forward()
+                self._forward_reading = reading
 
     def compute(self) -> Tensor:
         """The Green Quotient Index of the accuracy so far and the energy (see the class doc).
@@ -276,13 +278,20 @@ class GreenQuotientIndex(Metric):
         """
         # torchmetrics computes the batch value on a reset state; keep the reading seen so far
         # so that a batch passed without one is still scored against it.
-        self._forward_earlier_energy = self.energy_kwh
-        self._forward_merging = True
+        earlier = self._forward_earlier_energy = self.energy_kwh
+        self._forward_reading = None
         try:
-            return super().forward(*args, **kwargs)
+            value = super().forward(*args, **kwargs)
+            # forward() merged the earlier state with the batch's as if they came from two
+            # processes. Readings are cumulative, so the batch's reading replaces the earlier
+            # one instead of being reduced with it: a "sum" would count this process's energy
+            # twice.
+            batch = self._forward_reading
+            self.energy_kwh = earlier if batch is None else batch
+            return value
         finally:
-            self._forward_merging = False
             self._forward_earlier_energy = None
+            self._forward_reading = None
 
     def reset(self) -> None:
         """Reset the accumulated accuracy and energy (the wrapped metric too)."""
@@ -290,8 +299,8 @@ class GreenQuotientIndex(Metric):
         self.accuracy.reset()
 
     def plot(
-        self, val: Tensor | list[Tensor] | None = None, ax: _AX_TYPE | None = None
-    ) -> _PLOT_OUT_TYPE:
+        self, val: Tensor | list[Tensor] | None = None, ax: private.PlotAxes | None = None
+    ) -> private.PlotOutput:
         """Plot one value or a sequence of values of the metric (needs matplotlib).
 
         Args:
@@ -309,7 +318,7 @@ class GreenQuotientIndex(Metric):
             ...           for e in (0.1, 0.2, 0.3)]
             >>> fig, ax = gqi.plot(values)
         """
-        return self._plot(val, ax)
+        return private.plot_values(self, val, ax)
 
     def extra_repr(self) -> str:
         return (
@@ -338,9 +347,8 @@ class GreenQuotientIndex(Metric):
     def _accuracy_value(self) -> Tensor:
         """The wrapped metric's value on our states, which compute() has already synced."""
         self._share_states()
-        self.accuracy._computed = None  # its cache may hold another state's value
         # Our compute already warned if update() never ran; one warning is enough.
-        self.accuracy._update_count = max(self._update_count, 1)
+        private.prepare_compute(self.accuracy, max(private.update_count(self), 1))
         value = self.accuracy.compute()
         return value if isinstance(value, Tensor) else torch.as_tensor(value, device=self.device)
 
@@ -364,16 +372,6 @@ class GreenQuotientIndex(Metric):
             )
         return from_run
 
-    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
-        batch_reading = self.energy_kwh
-        super()._reduce_states(incoming_state)
-        if self._forward_merging:
-            # forward() merges this process's earlier state (incoming) with the batch just seen
-            # (ours). Readings are cumulative, so the newer one replaces the older instead of
-            # being reduced with it: a "sum" would count this process's energy twice.
-            keep_batch = not bool(batch_reading < 0)
-            self.energy_kwh = batch_reading if keep_batch else incoming_state["energy_kwh"]
-
 
 def _check_wrapped(accuracy: object) -> None:
     if not isinstance(accuracy, Metric):
@@ -381,7 +379,7 @@ def _check_wrapped(accuracy: object) -> None:
             f"accuracy must be a torchmetrics Metric with values in [0, 1], got "
             f"{type(accuracy).__name__}."
         )
-    if not accuracy._defaults:
+    if not private.state_specs(accuracy):
         raise ValueError(
             f"accuracy={type(accuracy).__name__} keeps no state of its own (add_state); "
             "wrap a plain metric, not a wrapper or composition of metrics."

@@ -10,10 +10,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lightning_watt.names import SUMMARY_FORMAT
 from lightning_watt.readings import J_PER_KWH
+from lightning_watt.schema import SUMMARY_FORMAT
+
+if TYPE_CHECKING:
+    from lightning_watt.carbon import CarbonModel
 
 FORMAT = SUMMARY_FORMAT
 
@@ -23,7 +26,7 @@ def build_summary(
     *,
     stage: str,
     offset: dict[str, Any] | None = None,
-    carbon: Any = None,
+    carbon: CarbonModel | None = None,
     score: dict[str, Any] | None = None,
     replay: list[str] | None = None,
     world_size: int = 1,
@@ -128,7 +131,7 @@ def build_summary(
     if carbon is not None:
         summary["co2e_kg"] = carbon.co2e_kg(kwh)
         summary["cost"] = carbon.cost(kwh)
-        summary["currency"] = getattr(carbon, "currency", None)
+        summary["currency"] = carbon.currency
         summary["carbon"] = carbon.describe()
     return summary
 

@@ -50,6 +50,7 @@ import numpy as np
 
 from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W, Reading
 from lightning_watt.trace import FORMAT, StepEdge, Trace
+from lightning_watt.validate import finite_number, positive_number
 
 #: Resolution of the true power signal (seconds).
 DT = 0.001
@@ -228,14 +229,11 @@ def synthetic_run(
         raise ValueError("duration_s must exceed idle_before_s + idle_after_s")
     if not (1 <= step_ms[0] <= step_ms[1]):
         raise ValueError(f"step_ms must be (lo, hi) with 1 <= lo <= hi, got {step_ms!r}")
-    for name, value in (
-        ("counter_interval_s", counter_interval_s),
-        ("buffer_interval_s", buffer_interval_s),
-    ):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
-    if counter_delay_s < 0 or noise_W < 0:
-        raise ValueError("counter_delay_s and noise_W must be >= 0")
+    # Checked, not converted: the arguments go into the meta as given.
+    positive_number("counter_interval_s", counter_interval_s, unit="seconds")
+    positive_number("buffer_interval_s", buffer_interval_s, unit="seconds")
+    finite_number("counter_delay_s", counter_delay_s, minimum=0.0, unit="seconds")
+    finite_number("noise_W", noise_W, minimum=0.0, unit="W")
 
     # Every argument goes into the meta, so a recording says how to make it again.
     params = {

@@ -54,6 +54,7 @@ from lightning_watt.readings import (
     POWER_KINDS,
     Reading,
 )
+from lightning_watt.validate import finite_number, integer, positive_number
 
 #: Trailing-average fields describe the past: shift their samples back by half the window.
 _KIND_SHIFT_S = {AVERAGE_W: 0.5}
@@ -179,6 +180,7 @@ class DeviceTimeline:
         self._sum_counter = 0.0
         self._sum_power = 0.0
         self._read_times: list[float] = []  # pending reading times, for gap detection
+        self._last_gap_check: float | None = None  # the latest reading time checked for gaps
         self._last_read_t = -math.inf
         self._gaps: list[Gap] = []
         self._explicit_gaps: list[Gap] = []
@@ -403,6 +405,8 @@ class DeviceTimeline:
             assert b is not None
             later = [x for x in self._anchors if x.u > b]
             power_until = math.inf if final else self._power_horizon()
+            # Why the stretch to the next anchor is bridged with power alone, if it is.
+            bridge = None
             if self._boundary_anchor is not None and later:
                 series = self._boundary_anchor.series
                 same = [x for x in later if x.series == series]
@@ -410,28 +414,24 @@ class DeviceTimeline:
                     # A reset follows: close this series at its last anchor.
                     self._finish_calibrated(same[-1], same)
                     continue
-                if not same:
-                    # The first anchor after a reset: bridge with power.
-                    nxt = later[0]
-                    if not final and nxt.u > power_until:
-                        break
-                    if not self._power_only(b, nxt.u):
-                        self._hold_power(b, nxt.u, "counter reset, no power")
-                    self._set_boundary(nxt.u, nxt)
-                    continue
-                ready = [x for x in same if x.u <= power_until]
-                end = next((x for x in ready if x.u - b >= self._window), None)
-                if end is None and final and ready:
-                    end = ready[-1]
-                if end is not None:
-                    self._finish_calibrated(end, ready)
-                    continue
+                if same:
+                    ready = [x for x in same if x.u <= power_until]
+                    end = next((x for x in ready if x.u - b >= self._window), None)
+                    if end is None and final and ready:
+                        end = ready[-1]
+                    if end is not None:
+                        self._finish_calibrated(end, ready)
+                        continue
+                else:  # the first anchor after a reset
+                    bridge = "counter reset, no power"
             elif self._boundary_anchor is None and later:
+                bridge = "no power readings: last power held"
+            if bridge is not None:
                 nxt = later[0]
                 if not final and nxt.u > power_until:
                     break
                 if not self._power_only(b, nxt.u):
-                    self._hold_power(b, nxt.u, "no power readings: last power held")
+                    self._hold_power(b, nxt.u, bridge)
                 self._set_boundary(nxt.u, nxt)
                 continue
             # No anchor ahead: power alone, if the counter is absent or has gone quiet.
@@ -472,7 +472,7 @@ class DeviceTimeline:
         times = sorted(self._read_times)
         keep = [t for t in times if t > b]
         done = [t for t in times if t <= b]
-        prev = getattr(self, "_last_gap_check", None)
+        prev = self._last_gap_check
         for t in done:
             if prev is not None and t - prev > self._max_gap:
                 self._gaps.append(Gap(self.name, prev, t))
@@ -617,24 +617,19 @@ class EnergyTimeline:
         coarse_step: float = 1.0,
         devices: Iterable[str] | None = None,
     ) -> None:
-        if not (isinstance(calibration_window, (int, float)) and 0 <= calibration_window < 60):
-            raise ValueError(
-                f"calibration_window must be seconds in [0, 60), got {calibration_window!r}"
-            )
-        for name, value in (
-            ("max_gap", max_gap),
-            ("coarse_step", coarse_step),
-        ):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if not isinstance(max_knots, int) or max_knots < 16:
-            raise ValueError(f"max_knots must be an integer >= 16, got {max_knots!r}")
         # Keyword arguments for every DeviceTimeline; each value has its parameter's type.
         self._kwargs: dict[str, Any] = {
-            "calibration_window": float(calibration_window),
-            "max_gap": float(max_gap),
-            "max_knots": max_knots,
-            "coarse_step": float(coarse_step),
+            "calibration_window": finite_number(
+                "calibration_window",
+                calibration_window,
+                minimum=0.0,
+                maximum=60.0,
+                exclusive_maximum=True,
+                unit="seconds",
+            ),
+            "max_gap": positive_number("max_gap", max_gap, unit="seconds"),
+            "max_knots": integer("max_knots", max_knots, minimum=16),
+            "coarse_step": positive_number("coarse_step", coarse_step, unit="seconds"),
         }
         self._allowed = None if devices is None else frozenset(devices)
         self._devices: dict[str, DeviceTimeline] = {}

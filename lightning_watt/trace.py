@@ -22,10 +22,10 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Collection, Generator, Iterable, Iterator
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from lightning_watt.readings import COUNTER_J, KINDS, Reading
 from lightning_watt.timeline import _interp
@@ -36,6 +36,7 @@ STEPS_HEADER = ("phase", "edge", "index", "t_host", "t_gpu")
 EDGES = ("start", "end")
 _DEVICE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
 _DATA_DIR = Path(__file__).parent / "data"
+_Row = TypeVar("_Row")
 
 
 class TraceFormatError(ValueError):
@@ -116,63 +117,68 @@ def _lines(path: Path) -> Generator[str, None, None]:
             ) from None
 
 
-def _check_header(path: Path, got: list[str] | None, want: tuple[str, ...]) -> None:
-    if got is None or tuple(c.strip() for c in got) != want:
-        raise TraceFormatError(f"{path}:1: header must be {','.join(want)!r}, got {got!r}")
+def _read_csv(
+    path: Path, header: tuple[str, ...], parse: Callable[[str, list[str]], _Row]
+) -> list[_Row]:
+    """Every data row of one of the trace's CSV files, parsed by ``parse(where, row)`` (``where``
+    is ``path:line``, for errors), after checking the header and each row's column count."""
+    parsed: list[_Row] = []
+    with _open_text(path) as fh:
+        reader = csv.reader(fh)
+        got = next(reader, None)
+        if got is None or tuple(c.strip() for c in got) != header:
+            raise TraceFormatError(f"{path}:1: header must be {','.join(header)!r}, got {got!r}")
+        for lineno, row in enumerate(reader, start=2):
+            where = f"{path}:{lineno}"
+            if len(row) != len(header):
+                raise TraceFormatError(
+                    f"{where}: expected {len(header)} columns {','.join(header)}, got {row}"
+                )
+            parsed.append(parse(where, row))
+    return parsed
 
 
 def _read_samples(path: Path) -> list[Reading]:
-    rows: list[Reading] = []
     last_t = -math.inf
-    with _open_text(path) as fh:
-        reader = csv.reader(fh)
-        _check_header(path, next(reader, None), SAMPLES_HEADER)
-        for lineno, row in enumerate(reader, start=2):
-            where = f"{path}:{lineno}"
-            if len(row) != 4:
-                raise TraceFormatError(
-                    f"{where}: expected 4 columns t,device,kind,value, got {row}"
-                )
-            t = _parse_float(row[0], where, "t")
-            device, kind = row[1], row[2]
-            value = _parse_float(row[3], where, "value")
-            if not _DEVICE_RE.match(device):
-                raise TraceFormatError(f"{where}: invalid device name {device!r}")
-            if kind not in KINDS:
-                raise TraceFormatError(
-                    f"{where}: unknown kind {kind!r}; accepted kinds: {sorted(KINDS)}"
-                )
-            if kind != COUNTER_J and value < 0:
-                raise TraceFormatError(f"{where}: negative power {value} W for kind {kind!r}")
-            if t < last_t:
-                raise TraceFormatError(f"{where}: rows are not sorted by t ({t} after {last_t})")
-            last_t = t
-            rows.append(Reading(t, device, kind, value))
-    return rows
+
+    def parse(where: str, row: list[str]) -> Reading:
+        nonlocal last_t
+        t = _parse_float(row[0], where, "t")
+        device, kind = row[1], row[2]
+        value = _parse_float(row[3], where, "value")
+        if not _DEVICE_RE.match(device):
+            raise TraceFormatError(f"{where}: invalid device name {device!r}")
+        if kind not in KINDS:
+            raise TraceFormatError(
+                f"{where}: unknown kind {kind!r}; accepted kinds: {sorted(KINDS)}"
+            )
+        if kind != COUNTER_J and value < 0:
+            raise TraceFormatError(f"{where}: negative power {value} W for kind {kind!r}")
+        if t < last_t:
+            raise TraceFormatError(f"{where}: rows are not sorted by t ({t} after {last_t})")
+        last_t = t
+        return Reading(t, device, kind, value)
+
+    return _read_csv(path, SAMPLES_HEADER, parse)
+
+
+def _parse_step(where: str, row: list[str]) -> StepEdge:
+    phase, edge = row[0], row[1]
+    if not phase:
+        raise TraceFormatError(f"{where}: empty phase")
+    if edge not in EDGES:
+        raise TraceFormatError(f"{where}: edge must be one of {EDGES}, got {edge!r}")
+    try:
+        index = int(row[2])
+    except ValueError:
+        raise TraceFormatError(f"{where}: index is not an integer: {row[2]!r}") from None
+    t_host = _parse_float(row[3], where, "t_host")
+    t_gpu = _parse_float(row[4], where, "t_gpu") if row[4].strip() else None
+    return StepEdge(phase, edge, index, t_host, t_gpu)
 
 
 def _read_steps(path: Path) -> list[StepEdge]:
-    edges: list[StepEdge] = []
-    with _open_text(path) as fh:
-        reader = csv.reader(fh)
-        _check_header(path, next(reader, None), STEPS_HEADER)
-        for lineno, row in enumerate(reader, start=2):
-            where = f"{path}:{lineno}"
-            if len(row) != 5:
-                raise TraceFormatError(f"{where}: expected 5 columns {','.join(STEPS_HEADER)}")
-            phase, edge = row[0], row[1]
-            if not phase:
-                raise TraceFormatError(f"{where}: empty phase")
-            if edge not in EDGES:
-                raise TraceFormatError(f"{where}: edge must be one of {EDGES}, got {edge!r}")
-            try:
-                index = int(row[2])
-            except ValueError:
-                raise TraceFormatError(f"{where}: index is not an integer: {row[2]!r}") from None
-            t_host = _parse_float(row[3], where, "t_host")
-            t_gpu = _parse_float(row[4], where, "t_gpu") if row[4].strip() else None
-            edges.append(StepEdge(phase, edge, index, t_host, t_gpu))
-    return edges
+    return _read_csv(path, STEPS_HEADER, _parse_step)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lightning_watt.accountant import RunBooks, RunTotals, StageAccountant
+from lightning_watt.books import RunBooks, RunTotals, StageBooks
 from lightning_watt.ledger import EnergyLedger
 from lightning_watt.meter import EnergyMeter
 from lightning_watt.readings import J_PER_KWH
@@ -103,10 +103,10 @@ def test_sanity_energy_goes_to_the_epoch_trained_next():
     assert not ledger.unassigned
 
 
-def test_stage_accountant_books_add_up_on_a_replayed_gpu():
+def test_stage_books_add_up_on_a_replayed_gpu():
     source = ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0, speed=4.0)
     meter = EnergyMeter([source]).start()
-    books = StageAccountant(meter, StepClock(meter.now, device=None))
+    books = StageBooks(meter, StepClock(meter.now, device=None))
     books.mark("sanity", "start", 0, None)
     books.mark("sanity", "end", 0, None)
     for step in range(5):

@@ -161,8 +161,8 @@ class _Module:
 def _ddp_watt(kwh: float = 0.0, **kw) -> WattCallback:
     """A WattCallback as it stands on any rank of a 2-process run between reductions."""
     watt = WattCallback(**kw)
-    watt._world_size = 2
-    watt._run.kwh = kwh
+    watt._books.world_size = 2
+    watt._books.run.kwh = kwh
     # What the callback would log, recorded instead of sent to a Trainer's loggers.
     watt.logged = {}  # type: ignore[attr-defined]
     watt._publish = lambda trainer, values, save=False: watt.logged.update(  # type: ignore[method-assign]
@@ -199,7 +199,7 @@ def test_ranks_decide_from_the_reduced_energy_only(monkeypatch):
     for i in range(4):
         budget.on_train_batch_end(trainer, None, None, None, i)
     assert not trainer.should_stop
-    watt._run.kwh = 1.0  # the next reduction reaches the budget, on every rank alike
+    watt._books.run.kwh = 1.0  # the next reduction reaches the budget, on every rank alike
     budget.on_train_batch_end(trainer, None, None, None, 4)
     assert not trainer.should_stop  # batch 5: not a check
     budget.on_train_batch_end(trainer, None, None, None, 5)
@@ -213,10 +213,10 @@ def test_carbon_budget_stops_with_pue_applied():
     budget = EnergyBudget(max_kg_co2e=0.3)
     trainer = _fake_trainer(watt)
     budget.setup(trainer, None, "fit")
-    watt._run.kwh = 0.39
+    watt._books.run.kwh = 0.39
     budget.on_train_batch_end(trainer, None, None, None, 0)
     assert not trainer.should_stop
-    watt._run.kwh = 0.4  # 0.4 x 1.5 x 0.5 = 0.3 kg
+    watt._books.run.kwh = 0.4  # 0.4 x 1.5 x 0.5 = 0.3 kg
     budget.on_train_batch_end(trainer, None, None, None, 1)
     assert trainer.should_stop
     assert budget.stop_reason.startswith("max_kg_co2e=0.3 reached at 0.3 kg CO2e (0.4 kWh)")
@@ -234,7 +234,7 @@ def test_forecast_warns_once_and_names_when_the_budget_is_reached():
     message = str(record[0].message)
     assert "2 kWh" in message and "max_kwh=1" in message and "around epoch 5" in message
     # Once: later epochs update the forecast without warning again.
-    trainer.current_epoch, watt._run.kwh = 1, 0.42
+    trainer.current_epoch, watt._books.run.kwh = 1, 0.42
     with warnings.catch_warnings():
         warnings.simplefilter("error", EnergyBudgetWarning)
         budget.on_train_epoch_end(trainer, module)
@@ -310,7 +310,7 @@ def test_state_key_tells_budgets_apart():
 def test_energy_is_read_from_the_cumulative_total_of_a_single_process():
     # One process: energy_kwh is fresh (here, no meter yet: the restored offset of a resume).
     watt = WattCallback()
-    watt._run.kwh = 0.7
+    watt._books.run.kwh = 0.7
     budget = EnergyBudget(max_kwh=0.5)
     trainer = _fake_trainer(watt)
     budget.setup(trainer, None, "fit")

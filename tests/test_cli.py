@@ -79,9 +79,7 @@ def test_fit_from_yaml_builds_the_callback_and_logs_energy(tmp_path):
         rows = list(csv.DictReader(fh))
     assert "watt/gqi" in rows[0]
     # Tick rows (with power); the fit's last row, the final total, has energy alone.
-    energy = [
-        (int(r["step"]), float(r["watt/energy_kWh"])) for r in rows if r.get("watt/power_W")
-    ]
+    energy = [(int(r["step"]), float(r["watt/energy_kWh"])) for r in rows if r.get("watt/power_W")]
     # The callback's own cadence (every 2 steps) holds although the Trainer logs every 50: one
     # fresh row per tick, not a stale value re-sent at the Trainer's cadence (or none at all).
     assert cli.trainer.global_step == 16

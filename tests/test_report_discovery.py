@@ -1,4 +1,4 @@
-"""Which files of a run directory the report reads: names come from :mod:`lightning_watt.names`,
+"""Which files of a run directory the report reads: names come from :mod:`lightning_watt.schema`,
 and summaries or traces of other stages (validate, test, predict, tune) are never the fit."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from test_report import make_run
 
-from lightning_watt.names import STAGES, summary_file, trace_stem
 from lightning_watt.report import ReportError, find_runs, read_runs
 from lightning_watt.report.discovery import FileName, parse_summary_name, parse_trace_name
+from lightning_watt.schema import STAGES, summary_file, trace_stem
 from lightning_watt.trace import bundled_trace, load_trace
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from test_report import make_run
 
-from lightning_watt.names import summary_file
 from lightning_watt.readings import J_PER_KWH
 from lightning_watt.report import read_runs
 from lightning_watt.report.cli import INTERRUPTED_MARK, main, print_table
+from lightning_watt.schema import summary_file
 
 
 def _edit_summary(run_dir: Path, **fields: Any) -> dict[str, Any]:

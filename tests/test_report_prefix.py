@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from test_report import make_run
 
-from lightning_watt.names import DEFAULT_PREFIX, prefix_tag, summary_file, trace_stem
 from lightning_watt.report import RunData, read_runs
 from lightning_watt.report.cli import main, table_rows
 from lightning_watt.report.keys import LoggedKeys, detect_prefixes, resolve_prefix
+from lightning_watt.schema import DEFAULT_PREFIX, prefix_tag, summary_file, trace_stem
 
 PREFIXES = ["energy/", "acc/", "gpu_"]  # "acc/": its keys must never pass for an accuracy
 

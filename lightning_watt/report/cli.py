@@ -25,12 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from lightning_watt.names import SUMMARY_STEM, TRACE_STEM, summary_file
 from lightning_watt.report.discovery import SUMMARY_NAME, find_runs, location_bytes
 from lightning_watt.report.errors import ReportError
 from lightning_watt.report.progress import progress_bar, rich_available
 from lightning_watt.report.reading import read_runs
 from lightning_watt.report.rundata import RunData
+from lightning_watt.schema import SUMMARY_STEM, TRACE_STEM, summary_file
 
 REPORT_FORMAT = "lightning-watt report v1"
 #: Reading this many event files, or this many bytes, earns a progress bar.

@@ -2,7 +2,7 @@
 
 A run directory is what the callback writes into the Lightning logger's ``log_dir``: TensorBoard
 event files and/or a CSVLogger ``metrics.csv``, the fit's summary and a watt-trace v1 recording.
-Any one of them is enough. File names come from :mod:`lightning_watt.names`: ``watt_summary.json``
+Any one of them is enough. File names come from :mod:`lightning_watt.schema`: ``watt_summary.json``
 and ``watt_trace[.rankN]`` for the fit, ``watt_summary_<stage>.json`` and ``watt_trace_<stage>``
 for other stages (never read as the fit), and a ``.<tag>`` after the stem for a callback with a
 non-default logging prefix (``watt_summary.gpu.json``). A path given on the command line may be a
@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lightning_watt.names import STAGES, SUMMARY_STEM, TRACE_STEM, summary_file
 from lightning_watt.report.errors import ReportError, RunNotFoundError
+from lightning_watt.schema import STAGES, SUMMARY_STEM, TRACE_STEM, summary_file
 from lightning_watt.trace import trace_prefix
 
 METRICS_NAME = "metrics.csv"
@@ -64,7 +64,7 @@ class RunLocation(NamedTuple):
 
 
 _STAGE = "|".join(re.escape(s) for s in STAGES if s != "fit")
-# The characters names.prefix_tag keeps. A tag never reads as a rank: ``.rank1`` is rank 1.
+# The characters schema.prefix_tag keeps. A tag never reads as a rank: ``.rank1`` is rank 1.
 _TAG = r"(?!rank\d+\.)[A-Za-z0-9_-]+"
 _SUMMARY_RE = re.compile(
     rf"^{re.escape(SUMMARY_STEM)}(?:_(?P<stage>{_STAGE}))?(?:\.(?P<tag>{_TAG}))?\.json$"

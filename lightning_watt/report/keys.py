@@ -16,22 +16,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from lightning_watt.names import DEFAULT_PREFIX, prefix_tag
-
-ENERGY_KWH = "energy_kWh"
-POWER_W = "power_W"
-STEP_J = "step_J"
-EPOCH_TRAIN_J = "epoch_train_J"
-EPOCH_VAL_J = "epoch_val_J"
-EPOCH_GAP_J = "epoch_gap_J"
-EPOCH_KWH = "epoch_kWh"
-GQI = "gqi"
-TARGET_KWH = "target_kWh"
-FORECAST_KWH = "forecast_kWh"
-#: Followed by a device name: ``power_W/gpu0`` (``per_device=True``).
-DEVICE_POWER_W = POWER_W + "/"
-CO2E_KG = "co2e_kg"
-COST = "cost"
+from lightning_watt.schema import (
+    CO2E_KG,
+    COST,
+    DEFAULT_PREFIX,
+    DEVICE_POWER_W,
+    ENERGY_KWH,
+    EPOCH_GAP_J,
+    EPOCH_KWH,
+    EPOCH_TRAIN_J,
+    EPOCH_VAL_J,
+    FORECAST_KWH,
+    GQI,
+    POWER_W,
+    STEP_J,
+    TARGET_KWH,
+    prefix_tag,
+)
 
 #: Suffixes the callback logs next to ``energy_kWh``: finding some under a candidate prefix
 #: tells the callback's keys apart from a user's own metric that happens to end in energy_kWh.

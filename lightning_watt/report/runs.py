@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-from lightning_watt.names import SUMMARY_FORMAT, TRACE_STEM
 from lightning_watt.readings import J_PER_KWH
 from lightning_watt.report.discovery import (
     EVENTS_PREFIX,
@@ -37,6 +36,7 @@ from lightning_watt.report.pareto import pareto_front, pareto_points
 from lightning_watt.report.reading import read_run, read_runs
 from lightning_watt.report.rundata import RunData
 from lightning_watt.report.series import EpochRow, PhaseSpan, ScalarSeries
+from lightning_watt.schema import SUMMARY_FORMAT, TRACE_STEM
 
 TRACE_NAME = TRACE_STEM
 #: The score's key under the default prefix; a run's own is ``run.keys.gqi``.

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lightning_watt.names import SUMMARY_FORMAT
 from lightning_watt.report.errors import ReportError
+from lightning_watt.schema import SUMMARY_FORMAT
 
 
 def read_summary(path: Path, warnings: list[str]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lightning_watt.readings import DeviceInfo, Reading
+from lightning_watt.validate import positive_number
 
 Clock = Callable[[], float]
 
@@ -67,8 +68,7 @@ class Channel:
     kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.interval_s > 0:
-            raise ValueError(f"interval_s must be > 0 seconds, got {self.interval_s!r}")
+        positive_number("interval_s", self.interval_s, unit="seconds")
 
 
 class EnergySource(ABC):

@@ -55,6 +55,7 @@ from pathlib import Path
 from lightning_watt.readings import ESTIMATE_W, DeviceInfo, Reading
 from lightning_watt.sources.base import Channel, Clock, EnergySource, SourceUnavailable
 from lightning_watt.sources.rapl import host_id
+from lightning_watt.validate import finite_number, positive_int
 
 __all__ = [
     "DEFAULT_IDLE_FRACTION",
@@ -90,10 +91,8 @@ def default_cpu_tdp_w(physical_cores: int, sockets: int = 1) -> float:
         >>> default_cpu_tdp_w(8), default_cpu_tdp_w(64), default_cpu_tdp_w(128, sockets=2)
         (80.0, 250.0, 500.0)
     """
-    if physical_cores < 1 or sockets < 1:
-        raise ValueError(
-            f"physical_cores and sockets must be >= 1, got {physical_cores!r}, {sockets!r}"
-        )
+    physical_cores = positive_int("physical_cores", physical_cores)
+    sockets = positive_int("sockets", sockets)
     watts = min(DEFAULT_W_PER_CORE * physical_cores, DEFAULT_MAX_W_PER_SOCKET * sockets)
     return float(max(DEFAULT_MIN_W, watts))
 
@@ -180,18 +179,6 @@ class ProcessUtilisation:
         return d_cpu / (d_wall * self.cpus) if d_wall > 0 else 0.0
 
 
-def _positive(name: str, value: object, upper: float, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and 0 < value <= upper
-    ):
-        raise ValueError(f"{name} must be a number in (0, {upper:g}], got {value!r}")
-
-
 class EstimateSource(EnergySource):
     """Modelled CPU power: ``idle + utilisation x (TDP - idle)``, labelled estimated everywhere.
 
@@ -231,27 +218,30 @@ class EstimateSource(EnergySource):
         cores: int | None = None,
         sockets: int | None = None,
     ) -> None:
-        _positive("cpu_tdp_w", cpu_tdp_w, 5000.0, allow_none=True)
-        if not (
-            isinstance(idle_fraction, (int, float))
-            and not isinstance(idle_fraction, bool)
-            and 0 <= idle_fraction < 1
-        ):
-            raise ValueError(f"idle_fraction must be a number in [0, 1), got {idle_fraction!r}")
+        tdp_w = finite_number(
+            "cpu_tdp_w",
+            cpu_tdp_w,
+            minimum=0.0,
+            maximum=5000.0,
+            exclusive_minimum=True,
+            allow_none=True,
+        )
+        self.idle_fraction = finite_number(
+            "idle_fraction", idle_fraction, minimum=0.0, maximum=1.0, exclusive_maximum=True
+        )
         if not (utilisation in (None, "system", "process") or callable(utilisation)):
             raise ValueError(
                 f"utilisation must be 'system', 'process', None or a callable returning the "
                 f"busy fraction since its previous call, got {utilisation!r}"
             )
-        _positive("interval_s", interval_s, 60.0)
+        self.interval_s = finite_number(
+            "interval_s", interval_s, minimum=0.0, maximum=60.0, exclusive_minimum=True
+        )
         if not (isinstance(device, str) and device):
             raise ValueError(f"device must be a non-empty name, got {device!r}")
-        for name, value in (("cores", cores), ("sockets", sockets)):
-            if value is not None and not (
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1
-            ):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if cpu_tdp_w is None:
+        cores = positive_int("cores", cores, allow_none=True)
+        sockets = positive_int("sockets", sockets, allow_none=True)
+        if tdp_w is None:
             found_cores, found_sockets = cpu_topology()
             cores = cores or found_cores
             sockets = sockets or found_sockets
@@ -261,10 +251,8 @@ class EstimateSource(EnergySource):
                 f"capped at {DEFAULT_MAX_W_PER_SOCKET:g} W x {sockets} sockets"
             )
         else:
-            self.tdp_w = float(cpu_tdp_w)
+            self.tdp_w = tdp_w
             self.tdp_source = "given"
-        self.idle_fraction = float(idle_fraction)
-        self.interval_s = float(interval_s)
         self.device = device
         self._utilisation_spec = utilisation
         self._reader: UtilisationReader | None = None

@@ -51,7 +51,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import socket
@@ -70,6 +69,7 @@ from lightning_watt.sources.base import (
     EnergySource,
     SourceUnavailable,
 )
+from lightning_watt.validate import positive_number
 
 __all__ = [
     "DEFAULT_DOMAINS",
@@ -268,16 +268,9 @@ class RaplSource(EnergySource):
                 f"domains: unknown {unknown!r}; accepted: {list(DOMAINS)} "
                 f"(default {list(DEFAULT_DOMAINS)})"
             )
-        if not (
-            isinstance(interval_s, (int, float))
-            and not isinstance(interval_s, bool)
-            and math.isfinite(interval_s)
-            and interval_s > 0
-        ):
-            raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s!r}")
+        self.interval_s = positive_number("interval_s", interval_s, unit="seconds")
         self.root = os.fspath(root)
         self.domains: tuple[str, ...] = tuple(dict.fromkeys(domains))
-        self.interval_s = float(interval_s)
         self.host = host
         self._read = read_file or _read_file
         self._zones: list[RaplZone] = []

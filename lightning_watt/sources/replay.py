@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import bisect
-import math
 import os
 from collections.abc import Collection
 from typing import TypedDict
@@ -28,6 +27,7 @@ from lightning_watt.readings import COUNTER_J, KINDS, DeviceInfo, Reading
 from lightning_watt.sources.base import Channel, Clock, EnergySource
 from lightning_watt.timeline import EnergyTimeline
 from lightning_watt.trace import Trace, load_trace
+from lightning_watt.validate import positive_number
 
 #: Polling rates of the live NVML source, mirrored so a replay exercises the same timing.
 _INTERVALS = {COUNTER_J: 0.1, "buffer_W": 0.5}
@@ -72,8 +72,7 @@ class ReplaySource(EnergySource):
         uuid_prefix: str = "replay",
         name: str | None = None,
     ) -> None:
-        if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0):
-            raise ValueError(f"speed must be a finite number > 0, got {speed!r}")
+        speed = positive_number("speed", speed)
         self._trace = trace if isinstance(trace, Trace) else load_trace(trace)
         self.label = str(self._trace.meta.get("gpu") or "recorded device")
         if name is None:
@@ -101,7 +100,7 @@ class ReplaySource(EnergySource):
         missing = set(rename) - present
         if missing:
             raise ValueError(f"devices: {sorted(missing)} not in the recording {sorted(present)}")
-        self.speed = float(speed)
+        self.speed = speed
         self.loop = bool(loop)
         self._rename = rename
         self._uuid_prefix = uuid_prefix
@@ -174,8 +173,8 @@ class ReplaySource(EnergySource):
         is_counter = kind == COUNTER_J
         # Laps repeat [start, end]. The counter is measured from where it stood at ``start`` and
         # each lap adds the energy of exactly [start, end]; between readings the recording's
-        # fused timeline says where the counter stood. (The reading before ``start``, and the
-        # last reading before ``end``, made each lap count 3 % too much on h200-mlp-stall.)
+        # fused timeline says where the counter stood, not the nearest reading: a reading
+        # before ``start`` or before ``end`` would add or drop energy outside the lap.
         origin = self._counter_at(device, ts, vs, self.start) if is_counter else 0.0
         span_energy = self._counter_at(device, ts, vs, self._end) - origin if is_counter else 0.0
         state: _LapState = {"lap": 0, "t": self.start - 1e-12, "first": True}

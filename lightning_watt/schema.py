@@ -1,6 +1,8 @@
-"""Names lightning-watt writes: files next to the logs, and the stages they belong to.
+"""Every name lightning-watt writes: logged keys, files next to the logs, stages, formats.
 
-One definition each, shared by the callback that writes them and the report that reads them.
+One definition each, shared by the callback and the budget that write them, the summary and
+the traces, and the report that reads them back. A logged key is the callback's ``prefix``
+followed by one of the key names below (``watt/energy_kWh``).
 
 Example:
     >>> summary_file("fit"), summary_file("test"), trace_stem("fit", rank=1, world_size=2)
@@ -14,6 +16,26 @@ import re
 SUMMARY_STEM = "watt_summary"
 TRACE_STEM = "watt_trace"
 SUMMARY_FORMAT = "lightning-watt summary v1"
+TRACE_FORMAT = "watt-trace v1"
+
+# Logged keys (after the prefix).
+ENERGY_KWH = "energy_kWh"
+POWER_W = "power_W"
+STEP_J = "step_J"
+EPOCH_TRAIN_J = "epoch_train_J"
+EPOCH_VAL_J = "epoch_val_J"
+EPOCH_GAP_J = "epoch_gap_J"
+EPOCH_KWH = "epoch_kWh"
+GQI = "gqi"
+TARGET_KWH = "target_kWh"
+FORECAST_KWH = "forecast_kWh"
+FORECAST_CO2E_KG = "forecast_co2e_kg"
+#: Followed by a device name: ``power_W/gpu0`` (``per_device=True``).
+DEVICE_POWER_W = POWER_W + "/"
+CO2E_KG = "co2e_kg"
+COST = "cost"
+#: Progress-bar entries (not logged).
+BAR_POWER, BAR_ENERGY = "W", "kWh"
 
 #: Stages a summary can describe: Lightning's four entry points, and ``tune`` for a
 #: ``Tuner.lr_find``/``scale_batch_size`` run (a fit the tuner ends and rolls back).

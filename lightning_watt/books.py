@@ -1,0 +1,444 @@
+"""The energy books: what a run and one stage of it cost, without Lightning.
+
+:class:`StageBooks` ties a running :class:`~lightning_watt.meter.EnergyMeter`, a
+:class:`~lightning_watt.step_clock.StepClock` and an :class:`~lightning_watt.ledger.EnergyLedger`
+together for one stage (fit, validate, ...) of one process. :class:`RunBooks` carries the run's
+cumulative energy across stages; :class:`RunTotals` is what a checkpoint holds of it. The
+:class:`~lightning_watt.accountant.EnergyAccountant` combines them for a training loop.
+
+Example:
+    >>> from lightning_watt import EnergyMeter, ReplaySource, bundled_trace
+    >>> from lightning_watt.step_clock import StepClock
+    >>> meter = EnergyMeter([ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0)]).start()
+    >>> books = StageBooks(meter, StepClock(meter.now, device=None))
+    >>> books.mark("train", "start", 0, epoch=0)
+    >>> books.mark("train", "end", 0, epoch=0)
+    >>> record = books.finish(epoch=0)
+    >>> record.totals.steps["train"]
+    1
+    >>> abs(sum(record.totals.phases_J.values()) - record.totals.energy_J) < 1e-9
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_watt.ledger import EnergyFn, EnergyLedger
+from lightning_watt.meter import EnergyMeter
+from lightning_watt.readings import J_PER_KWH
+from lightning_watt.step_clock import StepClock
+
+#: Version of :meth:`RunTotals.to_state`, stored in checkpoints.
+STATE_VERSION = 2
+
+
+@dataclass
+class RunTotals:
+    """Joules and steps of a run (or of its earlier segments), all ranks.
+
+    ``phases_J`` add up to ``energy_J``; ``epochs`` holds joules per phase per epoch.
+    """
+
+    energy_J: float = 0.0
+    phases_J: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    epochs: dict[int, dict[str, float]] = field(default_factory=dict)
+    epoch_steps: dict[int, int] = field(default_factory=dict)
+
+    def __add__(self, other: RunTotals) -> RunTotals:
+        epochs = {e: dict(ph) for e, ph in self.epochs.items()}
+        for e, ph in other.epochs.items():
+            epochs[e] = sum_dicts([epochs.get(e, {}), ph])
+        return RunTotals(
+            energy_J=self.energy_J + other.energy_J,
+            phases_J=sum_dicts([self.phases_J, other.phases_J]),
+            steps=sum_dicts([self.steps, other.steps]),
+            epochs=epochs,
+            epoch_steps=sum_dicts([self.epoch_steps, other.epoch_steps]),
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain, JSON-able numbers for a checkpoint."""
+        return {
+            "energy_J": self.energy_J,
+            "phases_J": dict(self.phases_J),
+            "steps": dict(self.steps),
+            "epochs": {int(e): dict(ph) for e, ph in self.epochs.items()},
+            "epoch_steps": {int(e): int(n) for e, n in self.epoch_steps.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> RunTotals:
+        """Read :meth:`to_state`'s output back; a non-finite or negative number is refused with
+        a ``ValueError`` naming the field (a checkpoint must never inject NaN into a run)."""
+
+        def joules(where: str, value: Any) -> float:
+            number = float(value)
+            if not math.isfinite(number) or number < 0:
+                raise ValueError(f"{where} must be a finite number >= 0, got {value!r}")
+            return number
+
+        return cls(
+            energy_J=joules("energy_J", state["energy_J"]),
+            phases_J={k: joules(f"phases_J[{k}]", v) for k, v in state.get("phases_J", {}).items()},
+            steps={k: int(n) for k, n in state.get("steps", {}).items()},
+            epochs={
+                int(e): {k: joules(f"epochs[{e}][{k}]", v) for k, v in ph.items()}
+                for e, ph in state.get("epochs", {}).items()
+            },
+            epoch_steps={int(e): int(n) for e, n in state.get("epoch_steps", {}).items()},
+        )
+
+
+@dataclass
+class RunBooks:
+    """The run's cumulative energy across stages (all ranks, joules unless named kWh).
+
+    The rule: :meth:`begin` ``"fit"`` starts a run; :meth:`restore` of a checkpoint continues
+    the run it holds (in a fit, as earlier segments whose phases and epochs count); any other
+    stage adds to the run it follows; a ``"tune"`` stage is not part of any run.
+
+    Example:
+        >>> books = RunBooks()
+        >>> books.begin("fit"); books.end("fit", 120.0)
+        120.0
+        >>> books.begin("test"); books.end("test", 30.0)    # after the fit: adds to its run
+        150.0
+        >>> books.begin("tune"); books.end("tune", 50.0), books.final_J   # not part of it
+        (200.0, 150.0)
+        >>> books.begin("fit"); books.kwh                   # a new fit: a new run
+        0.0
+    """
+
+    #: Earlier segments of a resumed fit (its energy is part of the fit's ``energy_J``).
+    offset: RunTotals = field(default_factory=RunTotals)
+    #: The run's energy before the live stage, other than ``offset``.
+    base_J: float = 0.0
+    #: The run's energy after its last finished stage; ``None`` before any.
+    final_J: float | None = None
+    #: The live cumulative kWh, held so that it never steps back within a stage.
+    kwh: float = 0.0
+    #: The highest cumulative kWh logged in this run.
+    logged_kwh: float = 0.0
+    #: The run's kWh when ``target_accuracy`` was first reached.
+    target_kwh: float | None = None
+    stage: str | None = None
+
+    def begin(self, stage: str) -> None:
+        """A stage starts: a fit starts a run, any other stage continues the current one."""
+        self.stage = stage
+        if stage == "fit":
+            self.offset, self.base_J, self.final_J = RunTotals(), 0.0, None
+            self.kwh = self.logged_kwh = 0.0
+            self.target_kwh = None
+        else:
+            self.base_J = self.final_J or 0.0
+
+    @property
+    def before_stage_J(self) -> float:
+        """The run's energy before the live stage (a resumed fit's earlier segments included)."""
+        return self.base_J + (self.offset.energy_J if self.stage == "fit" else 0.0)
+
+    def note(self, stage_J: float) -> float:
+        """The live stage's all-rank energy so far; returns the run's cumulative kWh. Held:
+        when readings come in lower than an earlier estimate, the cumulative energy does not
+        step back (a dipping kWh curve, a score that rises on no work)."""
+        self.kwh = max(self.kwh, (self.before_stage_J + stage_J) / J_PER_KWH)
+        return self.kwh
+
+    def logged(self, kwh: float) -> float:
+        """The kWh to log: never below one logged earlier in the run, across stages too."""
+        self.logged_kwh = max(self.logged_kwh, kwh)
+        return self.logged_kwh
+
+    def end(self, stage: str, segment_J: float) -> float:
+        """The live stage ended with ``segment_J`` final joules (all ranks); returns the run's
+        energy after it. A ``"tune"`` stage leaves the run as it was."""
+        run_J = self.before_stage_J + segment_J
+        if stage != "tune":
+            self.final_J = run_J
+        self.kwh = (self.final_J or 0.0) / J_PER_KWH
+        return run_J
+
+    def restore(self, totals: RunTotals, target_kwh: float | None = None) -> None:
+        """Continue the run a checkpoint holds (called after :meth:`begin`)."""
+        if self.stage == "fit":
+            self.offset, self.base_J = totals, 0.0
+        else:
+            self.offset, self.base_J = RunTotals(), totals.energy_J
+        self.target_kwh = target_kwh
+        self.kwh = totals.energy_J / J_PER_KWH
+
+    def checkpoint(self, segment: RunTotals) -> RunTotals:
+        """The run's books to save: everything before the live stage plus ``segment``."""
+        before = self.offset if self.stage == "fit" else RunTotals(energy_J=self.base_J)
+        return before + segment
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What one logging interval reports for this process (weighted joules: a device shared
+    with a lower rank counts zero here)."""
+
+    energy_J: float  # cumulative over the stage, up to now (the newest power held past readings)
+    power_W: float  # mean over the interval, from measured energy only
+    step_J: float  # mean joules of the train steps that ended in the interval; NaN if none
+    steps: int  # train steps that ended in the interval
+
+
+@dataclass
+class StageRecord:
+    """What a finished stage cost on this process: the final books and how they were measured."""
+
+    duration_s: float
+    totals: RunTotals
+    devices: list[dict[str, Any]]
+    gaps: list[tuple[str, float, float, str]]
+    errors: dict[str, int]
+
+
+class StageBooks:
+    """The energy books of one stage (fit, validate, ...) of one process.
+
+    Args:
+        meter: a started meter; the accountant stops it in :meth:`finish`.
+        clock: where step edges are marked (CUDA events, or host time).
+        weights: per device, the share this process counts (0 for a device a lower rank
+            already counts); 1 for devices not named.
+    """
+
+    def __init__(
+        self,
+        meter: EnergyMeter,
+        clock: StepClock,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
+        if meter.started_at is None:
+            raise ValueError("meter: StageBooks needs a started EnergyMeter")
+        self.meter = meter
+        self.clock = clock
+        self.weights = dict(weights or {})
+        self.started_at: float = meter.started_at
+        self.ledger = EnergyLedger(start=self.started_at)
+        self._steps_reported = 0
+        self._last_power: tuple[float, float, float] | None = None  # (t, measured J, W)
+
+    # ------------------------------------------------------------------ the training thread
+    def mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:
+        """A step edge, now (cheap: a CUDA event, or the host clock)."""
+        self.clock.mark(phase, edge, index, epoch)
+
+    def measure_now(self, timeout: float = 1.0) -> bool:
+        """Read every source now (on the meter's thread; a few ms), so that the energy asked
+        next rests on measurements rather than on power held past the last reading. For rare
+        moments: validation ends, checkpoints, the end of a stage."""
+        sync = getattr(self.meter, "sync", None)
+        done = bool(sync(timeout)) if sync is not None else False
+        self.sync_edges()
+        return done
+
+    def settle(self, t: float, timeout: float) -> bool:
+        """Read every source until the energy up to ``t`` is final, or ``timeout`` seconds
+        passed: the counter must update after ``t`` and the power readings reach that update
+        (typically 0.1-0.2 s on NVML, at once for RAPL and the estimate). For checkpoints,
+        whose books must hold what the hardware measured, not a provisional shape."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            self.measure_now(max(0.0, min(left, 0.25)))
+            if self.meter.finalized_until >= t:
+                return True
+            if time.monotonic() >= deadline or not self.meter.running:
+                return False
+            time.sleep(0.02)
+
+    def weighted(self, joules: Mapping[str, float]) -> float:
+        return sum(self.weights.get(d, 1.0) * j for d, j in joules.items())
+
+    def energy_fn(self, times: list[float], provisional: bool, hold: bool = True) -> EnergyFn:
+        """Joules over ``[t0, t1]`` from cumulative energies fetched in one locked batch (the
+        ledger asks for back-to-back intervals, all at ``times``).
+
+        Final: the meter's finalized energy. Provisional: measured up to the meter's horizon,
+        then (``hold``) the latest power held, since readings arrive up to 0.5 s after the fact.
+        Differences of one cumulative function keep the attribution exactly additive either way.
+        """
+        meter = self.meter
+        horizon = meter.horizon if provisional else math.inf
+        if math.isinf(horizon) and horizon < 0:
+            # Nothing read yet: no energy known, and no power to hold.
+            return lambda t0, t1: 0.0
+        held = self.weighted(meter.power()) if hold and math.isfinite(horizon) else 0.0
+
+        def batch(ts: list[float]) -> list[float]:
+            clamped = [min(t, horizon) for t in ts]
+            values = meter.energy_at_many(clamped, provisional=provisional)
+            return [
+                self.weighted(v) + held * max(0.0, t - c)
+                for t, c, v in zip(ts, clamped, values, strict=True)
+            ]
+
+        known = dict(zip(times, batch(times), strict=True))
+
+        def cumulative(t: float) -> float:
+            e = known.get(t)
+            if e is None:
+                e = known[t] = batch([t])[0]
+            return e
+
+        return lambda t0, t1: cumulative(t1) - cumulative(t0)
+
+    def energy_j(self, until: float | None = None) -> float:
+        """This process's (weighted) joules since the stage began, as measured up to the newest
+        reading (at most ``until``, default now). It lags the present by the readers' delay
+        (up to 0.5 s; :meth:`measure_now` first to close it) rather than guess: held power
+        ran 5-20 % high on short runs and a cumulative energy must not overshoot."""
+        t1 = self.meter.now() if until is None else until
+        fn = self.energy_fn([self.started_at, t1], provisional=True, hold=False)
+        return fn(self.started_at, t1)
+
+    def sync_edges(self, wait: bool = False) -> None:
+        """Move resolved edges into the ledger (and the recording); attribute final energy."""
+        meter, ledger = self.meter, self.ledger
+        edges = self.clock.resolve(wait=wait)
+        if edges:
+            ledger.add_edges(e.ledger_edge() for e in edges)
+            if meter.recording:
+                meter.record_steps([e.recorded() for e in edges])
+        until = meter.finalized_until
+        first_pending = self.clock.first_pending_host()
+        if first_pending is not None:
+            until = min(until, first_pending)
+        ledger.advance(until, self.energy_fn(ledger.times_until(until), provisional=False))
+
+    def preview(self, until: float, hold: bool = True) -> EnergyLedger:
+        """The ledger advanced to ``until`` with provisional energy (the books left as they are);
+        ``hold=False``: nothing past the newest reading, where energy is a guess."""
+        ledger = self.ledger
+        fn = self.energy_fn(ledger.times_until(until), provisional=True, hold=hold)
+        return ledger.preview(until, fn)
+
+    def tick(self) -> Tick:
+        """This process's numbers for a log row: cumulative joules, power, joules per step."""
+        meter = self.meter
+        self.sync_edges()
+        now = meter.now()
+        cumulative = self.energy_j(now)
+        # Power from measured energy only (no held-power guesses): the interval ends at the
+        # newest reading; without a new reading, the last value stands.
+        horizon = meter.horizon
+        # Before the first measured interval, the newest power reading stands in.
+        first = (self.started_at, 0.0, self.weighted(meter.power()))
+        last_t, last_j, power = self._last_power or first
+        if math.isfinite(horizon) and horizon > last_t + 1e-3:
+            measured = self.weighted(meter.energy_between(self.started_at, horizon))
+            power = (measured - last_j) / (horizon - last_t)
+            self._last_power = (horizon, measured, power)
+        # Steps of this interval, with the newest readings (finalized energy lags by up to the
+        # buffer's 0.5 s drain; a short logging interval would otherwise see no finished step).
+        view = self.preview(now)
+        done = view.steps.get("train", 0)
+        new = done - self._steps_reported
+        steps = view.step_energies[-new:] if new > 0 else []
+        self._steps_reported = done
+        self.ledger.take_step_energies()  # already in the view: keeps the list short
+        step_j = sum(j for _, j in steps) / len(steps) if steps else math.nan
+        return Tick(cumulative, power, step_j, len(steps))
+
+    def epoch_phases(self, epoch: int) -> dict[str, float]:
+        """This process's (weighted) joules per phase in ``epoch``, provisional for the newest."""
+        self.sync_edges()
+        now = self.meter.now()
+        view = self.preview(now, hold=False) if now > self.ledger.cursor else self.ledger
+        ep = view.epochs.get(epoch)
+        phases = dict(ep.phases) if ep else {}
+        if not view.epochs or epoch == max(view.epochs):
+            # Start-up energy that no epoch has claimed yet belongs to the newest epoch.
+            phases = sum_dicts([phases, view.unassigned])
+        return phases
+
+    def totals(self, epoch: int, until: float | None = None) -> RunTotals:
+        """This stage's books up to ``until`` (default now; for a checkpoint): final energy
+        where the meter has it, measured (provisional) energy up to the newest reading,
+        nothing guessed past it."""
+        self.sync_edges()
+        meter = self.meter
+        if until is None:
+            until = meter.now() if meter.running else (meter.stopped_at or meter.now())
+        view = self.preview(until, hold=False)
+        view.assign_unassigned(epoch)
+        return _totals_of(view)
+
+    # ------------------------------------------------------------------ the end
+    def finish(self, epoch: int, meta: Mapping[str, Any] | None = None) -> StageRecord:
+        """Wait for every step edge, stop the meter, and close the books with final energy.
+        Start-up energy no epoch claimed goes to ``epoch``."""
+        meter, ledger = self.meter, self.ledger
+        edges = self.clock.resolve(wait=True)
+        if edges:
+            ledger.add_edges(e.ledger_edge() for e in edges)
+            meter.record_steps([e.recorded() for e in edges])
+        # fit_end is written by meter.stop(): the recording then spans what the books count.
+        meter.set_trace_meta(fit_start=self.started_at, **dict(meta or {}))
+        meter.stop()
+        end = meter.stopped_at if meter.stopped_at is not None else meter.now()
+        ledger.advance(end, self.energy_fn(ledger.times_until(end), provisional=False))
+        ledger.assign_unassigned(epoch)
+        totals = meter.energy_between(self.started_at, end)
+        peaks = meter.peak_power()
+        methods = meter.methods()
+        sources = meter.source_descriptions()
+        duration = end - self.started_at
+        devices = [
+            {
+                "name": d.name,
+                "uuid": d.key,
+                "label": d.label,
+                "energy_J": totals.get(d.name, 0.0),
+                "counted": self.weights.get(d.name, 1.0) > 0,
+                "mean_power_W": totals.get(d.name, 0.0) / duration if duration > 0 else 0.0,
+                "peak_power_W": peaks.get(d.name, 0.0),
+                "method": (methods.get(d.name) or ["none"])[0],
+                "methods": methods.get(d.name, []),
+                "source": sources.get(d.name, ""),
+                "estimated": d.estimated,
+            }
+            for d in meter.devices
+        ]
+        return StageRecord(
+            duration_s=duration,
+            totals=_totals_of(ledger),
+            devices=devices,
+            gaps=[(g.device, g.start, g.end, g.reason) for g in meter.gaps()],
+            errors=meter.errors,
+        )
+
+    def abort(self) -> None:
+        """Stop measuring without closing the books (an exception ended the stage)."""
+        self.meter.stop()
+
+
+def _totals_of(ledger: EnergyLedger) -> RunTotals:
+    return RunTotals(
+        energy_J=ledger.total(),
+        phases_J=dict(ledger.phases),
+        steps=dict(ledger.steps),
+        epochs={e: dict(ep.phases) for e, ep in ledger.epochs.items()},
+        epoch_steps={e: ep.train_steps for e, ep in ledger.epochs.items()},
+    )
+
+
+def sum_dicts(dicts: Any) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+__all__ = ["STATE_VERSION", "RunBooks", "RunTotals", "StageBooks", "StageRecord", "Tick"]
