@@ -14,7 +14,8 @@ set of kinds a GPU might offer, the script fuses only those kinds and reports
   (``h200-mlp-stall``) an edge may lag its update by up to 100 ms, so it is the noisier one.
   Readings that include the counter equal it at these edges by construction (0 %).
 
-Synthetic traces (:func:`lightning_watt.synthetic.synthetic_run`, several seeds): the reference
+Synthetic traces (:func:`lightning_watt.testing.synthetic.synthetic_run`, several seeds): the
+reference
 is the exact truth, so the script also reports the median absolute error per training step,
 for steps of 20 ms and longer (``step>=20ms med %``) and for all steps (``all steps med %``).
 
@@ -35,9 +36,9 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # run from a checkout
 
-from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W
-from lightning_watt.synthetic import synthetic_run
-from lightning_watt.trace import Trace, bundled_trace, load_trace
+from lightning_watt.energy.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W
+from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
+from lightning_watt.testing.synthetic import synthetic_run
 
 KIND_SETS: list[tuple[str, frozenset[str] | None]] = [
     ("all (fused)", None),

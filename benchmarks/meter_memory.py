@@ -1,6 +1,7 @@
 """Memory of a 24-hour run: does the energy timeline stay under 50 MB?
 
-Feeds an :class:`~lightning_watt.timeline.EnergyTimeline` what a live meter would feed it over a
+Feeds an :class:`~lightning_watt.energy.timeline.EnergyTimeline` what a live meter would feed it
+over a
 simulated day, at the default NVML rates, on a fake clock (no sleeping, no GPU): per GPU, an
 energy counter read every 100 ms and the driver's 20 ms power samples drained every 0.5 s. By
 default each drain's readings (5 counter reads, 25 buffer samples) go to the timeline in one
@@ -34,8 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # run from a checkout
 
-from lightning_watt.readings import BUFFER_W, COUNTER_J, Reading
-from lightning_watt.timeline import EnergyTimeline
+from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, Reading
+from lightning_watt.energy.timeline import EnergyTimeline
 
 TARGET_BYTES = 50 * 2**20
 COUNTER_S = 0.1

@@ -72,8 +72,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_watt.callback import WattCallback
-from lightning_watt.ledger import EnergyLedger
+from lightning_watt.attribution.ledger import EnergyLedger
+from lightning_watt.integration.callback import WattCallback
 
 TARGET_SLOWDOWN = 0.02  # at most 2 % fewer steps/s
 TARGET_HOOK_US = 20.0  # at most 20 µs in the callback's batch hooks per step

@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_watt.callback import WattCallback
+from lightning_watt.integration.callback import WattCallback
 
 
 class DigitsCNN(pl.LightningModule):

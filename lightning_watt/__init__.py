@@ -1,6 +1,19 @@
 """lightning-watt: per-step GPU and CPU energy, and the energy-penalised Green Quotient Index,
 for PyTorch Lightning.
 
+The layers, in the order data flows:
+
+* :mod:`lightning_watt.sources`: readers of hardware (NVML, RAPL, a replay, an estimate).
+* :mod:`lightning_watt.energy`: readings become joules (timeline, live meter, watt-trace).
+* :mod:`lightning_watt.attribution`: joules are cut into steps, epochs, stages and runs
+  (step clock, ledger, books, :class:`EnergyAccountant`), without Lightning.
+* :mod:`lightning_watt.integration`: Lightning callbacks (:class:`WattCallback`, budgets).
+* :mod:`lightning_watt.score`: the Green Quotient Index, its metric, carbon and cost.
+* :mod:`lightning_watt.report`: runs on disk read back, tables and plots.
+
+:mod:`lightning_watt.schema` names every logged key, file and format; private Lightning and
+torchmetrics state is read only in :mod:`lightning_watt._compat`.
+
 Example:
     >>> import lightning as L
     >>> from lightning_watt import WattCallback
@@ -11,9 +24,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lightning_watt.carbon import CarbonModel
-from lightning_watt.meter import EnergyMeter
-from lightning_watt.readings import DeviceInfo, Reading
+from lightning_watt.energy.meter import EnergyMeter
+from lightning_watt.energy.readings import DeviceInfo, Reading
+from lightning_watt.energy.timeline import EnergyTimeline, Gap
+from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
+from lightning_watt.score.carbon import CarbonModel
 from lightning_watt.sources import (
     EnergySource,
     EstimateSource,
@@ -22,28 +37,26 @@ from lightning_watt.sources import (
     ReplaySource,
     SourceUnavailable,
 )
-from lightning_watt.timeline import EnergyTimeline, Gap
-from lightning_watt.trace import Trace, bundled_trace, load_trace
 
 if TYPE_CHECKING:
-    from lightning_watt.accountant import EnergyAccountant
-    from lightning_watt.budget import EnergyBudget, EnergyBudgetWarning
-    from lightning_watt.callback import WattCallback
-    from lightning_watt.functional import accuracy_per_kwh, green_quotient_index
-    from lightning_watt.metrics import GreenQuotientIndex
+    from lightning_watt.attribution.accountant import EnergyAccountant
+    from lightning_watt.integration.budget import EnergyBudget, EnergyBudgetWarning
+    from lightning_watt.integration.callback import WattCallback
+    from lightning_watt.score.functional import accuracy_per_kwh, green_quotient_index
+    from lightning_watt.score.metrics import GreenQuotientIndex
 
 __version__ = "0.1.0"
 
 # Lightning and torchmetrics load only when these are first used: `import lightning_watt` stays
 # light for plain-PyTorch users of EnergyMeter and for the report command.
 _LAZY = {
-    "EnergyAccountant": "lightning_watt.accountant",
-    "WattCallback": "lightning_watt.callback",
-    "EnergyBudget": "lightning_watt.budget",
-    "EnergyBudgetWarning": "lightning_watt.budget",
-    "GreenQuotientIndex": "lightning_watt.metrics",
-    "green_quotient_index": "lightning_watt.functional",
-    "accuracy_per_kwh": "lightning_watt.functional",
+    "EnergyAccountant": "lightning_watt.attribution.accountant",
+    "WattCallback": "lightning_watt.integration.callback",
+    "EnergyBudget": "lightning_watt.integration.budget",
+    "EnergyBudgetWarning": "lightning_watt.integration.budget",
+    "GreenQuotientIndex": "lightning_watt.score.metrics",
+    "green_quotient_index": "lightning_watt.score.functional",
+    "accuracy_per_kwh": "lightning_watt.score.functional",
 }
 
 

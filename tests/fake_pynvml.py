@@ -46,9 +46,9 @@ from typing import Any, Protocol
 
 import pynvml as _real
 
-from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W
-from lightning_watt.timeline import _interp
-from lightning_watt.trace import Trace
+from lightning_watt.energy.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W
+from lightning_watt.energy.timeline import _interp
+from lightning_watt.energy.trace import Trace
 
 #: Driver buffer period and the counter/field update period measured on H100/H200.
 BUFFER_PERIOD_S = 0.02

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lightning_watt.books import RunBooks, RunTotals, StageBooks
-from lightning_watt.ledger import EnergyLedger
-from lightning_watt.meter import EnergyMeter
-from lightning_watt.readings import J_PER_KWH
+from lightning_watt.attribution.books import RunBooks, RunTotals, StageBooks
+from lightning_watt.attribution.ledger import EnergyLedger
+from lightning_watt.attribution.step_clock import StepClock
+from lightning_watt.energy.meter import EnergyMeter
+from lightning_watt.energy.readings import J_PER_KWH
+from lightning_watt.energy.trace import bundled_trace
 from lightning_watt.sources import ReplaySource
-from lightning_watt.step_clock import StepClock
-from lightning_watt.trace import bundled_trace
 
 joules = st.floats(min_value=0.0, max_value=1e9, allow_nan=False)
 phases = st.dictionaries(st.sampled_from(["train", "val", "gap", "sanity"]), joules, max_size=4)

@@ -18,8 +18,8 @@ from helpers import TinyClassifier, csv_trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_watt.budget import EnergyBudget, EnergyBudgetWarning
-from lightning_watt.callback import WattCallback
+from lightning_watt.integration.budget import EnergyBudget, EnergyBudgetWarning
+from lightning_watt.integration.callback import WattCallback
 
 BUDGET_KWH = 1.2e-4
 

@@ -13,8 +13,8 @@ import torch
 from helpers import TinyClassifier, csv_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_watt.callback import J_PER_KWH, WattCallback
-from lightning_watt.trace import load_trace
+from lightning_watt.energy.trace import load_trace
+from lightning_watt.integration.callback import J_PER_KWH, WattCallback
 
 
 def _trainer(tmp_path, callbacks, **kw) -> pl.Trainer:

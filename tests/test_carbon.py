@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lightning_watt.carbon import (
+from lightning_watt.score.carbon import (
     JOULES_PER_KWH,
     CarbonModel,
     carbon_table,

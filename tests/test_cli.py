@@ -11,7 +11,7 @@ import pytest
 from helpers import TinyClassifier
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_watt.callback import WattCallback
+from lightning_watt.integration.callback import WattCallback
 
 CONFIG = """\
 seed_everything: 0
@@ -45,7 +45,9 @@ INIT_ARGS = {
 }
 
 
-def _config(tmp_path, class_path="lightning_watt.callback.WattCallback", **overrides) -> str:
+def _config(
+    tmp_path, class_path="lightning_watt.integration.callback.WattCallback", **overrides
+) -> str:
     init_args = {**INIT_ARGS, **overrides}
     path = tmp_path / "config.yaml"
     path.write_text(
@@ -97,7 +99,7 @@ def test_fit_from_yaml_builds_the_callback_and_logs_energy(tmp_path):
 @pytest.mark.parametrize(
     "class_path",
     [
-        "lightning_watt.callback.WattCallback",
+        "lightning_watt.integration.callback.WattCallback",
         "WattCallback",  # jsonargparse resolves the short name of an imported Callback subclass
         "lightning_watt.WattCallback",  # the top-level export
     ],

@@ -10,9 +10,9 @@ import pytest
 from helpers import TinyClassifier
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_watt.callback import WattCallback
+from lightning_watt.energy.trace import bundled_trace, load_trace
+from lightning_watt.integration.callback import WattCallback
 from lightning_watt.sources import ReplaySource
-from lightning_watt.trace import bundled_trace, load_trace
 
 
 def _fit(tmp_path, callback: WattCallback) -> dict:

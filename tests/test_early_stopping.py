@@ -29,8 +29,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_watt.callback import WattCallback
-from lightning_watt.functional import green_quotient_index
+from lightning_watt.integration.callback import WattCallback
+from lightning_watt.score.functional import green_quotient_index
 
 PATIENCE = 2
 MAX_EPOCHS = 8

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_watt.readings import ESTIMATE_W
+from lightning_watt.energy.readings import ESTIMATE_W
+from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.sources.base import SourceUnavailable
 from lightning_watt.sources.estimate import (
     EstimateSource,
@@ -16,7 +17,6 @@ from lightning_watt.sources.estimate import (
     cpu_topology,
     default_cpu_tdp_w,
 )
-from lightning_watt.timeline import EnergyTimeline
 
 
 class FakeClock:

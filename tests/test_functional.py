@@ -1,4 +1,4 @@
-"""Properties and edge cases of lightning_watt.functional (the Green Quotient Index)."""
+"""Properties and edge cases of lightning_watt.score.functional (the Green Quotient Index)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_watt import functional
-from lightning_watt.functional import (
+from lightning_watt.score import functional
+from lightning_watt.score.functional import (
     GreenQuotientWarning,
     accuracy_per_kwh,
     green_quotient_index,

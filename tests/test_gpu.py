@@ -103,7 +103,7 @@ def test_meter_matches_the_counter_under_matmul_load() -> None:
     import pynvml
     import torch
 
-    from lightning_watt.meter import EnergyMeter
+    from lightning_watt.energy.meter import EnergyMeter
 
     index = torch.cuda.current_device()
     source = NvmlSource([index])

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from lightning_watt import EnergyMeter, EnergySource, ReplaySource, SourceUnavailable
-from lightning_watt.readings import COUNTER_J, INSTANT_W, USAGE_W, DeviceInfo, Reading
+from lightning_watt.energy.readings import COUNTER_J, INSTANT_W, USAGE_W, DeviceInfo, Reading
+from lightning_watt.energy.timeline import EnergyTimeline
+from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
 from lightning_watt.sources.base import Channel, ChannelLost, Clock
-from lightning_watt.timeline import EnergyTimeline
-from lightning_watt.trace import Trace, bundled_trace, load_trace
 
 STALL = "h200-mlp-stall"
 

@@ -17,11 +17,11 @@ import fake_pynvml as fk  # tests/ is on sys.path (tests/conftest.py)
 import pytest
 
 from lightning_watt import EnergyMeter, ReplaySource
-from lightning_watt.readings import BUFFER_W, COUNTER_J, INSTANT_W, DeviceInfo, Reading
+from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, INSTANT_W, DeviceInfo, Reading
+from lightning_watt.energy.trace import bundled_trace, load_trace
 from lightning_watt.sources import EstimateSource
 from lightning_watt.sources.base import Channel, Clock, EnergySource
 from lightning_watt.sources.nvml import NvmlSource
-from lightning_watt.trace import bundled_trace, load_trace
 
 STALL = "h200-mlp-stall"
 

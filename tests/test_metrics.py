@@ -15,10 +15,10 @@ import torch.multiprocessing as mp
 from torchmetrics import Accuracy, Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
-from lightning_watt import functional, metrics
-from lightning_watt.context import energy_provider
-from lightning_watt.functional import GreenQuotientWarning, green_quotient_index
-from lightning_watt.metrics import GreenQuotientIndex
+from lightning_watt.attribution.context import energy_provider
+from lightning_watt.score import functional, metrics
+from lightning_watt.score.functional import GreenQuotientWarning, green_quotient_index
+from lightning_watt.score.metrics import GreenQuotientIndex
 
 NUM_CLASSES = 4
 

@@ -19,7 +19,9 @@ import fake_pynvml as fk  # tests/ is on sys.path (tests/conftest.py)
 import pynvml
 import pytest
 
-from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W, USAGE_W
+from lightning_watt.energy.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W, USAGE_W
+from lightning_watt.energy.timeline import EnergyTimeline
+from lightning_watt.energy.trace import bundled_trace, load_trace
 from lightning_watt.sources import nvml as nvml_module
 from lightning_watt.sources.base import ChannelLost, SourceUnavailable
 from lightning_watt.sources.nvml import (
@@ -29,8 +31,6 @@ from lightning_watt.sources.nvml import (
     NvmlSource,
     nvml_status,
 )
-from lightning_watt.timeline import EnergyTimeline
-from lightning_watt.trace import bundled_trace, load_trace
 
 UUIDS = [
     "GPU-0a1b2c3d-0000-4000-8000-000000000000",
@@ -541,7 +541,7 @@ def test_replay_of_a_real_trace_agrees_with_its_counter(install) -> None:
 
 # ------------------------------------------------------------------------------- with the meter
 def test_meter_end_to_end_over_a_real_trace(install) -> None:
-    meter_mod = pytest.importorskip("lightning_watt.meter")
+    meter_mod = pytest.importorskip("lightning_watt.energy.meter")
     trace = load_trace(bundled_trace("h200-mlp-stall"))
     start = 14.0
     fake = install(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lightning_watt.readings import COUNTER_J
+from lightning_watt.energy.readings import COUNTER_J
 from lightning_watt.sources.base import ChannelLost, SourceUnavailable
 from lightning_watt.sources.rapl import RaplSource, rapl_status, unwrap_delta
 
@@ -345,7 +345,7 @@ def test_vanished_zone_loses_the_channel(tmp_path: Path) -> None:
 def test_meter_totals_the_bumped_counters(tmp_path: Path) -> None:
     """End to end: the meter thread polls the fake tree while the test adds known energy,
     a wrap included; its total is exactly what was added after the first read."""
-    from lightning_watt.meter import EnergyMeter
+    from lightning_watt.energy.meter import EnergyMeter
 
     fake = FakePowercap(tmp_path)
     fake.zone("intel-rapl:0", "package-0", INTEL_MAX - 1_500_000)

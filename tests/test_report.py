@@ -22,6 +22,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from lightning_watt.energy.trace import bundled_trace, load_trace
 from lightning_watt.report import RunData, find_runs, pareto_front, read_runs
 from lightning_watt.report.cli import TABLE_COLUMNS, fmt_duration, main, print_table
 from lightning_watt.report.plots import (
@@ -37,7 +38,6 @@ from lightning_watt.report.plots import (
 )
 from lightning_watt.report.progress import progress_bar
 from lightning_watt.report.runs import J_PER_KWH, ReportError, RunNotFoundError
-from lightning_watt.trace import bundled_trace, load_trace
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_EVERY = 50
@@ -582,7 +582,7 @@ def test_importing_the_package_does_not_import_matplotlib() -> None:
 
 
 def test_two_devices_one_without_power_samples(tmp_path: Path) -> None:
-    from lightning_watt.readings import Reading
+    from lightning_watt.energy.readings import Reading
 
     trace = load_trace(bundled_trace("h200-square-wave"))
     # gpu1: the same GPU's counter alone (no power kinds), so its power comes from the counter.

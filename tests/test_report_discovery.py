@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from test_report import make_run
 
+from lightning_watt.energy.trace import bundled_trace, load_trace
 from lightning_watt.report import ReportError, find_runs, read_runs
 from lightning_watt.report.discovery import FileName, parse_summary_name, parse_trace_name
 from lightning_watt.schema import STAGES, summary_file, trace_stem
-from lightning_watt.trace import bundled_trace, load_trace
 
 
 @pytest.mark.parametrize("stage", STAGES)

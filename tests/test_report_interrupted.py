@@ -10,7 +10,7 @@ from typing import Any
 
 from test_report import make_run
 
-from lightning_watt.readings import J_PER_KWH
+from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.report import read_runs
 from lightning_watt.report.cli import INTERRUPTED_MARK, main, print_table
 from lightning_watt.schema import summary_file

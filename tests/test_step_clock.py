@@ -11,7 +11,7 @@ import contextlib
 import pytest
 import torch
 
-from lightning_watt.step_clock import StepClock
+from lightning_watt.attribution.step_clock import StepClock
 
 
 class FakeGpu:

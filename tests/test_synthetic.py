@@ -11,9 +11,9 @@ import statistics
 import numpy as np
 import pytest
 
-from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W
-from lightning_watt.synthetic import DT, SyntheticRun, synthetic_run
-from lightning_watt.trace import FORMAT
+from lightning_watt.energy.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W
+from lightning_watt.energy.trace import FORMAT
+from lightning_watt.testing.synthetic import DT, SyntheticRun, synthetic_run
 
 SEEDS = (0, 1, 2)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_watt.readings import (
+from lightning_watt.energy.readings import (
     AVERAGE_W,
     BUFFER_W,
     COUNTER_J,
@@ -17,8 +17,8 @@ from lightning_watt.readings import (
     INSTANT_W,
     Reading,
 )
-from lightning_watt.timeline import EnergyTimeline
-from lightning_watt.trace import Trace, bundled_trace, load_trace
+from lightning_watt.energy.timeline import EnergyTimeline
+from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
 
 BUNDLED = ("h100-mlp", "h200-mlp-stall", "h200-square-wave")
 

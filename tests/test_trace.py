@@ -12,9 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lightning_watt.readings import Reading
-from lightning_watt.synthetic import synthetic_run
-from lightning_watt.trace import (
+from lightning_watt.energy.readings import Reading
+from lightning_watt.energy.trace import (
     FORMAT,
     StepEdge,
     Trace,
@@ -24,6 +23,7 @@ from lightning_watt.trace import (
     load_trace,
     trace_prefix,
 )
+from lightning_watt.testing.synthetic import synthetic_run
 
 BUNDLED = ("h100-mlp", "h200-mlp-stall", "h200-square-wave")
 

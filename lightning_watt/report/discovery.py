@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lightning_watt.energy.trace import trace_prefix
 from lightning_watt.report.errors import ReportError, RunNotFoundError
 from lightning_watt.schema import STAGES, SUMMARY_STEM, TRACE_STEM, summary_file
-from lightning_watt.trace import trace_prefix
 
 METRICS_NAME = "metrics.csv"
 EVENTS_PREFIX = "events.out.tfevents."

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from lightning_watt.readings import J_PER_KWH
+from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.report.pareto import pareto_front, pareto_points
 from lightning_watt.report.rundata import RunData
 

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from lightning_watt.energy.trace import Trace, load_trace
 from lightning_watt.report.discovery import (
     LOOKED_FOR,
     Advance,
@@ -33,7 +34,6 @@ from lightning_watt.report.metrics_csv import read_metrics_csv
 from lightning_watt.report.rundata import RunData
 from lightning_watt.report.series import ScalarSeries
 from lightning_watt.report.summary_json import peek_run_name, read_summary
-from lightning_watt.trace import Trace, load_trace
 
 
 def _load_fit_trace(prefix: str, warnings: list[str]) -> Trace | None:

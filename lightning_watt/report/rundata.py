@@ -22,11 +22,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lightning_watt.readings import ESTIMATE_W, J_PER_KWH
+from lightning_watt.energy.readings import ESTIMATE_W, J_PER_KWH
+from lightning_watt.energy.trace import Trace
 from lightning_watt.report.keys import LoggedKeys, resolve_prefix
 from lightning_watt.report.series import EpochRow, ScalarSeries
 from lightning_watt.report.trace_view import TraceView
-from lightning_watt.trace import Trace
 
 
 def _finite(x: Any) -> float | None:

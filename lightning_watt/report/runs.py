@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from lightning_watt.readings import J_PER_KWH
+from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.report.discovery import (
     EVENTS_PREFIX,
     LOOKED_FOR,

@@ -1,5 +1,5 @@
 """Reading the summary JSON the callback writes at the end of a fit
-(:func:`lightning_watt.summary.build_summary`)."""
+(:func:`lightning_watt.attribution.summary.build_summary`)."""
 
 from __future__ import annotations
 

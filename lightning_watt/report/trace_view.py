@@ -3,7 +3,7 @@ over time, and the fit's energy per phase. :class:`TraceView` is mixed into
 :class:`~lightning_watt.report.rundata.RunData`, whose ``trace`` it reads.
 
 Example:
-    >>> from lightning_watt.trace import bundled_trace, load_trace
+    >>> from lightning_watt.energy.trace import bundled_trace, load_trace
     >>> view = TraceView(load_trace(bundled_trace("h100-mlp")))
     >>> sorted({span.phase for span in view.phase_spans()})
     ['gap', 'train', 'val']
@@ -16,9 +16,9 @@ import math
 from functools import cached_property
 from typing import Any
 
-from lightning_watt.readings import J_PER_KWH, POWER_KINDS
+from lightning_watt.energy.readings import J_PER_KWH, POWER_KINDS
+from lightning_watt.energy.trace import Trace
 from lightning_watt.report.series import PhaseSpan
-from lightning_watt.trace import Trace
 
 #: Holes in raw power samples up to this long are bridged in plots, as the energy timeline
 #: bridges them (its default ``max_gap``); longer ones stay visible as breaks in the line.

@@ -4,7 +4,7 @@ A source knows its devices and offers *channels*: one reader each, with the inte
 deserves (an NVML energy counter every 100 ms because a read costs 2.5 ms and the value changes
 every 100 ms; the driver's power buffer every 0.5 s because it holds 2.4 s of 20 ms samples).
 The meter's background thread calls each channel's ``read`` when it is due. ``read`` returns
-:class:`~lightning_watt.readings.Reading` values stamped on the meter's clock, may raise on a
+:class:`~lightning_watt.energy.readings.Reading` values stamped on the meter's clock, may raise on a
 hardware error (the meter counts it, warns once, records a gap and, after repeated failures or
 a :class:`ChannelLost`, switches to the channel's ``fallback``).
 
@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lightning_watt.readings import DeviceInfo, Reading
+from lightning_watt.energy.readings import DeviceInfo, Reading
 from lightning_watt.validate import positive_number
 
 Clock = Callable[[], float]

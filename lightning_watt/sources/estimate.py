@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lightning_watt.readings import ESTIMATE_W, DeviceInfo, Reading
+from lightning_watt.energy.readings import ESTIMATE_W, DeviceInfo, Reading
 from lightning_watt.sources.base import Channel, Clock, EnergySource, SourceUnavailable
 from lightning_watt.sources.rapl import host_id
 from lightning_watt.validate import finite_number, positive_int

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from lightning_watt.readings import (
+from lightning_watt.energy.readings import (
     AVERAGE_W,
     BUFFER_W,
     COUNTER_J,

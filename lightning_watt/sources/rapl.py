@@ -61,7 +61,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning_watt.readings import COUNTER_J, DeviceInfo, Reading
+from lightning_watt.energy.readings import COUNTER_J, DeviceInfo, Reading
 from lightning_watt.sources.base import (
     Channel,
     ChannelLost,

@@ -10,7 +10,7 @@ replay at 2x shows the recorded GPU's power, squeezed into half the time). With 
 the recording repeats from ``start`` with the counter carried on (no false reset).
 
 Example:
-    >>> from lightning_watt.trace import bundled_trace
+    >>> from lightning_watt.energy.trace import bundled_trace
     >>> source = ReplaySource(bundled_trace("h200-mlp-stall"), start=6.6, speed=1.0)
     >>> source.speed
     1.0
@@ -23,10 +23,10 @@ import os
 from collections.abc import Collection
 from typing import TypedDict
 
-from lightning_watt.readings import COUNTER_J, KINDS, DeviceInfo, Reading
+from lightning_watt.energy.readings import COUNTER_J, KINDS, DeviceInfo, Reading
+from lightning_watt.energy.timeline import EnergyTimeline
+from lightning_watt.energy.trace import Trace, load_trace
 from lightning_watt.sources.base import Channel, Clock, EnergySource
-from lightning_watt.timeline import EnergyTimeline
-from lightning_watt.trace import Trace, load_trace
 from lightning_watt.validate import positive_number
 
 #: Polling rates of the live NVML source, mirrored so a replay exercises the same timing.

@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_watt.callback import WattCallback
+from lightning_watt.integration.callback import WattCallback
 
 STAGES = ("fit", "validate", "test", "predict", "tune")
 # Logged during a fit that logs at least once (log_every_n_steps small enough) and validates.

@@ -19,7 +19,7 @@ def main(out: Path) -> None:
     from compat.scenarios import SyncClassifier, plain_trainer
     from lightning.pytorch.loggers import CSVLogger
 
-    from lightning_watt.callback import WattCallback
+    from lightning_watt.integration.callback import WattCallback
 
     cb = WattCallback(replay=["h200-mlp-stall", "h100-mlp"])
     with warnings.catch_warnings(record=True) as caught:

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_watt.callback import WattCallback
+from lightning_watt.integration.callback import WattCallback
 
 STEP_S = 0.004  # per batch: 8 train batches span a few of the replay's 100 ms readings
 

@@ -21,9 +21,9 @@ from compat.checks import (
 from compat.scenarios import MultiValClassifier, StagedClassifier, printed_info, trainer, watt
 from lightning.pytorch.callbacks import EarlyStopping
 
-from lightning_watt.callback import WattCallback
+from lightning_watt.energy.trace import bundled_trace
+from lightning_watt.integration.callback import WattCallback
 from lightning_watt.sources import Channel, EstimateSource, RaplSource, ReplaySource
-from lightning_watt.trace import bundled_trace
 
 
 def _fit_catching_warnings(tr, model) -> list[str]:

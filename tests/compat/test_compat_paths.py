@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from lightning_watt.callback import WattCallback
+from lightning_watt.integration.callback import WattCallback
 
 NO_VAL_KEYS = ("energy_kWh", "power_W", "step_J", "epoch_train_J", "epoch_kWh")
 

@@ -11,7 +11,7 @@ from compat.checks import FIT_KEYS, check_logged, check_stage, epoch_numbers, re
 from compat.scenarios import StagedClassifier, trainer, watt
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_watt.readings import J_PER_KWH
+from lightning_watt.energy.readings import J_PER_KWH
 
 ROW_FIELDS = ("train_J", "val_J", "gap_J", "energy_kWh", "train_steps")
 

@@ -9,7 +9,7 @@ import pytest
 from compat.checks import FIT_KEYS, SCORED_FIT_KEYS, check_stage, logged, read_rows
 from compat.scenarios import StagedClassifier, trainer, watt
 
-from lightning_watt.readings import J_PER_KWH
+from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.sources import EstimateSource
 
 

@@ -25,10 +25,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lightning_watt.readings import COUNTER_J, POWER_KINDS, DeviceInfo, Reading
+from lightning_watt.energy.readings import COUNTER_J, POWER_KINDS, DeviceInfo, Reading
+from lightning_watt.energy.timeline import EnergyTimeline, Gap
+from lightning_watt.energy.trace import StepEdge, TraceWriter
 from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
-from lightning_watt.timeline import EnergyTimeline, Gap
-from lightning_watt.trace import StepEdge, TraceWriter
 from lightning_watt.validate import positive_int
 
 #: Readings are held this long (meter clock) before they are recorded: channels deliver out of

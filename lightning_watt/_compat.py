@@ -1,14 +1,17 @@
-"""The one place lightning-watt reads or writes torchmetrics state that torchmetrics does not
-make public.
+"""The one place lightning-watt touches Lightning and torchmetrics state they do not make public.
 
-:class:`~lightning_watt.metrics.GreenQuotientIndex` takes over a wrapped metric's states and
-computes the wrapped metric on them. That needs what each state was registered with
-(``add_state``'s default, reduction and persistence) and control over the wrapped metric's
-``compute`` (its sync flag, value cache and update counter), which torchmetrics keeps private.
-Each function states what it needs, uses the private attribute when this torchmetrics release
-has it, and otherwise falls back to a public equivalent or a safe default, so a release that
-renames an attribute degrades one detail instead of breaking a fit. Nothing else in the package
-touches a torchmetrics ``_`` attribute.
+Each function states what it needs, reads the private attribute when the installed release has
+it, and otherwise falls back to a public (slower or coarser) equivalent or a safe default, so a
+release that renames an attribute degrades one number instead of breaking a fit. Nothing else
+in the package touches ``trainer._*``, loop internals or a torchmetrics ``_`` attribute. CI runs
+the suite on the oldest and the newest supported Lightning.
+
+* Lightning: the training log's step axis, an epoch aggregate before it is published, the
+  progress bar's and monitors' dicts (for
+  :class:`~lightning_watt.integration.callback.WattCallback`).
+* torchmetrics: what each state of a wrapped metric was registered with, and control over its
+  ``compute`` (for :class:`~lightning_watt.score.metrics.GreenQuotientIndex`, which computes the
+  wrapped metric on states it took over).
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from copy import deepcopy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 if TYPE_CHECKING:
+    import lightning.pytorch as pl
     from torchmetrics.utilities.plot import _AX_TYPE as PlotAxes
     from torchmetrics.utilities.plot import _PLOT_OUT_TYPE as PlotOutput
 else:
@@ -34,11 +39,85 @@ __all__ = [
     "disable_compute_sync",
     "plot_values",
     "prepare_compute",
+    "set_callback_metrics",
+    "set_progress_bar_values",
+    "should_log_now",
     "state_specs",
+    "stepped_batches",
+    "unpublished_metric",
+    "unpublished_metric_keys",
     "update_count",
 ]
 
 
+# ---------------------------------------------------------------------------- Lightning
+def stepped_batches(trainer: pl.Trainer) -> int:
+    """The x-axis Lightning logs training metrics at: optimizer-stepping batches so far
+    (``_batches_that_stepped``; with one optimizer and no accumulation, the global step)."""
+    loop = getattr(trainer.fit_loop, "epoch_loop", None)
+    value = getattr(loop, "_batches_that_stepped", None)
+    return int(value) if isinstance(value, int) else int(trainer.global_step)
+
+
+def unpublished_metric(trainer: pl.Trainer, key: str) -> Any:
+    """The epoch aggregate of ``key`` as logged in the validation epoch now ending.
+
+    In ``on_validation_epoch_end`` Lightning has computed it but not yet copied it into
+    ``trainer.callback_metrics`` (that happens after the hook), so the public dict still holds
+    the previous epoch's value; ``None`` where it cannot be read.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    try:
+        value = connector.metrics["callback"].get(key) if connector is not None else None
+    except Exception:  # a release whose connector computes metrics differently
+        value = None
+    if value is None:
+        value = trainer.callback_metrics.get(key)
+    return value
+
+
+def unpublished_metric_keys(trainer: pl.Trainer) -> list[str]:
+    """Every key :func:`unpublished_metric` can read now (the current epoch's and published)."""
+    keys = set(trainer.callback_metrics)
+    connector = getattr(trainer, "_logger_connector", None)
+    try:
+        if connector is not None:
+            keys.update(connector.metrics["callback"])
+    except Exception:
+        pass
+    return sorted(keys)
+
+
+def set_progress_bar_values(trainer: pl.Trainer, values: dict[str, float]) -> None:
+    """Show ``values`` in the progress bar until replaced. Written straight into the bar's dict:
+    values logged with ``prog_bar=True`` are converted with ``.item()`` on every batch, and the
+    public ``progress_bar_metrics`` recomputes every logged metric on each access."""
+    connector = getattr(trainer, "_logger_connector", None)
+    bar = getattr(connector, "_progress_bar_metrics", None)
+    if not isinstance(bar, dict):
+        bar = trainer.progress_bar_metrics
+    bar.update(values)
+
+
+def set_callback_metrics(trainer: pl.Trainer, values: dict[str, float]) -> None:
+    """Make ``values`` visible to monitors (EarlyStopping, ModelCheckpoint) as float64 tensors."""
+    connector = getattr(trainer, "_logger_connector", None)
+    metrics = getattr(connector, "_callback_metrics", None)
+    if not isinstance(metrics, dict):
+        # The public property returns the same dict after folding in the logged results.
+        metrics = trainer.callback_metrics
+    metrics.update({k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()})
+
+
+def should_log_now(trainer: pl.Trainer) -> bool:
+    """Lightning's own rule for a training log row at this batch (``log_every_n_steps``)."""
+    every = getattr(trainer, "log_every_n_steps", 50)
+    if not isinstance(every, int) or every <= 0:
+        return False
+    return (stepped_batches(trainer) + 1) % every == 0 or bool(trainer.should_stop)
+
+
+# ---------------------------------------------------------------------------- torchmetrics
 @dataclass(frozen=True)
 class StateSpec:
     """One metric state as ``add_state`` registered it."""

@@ -5,7 +5,7 @@ Three files share a prefix: ``PREFIX.samples.csv.gz`` (``t,device,kind,value``, 
 (``"format": "watt-trace v1"`` plus free-form facts about the run).
 
 Example:
-    >>> from lightning_watt.trace import bundled_trace, load_trace
+    >>> from lightning_watt.energy.trace import bundled_trace, load_trace
     >>> trace = load_trace(bundled_trace("h200-mlp-stall"))
     >>> round(sum(trace.timeline().energy_between(*trace.fit_window).values()))
     8370
@@ -27,15 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from lightning_watt.readings import COUNTER_J, KINDS, Reading
-from lightning_watt.timeline import _interp
+from lightning_watt.energy.readings import COUNTER_J, KINDS, Reading
+from lightning_watt.energy.timeline import _interp
 
 FORMAT = "watt-trace v1"
 SAMPLES_HEADER = ("t", "device", "kind", "value")
 STEPS_HEADER = ("phase", "edge", "index", "t_host", "t_gpu")
 EDGES = ("start", "end")
 _DEVICE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
-_DATA_DIR = Path(__file__).parent / "data"
+_DATA_DIR = Path(__file__).parent.parent / "data"
 _Row = TypeVar("_Row")
 
 
@@ -244,7 +244,7 @@ class Trace:
     def timeline(self, kinds: Collection[str] | None = None, **timeline_kwargs: Any):
         """Fuse the samples (optionally only ``kinds``) into an :class:`EnergyTimeline`, through
         the same code the live meter uses."""
-        from lightning_watt.timeline import EnergyTimeline
+        from lightning_watt.energy.timeline import EnergyTimeline
 
         timeline = EnergyTimeline(**timeline_kwargs)
         # Fed in half-second chunks, as the live meter feeds it, so pending data stays small.

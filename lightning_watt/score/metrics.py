@@ -2,13 +2,14 @@
 
 :class:`GreenQuotientIndex` accumulates an accuracy (a torchmetrics ``Accuracy`` it builds, or
 any metric whose value lies in [0, 1]) and scores it against the training energy with
-:func:`~lightning_watt.functional.green_quotient_index`. Inside a fit with
-:class:`~lightning_watt.callback.WattCallback` the energy comes from the run itself
-(:func:`~lightning_watt.context.current_energy_kwh`); elsewhere pass ``energy_kwh`` to ``update``.
+:func:`~lightning_watt.score.functional.green_quotient_index`. Inside a fit with
+:class:`~lightning_watt.integration.callback.WattCallback` the energy comes from the run itself
+(:func:`~lightning_watt.attribution.context.current_energy_kwh`); elsewhere pass ``energy_kwh`` to
+``update``.
 
 Example:
     >>> import torch
-    >>> from lightning_watt.metrics import GreenQuotientIndex
+    >>> from lightning_watt.score.metrics import GreenQuotientIndex
     >>> gqi = GreenQuotientIndex(task="multiclass", num_classes=3)
     >>> gqi.update(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]), energy_kwh=0.5)
     >>> gqi.compute()  # 10 * 0.75**5 / log10(1.5)
@@ -25,9 +26,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Accuracy, Metric
 
-from lightning_watt import _torchmetrics_private as private
-from lightning_watt.context import current_energy_kwh
-from lightning_watt.functional import (
+from lightning_watt import _compat as private
+from lightning_watt.attribution.context import current_energy_kwh
+from lightning_watt.score.functional import (
     DEFAULT_ALPHA,
     DEFAULT_BETA,
     GQIForm,
@@ -72,7 +73,7 @@ class GreenQuotientIndex(Metric):
     ``beta * accuracy**alpha / log10(E)`` (``form="paper"``, defined only for ``E > 1`` kWh),
     where ``accuracy`` is the wrapped metric's value over every ``update`` since the last
     ``reset`` and ``E`` the training energy in kWh; see
-    :func:`~lightning_watt.functional.green_quotient_index`.
+    :func:`~lightning_watt.score.functional.green_quotient_index`.
 
     **Accuracy.** By default a torchmetrics ``Accuracy`` built from ``task``, ``num_classes``,
     ``num_labels``, ``top_k``, ``threshold``, ``average``, ``multidim_average``,
@@ -85,7 +86,8 @@ class GreenQuotientIndex(Metric):
 
     **Energy.** ``update(preds, target, energy_kwh=E)`` records a *cumulative* reading: the
     latest one on a process is its value. Without any, ``compute`` asks
-    :func:`~lightning_watt.context.current_energy_kwh` (the run total that ``WattCallback``
+    :func:`~lightning_watt.attribution.context.current_energy_kwh` (the run total that
+    ``WattCallback``
     provides, the same on every process), and raises :class:`RuntimeError` if there is none.
     Across processes the readings combine by ``energy_reduction``:
 
@@ -120,7 +122,7 @@ class GreenQuotientIndex(Metric):
     Example:
         >>> import torch
         >>> from torchmetrics.classification import BinaryAccuracy
-        >>> from lightning_watt.context import energy_provider
+        >>> from lightning_watt.attribution.context import energy_provider
         >>> gqi = GreenQuotientIndex(BinaryAccuracy(), alpha=1.0)
         >>> gqi.update(torch.tensor([0.9, 0.2, 0.7, 0.4]), torch.tensor([1, 0, 0, 0]))
         >>> with energy_provider(lambda: 0.2):  # what WattCallback does during a fit
@@ -254,7 +256,7 @@ class GreenQuotientIndex(Metric):
 
         Raises:
             RuntimeError: no energy was passed and no ``WattCallback`` (or
-                :func:`~lightning_watt.context.energy_provider`) is active.
+                :func:`~lightning_watt.attribution.context.energy_provider`) is active.
             ValueError: the wrapped metric's value lies outside [0, 1], or ``form="paper"`` with
                 an energy of 1 kWh or less.
         """

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from lightning_watt.trace import StepEdge
+from lightning_watt.energy.trace import StepEdge
 
 
 class Edge(NamedTuple):
@@ -41,7 +41,7 @@ class Edge(NamedTuple):
         return self.t_host if self.t_gpu is None else self.t_gpu
 
     def ledger_edge(self) -> tuple[str, str, int, int | None, float]:
-        """The edge as :class:`~lightning_watt.ledger.EnergyLedger` books it."""
+        """The edge as :class:`~lightning_watt.attribution.ledger.EnergyLedger` books it."""
         return (self.phase, self.edge, self.index, self.epoch, self.t)
 
     def recorded(self) -> StepEdge:

@@ -1,6 +1,7 @@
 """``EnergyBudget``: stop a Lightning fit cleanly when it has spent its energy (or carbon) budget.
 
-The budget reads the cumulative energy that a :class:`~lightning_watt.callback.WattCallback` in
+The budget reads the cumulative energy that a
+:class:`~lightning_watt.integration.callback.WattCallback` in
 the same Trainer measures (all ranks, earlier checkpointed segments included), so it costs no
 extra measurement and no collective: the WattCallback's ``energy_kwh`` is fresh in a single
 process and, in a multi-process run, the value of its last all-reduce, which is identical on
@@ -8,8 +9,8 @@ every rank, so every rank takes the same decision at the same step.
 
 Example:
     >>> import lightning as L
-    >>> from lightning_watt.budget import EnergyBudget
-    >>> from lightning_watt.callback import WattCallback
+    >>> from lightning_watt.integration.budget import EnergyBudget
+    >>> from lightning_watt.integration.callback import WattCallback
     >>> budget = EnergyBudget(max_kwh=2.5)  # stop at 2.5 kWh (all GPUs and CPUs together)
     >>> trainer = L.Trainer(callbacks=[WattCallback(), budget], max_epochs=50)  # doctest: +SKIP
     >>> trainer.fit(model)  # doctest: +SKIP
@@ -29,7 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_watt.callback import WattCallback
+from lightning_watt.integration.callback import WattCallback
 from lightning_watt.validate import finite_number, positive_int
 
 __all__: Sequence[str] = ["EnergyBudget", "EnergyBudgetWarning"]
@@ -47,7 +48,8 @@ class EnergyBudget(Callback):
     """Stops training through ``trainer.should_stop`` when an energy or carbon budget is reached,
     and forecasts the energy of the whole planned run.
 
-    Needs a :class:`~lightning_watt.callback.WattCallback` in the same Trainer's callbacks (in any
+    Needs a :class:`~lightning_watt.integration.callback.WattCallback` in the same Trainer's
+    callbacks (in any
     position); the energy it counts is the WattCallback's cumulative kWh since the fit started,
     all ranks, earlier segments of a resumed run included.
 

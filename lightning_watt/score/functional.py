@@ -30,7 +30,7 @@ NaN inputs (a metric without data, a meter that failed) give a NaN score and a o
 naming the cause; they never raise. Every other bad input raises :class:`ValueError`.
 
 Example:
-    >>> from lightning_watt.functional import green_quotient_index
+    >>> from lightning_watt.score.functional import green_quotient_index
     >>> round(green_quotient_index(0.9, 0.5), 3)  # guarded: 10 * 0.9**5 / log10(1.5)
     33.533
     >>> round(green_quotient_index(0.9, 500.0, form="paper"), 4)  # 10 * 0.9**5 / log10(500)

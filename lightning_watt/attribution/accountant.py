@@ -1,8 +1,9 @@
 """``EnergyAccountant``: the energy of a training loop, per step, per epoch and per run.
 
 One object per training process. It owns the stage's meter, step edges and ledger
-(:class:`~lightning_watt.books.StageBooks`), the run's cumulative books across stages and
-checkpoints (:class:`~lightning_watt.books.RunBooks`), and the reductions across ranks
+(:class:`~lightning_watt.attribution.books.StageBooks`), the run's cumulative books across stages
+and
+checkpoints (:class:`~lightning_watt.attribution.books.RunBooks`), and the reductions across ranks
 (``torch.distributed`` when it is initialised, as by DDP, FSDP or Fabric; nothing otherwise).
 It knows nothing of Lightning: ``WattCallback`` maps Lightning's hooks onto it, and a Fabric or
 plain PyTorch loop calls it directly.
@@ -33,7 +34,7 @@ from typing import Any
 
 import torch
 
-from lightning_watt.books import (
+from lightning_watt.attribution.books import (
     STATE_VERSION,
     RunBooks,
     RunTotals,
@@ -41,16 +42,16 @@ from lightning_watt.books import (
     StageRecord,
     sum_dicts,
 )
-from lightning_watt.distributed import (
+from lightning_watt.attribution.distributed import (
     all_gather_objects,
     ownership_weights,
     sum_across_ranks,
 )
-from lightning_watt.ledger import GAP
-from lightning_watt.meter import EnergyMeter
-from lightning_watt.readings import J_PER_KWH
-from lightning_watt.step_clock import StepClock
-from lightning_watt.summary import build_summary
+from lightning_watt.attribution.ledger import GAP
+from lightning_watt.attribution.step_clock import StepClock
+from lightning_watt.attribution.summary import build_summary
+from lightning_watt.energy.meter import EnergyMeter
+from lightning_watt.energy.readings import J_PER_KWH
 
 #: Seconds an epoch or validation end waits for the meter's synchronous read.
 MEASURE_TIMEOUT_S = 0.5
@@ -271,7 +272,8 @@ class EnergyAccountant:
         **summary: Any,
     ) -> dict[str, Any]:
         """Close the stage's books with final energy and merge every rank's: the summary
-        (see :func:`~lightning_watt.summary.build_summary`, which takes ``summary``'s extra
+        (see :func:`~lightning_watt.attribution.summary.build_summary`, which takes ``summary``'s
+        extra
         fields). ``stage`` names it (default: the stage begun; ``"tune"`` keeps it out of the
         run). ``interrupted``: ranks may be out of step, so nothing is gathered."""
         books = self.stage
@@ -298,7 +300,7 @@ class EnergyAccountant:
 
 
 def _rank_record(record: StageRecord, rank: int, unavailable: dict[str, str]) -> dict[str, Any]:
-    """One rank's stage, as :func:`~lightning_watt.summary.build_summary` merges it."""
+    """One rank's stage, as :func:`~lightning_watt.attribution.summary.build_summary` merges it."""
     totals = record.totals
     return {
         "rank": rank,

@@ -1,6 +1,6 @@
 """Synthetic GPU power traces with exactly known energy, for tests, benchmarks and examples.
 
-Real traces (:func:`lightning_watt.trace.bundled_trace`) have no ground truth finer than the
+Real traces (:func:`lightning_watt.energy.trace.bundled_trace`) have no ground truth finer than the
 hardware counter's 100 ms updates. :func:`synthetic_run` builds a power signal whose energy is
 known to the millisecond, then derives from it the readings a GPU driver would give, with the
 semantics the real H100/H200 readers were measured to have:
@@ -19,7 +19,7 @@ semantics the real H100/H200 readers were measured to have:
   update: the reading is late, not the energy.
 * ``buffer_W``: one driver-buffer sample every ``buffer_interval_s`` (20 ms), whose value is the
   **mean power of the 20 ms before its timestamp**, the semantics
-  :class:`~lightning_watt.timeline.EnergyTimeline` assumes for this kind.
+  :class:`~lightning_watt.energy.timeline.EnergyTimeline` assumes for this kind.
 * ``instant_W``: at each counter update instant, the power of the millisecond just before it.
 * ``average_W``: at each counter update instant, the mean power of the trailing 1 s (of what
   exists, at the very start).
@@ -28,7 +28,7 @@ Step edges are written with ``t_gpu`` at the exact boundary and ``t_host`` ``hos
 earlier (Lightning's hooks run ahead of the GPU).
 
 Example:
-    >>> from lightning_watt.synthetic import synthetic_run
+    >>> from lightning_watt.testing.synthetic import synthetic_run
     >>> run = synthetic_run(seed=1)
     >>> trace = run.trace
     >>> sorted(trace.kinds)
@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_watt.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W, Reading
-from lightning_watt.trace import FORMAT, StepEdge, Trace
+from lightning_watt.energy.readings import AVERAGE_W, BUFFER_W, COUNTER_J, INSTANT_W, Reading
+from lightning_watt.energy.trace import FORMAT, StepEdge, Trace
 from lightning_watt.validate import finite_number, positive_number
 
 #: Resolution of the true power signal (seconds).
@@ -85,7 +85,8 @@ class SyntheticRun:
     """A synthetic recording and the truth it was made from.
 
     Attributes:
-        trace: the readings and step edges, as a watt-trace v1 :class:`~lightning_watt.trace.Trace`.
+        trace: the readings and step edges, as a watt-trace v1
+        :class:`~lightning_watt.energy.trace.Trace`.
         steps: every segment (train steps and idle stretches), in time order.
         power_W: the true power, one value per millisecond from ``t = 0``.
         device: the device name used in the trace.
@@ -365,7 +366,7 @@ def _meta(
     fit = (train[0].start, train[-1].end) if train else (0.0, duration_s)
     return {
         "format": FORMAT,
-        "description": "synthetic run from lightning_watt.synthetic.synthetic_run "
+        "description": "synthetic run from lightning_watt.testing.synthetic.synthetic_run "
         "(1 ms piecewise-constant power with known per-step energy)",
         "gpu": "synthetic",
         "fit_start": fit[0],

@@ -1,14 +1,15 @@
 """The energy books: what a run and one stage of it cost, without Lightning.
 
-:class:`StageBooks` ties a running :class:`~lightning_watt.meter.EnergyMeter`, a
-:class:`~lightning_watt.step_clock.StepClock` and an :class:`~lightning_watt.ledger.EnergyLedger`
+:class:`StageBooks` ties a running :class:`~lightning_watt.energy.meter.EnergyMeter`, a
+:class:`~lightning_watt.attribution.step_clock.StepClock` and an
+:class:`~lightning_watt.attribution.ledger.EnergyLedger`
 together for one stage (fit, validate, ...) of one process. :class:`RunBooks` carries the run's
 cumulative energy across stages; :class:`RunTotals` is what a checkpoint holds of it. The
-:class:`~lightning_watt.accountant.EnergyAccountant` combines them for a training loop.
+:class:`~lightning_watt.attribution.accountant.EnergyAccountant` combines them for a training loop.
 
 Example:
     >>> from lightning_watt import EnergyMeter, ReplaySource, bundled_trace
-    >>> from lightning_watt.step_clock import StepClock
+    >>> from lightning_watt.attribution.step_clock import StepClock
     >>> meter = EnergyMeter([ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0)]).start()
     >>> books = StageBooks(meter, StepClock(meter.now, device=None))
     >>> books.mark("train", "start", 0, epoch=0)
@@ -28,10 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_watt.ledger import EnergyFn, EnergyLedger
-from lightning_watt.meter import EnergyMeter
-from lightning_watt.readings import J_PER_KWH
-from lightning_watt.step_clock import StepClock
+from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger
+from lightning_watt.attribution.step_clock import StepClock
+from lightning_watt.energy.meter import EnergyMeter
+from lightning_watt.energy.readings import J_PER_KWH
 
 #: Version of :meth:`RunTotals.to_state`, stored in checkpoints.
 STATE_VERSION = 2

@@ -36,7 +36,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from lightning_watt.readings import J_PER_KWH
+from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.validate import finite_number
 
 __all__ = [

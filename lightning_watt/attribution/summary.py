@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lightning_watt.readings import J_PER_KWH
+from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.schema import SUMMARY_FORMAT
 
 if TYPE_CHECKING:
-    from lightning_watt.carbon import CarbonModel
+    from lightning_watt.score.carbon import CarbonModel
 
 FORMAT = SUMMARY_FORMAT
 

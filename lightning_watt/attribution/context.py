@@ -1,11 +1,12 @@
 """Where code inside a training run finds the run's energy without being handed it.
 
-:class:`~lightning_watt.callback.WattCallback` registers a provider while it runs; the
-:class:`~lightning_watt.metrics.GreenQuotientIndex` metric asks it for the cumulative energy when
+:class:`~lightning_watt.integration.callback.WattCallback` registers a provider while it runs; the
+:class:`~lightning_watt.score.metrics.GreenQuotientIndex` metric asks it for the cumulative energy
+when
 the caller passes none. Outside such a run there is no provider and the caller must pass energy.
 
 Example:
-    >>> from lightning_watt.context import current_energy_kwh, energy_provider
+    >>> from lightning_watt.attribution.context import current_energy_kwh, energy_provider
     >>> with energy_provider(lambda: 0.25):
     ...     current_energy_kwh()
     0.25

@@ -1,6 +1,7 @@
 """``WattCallback``: per-step energy in any Lightning run, on one GPU or many nodes.
 
-Thin glue: it maps Lightning's hooks onto an :class:`~lightning_watt.accountant.EnergyAccountant`
+Thin glue: it maps Lightning's hooks onto an
+:class:`~lightning_watt.attribution.accountant.EnergyAccountant`
 (the run's energy books, without Lightning), logs what it reports and writes the summary.
 
 **The run's cumulative energy** (what ``energy_kwh``, ``watt/energy_kWh`` and the score use):
@@ -34,22 +35,22 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_watt import _lightning_private as private
+from lightning_watt import _compat as private
 from lightning_watt import schema as keys
-from lightning_watt.accountant import EnergyAccountant
-from lightning_watt.books import RunBooks, RunTotals
-from lightning_watt.context import pop_energy_provider, push_energy_provider
-from lightning_watt.distributed import barrier
-from lightning_watt.handoff import Handoff
-from lightning_watt.meter import EnergyMeter
-from lightning_watt.readings import J_PER_KWH
+from lightning_watt.attribution.accountant import EnergyAccountant
+from lightning_watt.attribution.books import RunBooks, RunTotals
+from lightning_watt.attribution.context import pop_energy_provider, push_energy_provider
+from lightning_watt.attribution.distributed import barrier
+from lightning_watt.attribution.summary import render_summary
+from lightning_watt.energy.meter import EnergyMeter
+from lightning_watt.energy.readings import J_PER_KWH
+from lightning_watt.energy.trace import bundled_trace, load_trace
+from lightning_watt.integration.handoff import Handoff
 from lightning_watt.schema import DEFAULT_PREFIX, prefix_tag, stage_name, summary_file, trace_stem
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
-from lightning_watt.summary import render_summary
-from lightning_watt.trace import bundled_trace, load_trace
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lightning_watt.functional import GQIForm
+    from lightning_watt.score.functional import GQIForm
 
 
 def _resolve_trace(name_or_prefix: str) -> str:
@@ -115,7 +116,7 @@ class WattCallback(Callback):
         alpha, beta, form: the score's parameters (defaults 5, 10, ``"guarded"``).
         target_accuracy: log ``watt/target_kWh`` when ``score_from`` first reaches it.
         carbon_intensity, region, pue, price_per_kwh, currency: carbon and cost, see
-            :class:`lightning_watt.carbon.CarbonModel`.
+            :class:`lightning_watt.score.carbon.CarbonModel`.
     """
 
     def __init__(
@@ -142,7 +143,7 @@ class WattCallback(Callback):
         currency: str = "USD",
     ) -> None:
         super().__init__()
-        from lightning_watt.functional import validate_score_params
+        from lightning_watt.score.functional import validate_score_params
 
         if log_every_n_steps is not None and (
             isinstance(log_every_n_steps, bool)
@@ -196,7 +197,7 @@ class WattCallback(Callback):
     def _make_carbon(intensity, region, pue, price, currency):
         if intensity is None and region is None and price is None and pue == 1.0:
             return None
-        from lightning_watt.carbon import CarbonModel
+        from lightning_watt.score.carbon import CarbonModel
 
         return CarbonModel(
             carbon_intensity=intensity,
@@ -380,7 +381,7 @@ class WattCallback(Callback):
 
     @property
     def carbon(self) -> Any:
-        """The :class:`~lightning_watt.carbon.CarbonModel` in use, or ``None``."""
+        """The :class:`~lightning_watt.score.carbon.CarbonModel` in use, or ``None``."""
         return self._carbon
 
     # ------------------------------------------------------------------ hooks: edges
@@ -616,7 +617,7 @@ class WattCallback(Callback):
             return {}
         value = private.unpublished_metric(trainer, key)
         accuracy = float(value.item() if isinstance(value, torch.Tensor) else value)
-        from lightning_watt.functional import green_quotient_index
+        from lightning_watt.score.functional import green_quotient_index
 
         try:
             score = float(

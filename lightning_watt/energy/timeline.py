@@ -1,7 +1,7 @@
 """Fusing raw readings into a cumulative energy function ``E(t)`` per device: pure math.
 
-No threads and no I/O: the live :class:`~lightning_watt.meter.EnergyMeter` and
-:meth:`Trace.timeline <lightning_watt.trace.Trace.timeline>` feed the same class.
+No threads and no I/O: the live :class:`~lightning_watt.energy.meter.EnergyMeter` and
+:meth:`Trace.timeline <lightning_watt.energy.trace.Trace.timeline>` feed the same class.
 
 How readings become energy, per device:
 
@@ -28,7 +28,7 @@ How readings become energy, per device:
   ``max_gap`` are reported by :meth:`EnergyTimeline.gaps`, never silently zero.
 
 Example:
-    >>> from lightning_watt.readings import Reading
+    >>> from lightning_watt.energy.readings import Reading
     >>> tl = EnergyTimeline()
     >>> tl.add([Reading(0.0, "gpu0", "instant_W", 100.0), Reading(2.0, "gpu0", "instant_W", 100.0)])
     >>> tl.flush()
@@ -45,7 +45,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_watt.readings import (
+from lightning_watt.energy.readings import (
     AVERAGE_W,
     BUFFER_W,
     COUNTER_J,
@@ -601,7 +601,7 @@ class EnergyTimeline:
         devices: restrict to these device names (readings of others raise ``ValueError``).
 
     Example:
-        >>> from lightning_watt.trace import bundled_trace, load_trace
+        >>> from lightning_watt.energy.trace import bundled_trace, load_trace
         >>> trace = load_trace(bundled_trace("h200-square-wave"))
         >>> tl = trace.timeline(kinds={"buffer_W"})
         >>> tl.devices

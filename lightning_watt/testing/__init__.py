@@ -1,0 +1,4 @@
+"""Helpers for tests and benchmarks, not used at run time.
+
+* :mod:`~lightning_watt.testing.synthetic`: runs with known true power, as watt-trace.
+"""
