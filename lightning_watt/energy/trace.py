@@ -29,8 +29,9 @@ from typing import Any, NamedTuple, TypeVar
 
 from lightning_watt.energy.readings import COUNTER_J, KINDS, Reading
 from lightning_watt.energy.timeline import _interp
+from lightning_watt.schema import TRACE_FORMAT
 
-FORMAT = "watt-trace v1"
+FORMAT = TRACE_FORMAT
 SAMPLES_HEADER = ("t", "device", "kind", "value")
 STEPS_HEADER = ("phase", "edge", "index", "t_host", "t_gpu")
 EDGES = ("start", "end")
@@ -181,15 +182,22 @@ def _read_steps(path: Path) -> list[StepEdge]:
     return _read_csv(path, STEPS_HEADER, _parse_step)
 
 
+def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """A JSON file holding one object (watt-trace meta, a summary); ``error`` names the file
+    and line of what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}:1: expected a JSON object")
+    return data
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"watt-trace file missing: {path}")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise TraceFormatError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-    if not isinstance(meta, dict):
-        raise TraceFormatError(f"{path}:1: expected a JSON object")
+    meta = read_json_object(path, TraceFormatError)
     if meta.get("format") != FORMAT:
         raise TraceFormatError(f"{path}:1: format must be {FORMAT!r}, got {meta.get('format')!r}")
     return meta

@@ -3,13 +3,7 @@
 Each number comes from the best source present: the fit's summary (the callback's own totals),
 then the watt-trace (:class:`~lightning_watt.report.trace_view.TraceView`), then the logged
 scalars, looked up under the run's logging prefix (:mod:`lightning_watt.report.keys`).
-
-Example:
-    >>> run = RunData(name="demo", path=Path("."), scalars={
-    ...     "watt/energy_kWh": ScalarSeries("watt/energy_kWh", [10, 20], [0.1, 0.25]),
-    ...     "val_acc": ScalarSeries("val_acc", [20], [0.9], epochs=[0])})
-    >>> run.energy_kWh, run.monitor, run.best_accuracy
-    (0.25, 'val_acc', 0.9)
+:class:`RunData`'s docstring has an example.
 """
 
 from __future__ import annotations

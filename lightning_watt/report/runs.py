@@ -8,13 +8,9 @@ puts a run together as :class:`~lightning_watt.report.rundata.RunData`, whose lo
 :mod:`~lightning_watt.report.keys` names.
 
 Example:
-    >>> import json, pathlib, tempfile
-    >>> with tempfile.TemporaryDirectory() as root:
-    ...     run = pathlib.Path(root) / "lightning_logs" / "version_0"
-    ...     run.mkdir(parents=True)
-    ...     _ = (run / "watt_summary.json").write_text(json.dumps({"energy_kWh": 0.5}))
-    ...     print([(r.name, r.energy_kWh) for r in read_runs([root])])
-    [('version_0', 0.5)]
+    >>> from lightning_watt.report.runs import read_runs, RunData  # as before the split
+    >>> read_runs.__module__, RunData.__module__
+    ('lightning_watt.report.reading', 'lightning_watt.report.rundata')
 """
 
 from __future__ import annotations

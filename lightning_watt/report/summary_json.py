@@ -7,18 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lightning_watt.energy.trace import read_json_object
 from lightning_watt.report.errors import ReportError
 from lightning_watt.schema import SUMMARY_FORMAT
 
 
 def read_summary(path: Path, warnings: list[str]) -> dict[str, Any]:
     """The summary as a dict; a format other than this version's is read, with a warning."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}:1: expected a JSON object")
+    data = read_json_object(path, ReportError)
     if "format" in data and data["format"] != SUMMARY_FORMAT:
         warnings.append(
             f"{path}: format {data['format']!r}, expected {SUMMARY_FORMAT!r}; read anyway"
