@@ -48,6 +48,7 @@ from lightning_watt.energy.trace import bundled_trace, load_trace
 from lightning_watt.integration.handoff import Handoff
 from lightning_watt.schema import DEFAULT_PREFIX, prefix_tag, stage_name, summary_file, trace_stem
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
+from lightning_watt.validate import finite_number, positive_int, positive_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_watt.score.functional import GQIForm
@@ -145,14 +146,9 @@ class WattCallback(Callback):
         super().__init__()
         from lightning_watt.score.functional import validate_score_params
 
-        if log_every_n_steps is not None and (
-            isinstance(log_every_n_steps, bool)
-            or not isinstance(log_every_n_steps, int)
-            or log_every_n_steps < 1
-        ):
-            raise ValueError(
-                f"log_every_n_steps must be a positive integer or None, got {log_every_n_steps!r}"
-            )
+        self.log_every_n_steps = positive_int(
+            "log_every_n_steps", log_every_n_steps, allow_none=True
+        )
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"prefix must be a non-empty string such as 'watt/', got {prefix!r}")
         if sources is not None and not all(isinstance(s, EnergySource) for s in sources):
@@ -161,30 +157,28 @@ class WattCallback(Callback):
             raise ValueError("sources and replay are exclusive: pass one of them")
         replays = [replay] if isinstance(replay, str) else list(replay or [])
         self._replay = [_resolve_trace(r) for r in replays]
-        if isinstance(replay_speed, bool) or not (
-            isinstance(replay_speed, (int, float)) and replay_speed > 0
-        ):
-            raise ValueError(f"replay_speed must be a number > 0, got {replay_speed!r}")
+        self.replay_speed = positive_number("replay_speed", replay_speed)
         self.form: GQIForm = validate_score_params(alpha=alpha, beta=beta, form=form)
-        if target_accuracy is not None and not (0.0 < target_accuracy <= 1.0):
-            raise ValueError(
-                f"target_accuracy must be in (0, 1] (a fraction, not a percentage), got "
-                f"{target_accuracy!r}"
-            )
+        self.target_accuracy = finite_number(
+            "target_accuracy",
+            target_accuracy,
+            minimum=0.0,
+            exclusive_minimum=True,
+            maximum=1.0,
+            unit="(a fraction, not a percentage)",
+            allow_none=True,
+        )
         if target_accuracy is not None and score_from is None:
             raise ValueError("target_accuracy needs score_from: the logged accuracy to watch")
         self._carbon = self._make_carbon(carbon_intensity, region, pue, price_per_kwh, currency)
-        self.log_every_n_steps = log_every_n_steps
         self.prefix = prefix
         self.per_device = per_device
         self.progress_bar = progress_bar
         self._sources = sources
-        self.replay_speed = float(replay_speed)
         self.record = record
         self.summary = summary
         self.score_from = score_from
         self.alpha, self.beta = float(alpha), float(beta)
-        self.target_accuracy = target_accuracy
         self.last_summary: dict[str, Any] | None = None
         self._books = EnergyAccountant()
         self._metrics_by_epoch: dict[int, dict[str, float]] = {}
