@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lightning_watt.attribution.accountant import EnergyAccountant
 from lightning_watt.attribution.books import RunBooks, RunTotals, StageBooks
 from lightning_watt.attribution.ledger import EnergyLedger
 from lightning_watt.attribution.step_clock import StepClock
@@ -127,3 +128,39 @@ def test_stage_books_add_up_on_a_replayed_gpu():
     assert totals.energy_J == pytest.approx(device_j, rel=1e-9)
     # The books saved before the end hold no more than the final books (no held-power guess).
     assert 0 < saved.energy_J <= totals.energy_J * (1 + 1e-3)
+
+
+def _replayed_accountant() -> EnergyAccountant:
+    books = EnergyAccountant()
+    replay = ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0, speed=4.0)
+    books.begin("fit", EnergyMeter([replay]))
+    return books
+
+
+def test_a_checkpoint_of_the_live_stage_rolls_nothing_back_and_a_foreign_one_resumes():
+    books = _replayed_accountant()
+    for step in range(3):
+        books.mark("train", "start", step, 0)
+        time.sleep(0.03)
+        books.mark("train", "end", step, 0)
+    own = books.state_dict(epoch=0)
+    assert own["energy_J"] > 0 and own["steps"] == {"train": 3}
+    # A tuner restores the checkpoint it took at its start: the stage's books stay.
+    assert books.load_state_dict(own) is None
+    assert books.run.offset.energy_J == 0.0
+    # A checkpoint of another run (a resume) becomes the earlier segments.
+    foreign = {**own, "stage_id": "another"}
+    assert books.load_state_dict(foreign) is None
+    assert books.run.offset.energy_J == pytest.approx(own["energy_J"])
+    summary = books.finish()
+    assert summary["energy_J"] == pytest.approx(own["energy_J"] + summary["segment_energy_J"])
+    assert summary["steps"]["train"] == 6
+
+
+def test_unusable_checkpoints_are_refused_with_a_reason():
+    books = _replayed_accountant()
+    assert "version" in (books.load_state_dict({"version": 99}) or "")
+    bad = {"version": 2, "stage_id": "x", "energy_J": float("nan")}
+    assert "energy_J must be a finite number" in (books.load_state_dict(bad) or "")
+    assert books.run.offset.energy_J == 0.0
+    books.abort()
