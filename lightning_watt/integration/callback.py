@@ -317,8 +317,7 @@ class WattCallback(Callback):
             rank_zero_warn(
                 "lightning-watt: nothing to measure on this machine ("
                 + "; ".join(f"{k}: {v}" for k, v in self._unavailable.items())
-                + "). Training continues; energy is logged as 0. `lightning-watt doctor` "
-                "tells what this machine can measure and how to enable it."
+                + "). Training continues; energy is logged as 0."
             )
         # A checkpoint this stage resumes from is loaded after setup (load_state_dict).
         self._books.begin(
