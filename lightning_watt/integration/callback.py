@@ -38,32 +38,19 @@ from typing_extensions import override
 from lightning_watt import _compat as private
 from lightning_watt import schema as keys
 from lightning_watt.attribution.accountant import EnergyAccountant
-from lightning_watt.attribution.books import RunBooks, RunTotals
 from lightning_watt.attribution.context import pop_energy_provider, push_energy_provider
 from lightning_watt.attribution.distributed import barrier
 from lightning_watt.attribution.summary import render_summary
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import J_PER_KWH
-from lightning_watt.energy.trace import bundled_trace, load_trace
 from lightning_watt.integration.handoff import Handoff
 from lightning_watt.schema import DEFAULT_PREFIX, prefix_tag, stage_name, summary_file, trace_stem
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
+from lightning_watt.sources.replay import resolve_trace
 from lightning_watt.validate import finite_number, positive_int, positive_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_watt.score.functional import GQIForm
-
-
-def _resolve_trace(name_or_prefix: str) -> str:
-    if os.path.exists(name_or_prefix + ".meta.json"):
-        return name_or_prefix
-    try:
-        return bundled_trace(name_or_prefix)
-    except ValueError:
-        raise ValueError(
-            f"replay: {name_or_prefix!r} is neither a watt-trace prefix (PREFIX.meta.json not "
-            "found) nor a bundled trace ('h100-mlp', 'h200-mlp-stall', 'h200-square-wave')"
-        ) from None
 
 
 def run_directory(trainer: pl.Trainer) -> Path:
@@ -156,7 +143,7 @@ class WattCallback(Callback):
         if sources is not None and replay is not None:
             raise ValueError("sources and replay are exclusive: pass one of them")
         replays = [replay] if isinstance(replay, str) else list(replay or [])
-        self._replay = [_resolve_trace(r) for r in replays]
+        self._replay = [resolve_trace(r) for r in replays]
         self.replay_speed = positive_number("replay_speed", replay_speed)
         self.form: GQIForm = validate_score_params(alpha=alpha, beta=beta, form=form)
         self.target_accuracy = finite_number(
@@ -243,32 +230,13 @@ class WattCallback(Callback):
         self._epoch_loop = None
 
     def _take_handoff(self) -> None:
-        data = self._handoff.take() if self._handoff is not None and not self._live else None
-        if data is None:
-            return
-        final = data.get("run_energy_J")
-        offset = data.get("offset")
-        self._books.run = RunBooks(
-            offset=RunTotals.from_state(offset) if offset else RunTotals(),
-            final_J=final,
-            kwh=(final or 0.0) / J_PER_KWH,
-            target_kwh=data.get("target_kWh"),
-            stage=data.get("stage"),
-        )
-        self.last_summary = data.get("last_summary")
+        taken = self._handoff.take() if self._handoff is not None and not self._live else None
+        if taken is not None:
+            self._books.run, self.last_summary = taken
 
     def _leave_handoff(self) -> None:
-        run = self._books.run
         if self._handoff is not None and self._books.rank == 0:
-            self._handoff.leave(
-                {
-                    "run_energy_J": run.final_J,
-                    "offset": run.offset.to_state(),
-                    "target_kWh": run.target_kwh,
-                    "stage": run.stage,
-                    "last_summary": self.last_summary,
-                }
-            )
+            self._handoff.leave(self._books.run, self.last_summary)
 
     # ------------------------------------------------------------------ lifecycle
     def _sources_for(self, trainer: pl.Trainer) -> tuple[list[EnergySource], dict[str, str]]:
@@ -277,19 +245,8 @@ class WattCallback(Callback):
         rank = trainer.global_rank
         if self._replay:
             prefix = self._replay[rank % len(self._replay)]
-            trace = load_trace(prefix)
-            # Replay from where the recorded fit started (not its idle lead-in), looping.
-            first, last = trace.span
-            start = min(max(float(trace.meta.get("fit_start", first)), first), last - 1.0)
-            source = ReplaySource(
-                trace,
-                start=start,
-                speed=self.replay_speed,
-                loop=True,
-                uuid_prefix=f"rank{rank}",
-                name=os.path.basename(prefix),
-            )
-            return [source], {}
+            replay = ReplaySource.of_fit(prefix, speed=self.replay_speed, uuid_prefix=f"rank{rank}")
+            return [replay], {}
         root = trainer.strategy.root_device
         return default_sources(gpu_devices=[root.index or 0] if root.type == "cuda" else None)
 

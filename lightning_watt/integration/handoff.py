@@ -11,6 +11,10 @@ Example:
     >>> box = Handoff(os.path.join(tempfile.mkdtemp(), "books.json"))
     >>> box.take() is None
     True
+    >>> from lightning_watt.attribution.books import RunBooks
+    >>> box.leave(RunBooks(final_J=42.0), None)
+    >>> box.take() is None  # left by this very process: not a handoff
+    True
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import tempfile
 import uuid
 from typing import Any
 
+from lightning_watt.attribution.books import RunBooks, RunTotals
+from lightning_watt.energy.readings import J_PER_KWH
+
 
 class Handoff:
-    """A file one process leaves a small JSON-able dict in, and another takes it from."""
+    """A file one process leaves the run's books (and last summary) in, another takes them from."""
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path or os.path.join(
@@ -32,17 +39,39 @@ class Handoff:
         )
         self._seen = 0.0
 
-    def leave(self, data: dict[str, Any]) -> None:
-        """Write ``data`` for another process (atomically; a failed write is ignored: the
-        books stay with the process that wrote them, in its summary file)."""
+    def leave(self, run: RunBooks, summary: dict[str, Any] | None) -> None:
+        """Write the run's books and last summary for another process (atomically; a failed
+        write is ignored: the books stay with the process that wrote them, in its summary)."""
+        data = {
+            "run_energy_J": run.final_J,
+            "offset": run.offset.to_state(),
+            "target_kWh": run.target_kwh,
+            "stage": run.stage,
+            "last_summary": summary,
+        }
         with contextlib.suppress(OSError):
             tmp = self.path + ".tmp"
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump({"pid": os.getpid(), "data": data}, fh)
             os.replace(tmp, self.path)
 
-    def take(self) -> dict[str, Any] | None:
-        """What another process left since the last call, or ``None``."""
+    def take(self) -> tuple[RunBooks, dict[str, Any] | None] | None:
+        """The books and summary another process left since the last call, or ``None``."""
+        data = self._take()
+        if data is None:
+            return None
+        final = data.get("run_energy_J")
+        offset = data.get("offset")
+        books = RunBooks(
+            offset=RunTotals.from_state(offset) if offset else RunTotals(),
+            final_J=final,
+            kwh=(final or 0.0) / J_PER_KWH,
+            target_kwh=data.get("target_kWh"),
+            stage=data.get("stage"),
+        )
+        return books, data.get("last_summary")
+
+    def _take(self) -> dict[str, Any] | None:
         try:
             mtime = os.path.getmtime(self.path)
         except OSError:

@@ -25,7 +25,7 @@ from typing import TypedDict
 
 from lightning_watt.energy.readings import COUNTER_J, KINDS, DeviceInfo, Reading
 from lightning_watt.energy.timeline import EnergyTimeline
-from lightning_watt.energy.trace import Trace, load_trace
+from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
 from lightning_watt.sources.base import Channel, Clock, EnergySource
 from lightning_watt.validate import positive_number
 
@@ -40,6 +40,20 @@ class _LapState(TypedDict):
     lap: int
     t: float
     first: bool
+
+
+def resolve_trace(name_or_prefix: str) -> str:
+    """The watt-trace prefix ``name_or_prefix`` names: a recording's own prefix, or a bundled
+    trace's name; ``ValueError`` naming both when it is neither."""
+    if os.path.exists(name_or_prefix + ".meta.json"):
+        return name_or_prefix
+    try:
+        return bundled_trace(name_or_prefix)
+    except ValueError:
+        raise ValueError(
+            f"replay: {name_or_prefix!r} is neither a watt-trace prefix (PREFIX.meta.json not "
+            "found) nor a bundled trace ('h100-mlp', 'h200-mlp-stall', 'h200-square-wave')"
+        ) from None
 
 
 class ReplaySource(EnergySource):
@@ -59,6 +73,30 @@ class ReplaySource(EnergySource):
     """
 
     name = "replay"
+
+    @classmethod
+    def of_fit(
+        cls, name_or_prefix: str, *, speed: float = 1.0, uuid_prefix: str = "replay"
+    ) -> ReplaySource:
+        """A looping replay of a recorded fit, from where the fit started (not its idle
+        lead-in): ``name_or_prefix`` is a watt-trace prefix or a bundled trace's name.
+
+        Example:
+            >>> ReplaySource.of_fit("h200-mlp-stall").trace_name
+            'h200-mlp-stall'
+        """
+        prefix = resolve_trace(name_or_prefix)
+        trace = load_trace(prefix)
+        first, last = trace.span
+        start = min(max(float(trace.meta.get("fit_start", first)), first), last - 1.0)
+        return cls(
+            trace,
+            start=start,
+            speed=speed,
+            loop=True,
+            uuid_prefix=uuid_prefix,
+            name=os.path.basename(prefix),
+        )
 
     def __init__(
         self,
