@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -89,11 +90,11 @@ def test_fit_from_yaml_builds_the_callback_and_logs_energy(tmp_path):
     steps = [s for s, _ in energy]
     assert steps == sorted(set(steps))
     kwh = [e for _, e in energy]
-    # Fresh values each tick, not one value repeated (0 J until the meter's first power
-    # readings, ~0.1 s after setup).
+    # Each tick counts the energy measured so far: it grows as readings arrive (the driver
+    # buffer is drained every 0.5 s, so ticks closer than that may repeat a value).
     assert all(math.isfinite(e) and e >= 0 for e in kwh), energy
-    assert kwh[-1] > 0, energy
-    assert len(set(kwh)) >= len(kwh) // 2, energy
+    assert all(b >= a for a, b in itertools.pairwise(kwh)), energy
+    assert kwh[-1] > kwh[0] and len(set(kwh)) >= 2, energy
 
 
 @pytest.mark.parametrize(
