@@ -37,12 +37,13 @@ __all__ = [
     "PlotOutput",
     "StateSpec",
     "disable_compute_sync",
+    "log_rule",
     "plot_values",
     "prepare_compute",
     "set_callback_metrics",
     "set_progress_bar_values",
-    "should_log_now",
     "state_specs",
+    "step_counter",
     "stepped_batches",
     "unpublished_metric",
     "unpublished_metric_keys",
@@ -57,6 +58,35 @@ def stepped_batches(trainer: pl.Trainer) -> int:
     loop = getattr(trainer.fit_loop, "epoch_loop", None)
     value = getattr(loop, "_batches_that_stepped", None)
     return int(value) if isinstance(value, int) else int(trainer.global_step)
+
+
+def step_counter(trainer: pl.Trainer) -> Callable[[], int]:
+    """A cheap reader of ``trainer.global_step`` for the epoch now starting: the property walks
+    the strategy and module on every call (microseconds per batch hook), the optimizer-step
+    counter it ends at does not change object within an epoch."""
+    loop = trainer.fit_loop.epoch_loop
+    module = trainer.lightning_module
+    try:
+        if module is None or module.automatic_optimization:
+            counter = loop.automatic_optimization.optim_progress.optimizer.step.total
+        else:
+            counter = loop.manual_optimization.optim_step_progress.total
+        _ = int(counter.completed)
+    except (AttributeError, TypeError, ValueError):
+        return lambda: trainer.global_step
+    return lambda: counter.completed
+
+
+def log_rule(trainer: pl.Trainer) -> Callable[[], bool]:
+    """Lightning's rule for a training log row at this batch (``log_every_n_steps``, its
+    ``LoggerConnector.should_update_logs``), read cheaply for the epoch now starting."""
+    every = getattr(trainer, "log_every_n_steps", 50)
+    if not isinstance(every, int) or every <= 0:
+        return lambda: False
+    loop = trainer.fit_loop.epoch_loop
+    if not isinstance(getattr(loop, "_batches_that_stepped", None), int):
+        return lambda: (trainer.global_step + 1) % every == 0 or bool(trainer.should_stop)
+    return lambda: (loop._batches_that_stepped + 1) % every == 0 or bool(trainer.should_stop)
 
 
 def unpublished_metric(trainer: pl.Trainer, key: str) -> Any:
@@ -107,14 +137,6 @@ def set_callback_metrics(trainer: pl.Trainer, values: dict[str, float]) -> None:
         # The public property returns the same dict after folding in the logged results.
         metrics = trainer.callback_metrics
     metrics.update({k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()})
-
-
-def should_log_now(trainer: pl.Trainer) -> bool:
-    """Lightning's own rule for a training log row at this batch (``log_every_n_steps``)."""
-    every = getattr(trainer, "log_every_n_steps", 50)
-    if not isinstance(every, int) or every <= 0:
-        return False
-    return (stepped_batches(trainer) + 1) % every == 0 or bool(trainer.should_stop)
 
 
 # ---------------------------------------------------------------------------- torchmetrics

@@ -24,7 +24,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,7 +193,8 @@ class WattCallback(Callback):
         self._write_files = True
         self._unavailable: dict[str, str] = {}
         self._epoch = 0
-        self._epoch_loop: Any = None
+        self._step_of: Callable[[], int] | None = None  # cheap global step, per epoch
+        self._log_now: Callable[[], bool] | None = None  # Lightning's log rule, per epoch
         self._window: int | None = None  # global step when the open optimizer step began
         self._warned: set[str] = set()
         self._provider_pushed = False
@@ -218,7 +219,7 @@ class WattCallback(Callback):
             self._handoff = Handoff()
         state = dict(self.__dict__)
         state["_books"] = self._books.run
-        state.pop("_epoch_loop", None)
+        state["_step_of"] = state["_log_now"] = None  # closures over this process's loop
         state["_provider_pushed"] = False
         return state
 
@@ -227,7 +228,6 @@ class WattCallback(Callback):
         self.__dict__.update(state)
         self._books = EnergyAccountant()
         self._books.run = run
-        self._epoch_loop = None
 
     def _take_handoff(self) -> None:
         taken = self._handoff.take() if self._handoff is not None and not self._live else None
@@ -346,12 +346,13 @@ class WattCallback(Callback):
             self._books.new_epoch()
         # Resolved once per epoch, not per step: Lightning's properties walk several objects.
         self._epoch = trainer.current_epoch
-        self._epoch_loop = trainer.fit_loop.epoch_loop
+        self._step_of = private.step_counter(trainer)
+        self._log_now = private.log_rule(trainer)
         self._window = None
 
     def _global_step(self, trainer: pl.Trainer) -> int:
-        loop = self._epoch_loop
-        return loop.global_step if loop is not None else trainer.global_step
+        step_of = self._step_of
+        return step_of() if step_of is not None else trainer.global_step
 
     @override
     def on_train_batch_start(
@@ -386,7 +387,8 @@ class WattCallback(Callback):
 
     def _should_log(self, trainer: pl.Trainer, step: int) -> bool:
         if self.log_every_n_steps is None:
-            return private.should_log_now(trainer)
+            log_now = self._log_now
+            return log_now() if log_now is not None else False
         return (step + 1) % self.log_every_n_steps == 0
 
     def _mark_eval(self, trainer: pl.Trainer, edge: str, batch_idx: int) -> None:
