@@ -207,7 +207,7 @@ class EnergyAccountant:
             [
                 phases.get("train", 0.0),
                 phases.get("val", 0.0),
-                phases.get(GAP, 0.0) + phases.get("sanity", 0.0),
+                sum(v for k, v in phases.items() if k not in ("train", "val")),
                 stage.energy_j(),
             ]
         )

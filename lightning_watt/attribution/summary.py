@@ -78,7 +78,8 @@ def build_summary(
     total_j = prior_j + segment_j
     duration = max((r["duration_s"] for r in ranks), default=0.0)
     step_phases = {k: v for k, v in phases.items() if k != "gap"}
-    outside = phases.get("gap", 0.0) + phases.get("sanity", 0.0)
+    # Energy in no step of the stage's own work: gaps, the sanity check, a tuner's trials.
+    outside = sum(v for k, v in phases.items() if k not in ("train", "val", "test", "predict"))
     cumulative = unassigned_prior_j
     epoch_rows = []
     for e in sorted(epochs):
@@ -89,7 +90,9 @@ def build_summary(
                 "epoch": e,
                 "train_J": ph.get("train", 0.0),
                 "val_J": ph.get("val", 0.0),
-                "gap_J": ph.get("gap", 0.0) + ph.get("sanity", 0.0),
+                # Everything outside train and validation steps (gaps, the sanity check, a
+                # tuner's trials), so that a row's three energies add up to the epoch's.
+                "gap_J": sum(v for k, v in ph.items() if k not in ("train", "val")),
                 "energy_kWh": cumulative / J_PER_KWH,
                 "train_steps": epoch_steps.get(e, 0),
                 "metrics": (epoch_metrics or {}).get(e, {}),

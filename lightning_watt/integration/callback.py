@@ -101,7 +101,10 @@ class WattCallback(Callback):
             at each validation epoch end, ready for ``EarlyStopping(monitor="watt/gqi",
             mode="max")``. With several validation dataloaders, the plain name means
             dataloader 0 (``"val_acc/dataloader_idx_1"`` picks another).
-        alpha, beta, form: the score's parameters (defaults 5, 10, ``"guarded"``).
+        alpha, beta, form: the score's parameters (defaults 5, 10, ``"scale_free"``; also
+            ``"guarded"`` and ``"paper"``), see
+            :func:`~lightning_watt.score.functional.green_quotient_index`.
+        reference_kwh: the scale-free form's reference energy (``None``: 100 kWh).
         target_accuracy: log ``watt/target_kWh`` when ``score_from`` first reaches it.
         carbon_intensity, region, pue, price_per_kwh, currency: carbon and cost, see
             :class:`lightning_watt.score.carbon.CarbonModel`.
@@ -122,7 +125,8 @@ class WattCallback(Callback):
         score_from: str | None = None,
         alpha: float = 5.0,
         beta: float = 10.0,
-        form: str = "guarded",
+        form: str = "scale_free",
+        reference_kwh: float | None = None,
         target_accuracy: float | None = None,
         carbon_intensity: float | None = None,
         region: str | None = None,
@@ -131,7 +135,7 @@ class WattCallback(Callback):
         currency: str = "USD",
     ) -> None:
         super().__init__()
-        from lightning_watt.score.functional import validate_score_params
+        from lightning_watt.score.functional import resolve_reference_kwh, validate_score_params
 
         self.log_every_n_steps = positive_int(
             "log_every_n_steps", log_every_n_steps, allow_none=True
@@ -145,7 +149,10 @@ class WattCallback(Callback):
         replays = [replay] if isinstance(replay, str) else list(replay or [])
         self._replay = [resolve_trace(r) for r in replays]
         self.replay_speed = positive_number("replay_speed", replay_speed)
-        self.form: GQIForm = validate_score_params(alpha=alpha, beta=beta, form=form)
+        self.form: GQIForm = validate_score_params(
+            alpha=alpha, beta=beta, form=form, reference_kwh=reference_kwh
+        )
+        self.reference_kwh = resolve_reference_kwh(form, reference_kwh)
         self.target_accuracy = finite_number(
             "target_accuracy",
             target_accuracy,
@@ -196,6 +203,7 @@ class WattCallback(Callback):
         self._step_of: Callable[[], int] | None = None  # cheap global step, per epoch
         self._log_now: Callable[[], bool] | None = None  # Lightning's log rule, per epoch
         self._window: int | None = None  # global step when the open optimizer step began
+        self._tuning = False  # a tuner's trial steps are running (phase "tune")
         self._warned: set[str] = set()
         self._provider_pushed = False
 
@@ -574,7 +582,12 @@ class WattCallback(Callback):
         try:
             score = float(
                 green_quotient_index(
-                    accuracy, kwh, alpha=self.alpha, beta=self.beta, form=self.form
+                    accuracy,
+                    kwh,
+                    alpha=self.alpha,
+                    beta=self.beta,
+                    form=self.form,
+                    reference_kwh=self.reference_kwh,
                 )
             )
         except ValueError as err:
@@ -665,6 +678,7 @@ class WattCallback(Callback):
                     "alpha": self.alpha,
                     "beta": self.beta,
                     "form": self.form,
+                    "reference_kwh": self.reference_kwh,
                     "final": _metric(trainer, self.prefix + keys.GQI),
                     "target_accuracy": self.target_accuracy,
                     "target_kWh": books.run.target_kwh,
@@ -713,12 +727,30 @@ class WattCallback(Callback):
         return self._books.state_dict(self._epoch)
 
     @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        from lightning.pytorch.callbacks import BatchSizeFinder, LearningRateFinder
+
+        # A tuner saves a checkpoint before the training loop starts, runs trial steps (with
+        # this callback's hooks detached) and restores it: those steps are phase "tune".
+        # Set on the Trainer by Lightning's CallbackConnector; its class does not declare it.
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined,unused-ignore]
+        tuner = any(isinstance(c, (BatchSizeFinder, LearningRateFinder)) for c in callbacks)
+        if tuner and self._live and self._step_of is None and not self._tuning:
+            self._books.mark("tune", "start", 0, None)
+            self._tuning = True
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the run a checkpoint holds. A checkpoint taken earlier in this very stage
-        (a Tuner rolling back its trial steps) changes nothing."""
+        (a Tuner rolling back its trial steps) changes nothing but ends the "tune" phase."""
         if not self._live:
             self._pending_state = dict(state_dict)  # applied when the next stage starts
             return
+        if self._tuning and state_dict.get("stage_id") == self._books.stage_id:
+            self._books.mark("tune", "end", 0, None)
+            self._tuning = False
         problem = self._books.load_state_dict(state_dict)
         if problem is not None:
             rank_zero_warn(f"lightning-watt: checkpoint {problem}; the run's energy starts at 0 J")

@@ -46,3 +46,28 @@ def test_tuner_then_fit(tmp_path, how, repeat):
     assert epoch_numbers(s)[0] == 0, epoch_numbers(s)
     assert s["energy_J"] < s["duration_s"] * s["peak_power_W"], s["energy_J"]
     assert s["energy_J"] == pytest.approx(s["duration_s"] * s["mean_power_W"], rel=1e-6)
+
+
+@pytest.mark.parametrize("how", ["callback", "tuner"])
+def test_a_tuners_trial_steps_are_their_own_phase(tmp_path, how):
+    from lightning.pytorch.callbacks import LearningRateFinder
+
+    cb = watt(score_from="val_acc")
+    model = TunableClassifier()
+    if how == "callback":
+        # LearningRateFinder as a callback: its trials run inside the fit, which then goes on.
+        tr = trainer(tmp_path, [cb, LearningRateFinder(num_training_steps=20)])
+        tr.fit(model)
+        s = check_stage(tr, cb, "fit", keys=SCORED_FIT_KEYS)
+    else:
+        tr = trainer(tmp_path, [cb])
+        Tuner(tr).lr_find(model, num_training=20)
+        s = check_summary(cb.last_summary, "tune")
+    assert s["steps"]["tune"] == 1 and s["phases_J"]["tune"] > 0, s["phases_J"]
+    assert "train" not in s["steps"] or s["steps"]["train"] == tr.global_step
+    rows = s["epochs"]
+    for row in rows:  # a row's three energies add up to its epoch's share of the total
+        assert row["train_J"] + row["val_J"] + row["gap_J"] > 0
+    assert sum(r["train_J"] + r["val_J"] + r["gap_J"] for r in rows) == pytest.approx(
+        s["energy_J"], rel=1e-9
+    )
