@@ -352,6 +352,9 @@ class WattCallback(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch > 0:
             self._books.new_epoch()
+        self._enter_epoch(trainer)
+
+    def _enter_epoch(self, trainer: pl.Trainer) -> None:
         # Resolved once per epoch, not per step: Lightning's properties walk several objects.
         self._epoch = trainer.current_epoch
         self._step_of = private.step_counter(trainer)
@@ -366,6 +369,9 @@ class WattCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self._step_of is None:
+            # A fit resumed from a mid-epoch checkpoint: Lightning calls no epoch-start hook.
+            self._enter_epoch(trainer)
         if self._window is None:  # else a micro-batch inside an optimizer step already open
             self._window = self._global_step(trainer)
             self._books.mark("train", "start", self._window, self._epoch)

@@ -77,3 +77,27 @@ def test_reused_callback_after_a_resume_starts_a_new_run(tmp_path):
     assert s["energy_J"] == pytest.approx(s["duration_s"] * s["mean_power_W"], rel=1e-6)
     assert s["energy_J"] < s["duration_s"] * s["peak_power_W"]
     assert math.isclose(cb.energy_kwh * J_PER_KWH, s["run_energy_J"], rel_tol=1e-6)
+
+
+def test_resume_from_a_mid_epoch_checkpoint(tmp_path):
+    # Lightning calls no epoch-start hook for the epoch a mid-epoch checkpoint resumes into:
+    # its remaining steps must still be that epoch's, logged, and counted once.
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    first_tr = trainer(tmp_path, [watt(), ckpt], max_epochs=1, enable_checkpointing=True)
+    first_tr.fit(StagedClassifier())
+    mid = tmp_path / "ckpt" / "epoch=0-step=5.ckpt"
+    assert mid.exists(), sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+
+    cb = watt()
+    tr = trainer(tmp_path / "resumed", [cb], max_epochs=2)
+    tr.fit(StagedClassifier(), ckpt_path=mid)
+    s = check_stage(tr, cb, "fit", keys=FIT_KEYS)
+    assert epoch_numbers(s) == [0, 1]
+    assert s["steps"]["train"] == tr.global_step == 16
+    assert [row["train_steps"] for row in s["epochs"]] == [8, 8]
+    epoch_train = [
+        (int(float(r["epoch"])), float(r["watt/epoch_train_J"]))
+        for r in read_rows(tr)
+        if r.get("watt/epoch_train_J")
+    ]
+    assert [e for e, _ in epoch_train] == [0, 1] and all(j > 0 for _, j in epoch_train)
