@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import threading
@@ -156,8 +157,11 @@ class EnergyMeter:
             channels.extend(source_channels)
         self._timeline = EnergyTimeline(devices=self._devices, **self._timeline_kwargs)
         if self._record is not None:
-            self._writer = TraceWriter(self._record)
-            self._writer.meta.update(self._trace_meta())
+            try:
+                self._writer = TraceWriter(self._record)
+                self._writer.meta.update(self._trace_meta())
+            except OSError as err:
+                self._recording_failed(err)
         self._started_at = self._clock()
         for channel in channels:
             self._declare(channel, self._started_at)
@@ -195,16 +199,19 @@ class EnergyMeter:
             except Exception as err:
                 self._warn_once(f"close:{source.name}", f"closing {source.name} failed: {err}")
         if self._writer is not None:
-            self._record_samples([], final=True)
-            self._writer.meta.update(self._trace_meta())
-            # The recording's own window is the meter's: [0, stop] on the trace clock. A fit
-            # window opened with set_trace_meta(fit_start=...) closes here too, so the trace
-            # and the meter's totals cover exactly the same span.
-            stop = self._stopped_at - (self._started_at or 0.0)
-            self._writer.meta["meter_stop"] = stop
-            if "fit_start" in self._writer.meta:
-                self._writer.meta.setdefault("fit_end", stop)
-            self._writer.close()
+            try:
+                self._record_samples([], final=True)
+                self._writer.meta.update(self._trace_meta())
+                # The recording's own window is the meter's: [0, stop] on the trace clock. A
+                # fit window opened with set_trace_meta(fit_start=...) closes here too, so the
+                # trace and the meter's totals cover exactly the same span.
+                stop = self._stopped_at - (self._started_at or 0.0)
+                self._writer.meta["meter_stop"] = stop
+                if "fit_start" in self._writer.meta:
+                    self._writer.meta.setdefault("fit_end", stop)
+                self._writer.close()
+            except OSError as err:
+                self._recording_failed(err)
 
     def __enter__(self) -> EnergyMeter:
         return self.start()
@@ -393,8 +400,23 @@ class EnergyMeter:
         produced = self._produces.setdefault(channel.name, set())
         produced.update((r.device, r.kind) for r in readings)
         if readings:
+            since = min(last_ok.get(channel.name, readings[0].t), readings[0].t)
             last_ok[channel.name] = readings[-1].t
-            self._ingest(readings)
+            try:
+                self._ingest(readings)
+            except Exception as err:
+                # Never let the thread die: the readings are lost, their span a reported gap.
+                with self._lock:
+                    for device in channel.devices:
+                        self._timeline.mark_gap(
+                            device, since, self._clock(), f"ingest failed: {err}"
+                        )
+                self._warn_once(
+                    f"ingest:{channel.name}",
+                    f"lightning-watt: handling readings of {channel.name} failed "
+                    f"({type(err).__name__}: {err}); their span is marked as a gap and "
+                    "measurement goes on.",
+                )
         if produced:
             # Even an empty read says "nothing new up to now": the timeline stops waiting.
             polled_at = self._clock()
@@ -423,11 +445,14 @@ class EnergyMeter:
                 else:
                     self._note_power(r.device, r.t, r.value, POWER_KINDS.index(r.kind))
         if self._writer is not None:
-            self._record_samples(readings, final=False)
-            now = self._clock()
-            if now - self._last_flush > 5.0:
-                self._last_flush = now
-                self._writer.flush()
+            try:
+                self._record_samples(readings, final=False)
+                now = self._clock()
+                if now - self._last_flush > 5.0:
+                    self._last_flush = now
+                    self._writer.flush()
+            except OSError as err:
+                self._recording_failed(err)
 
     def _record_samples(self, readings: Sequence[Reading], final: bool) -> None:
         """Write readings to the recording in time order, once no channel can still deliver
@@ -577,12 +602,29 @@ class EnergyMeter:
         """Add step edges to the recording (no-op without ``record``)."""
         if self._writer is not None and edges and self._stopped_at is None:
             origin = self._started_at or 0.0
-            self._writer.write_steps(
-                e._replace(
-                    t_host=e.t_host - origin, t_gpu=None if e.t_gpu is None else e.t_gpu - origin
+            try:
+                self._writer.write_steps(
+                    e._replace(
+                        t_host=e.t_host - origin,
+                        t_gpu=None if e.t_gpu is None else e.t_gpu - origin,
+                    )
+                    for e in edges
                 )
-                for e in edges
-            )
+            except OSError as err:
+                self._recording_failed(err)
+
+    def _recording_failed(self, err: OSError) -> None:
+        """A full or read-only disk: recording stops (with one warning), measuring goes on."""
+        writer, self._writer = self._writer, None
+        self._record_pending.clear()
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.abandon()
+        self._warn_once(
+            "record:failed",
+            f"lightning-watt: recording to {self._record} failed ({type(err).__name__}: {err}); "
+            "recording is off, measurement goes on in memory and the summary is unaffected.",
+        )
 
     def set_trace_meta(self, **meta: Any) -> None:
         """Extra facts for the recording's meta (``fit_start``, ``fit_end``, ...)."""

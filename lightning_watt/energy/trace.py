@@ -343,8 +343,15 @@ class TraceWriter:
 
     def _write_meta(self) -> None:
         tmp = self._meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.meta, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self._meta_path)
+        try:
+            tmp.write_text(
+                json.dumps(self.meta, indent=1, sort_keys=False) + "\n", encoding="utf-8"
+            )
+            os.replace(tmp, self._meta_path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         if self._closed:
@@ -353,6 +360,18 @@ class TraceWriter:
         self._samples.close()
         self._steps.close()
         self._write_meta()
+
+    def abandon(self) -> None:
+        """Stop writing after a failure (a full disk): close what can be closed, never raise,
+        and leave no temporary file behind. What was flushed before stays readable."""
+        if self._closed:
+            return
+        self._closed = True
+        for fh in (self._samples, self._steps):
+            with contextlib.suppress(Exception):
+                fh.close()
+        with contextlib.suppress(OSError):
+            self._meta_path.with_suffix(".json.tmp").unlink(missing_ok=True)
 
     def __enter__(self) -> TraceWriter:
         return self
