@@ -282,7 +282,8 @@ class WattCallback(Callback):
             rank_zero_warn(
                 "lightning-watt: nothing to measure on this machine ("
                 + "; ".join(f"{k}: {v}" for k, v in self._unavailable.items())
-                + "). Training continues; energy is logged as 0."
+                + "). Training continues; energy is logged as 0. Run `lightning-watt doctor` "
+                "to see what this machine can measure and how to fix the rest."
             )
         # A checkpoint this stage resumes from is loaded after setup (load_state_dict).
         self._books.begin(

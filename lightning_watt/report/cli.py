@@ -1,4 +1,5 @@
-"""The ``lightning-watt`` command: ``lightning-watt report RUN [RUN ...] -o OUTDIR``.
+"""The ``lightning-watt`` command: ``lightning-watt report RUN [RUN ...] -o OUTDIR``, and
+``lightning-watt doctor`` (see :mod:`lightning_watt.doctor`).
 
 Reads run directories written by the callback (or any Lightning log_dir with its metrics),
 prints a table of the runs, writes ``report.json`` and, with matplotlib installed, one folder of
@@ -167,7 +168,10 @@ def _slug(name: str, taken: set[str]) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-watt",
-        description="Energy reports for PyTorch Lightning runs measured by lightning-watt.",
+        description=(
+            "Energy reports for PyTorch Lightning runs measured by lightning-watt, and a check "
+            "of what this machine can measure (doctor)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -234,6 +238,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no table and no progress; errors and warnings only",
     )
+    from lightning_watt.doctor import _DESCRIPTION, add_arguments
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="what this machine can measure, how well, and why not (before a long run)",
+        description=_DESCRIPTION,
+    )
+    add_arguments(doctor)
     return parser
 
 
@@ -358,6 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "report":
         return run_report(args)
+    if args.command == "doctor":
+        from lightning_watt.doctor import run as run_doctor
+
+        return run_doctor(args)
     parser.print_help(sys.stderr)
     return 2
 
