@@ -111,7 +111,7 @@ def test_class_paths_resolve(tmp_path, class_path):
     )
     cb = _watt(cli)
     assert (cb.log_every_n_steps, cb.score_from, cb.prefix) == (2, "val_acc", "watt/")
-    assert cb.alpha == 5.0 and cb.form == "guarded"  # untouched arguments keep their defaults
+    assert cb.alpha == 5.0 and cb.form == "scale_free"  # untouched arguments keep their defaults
 
 
 @pytest.mark.parametrize(

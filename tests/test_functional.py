@@ -42,11 +42,18 @@ def _fresh_warnings():
 
 
 def test_known_values() -> None:
-    assert green_quotient_index(0.9, 0.5) == pytest.approx(10 * 0.9**5 / math.log10(1.5))
+    assert green_quotient_index(0.9, 0.5, form="guarded") == pytest.approx(
+        10 * 0.9**5 / math.log10(1.5)
+    )
+    # The default, scale-free form: the paper's value at 100 kWh, a power law of energy around it.
+    assert green_quotient_index(0.9, 100.0) == pytest.approx(10 * 0.9**5 / 2.0)
+    assert green_quotient_index(0.9, 0.5) == pytest.approx(
+        10 * 0.9**5 / (2.0 * (0.5 / 100.0) ** (1 / math.log(100.0)))
+    )
     assert green_quotient_index(0.9, 500.0, form="paper") == pytest.approx(
         10 * 0.9**5 / math.log10(500.0)
     )
-    assert green_quotient_index(0.5, 9.0, alpha=1, beta=2) == pytest.approx(2 * 0.5 / 1.0)
+    assert green_quotient_index(0.5, 9.0, alpha=1, beta=2, form="guarded") == pytest.approx(1.0)
     assert accuracy_per_kwh(0.9, 0.5) == pytest.approx(1.8)
 
 
@@ -112,8 +119,11 @@ def test_guarded_equals_paper_within_one_percent_from_40_kwh(
 
 def test_guarded_and_paper_part_by_more_than_one_percent_below_about_29_kwh() -> None:
     # The documented "about 40 kWh" is conservative; the exact crossover is ~29.15 kWh.
-    assert green_quotient_index(1.0, 29.0, form="paper") / green_quotient_index(1.0, 29.0) > 1.01
-    assert green_quotient_index(1.0, 29.5, form="paper") / green_quotient_index(1.0, 29.5) < 1.01
+    def guarded(energy: float) -> float:
+        return green_quotient_index(1.0, energy, form="guarded")
+
+    assert green_quotient_index(1.0, 29.0, form="paper") / guarded(29.0) > 1.01
+    assert green_quotient_index(1.0, 29.5, form="paper") / guarded(29.5) < 1.01
 
 
 @SETTINGS
@@ -121,11 +131,13 @@ def test_guarded_and_paper_part_by_more_than_one_percent_below_about_29_kwh() ->
 def test_guarded_finite_and_positive_for_every_positive_energy(
     acc: float, energy: float, alpha: float, beta: float
 ):
-    score = green_quotient_index(acc, energy, alpha, beta)
+    score = green_quotient_index(acc, energy, alpha, beta, form="guarded")
     assert math.isfinite(score)
     assert score > 0
     tensor_score = green_quotient_index(
-        torch.tensor(acc, dtype=torch.float64), torch.tensor(energy, dtype=torch.float64)
+        torch.tensor(acc, dtype=torch.float64),
+        torch.tensor(energy, dtype=torch.float64),
+        form="guarded",
     )
     assert torch.isfinite(tensor_score) and tensor_score > 0
 
@@ -135,8 +147,10 @@ def test_guarded_finite_and_positive_for_every_positive_energy(
 def test_small_energy_limit_is_accuracy_per_kwh(acc: float, energy: float, alpha: float):
     # log10(1 + E) ≈ E / ln 10, so GQI ≈ beta * ln 10 * acc**alpha / E for E << 1.
     expected = 10 * math.log(10) * acc**alpha / energy
-    assert green_quotient_index(acc, energy, alpha) == pytest.approx(expected, rel=1e-3)
-    assert green_quotient_index(acc, energy, alpha=1.0) == pytest.approx(
+    assert green_quotient_index(acc, energy, alpha, form="guarded") == pytest.approx(
+        expected, rel=1e-3
+    )
+    assert green_quotient_index(acc, energy, alpha=1.0, form="guarded") == pytest.approx(
         10 * math.log(10) * accuracy_per_kwh(acc, energy), rel=1e-3
     )
 
@@ -246,7 +260,9 @@ def test_bad_alpha_beta(name: str, value) -> None:
 
 @pytest.mark.parametrize("form", ["Paper", "log", "", None])
 def test_unknown_form(form) -> None:
-    with pytest.raises(ValueError, match=r"form must be one of \('guarded', 'paper'\)"):
+    with pytest.raises(
+        ValueError, match=r"form must be one of \('scale_free', 'guarded', 'paper'\)"
+    ):
         green_quotient_index(0.5, 2.0, form=form)
 
 

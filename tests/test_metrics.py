@@ -280,6 +280,10 @@ def test_construction_errors() -> None:
         _gqi(beta=-1)
     with pytest.raises(ValueError, match="form must be one of"):
         _gqi(form="log")
+    with pytest.raises(ValueError, match=r"reference_kwh must be a finite number >= 2 kWh"):
+        _gqi(reference_kwh=1.0)
+    with pytest.raises(ValueError, match="reference_kwh applies only to form='scale_free'"):
+        _gqi(form="paper", reference_kwh=100.0)
     with pytest.raises(ValueError, match=r"energy_reduction must be one of \('max', 'sum'\)"):
         _gqi(energy_reduction="mean")
     with pytest.raises(ValueError, match="Unexpected keyword"):
@@ -293,7 +297,8 @@ def test_class_attributes_and_repr() -> None:
     assert gqi.plot_lower_bound == 0.0
     text = repr(gqi)
     assert "GreenQuotientIndex(" in text
-    assert "alpha=3, beta=10, form='guarded', energy_reduction='max'" in text
+    assert "alpha=3, beta=10, form='scale_free', reference_kwh=100, energy_reduction='max'" in text
+    assert "form='guarded', energy_reduction='max'" in repr(_gqi(form="guarded"))
     assert "MulticlassAccuracy" in text
 
 

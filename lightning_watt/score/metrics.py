@@ -12,8 +12,8 @@ Example:
     >>> from lightning_watt.score.metrics import GreenQuotientIndex
     >>> gqi = GreenQuotientIndex(task="multiclass", num_classes=3)
     >>> gqi.update(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]), energy_kwh=0.5)
-    >>> gqi.compute()  # 10 * 0.75**5 / log10(1.5)
-    tensor(13.4762)
+    >>> gqi.compute()  # scale-free: 10 * 0.75**5 / (log10(100) * (0.5 / 100)**(1 / ln 100))
+    tensor(3.7492)
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from lightning_watt.score.functional import (
     GQIForm,
     _check_params,
     green_quotient_index,
+    resolve_reference_kwh,
 )
 
 __all__ = ["ENERGY_REDUCTIONS", "GreenQuotientIndex"]
@@ -69,7 +70,9 @@ _REDUCERS: dict[str, Callable[[Tensor], Tensor]] = {"max": _max_reading, "sum": 
 class GreenQuotientIndex(Metric):
     """Green Quotient Index (higher is better) of an accuracy metric and the training energy.
 
-    ``compute()`` returns ``beta * accuracy**alpha / log10(1 + E)`` (``form="guarded"``) or
+    ``compute()`` returns ``beta * accuracy**alpha / (log10(R) * (E / R)**(1 / ln R))``
+    (``form="scale_free"``, the default, ``R = reference_kwh``, 100 kWh unless given),
+    ``beta * accuracy**alpha / log10(1 + E)`` (``form="guarded"``) or
     ``beta * accuracy**alpha / log10(E)`` (``form="paper"``, defined only for ``E > 1`` kWh),
     where ``accuracy`` is the wrapped metric's value over every ``update`` since the last
     ``reset`` and ``E`` the training energy in kWh; see
@@ -109,12 +112,15 @@ class GreenQuotientIndex(Metric):
         validate_args: see torchmetrics ``Accuracy``.
         alpha: exponent on accuracy, finite and ``> 0`` (default 5, the paper's).
         beta: scale factor, finite and ``> 0`` (default 10, the paper's).
-        form: ``"guarded"`` (default) or ``"paper"``.
+        form: ``"scale_free"`` (default), ``"guarded"`` or ``"paper"``.
+        reference_kwh: the scale-free form's reference energy in kWh, finite and ``>= 2``;
+            ``None`` (default): 100 kWh. Only for ``form="scale_free"``.
         energy_reduction: ``"max"`` or ``"sum"``, see above.
         kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ``process_group``, ...).
 
     Raises:
-        ValueError: on a bad ``alpha``, ``beta``, ``form`` or ``energy_reduction``, on neither or
+        ValueError: on a bad ``alpha``, ``beta``, ``form``, ``reference_kwh`` or
+            ``energy_reduction``, on neither or
             both of ``accuracy`` and the ``Accuracy`` options, or on a wrapped metric without
             state of its own.
         TypeError: if ``accuracy`` is not a torchmetrics ``Metric``.
@@ -123,7 +129,7 @@ class GreenQuotientIndex(Metric):
         >>> import torch
         >>> from torchmetrics.classification import BinaryAccuracy
         >>> from lightning_watt.attribution.context import energy_provider
-        >>> gqi = GreenQuotientIndex(BinaryAccuracy(), alpha=1.0)
+        >>> gqi = GreenQuotientIndex(BinaryAccuracy(), alpha=1.0, form="guarded")
         >>> gqi.update(torch.tensor([0.9, 0.2, 0.7, 0.4]), torch.tensor([1, 0, 0, 0]))
         >>> with energy_provider(lambda: 0.2):  # what WattCallback does during a fit
         ...     gqi.compute()  # 10 * 0.75 / log10(1.2)
@@ -152,13 +158,15 @@ class GreenQuotientIndex(Metric):
         validate_args: bool | None = None,
         alpha: float = DEFAULT_ALPHA,
         beta: float = DEFAULT_BETA,
-        form: GQIForm = "guarded",
+        form: GQIForm = "scale_free",
+        reference_kwh: float | None = None,
         energy_reduction: EnergyReduction = "max",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.alpha, self.beta = _check_params(alpha, beta, form)
+        self.alpha, self.beta, _ = _check_params(alpha, beta, form, reference_kwh)
         self.form: GQIForm = form
+        self.reference_kwh = resolve_reference_kwh(form, reference_kwh)
         if energy_reduction not in ENERGY_REDUCTIONS:
             raise ValueError(
                 f"energy_reduction must be one of {ENERGY_REDUCTIONS!r} ('max': every process "
@@ -263,7 +271,14 @@ class GreenQuotientIndex(Metric):
         accuracy = self._accuracy_value()
         energy = self._energy_value()
         try:
-            return green_quotient_index(accuracy, energy, self.alpha, self.beta, self.form)
+            return green_quotient_index(
+                accuracy,
+                energy,
+                self.alpha,
+                self.beta,
+                self.form,
+                None if self.form != "scale_free" else self.reference_kwh,
+            )
         except ValueError as err:
             if str(err).startswith("accuracy"):
                 raise ValueError(
@@ -325,7 +340,8 @@ class GreenQuotientIndex(Metric):
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha:g}, beta={self.beta:g}, form={self.form!r}, "
-            f"energy_reduction={self.energy_reduction!r}"
+            + (f"reference_kwh={self.reference_kwh:g}, " if self.reference_kwh is not None else "")
+            + f"energy_reduction={self.energy_reduction!r}"
         )
 
     def _reading(self, energy_kwh: float | Tensor) -> Tensor:
