@@ -1,15 +1,14 @@
 """Early stopping and checkpointing on the Green Quotient Index (issue 5, acceptance test).
 
-Why a score-based stop comes earlier than an accuracy-based one: the guarded score is
-``beta * acc**alpha / log10(1 + E)`` with ``E`` the cumulative kWh, which grows about linearly
-with the epochs. For the tiny energies of a CPU test (1e-5 to 1e-4 kWh), ``log10(1 + E)`` is
-``E / ln 10`` to within 0.01 %, so the score is ``~ acc**5 / E``: it rises only while accuracy
-grows faster than ``E**(1/5)``, that is while the relative gain of an epoch, ``d acc / acc``, is
-above a fifth of the relative energy growth ``d E / E`` (about ``1 / (epochs so far)``). The
-model below gains ~5 % in its second epoch and then creeps up by ~0.1 % an epoch: accuracy keeps
-setting (tiny) records, so ``EarlyStopping(monitor="val_acc")`` keeps going, while the score
-peaks within the first epochs and then falls every epoch, so ``EarlyStopping(monitor="watt/gqi")``
-stops ``patience`` epochs after the peak.
+Why a score-based stop comes earlier than an accuracy-based one: the default (scale-free) score
+is ``beta * acc**alpha * (R / E)**(1 / ln R) / log10 R`` with ``E`` the cumulative kWh, which
+grows about linearly with the epochs, and ``R = 100 kWh``. Whatever the size of ``E``, it rises
+only while ``alpha`` times the relative accuracy gain of an epoch, ``d acc / acc``, beats
+``1 / ln R`` (0.22) times the relative energy growth ``d E / E`` (about ``1 / (epochs so
+far)``). The model below gains ~5 % in its second epoch and then creeps up by ~0.1 % an epoch:
+accuracy keeps setting (tiny) records, so ``EarlyStopping(monitor="val_acc")`` keeps going,
+while the score peaks within the first epochs and then falls every epoch, so
+``EarlyStopping(monitor="watt/gqi")`` stops ``patience`` epochs after the peak.
 
 Accuracy is deterministic (seeded, CPU); energy comes from a replayed H200 trace on the wall
 clock and varies from run to run, which the assertions allow for.

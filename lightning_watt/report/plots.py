@@ -513,8 +513,10 @@ def plot_score(run: RunData) -> Figure:
         score = (run.summary or {}).get("score")
         details = []
         if isinstance(score, dict) and score.get("alpha") is not None:
+            reference = score.get("reference_kwh")
             details.append(
                 f"GQI {score.get('form', '')} form, α={score.get('alpha')}, β={score.get('beta')}"
+                + (f", reference {reference:g} kWh" if isinstance(reference, (int, float)) else "")
             )
         if run.final_score is not None:
             details.append(f"final GQI {run.final_score:.4g}")
