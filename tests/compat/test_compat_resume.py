@@ -75,7 +75,9 @@ def test_reused_callback_after_a_resume_starts_a_new_run(tmp_path):
     assert epoch_numbers(s) == [0, 1]
     assert s["steps"]["train"] == tr.global_step == 16
     assert s["energy_J"] == pytest.approx(s["duration_s"] * s["mean_power_W"], rel=1e-6)
-    assert s["energy_J"] < s["duration_s"] * s["peak_power_W"]
+    # Its own span's energy only (the other run's would be several times more). Not a strict
+    # bound: the peak is the highest power reading, and a 0.1 s fit can end between readings.
+    assert s["energy_J"] < 1.5 * s["duration_s"] * s["peak_power_W"], s["energy_J"]
     assert math.isclose(cb.energy_kwh * J_PER_KWH, s["run_energy_J"], rel_tol=1e-6)
 
 

@@ -44,7 +44,9 @@ def test_tuner_then_fit(tmp_path, how, repeat):
     assert math.isfinite(gqi) and gqi > 0, gqi
     # The fit is a run of its own: none of the tuner's energy, epochs from 0.
     assert epoch_numbers(s)[0] == 0, epoch_numbers(s)
-    assert s["energy_J"] < s["duration_s"] * s["peak_power_W"], s["energy_J"]
+    # Its own span's energy only (the other run's would be several times more). Not a strict
+    # bound: the peak is the highest power reading, and a 0.1 s fit can end between readings.
+    assert s["energy_J"] < 1.5 * s["duration_s"] * s["peak_power_W"], s["energy_J"]
     assert s["energy_J"] == pytest.approx(s["duration_s"] * s["mean_power_W"], rel=1e-6)
 
 
