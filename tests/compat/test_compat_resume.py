@@ -95,8 +95,11 @@ def test_resume_from_a_mid_epoch_checkpoint(tmp_path):
     tr.fit(StagedClassifier(), ckpt_path=mid)
     s = check_stage(tr, cb, "fit", keys=FIT_KEYS)
     assert epoch_numbers(s) == [0, 1]
-    assert s["steps"]["train"] == tr.global_step == 16
-    assert [row["train_steps"] for row in s["epochs"]] == [8, 8]
+    # Lightning 2.4 repeats the batch the checkpoint was saved in (17 steps), 2.6 does not (16):
+    # the books follow Lightning's own count either way.
+    assert s["steps"]["train"] == tr.global_step in (16, 17)
+    assert sum(row["train_steps"] for row in s["epochs"]) == tr.global_step
+    assert s["epochs"][1]["train_steps"] == 8
     epoch_train = [
         (int(float(r["epoch"])), float(r["watt/epoch_train_J"]))
         for r in read_rows(tr)
