@@ -109,6 +109,7 @@ class EnergyAccountant:
         self.rank = 0
         self._device: torch.device | None = None
         self._reduced_epochs: dict[int, dict[str, float]] = {}
+        self._epoch_kwh: tuple[int, float] | None = None  # (epoch, kWh) measured at its end
 
     # ------------------------------------------------------------------ a stage
     def begin(
@@ -139,6 +140,7 @@ class EnergyAccountant:
         self.stage_name = stage
         self.stage_id = uuid.uuid4().hex
         self._reduced_epochs = {}
+        self._epoch_kwh = None
         self.run.begin(stage)
 
     def mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:
@@ -170,9 +172,20 @@ class EnergyAccountant:
     def _sum(self, values: Sequence[float]) -> list[float]:
         return self.reduce(values, self._device)
 
-    def measured_kwh(self, first_reading: bool = True) -> float:
+    def measured_kwh(self, first_reading: bool = True, epoch_end: int | None = None) -> float:
         """Read every source now, then reduce: the run's kWh resting on measurements. With
-        ``first_reading``, wait for a meter that has not delivered any reading yet."""
+        ``first_reading``, wait for a meter that has not delivered any reading yet. With
+        ``epoch_end``, the value every caller at that train epoch's end gets (the first one
+        measures), so a forecast and the logged ``epoch_kWh`` agree."""
+        marked = self._epoch_kwh
+        if epoch_end is not None and marked is not None and marked[0] == epoch_end:
+            return marked[1]
+        kwh = self._measure(first_reading)
+        if epoch_end is not None:
+            self._epoch_kwh = (epoch_end, kwh)
+        return kwh
+
+    def _measure(self, first_reading: bool) -> float:
         stage = self.stage
         assert stage is not None, "measured_kwh: no stage begun"
         stage.measure_now(MEASURE_TIMEOUT_S)
@@ -212,7 +225,11 @@ class EnergyAccountant:
             ]
         )
         self._reduced_epochs[epoch] = {"train": train, "val": val, GAP: gap}
-        return EpochValues(train, val, gap, self.run.note(stage_j))
+        kwh = self.run.note(stage_j)
+        if self._epoch_kwh is not None and self._epoch_kwh[0] == epoch:
+            kwh = self._epoch_kwh[1]  # what an earlier caller at this epoch end was told
+        self._epoch_kwh = (epoch, kwh)
+        return EpochValues(train, val, gap, kwh)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, epoch: int) -> dict[str, Any]:

@@ -180,7 +180,10 @@ class EnergyBudget(Callback):
         if self._watt is None:
             return False
         # All ranks; identical on every rank in a multi-process run.
-        kwh = self._watt.measured_energy_kwh() if measure else self._watt.energy_kwh
+        if measure:
+            kwh = self._watt.measured_energy_kwh(epoch_end=trainer.current_epoch)
+        else:
+            kwh = self._watt.energy_kwh
         reason = self._reached(kwh)
         if reason is None:
             return False

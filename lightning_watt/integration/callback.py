@@ -326,12 +326,13 @@ class WattCallback(Callback):
         epoch or validation end); final once a stage has ended."""
         return self._energy_kwh_provider()
 
-    def measured_energy_kwh(self) -> float:
+    def measured_energy_kwh(self, epoch_end: int | None = None) -> float:
         """:attr:`energy_kwh` after reading every source now (a few ms, on the meter's thread):
-        for moments that decide something, such as an epoch end. In a multi-process run, the
-        value of the last reduction, as :attr:`energy_kwh`."""
+        for moments that decide something. ``epoch_end``: at that train epoch's end, the value
+        logged as ``epoch_kWh``. In a multi-process run, the value of the last reduction, as
+        :attr:`energy_kwh`."""
         if self._live and self._books.world_size == 1:
-            return self._books.measured_kwh()
+            return self._books.measured_kwh(epoch_end=epoch_end)
         return self._energy_kwh_provider()
 
     def _energy_kwh_provider(self) -> float:
