@@ -66,3 +66,21 @@ def csv_trainer(tmp_path: Path, callbacks: list[Any], **kw: Any) -> pl.Trainer:
         accelerator="cpu",
         **kw,
     )
+
+
+def fit_spawned(trainer: pl.Trainer, model: pl.LightningModule, **kw: Any) -> None:
+    """``trainer.fit`` with ``strategy="ddp_spawn"``, tolerating one known harness fault: a
+    worker that finished its fit (its summary written, the ranks' final barrier passed) can die
+    with SIGABRT in gloo's teardown at interpreter exit ("terminate called without an active
+    exception", about once in ten runs here). The fit's results are complete then; every other
+    failure is raised. The tests that call this check those results."""
+    from torch.multiprocessing.spawn import ProcessExitedException
+
+    try:
+        trainer.fit(model, **kw)
+    except ProcessExitedException as err:
+        if getattr(err, "signal_name", None) != "SIGABRT":
+            raise
+        import warnings
+
+        warnings.warn(f"a ddp_spawn worker aborted at exit after its fit: {err}", stacklevel=2)

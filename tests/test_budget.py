@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
-from helpers import TinyClassifier, csv_trainer
+from helpers import TinyClassifier, csv_trainer, fit_spawned
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger
 
@@ -354,7 +354,7 @@ def test_all_ranks_stop_at_the_same_step(tmp_path):
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    trainer.fit(TinyClassifier(step_sleep=0.01))
+    fit_spawned(trainer, TinyClassifier(step_sleep=0.01))
     ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert ranks[0] == ranks[1]  # same step, same epoch, same decision, same energy read
     step, epoch, stopped, stopped_at = ranks[0]

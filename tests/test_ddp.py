@@ -7,7 +7,7 @@ import json
 
 import lightning.pytorch as pl
 import pytest
-from helpers import TinyClassifier
+from helpers import TinyClassifier, fit_spawned
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_watt.energy.trace import bundled_trace, load_trace
@@ -27,7 +27,7 @@ def _fit(tmp_path, callback: WattCallback) -> dict:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(TinyClassifier(step_sleep=0.01))
+    fit_spawned(trainer, TinyClassifier(step_sleep=0.01))
     run = tmp_path / "ddp" / "version_0"
     return {"summary": json.loads((run / "watt_summary.json").read_text()), "dir": run}
 
@@ -84,7 +84,7 @@ def test_resume_in_ddp_keeps_both_segments(tmp_path):
             logger=CSVLogger(tmp_path, name="ddp"), log_every_n_steps=2,
             enable_progress_bar=False, enable_model_summary=False,
         )  # fmt: skip
-        trainer.fit(TinyClassifier(step_sleep=0.01), ckpt_path=ckpt_path)
+        fit_spawned(trainer, TinyClassifier(step_sleep=0.01), ckpt_path=ckpt_path)
         version = sorted((tmp_path / "ddp").glob("version_*"))[-1]
         return json.loads((version / "watt_summary.json").read_text())
 

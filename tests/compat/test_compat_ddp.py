@@ -29,6 +29,7 @@ from compat.scenarios import (
     trainer,
     watt,
 )
+from helpers import fit_spawned
 from lightning.pytorch.loggers import CSVLogger
 
 import lightning_watt
@@ -50,7 +51,7 @@ def test_ddp_spawn_hands_the_run_to_the_parent(tmp_path):
         tmp_path, [WarningRecorder(tmp_path), cb], logger=CSVLogger(tmp_path, name="ddp"),
         strategy="ddp_spawn", devices=2,
     )  # fmt: skip
-    tr.fit(SyncClassifier())
+    fit_spawned(tr, SyncClassifier())
     assert cb.energy_kwh > 0
     s = check_summary(cb.last_summary, "fit")
     assert s["world_size"] == 2
