@@ -47,7 +47,7 @@ from lightning_watt.attribution.distributed import (
     ownership_weights,
     sum_across_ranks,
 )
-from lightning_watt.attribution.ledger import GAP
+from lightning_watt.attribution.ledger import GAP, gap_joules
 from lightning_watt.attribution.step_clock import StepClock
 from lightning_watt.attribution.summary import build_summary
 from lightning_watt.energy.meter import EnergyMeter
@@ -220,7 +220,7 @@ class EnergyAccountant:
             [
                 phases.get("train", 0.0),
                 phases.get("val", 0.0),
-                sum(v for k, v in phases.items() if k not in ("train", "val")),
+                gap_joules(phases),
                 stage.energy_j(),
             ]
         )
@@ -300,20 +300,17 @@ class EnergyAccountant:
         record = books.finish(epoch=epoch, meta={"stage": label})
         local = _rank_record(record, self.rank, dict(unavailable or {}))
         gathered = [local] if interrupted else self.gather(local)
-        segment_j = sum(
-            d["energy_J"] for r in gathered for d in r["devices"] if d.get("counted", True)
-        )
         offset = self.run.offset if self.stage_name == "fit" else None
-        run_j = self.run.end(label, segment_j)
-        return build_summary(
+        merged = build_summary(
             gathered,
             stage=label,
             offset=offset.to_state() if offset else None,
             world_size=self.world_size,
-            run_energy_J=run_j,
             interrupted=interrupted,
             **summary,
         )
+        merged["run_energy_J"] = self.run.end(label, merged["segment_energy_J"])
+        return merged
 
 
 def _rank_record(record: StageRecord, rank: int, unavailable: dict[str, str]) -> dict[str, Any]:

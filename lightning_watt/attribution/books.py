@@ -33,6 +33,7 @@ from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger
 from lightning_watt.attribution.step_clock import StepClock
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import J_PER_KWH
+from lightning_watt.validate import finite_number
 
 #: Version of :meth:`RunTotals.to_state`, stored in checkpoints.
 STATE_VERSION = 2
@@ -79,10 +80,7 @@ class RunTotals:
         a ``ValueError`` naming the field (a checkpoint must never inject NaN into a run)."""
 
         def joules(where: str, value: Any) -> float:
-            number = float(value)
-            if not math.isfinite(number) or number < 0:
-                raise ValueError(f"{where} must be a finite number >= 0, got {value!r}")
-            return number
+            return finite_number(where, value, minimum=0.0)
 
         return cls(
             energy_J=joules("energy_J", state["energy_J"]),
@@ -329,17 +327,18 @@ class StageBooks:
         meter = self.meter
         self.sync_edges()
         now = meter.now()
-        cumulative = self.energy_j(now)
-        # Power from measured energy only (no held-power guesses): the interval ends at the
-        # newest reading; without a new reading, the last value stands.
-        horizon = meter.horizon
-        # Before the first measured interval, the newest power reading stands in.
-        first = (self.started_at, 0.0, self.weighted(meter.power()))
-        last_t, last_j, power = self._last_power or first
-        if math.isfinite(horizon) and horizon > last_t + 1e-3:
-            measured = self.weighted(meter.energy_between(self.started_at, horizon))
-            power = (measured - last_j) / (horizon - last_t)
-            self._last_power = (horizon, measured, power)
+        # Energy measured up to the newest reading, no held-power guess past it; power over
+        # the interval since the previous tick's newest reading (none new: the last value).
+        horizon = min(meter.horizon, now)
+        measured = math.isfinite(horizon)
+        cumulative = self.energy_j(horizon) if measured else 0.0
+        if self._last_power is None:
+            # Before the first measured interval, the newest power reading stands in.
+            self._last_power = (self.started_at, 0.0, self.weighted(meter.power()))
+        last_t, last_j, power = self._last_power
+        if measured and horizon > last_t + 1e-3:
+            power = (cumulative - last_j) / (horizon - last_t)
+            self._last_power = (horizon, cumulative, power)
         # Steps of this interval, with the newest readings (finalized energy lags by up to the
         # buffer's 0.5 s drain; a short logging interval would otherwise see no finished step).
         view = self.preview(now)

@@ -29,6 +29,16 @@ GAP = "gap"
 
 EnergyFn = Callable[[float, float], float]
 
+#: Phases of the stage's own steps; everything else in an epoch is its gap energy.
+STEP_PHASES = ("train", "val")
+
+
+def gap_joules(phases: dict[str, float]) -> float:
+    """An epoch's joules outside its train and validation steps: gaps, the sanity check, a
+    tuner's trials. With ``train`` and ``val`` it adds up to the epoch's total."""
+    return sum(v for k, v in phases.items() if k not in STEP_PHASES)
+
+
 #: ``(phase, edge, index, epoch, t)``: ``epoch`` ``None`` where the loop has not said it yet.
 LedgerEdge = tuple[str, str, int, "int | None", float]
 
@@ -75,17 +85,13 @@ class EnergyLedger:
         if epoch is None:
             self.unassigned[label] = self.unassigned.get(label, 0.0) + joules
             return
-        ep = self.epochs.get(epoch)
-        if ep is None:
-            ep = self.epochs[epoch] = EpochEnergy(epoch)
-        if self.unassigned:
-            for k, v in self.unassigned.items():
-                ep.phases[k] = ep.phases.get(k, 0.0) + v
-            self.unassigned = {}
+        self.assign_unassigned(epoch)
+        ep = self.epochs.setdefault(epoch, EpochEnergy(epoch))
         ep.phases[label] = ep.phases.get(label, 0.0) + joules
 
     def assign_unassigned(self, epoch: int) -> None:
-        """Give energy still waiting for an epoch to ``epoch`` (the end of a stage)."""
+        """Give energy still waiting for an epoch to ``epoch`` (the first epoch named, or the
+        end of a stage)."""
         if self.unassigned:
             ep = self.epochs.setdefault(epoch, EpochEnergy(epoch))
             for k, v in self.unassigned.items():

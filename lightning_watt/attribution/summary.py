@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lightning_watt.attribution.ledger import gap_joules
 from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.schema import SUMMARY_FORMAT
 
@@ -32,15 +33,14 @@ def build_summary(
     world_size: int = 1,
     epoch_metrics: dict[int, dict[str, float]] | None = None,
     run_name: str = "",
-    run_energy_J: float | None = None,
     interrupted: bool = False,
     prefix: str = "watt/",
 ) -> dict[str, Any]:
     """Merge every rank's local numbers (devices counted once by uuid, phases summed).
 
     ``offset`` holds earlier segments of a resumed fit (they are part of ``energy_J``);
-    ``run_energy_J`` is the run's cumulative energy at the end of this stage (earlier stages
-    included), ``energy_J`` when not given.
+    ``run_energy_J`` is ``energy_J`` here; the accountant that knows the run's earlier stages
+    replaces it with the run's cumulative energy at the end of this stage.
     """
     devices = [d for r in ranks for d in r["devices"]]
     counted = [d for d in devices if d.get("counted", True)]
@@ -90,9 +90,7 @@ def build_summary(
                 "epoch": e,
                 "train_J": ph.get("train", 0.0),
                 "val_J": ph.get("val", 0.0),
-                # Everything outside train and validation steps (gaps, the sanity check, a
-                # tuner's trials), so that a row's three energies add up to the epoch's.
-                "gap_J": sum(v for k, v in ph.items() if k not in ("train", "val")),
+                "gap_J": gap_joules(ph),
                 "energy_kWh": cumulative / J_PER_KWH,
                 "train_steps": epoch_steps.get(e, 0),
                 "metrics": (epoch_metrics or {}).get(e, {}),
@@ -110,7 +108,7 @@ def build_summary(
         "energy_J": total_j,
         "energy_kWh": kwh,
         "segment_energy_J": segment_j,
-        "run_energy_J": total_j if run_energy_J is None else run_energy_J,
+        "run_energy_J": total_j,
         "phases_J": phases,
         "outside_steps_share": (outside / sum(phases.values())) if sum(phases.values()) else 0.0,
         "step_phases_J": step_phases,

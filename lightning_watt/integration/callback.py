@@ -345,11 +345,6 @@ class WattCallback(Callback):
         return self._carbon
 
     # ------------------------------------------------------------------ hooks: edges
-    def _eval_phase(self, trainer: pl.Trainer) -> str:
-        if trainer.sanity_checking:
-            return "sanity"
-        return "test" if trainer.testing else "val"
-
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch > 0:
@@ -408,11 +403,12 @@ class WattCallback(Callback):
         return (step + 1) % self.log_every_n_steps == 0
 
     def _mark_eval(self, trainer: pl.Trainer, edge: str, batch_idx: int) -> None:
-        phase = self._eval_phase(trainer)
         # The sanity check runs before the loop says which epoch it trains next: its energy
         # goes to that epoch (not, after a resume, to the checkpoint's).
-        epoch = None if phase == "sanity" else trainer.current_epoch
-        self._books.mark(phase, edge, batch_idx, epoch)
+        if trainer.sanity_checking:
+            self._books.mark("sanity", edge, batch_idx, None)
+        else:
+            self._books.mark("val", edge, batch_idx, trainer.current_epoch)
 
     @override
     def on_validation_batch_start(
