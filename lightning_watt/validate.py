@@ -28,7 +28,18 @@ import numbers
 import sys
 from typing import Any, Literal, overload
 
-__all__ = ["finite_number", "integer", "positive_int", "positive_number"]
+__all__ = [
+    "a_callable",
+    "boolean",
+    "finite_number",
+    "finite_or_inf",
+    "integer",
+    "path_like",
+    "positive_int",
+    "positive_number",
+    "string_collection",
+    "text",
+]
 
 
 def _describe_range(
@@ -80,7 +91,10 @@ def _real(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, numbers.Real):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float range (10**400): as big as infinity
+            return -math.inf if str(value).startswith("-") else math.inf
     tensor = _scalar_tensor(value)
     return None if tensor is None else float(tensor.item())
 
@@ -252,3 +266,117 @@ def positive_int(name: str, value: object, *, allow_none: bool = False) -> int |
         ValueError: log_every_n_steps must be a positive integer (an int >= 1) or None, got 0
     """
     return integer(name, value, minimum=1, allow_none=allow_none)
+
+
+def boolean(name: str, value: object) -> bool:
+    """``value`` if it is a bool (``True``/``False``, not ``1``, ``"no"`` or ``None``).
+
+    Example:
+        >>> boolean("record", "no")
+        Traceback (most recent call last):
+        ...
+        TypeError: record must be True or False, got 'no' (str)
+    """
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ == "bool_":  # numpy.bool_, without importing numpy
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {_given(value)}")
+
+
+@overload
+def text(
+    name: str, value: object, *, allow_none: Literal[False] = ..., example: str = ...
+) -> str: ...
+
+
+@overload
+def text(name: str, value: object, *, allow_none: bool, example: str = ...) -> str | None: ...
+
+
+def text(name: str, value: object, *, allow_none: bool = False, example: str = "") -> str | None:
+    """``value`` if it is a non-empty string; else ``TypeError`` (wrong type) or ``ValueError``.
+
+    Example:
+        >>> text("score_from", ["val_acc"], example="'val_acc'")
+        Traceback (most recent call last):
+        ...
+        TypeError: score_from must be a non-empty string such as 'val_acc', got ['val_acc'] (list)
+    """
+    if value is None and allow_none:
+        return None
+    accepted = "a non-empty string" + (f" such as {example}" if example else "")
+    accepted += " or None" if allow_none else ""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {accepted}, got {_given(value)}")
+    if not value:
+        raise ValueError(f"{name} must be {accepted}, got ''")
+    return value
+
+
+def path_like(name: str, value: object) -> str:
+    """``value`` as a string path, if it is a ``str`` or ``os.PathLike`` naming one.
+
+    Example:
+        >>> path_like("record", 5)
+        Traceback (most recent call last):
+        ...
+        TypeError: record must be a path (str or os.PathLike), got 5
+    """
+    import os
+
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if isinstance(path, str) and path:
+            return path
+    raise TypeError(f"{name} must be a path (str or os.PathLike), got {_given(value)}")
+
+
+def string_collection(name: str, value: object, *, allow_none: bool = False) -> list[str] | None:
+    """``value`` as a list, if it is a collection (not a string) of strings.
+
+    Example:
+        >>> string_collection("domains", "package")
+        Traceback (most recent call last):
+        ...
+        TypeError: domains must be a list of strings, got 'package' (str)
+    """
+    from collections.abc import Collection
+
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Collection)
+        or not all(isinstance(v, str) for v in value)
+    ):
+        extra = " or None" if allow_none else ""
+        raise TypeError(f"{name} must be a list of strings{extra}, got {_given(value)}")
+    return list(value)
+
+
+def a_callable(name: str, value: object, what: str) -> Any:
+    """``value`` if it is callable; else ``TypeError`` saying what it should be.
+
+    Example:
+        >>> a_callable("clock", 1.0, "a function returning monotonic seconds")
+        Traceback (most recent call last):
+        ...
+        TypeError: clock must be a function returning monotonic seconds, got 1.0
+    """
+    if not callable(value):
+        raise TypeError(f"{name} must be {what}, got {_given(value)}")
+    return value
+
+
+def finite_or_inf(value: Any) -> float:
+    """``float(value)`` for a real number, with an int beyond float range as +-infinity.
+
+    Example:
+        >>> finite_or_inf(10**400)
+        inf
+    """
+    real = _real(value)
+    if real is None:
+        raise TypeError(f"expected a real number, got {_given(value)}")
+    return real

@@ -393,6 +393,7 @@ class StageBooks:
         peaks = meter.peak_power()
         methods = meter.methods()
         sources = meter.source_descriptions()
+        unmeasured = meter.unmeasured(self.started_at, end)
         duration = end - self.started_at
         devices = [
             {
@@ -407,6 +408,11 @@ class StageBooks:
                 "methods": methods.get(d.name, []),
                 "source": sources.get(d.name, ""),
                 "estimated": d.estimated,
+                # Included in energy_J: the estimate for the span no reader measured.
+                "unmeasured_J": float(unmeasured.get(d.name, {}).get("energy_J", 0.0)),
+                "unmeasured_s": float(unmeasured.get(d.name, {}).get("seconds", 0.0)),
+                "unmeasured_reason": str(unmeasured.get(d.name, {}).get("reason", "")),
+                "unmeasured_basis": str(unmeasured.get(d.name, {}).get("basis", "")),
             }
             for d in meter.devices
         ]

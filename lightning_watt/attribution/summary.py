@@ -119,6 +119,8 @@ def build_summary(
         "steps": steps,
         "methods": methods,
         "estimated": any(d["estimated"] for d in counted),
+        # Part of energy_J: estimated for spans in which no reader measured a device.
+        "unmeasured_J": sum(d.get("unmeasured_J", 0.0) for d in counted),
         "replay": ", ".join(replay) if replay else None,
         "world_size": world_size,
         "score": score or {},
@@ -167,6 +169,9 @@ def render_summary(summary: dict[str, Any], show_unavailable: bool = True) -> st
     run_j = summary.get("run_energy_J")
     if run_j is not None and abs(run_j - summary["energy_J"]) > 1e-9 * max(1.0, run_j):
         rows.append(("run so far", f"{_fmt_j(run_j)} (earlier stages included)"))
+    unmeasured_j = summary.get("unmeasured_J") or 0.0
+    if unmeasured_j > 0:
+        rows.append(("  of which unmeasured", f"~{_fmt_j(unmeasured_j)} (estimated, see NOTE)"))
     for d in summary["devices"]:
         tag = " (estimated)" if d["estimated"] else ""
         dup = "" if d.get("counted", True) else " [shared, counted once]"
@@ -185,6 +190,17 @@ def render_summary(summary: dict[str, Any], show_unavailable: bool = True) -> st
         rows.append(("NOTE", f"energies replayed from recorded trace(s): {summary['replay']}"))
     if summary.get("estimated"):
         rows.append(("NOTE", "some energies are estimated from utilisation, not measured"))
+    for d in summary["devices"]:
+        if d.get("unmeasured_J", 0.0) > 0 or d.get("unmeasured_s", 0.0) > 0:
+            rows.append(
+                (
+                    "NOTE",
+                    f"rank{d['rank']}:{d['name']} was not measured for its last "
+                    f"{d['unmeasured_s']:.1f} s ({d.get('unmeasured_reason', '?')}): "
+                    f"~{_fmt_j(d['unmeasured_J'])} estimated from "
+                    f"{d.get('unmeasured_basis', '?')}",
+                )
+            )
     if show_unavailable:
         for name, reason in summary.get("unavailable", {}).items():
             rows.append((f"not measured: {name}", reason))

@@ -24,18 +24,35 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from lightning_watt.energy.readings import COUNTER_J, POWER_KINDS, DeviceInfo, Reading
+from lightning_watt.energy.readings import COUNTER_J, ESTIMATE_W, POWER_KINDS, DeviceInfo, Reading
 from lightning_watt.energy.timeline import EnergyTimeline, Gap
 from lightning_watt.energy.trace import StepEdge, TraceWriter
 from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
-from lightning_watt.validate import positive_int
+from lightning_watt.validate import a_callable, path_like, positive_int
 
 #: Readings are held this long (meter clock) before they are recorded: channels deliver out of
 #: time order (the driver buffer is drained every 0.5 s and holds 2.4 s of samples) and
 #: watt-trace rows must be sorted by time.
 _RECORD_HOLD_S = 5.0
+#: The recording is flushed at least this often (meter clock), so a killed run loses at most
+#: this much of its trace.
+_FLUSH_EVERY_S = 2.0
+#: How long :meth:`EnergyMeter.stop` waits for the meter thread's last reads. A read stuck in
+#: the driver longer than this is abandoned (the thread is a daemon): the span after the last
+#: reading is then unmeasured, estimated and reported, and stop() returns.
+_STOP_WAIT_S = 5.0
+#: A channel without a fallback (the energy counter) is never given up on transient errors:
+#: it is retried with a growing delay, at most this long.
+_MAX_BACKOFF_S = 5.0
+#: Unexpected errors of the meter thread itself (not of a read) it survives by restarting its
+#: loop; one more and every device is unmeasured from there on (estimated, reported).
+_MAX_RESTARTS = 5
+#: The mean power of at most this long before a device stopped being measured is its estimate
+#: for the unmeasured rest.
+_ESTIMATE_WINDOW_S = 30.0
 
 
 class _SyncRequest:
@@ -50,6 +67,41 @@ class _SyncRequest:
     def finish(self, ok: bool) -> None:
         self.ok = ok
         self.done.set()
+
+
+class _PollState:
+    """The meter thread's schedule and per-channel bookkeeping (kept across loop restarts)."""
+
+    def __init__(self, channels: Sequence[Channel], now: float) -> None:
+        self.queue: list[tuple[float, int, Channel]] = [(now, i, c) for i, c in enumerate(channels)]
+        heapq.heapify(self.queue)
+        self.seq = len(self.queue)
+        self.failures: dict[str, int] = {}
+        self.last_ok: dict[str, float] = {}
+        self.last_healthy = now
+        self.in_flight: Channel | None = None
+        # Channels started by a read (a lost device's estimate), scheduled after it.
+        self.spawned: list[Channel] = []
+
+    def adopt_spawned(self, now: float) -> None:
+        for channel in self.spawned:
+            self.push(now + channel.interval_s, channel)
+        self.spawned.clear()
+
+    def push(self, due: float, channel: Channel) -> None:
+        heapq.heappush(self.queue, (due, self.seq, channel))
+        self.seq += 1
+
+
+@dataclass
+class _Unmeasured:
+    """A device no reader measures any more, from ``since``: its energy from there on is
+    ``watts`` (its mean power before), an estimate."""
+
+    since: float
+    watts: float
+    reason: str
+    basis: str
 
 
 class EnergyMeter:
@@ -86,6 +138,8 @@ class EnergyMeter:
         if sources is not None and not all(isinstance(s, EnergySource) for s in sources):
             raise ValueError("sources must be EnergySource instances (or None for auto-detect)")
         max_errors = positive_int("max_consecutive_errors", max_consecutive_errors)
+        a_callable("clock", clock, "a function returning monotonic seconds")
+        record = None if record is None else path_like("record", record)
         self._timeline_kwargs: dict[str, Any] = {
             "calibration_window": calibration_window,
             "max_gap": max_gap,
@@ -126,6 +180,14 @@ class EnergyMeter:
         self._record_seq = 0
         self._record_written_t = -math.inf
         self._record_late = 0
+        # Devices no reader measures any more: since when, at what estimated power, and why.
+        self._unmeasured: dict[str, _Unmeasured] = {}
+        # Channels still read per device; a device with none left is unmeasured.
+        self._live: dict[str, set[str]] = {}
+        # Set once stop() stopped waiting for the thread: its late readings are dropped.
+        self._abandoned = False
+        self._restarts = 0
+        self._channels: list[Channel] = []
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> EnergyMeter:
@@ -169,11 +231,16 @@ class EnergyMeter:
         self._wake.clear()
         with self._sync_lock:
             self._sync_open = True
-        self._thread = threading.Thread(
+        self._channels = channels
+        self._thread = self._spawn(channels)
+        return self
+
+    def _spawn(self, channels: list[Channel]) -> threading.Thread:
+        thread = threading.Thread(
             target=self._run, args=(channels,), name="lightning-watt-meter", daemon=True
         )
-        self._thread.start()
-        return self
+        thread.start()
+        return thread
 
     def stop(self) -> None:
         """Stop polling (after one last read of every channel), finalize all energy, close the
@@ -189,11 +256,23 @@ class EnergyMeter:
         requested = self._clock()
         self._stop_event.set()
         self._wake.set()
-        thread.join(timeout=10.0)
-        self._stopped_at = requested
+        thread.join(timeout=_STOP_WAIT_S)
+        stuck = thread.is_alive()
         with self._lock:
+            self._stopped_at = requested
+            self._abandoned = stuck
+        if stuck:
+            self._warn_once(
+                "stop:stuck",
+                f"lightning-watt: a hardware read did not return within {_STOP_WAIT_S:.0f} s of "
+                "the end; measurement ends at the last reading and the rest is estimated and "
+                "reported as unmeasured.",
+            )
+        with self._lock:
+            self._estimate_unmeasured_tails(requested)
             self._timeline.flush()
-        for source in self._sources:
+        # Closing a source whose read is stuck in the driver could hang or crash it.
+        for source in [] if stuck else self._sources:
             try:
                 source.close()
             except Exception as err:
@@ -291,38 +370,20 @@ class EnergyMeter:
 
     # ------------------------------------------------------------------ the thread
     def _run(self, channels: list[Channel]) -> None:
-        failures: dict[str, int] = {}
-        last_ok: dict[str, float] = {}
-        now = self._clock()
-        queue: list[tuple[float, int, Channel]] = [(now, i, c) for i, c in enumerate(channels)]
-        heapq.heapify(queue)
-        counter = len(queue)
+        """The thread: a supervised polling loop. An unexpected error of the loop itself (a
+        bug, a ``BaseException`` out of a read) is counted, warned about once, its span marked
+        as a gap, and the loop restarted; after :data:`_MAX_RESTARTS` every device is
+        unmeasured from there on (estimated and reported), never silently short."""
+        state = _PollState(channels, self._clock())
         ok = False
         try:
-            while queue and not self._stop_event.is_set():
-                with self._sync_lock:
-                    requests, self._sync_pending = self._sync_pending, []
-                if requests:
-                    queue, counter, ok = self._poll_all(queue, counter, failures, last_ok)
-                    for request in requests:
-                        request.finish(ok)
-                    continue
-                due, _, channel = queue[0]
-                wait = due - self._clock()
-                if wait > 0:
-                    # Woken early by sync() or stop(); either way, look again.
-                    self._wake.wait(wait)
-                    self._wake.clear()
-                    continue
-                heapq.heappop(queue)
-                replacement, _ = self._poll(channel, failures, last_ok)
-                if replacement is not None:
-                    next_due = max(due + replacement.interval_s, self._clock())
-                    heapq.heappush(queue, (next_due, counter, replacement))
-                    counter += 1
-            # One last read of everything, so the energy reaches the moment stop() was called.
-            # A sync() asked for before it is served by it.
-            _, _, ok = self._poll_all(queue, counter, failures, last_ok)
+            while True:
+                try:
+                    ok = self._loop(state)
+                    break
+                except BaseException as err:  # supervision: nothing may end the thread
+                    if not self._thread_failed(state, err):
+                        break
         finally:
             with self._sync_lock:
                 self._sync_open = False
@@ -330,39 +391,108 @@ class EnergyMeter:
             for request in requests:
                 request.finish(ok)
 
-    def _poll_all(
-        self,
-        queue: list[tuple[float, int, Channel]],
-        counter: int,
-        failures: dict[str, int],
-        last_ok: dict[str, float],
-    ) -> tuple[list[tuple[float, int, Channel]], int, bool]:
-        """Read every scheduled channel once now (for sync() and the final read); returns the
-        new schedule, the next sequence number and whether every read succeeded. A channel
-        given up for its fallback has the fallback read at once in its place."""
-        ok = bool(queue)
-        out: list[tuple[float, int, Channel]] = []
-        for _, _, channel in sorted(queue, key=lambda x: x[1]):
+    def _loop(self, state: _PollState) -> bool:
+        """Poll until stopped, then read everything once more; returns whether that last read
+        succeeded. ``state`` survives a restart of the loop."""
+        while state.queue and not self._stop_event.is_set():
+            with self._sync_lock:
+                requests, self._sync_pending = self._sync_pending, []
+            if requests:
+                ok = False
+                try:
+                    ok = self._poll_all(state)
+                finally:
+                    for request in requests:
+                        request.finish(ok)
+                continue
+            due, _, channel = state.queue[0]
+            wait = due - self._clock()
+            if wait > 0:
+                # Woken early by sync() or stop(); either way, look again.
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
+            heapq.heappop(state.queue)
+            state.in_flight = channel
+            replacement, read_ok = self._poll(channel, state)
+            state.in_flight = None
+            state.adopt_spawned(self._clock())
+            if replacement is not None:
+                interval = replacement.interval_s
+                if not read_ok and replacement is channel and channel.fallback is None:
+                    # Transient errors of a reader with nothing to fall back on (the counter):
+                    # back off instead of hammering a busy driver, never give up.
+                    interval = min(interval * 2.0 ** state.failures[channel.name], _MAX_BACKOFF_S)
+                    interval = max(interval, replacement.interval_s)
+                next_due = max(due + interval, self._clock())
+                state.push(next_due, replacement)
+            state.last_healthy = self._clock()
+        # One last read of everything, so the energy reaches the moment stop() was called.
+        # A sync() asked for before it is served by it.
+        return self._poll_all(state)
+
+    def _thread_failed(self, state: _PollState, err: BaseException) -> bool:
+        """Handle an error that escaped the loop; returns whether to run the loop again."""
+        now = self._clock()
+        self._restarts += 1
+        with self._lock:
+            self._errors["meter"] = self._errors.get("meter", 0) + 1
+            for device in self._devices:
+                self._timeline.mark_gap(
+                    device, state.last_healthy, now, f"meter thread failed: {err!r}"
+                )
+        state.last_healthy = now
+        if state.in_flight is not None:
+            # The channel being read when the loop failed is read again, not forgotten.
+            state.push(now + state.in_flight.interval_s, state.in_flight)
+            state.in_flight = None
+        again = self._restarts <= _MAX_RESTARTS and not self._stop_event.is_set()
+        self._warn_once(
+            "meter:failed",
+            f"lightning-watt: the meter thread failed ({type(err).__name__}: {err}); "
+            + (
+                "it goes on; the span is marked as a gap. Training continues."
+                if again
+                else "it failed too often: measurement stops here, and the rest of the run is "
+                "estimated and reported as unmeasured. Training continues."
+            ),
+        )
+        if not again:
+            with self._lock:
+                for device in self._devices:
+                    self._mark_unmeasured(device, now, f"meter thread failed: {err!r}")
+        return again
+
+    def _poll_all(self, state: _PollState) -> bool:
+        """Read every scheduled channel once now (for sync() and the final read); returns
+        whether every read succeeded. A channel given up for its fallback has the fallback read
+        at once in its place. The next regular read of each comes a full interval later: a read
+        moments after this one costs the same and says next to nothing."""
+        ok = bool(state.queue)
+        # The old schedule stays in place until the pass is done: a failure midway loses no
+        # channel (the loop restarts on it).
+        pending, done = sorted(state.queue, key=lambda x: x[1]), []
+        for _, _, channel in pending:
             current: Channel | None = channel
+            replacement: Channel | None = None
             while current is not None:
-                replacement, read_ok = self._poll(current, failures, last_ok)
+                replacement, read_ok = self._poll(current, state)
                 if read_ok or replacement is None or replacement is current:
                     ok = ok and read_ok
                     break
                 current = replacement  # lost: its fallback speaks for it in this pass
             if replacement is not None:
-                # The next regular read a full interval after this one: a read moments later
-                # costs the same and says next to nothing (the estimate's 10 ms ticks).
-                out.append((self._clock() + replacement.interval_s, counter, replacement))
-                counter += 1
-        heapq.heapify(out)
-        return out, counter, ok
+                done.append((self._clock() + replacement.interval_s, replacement))
+        state.queue = []
+        for due, channel in done:
+            state.push(due, channel)
+        state.adopt_spawned(self._clock())
+        return ok
 
-    def _poll(
-        self, channel: Channel, failures: dict[str, int], last_ok: dict[str, float]
-    ) -> tuple[Channel | None, bool]:
+    def _poll(self, channel: Channel, state: _PollState) -> tuple[Channel | None, bool]:
         """Read one channel; returns the channel to schedule next (itself, its fallback, or
         ``None`` when given up) and whether the read succeeded."""
+        failures, last_ok = state.failures, state.last_ok
         try:
             readings = list(channel.read())
         except Exception as err:
@@ -374,28 +504,39 @@ class EnergyMeter:
                 start = last_ok.get(channel.name, self._started_at or now)
                 for device in channel.devices:
                     self._timeline.mark_gap(device, start, now, f"{channel.name}: {err}")
-            give_up = lost or failures[channel.name] >= self._max_errors
             fallback = channel.fallback
-            then = (
-                f"switching to {fallback.name}"
-                if give_up and fallback
-                else "giving up on it"
-                if give_up
-                else "retrying"
-            )
+            # Only a lost reader, or one that keeps failing while another can take over, is
+            # given up; a reader with no fallback (the counter) is retried, backing off.
+            give_up = lost or (fallback is not None and failures[channel.name] >= self._max_errors)
+            what = f"lightning-watt: reading {channel.name} failed ({type(err).__name__}: {err})"
+            if not give_up:
+                again = "retrying" if fallback is not None else "retrying, backing off"
+                self._warn_once(
+                    channel.name, f"{what}; {again}. Training continues; the gap is recorded."
+                )
+                return channel, False
+            # Giving up is said even after a "retrying": that is what changes the numbers.
+            then = f"switching to {fallback.name}" if fallback else "no other reader is left"
             self._warn_once(
-                channel.name,
-                f"lightning-watt: reading {channel.name} failed ({type(err).__name__}: {err}); "
-                f"{then}. Training continues; the gap is recorded.",
+                f"{channel.name}:given-up",
+                f"{what}; {then}. Training continues; the gap is recorded.",
             )
-            if give_up:
-                with self._lock:
-                    for device, kind in self._produces.get(channel.name, ()):
-                        self._timeline.retire(device, kind)
-                if fallback is not None:
-                    self._declare(fallback, self._clock())
-                return fallback, False
-            return channel, False
+            with self._lock:
+                for device, kind in self._produces.get(channel.name, ()):
+                    self._timeline.retire(device, kind)
+                for device in channel.devices:
+                    live = self._live.get(device, set())
+                    live.discard(channel.name)
+                    if not live and fallback is None:
+                        self._mark_unmeasured(device, now, f"{channel.name}: {err}")
+            for device in channel.devices:
+                if device in self._unmeasured and not self._live.get(device):
+                    estimate = self._estimate_channel(device)
+                    self._live.setdefault(device, set()).add(estimate.name)
+                    state.spawned.append(estimate)
+            if fallback is not None:
+                self._declare(fallback, self._clock())
+            return fallback, False
         failures[channel.name] = 0
         produced = self._produces.setdefault(channel.name, set())
         produced.update((r.device, r.kind) for r in readings)
@@ -426,14 +567,103 @@ class EnergyMeter:
 
     def _declare(self, channel: Channel, t: float) -> None:
         """Tell the timeline which readers exist before they speak, so it waits for them."""
+        for device in channel.devices:
+            self._live.setdefault(device, set()).add(channel.name)
         pairs = {(d, k) for d in channel.devices for k in channel.kinds}
         if pairs:
             self._produces.setdefault(channel.name, set()).update(pairs)
             with self._lock:
                 self._timeline.mark_polled(pairs, t)
 
+    # ------------------------------------------------------------------ unmeasured devices
+    def _mark_unmeasured(self, device: str, now: float, reason: str) -> None:
+        """No reader measures ``device`` any more (call under the lock): from the end of its
+        data its energy is its mean power before, an estimate, recorded as such."""
+        if device in self._unmeasured:
+            return
+        timeline = self._timeline.device(device)
+        since = min(max(timeline.horizon, self._started_at or now), now)
+        start = max(self._started_at or since, since - _ESTIMATE_WINDOW_S)
+        if since - start > 0.05:
+            joules = self._timeline.energy_between(start, since).get(device, 0.0)
+            watts = joules / (since - start)
+            basis = f"its mean power over the {since - start:.1f} s before"
+        else:
+            latest = self._latest_power.get(device)
+            watts = latest[1] if latest is not None else 0.0
+            basis = "its last power reading" if latest else "nothing measured before: 0 W"
+        self._unmeasured[device] = _Unmeasured(since, max(watts, 0.0), reason, basis)
+        self._timeline.mark_gap(device, since, max(now, since), f"unmeasured: {reason}")
+        # The estimate starts where the data ends, so no second of the run is left out.
+        self._timeline.add([Reading(since, device, ESTIMATE_W, self._unmeasured[device].watts)])
+        self._warn_once(
+            f"unmeasured:{device}",
+            f"lightning-watt: {device} is no longer measured ({reason}); its energy from here "
+            f"on is estimated at {watts:.1f} W ({basis}) and reported as unmeasured_J.",
+        )
+
+    def _estimate_channel(self, device: str) -> Channel:
+        """The live estimate of an unmeasured device: its constant estimated power."""
+        watts = self._unmeasured[device].watts
+
+        def read() -> list[Reading]:
+            return [Reading(self._clock(), device, ESTIMATE_W, watts)]
+
+        return Channel(
+            f"{device}/unmeasured",
+            0.5,
+            read,
+            (device,),
+            describe="estimate of an unmeasured device",
+            kinds=(ESTIMATE_W,),
+        )
+
+    def _estimate_unmeasured_tails(self, end: float) -> None:
+        """At stop (under the lock): every device's energy reaches ``end``. A device whose data
+        stops short of it by more than a gap (a lost GPU, a read stuck in the driver, a meter
+        thread that gave up) is unmeasured from its last data on, and its estimate is carried to
+        ``end``."""
+        limit = max(float(self._timeline_kwargs["max_gap"]), 1.0)
+        for name in self._devices:
+            if name not in self._unmeasured:
+                if self._timeline.device(name).horizon >= end - limit:
+                    continue
+                self._mark_unmeasured(name, end, "no readings reached the end of the measurement")
+            gone = self._unmeasured[name]
+            self._timeline.add([Reading(max(end, gone.since), name, ESTIMATE_W, gone.watts)])
+
+    def unmeasured(
+        self, t0: float = -math.inf, t1: float = math.inf
+    ) -> dict[str, dict[str, float | str]]:
+        """Devices that stopped being measured: per device, the estimated joules and the
+        seconds of ``[t0, t1]`` after that, and why (``{}`` when every device was measured
+        throughout), why, and what the estimate rests on. The estimate is included in every
+        energy the meter returns.
+
+        Example:
+            >>> EnergyMeter(sources=[]).unmeasured()
+            {}
+        """
+        out: dict[str, dict[str, float | str]] = {}
+        with self._lock:
+            for name, gone in sorted(self._unmeasured.items()):
+                a = max(t0, gone.since)
+                b = min(t1, self._stopped_at if self._stopped_at is not None else self._clock())
+                if b <= a:
+                    continue
+                joules = self._timeline.energy_between(a, b).get(name, 0.0)
+                out[name] = {
+                    "energy_J": joules,
+                    "seconds": b - a,
+                    "reason": gone.reason,
+                    "basis": gone.basis,
+                }
+        return out
+
     def _ingest(self, readings: list[Reading]) -> None:
         with self._lock:
+            if self._abandoned:
+                return  # stop() has finalized without this thread: too late to count
             self._timeline.add(readings)
             for r in readings:
                 if r.kind == COUNTER_J:
@@ -448,7 +678,7 @@ class EnergyMeter:
             try:
                 self._record_samples(readings, final=False)
                 now = self._clock()
-                if now - self._last_flush > 5.0:
+                if now - self._last_flush > _FLUSH_EVERY_S:
                     self._last_flush = now
                     self._writer.flush()
             except OSError as err:

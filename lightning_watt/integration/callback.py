@@ -46,8 +46,16 @@ from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.integration.handoff import Handoff
 from lightning_watt.schema import DEFAULT_PREFIX, prefix_tag, stage_name, summary_file, trace_stem
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
+from lightning_watt.sources.replay import replay_speed as checked_replay_speed
 from lightning_watt.sources.replay import resolve_trace
-from lightning_watt.validate import finite_number, positive_int, positive_number
+from lightning_watt.validate import (
+    boolean,
+    finite_number,
+    path_like,
+    positive_int,
+    string_collection,
+    text,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_watt.score.functional import GQIForm
@@ -146,9 +154,12 @@ class WattCallback(Callback):
             raise ValueError("sources must be a list of EnergySource instances, or None")
         if sources is not None and replay is not None:
             raise ValueError("sources and replay are exclusive: pass one of them")
-        replays = [replay] if isinstance(replay, str) else list(replay or [])
+        if isinstance(replay, (list, tuple)):
+            replays = string_collection("replay", replay) or []
+        else:
+            replays = [] if replay is None else [path_like("replay", replay)]
         self._replay = [resolve_trace(r) for r in replays]
-        self.replay_speed = positive_number("replay_speed", replay_speed)
+        self.replay_speed = checked_replay_speed("replay_speed", replay_speed)
         self.form: GQIForm = validate_score_params(
             alpha=alpha, beta=beta, form=form, reference_kwh=reference_kwh
         )
@@ -162,8 +173,15 @@ class WattCallback(Callback):
             unit="(a fraction, not a percentage)",
             allow_none=True,
         )
+        score_from = text("score_from", score_from, allow_none=True, example="'val_acc'")
+        per_device = boolean("per_device", per_device)
+        progress_bar = boolean("progress_bar", progress_bar)
+        record = boolean("record", record)
+        summary = boolean("summary", summary)
         if target_accuracy is not None and score_from is None:
             raise ValueError("target_accuracy needs score_from: the logged accuracy to watch")
+        pue = finite_number("pue", pue, minimum=1.0, unit="(power usage effectiveness)")
+        currency = text("currency", currency, example="'USD'")
         self._carbon = self._make_carbon(carbon_intensity, region, pue, price_per_kwh, currency)
         self.prefix = prefix
         self.per_device = per_device

@@ -74,7 +74,7 @@ from typing import Literal, cast, overload
 import torch
 from torch import Tensor
 
-from lightning_watt.validate import finite_number
+from lightning_watt.validate import finite_number, finite_or_inf
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -388,8 +388,13 @@ def green_quotient_index(
     """
     alpha, beta, reference = _check_params(alpha, beta, form, reference_kwh)
     exponent = 1.0 / math.log(reference)
+    for name, value in (("accuracy", accuracy), ("energy_kwh", energy_kwh)):
+        if isinstance(value, bool) or not (_is_number(value) or isinstance(value, Tensor)):
+            raise TypeError(
+                f"{name} must be a number or a tensor, got {value!r} ({type(value).__name__})"
+            )
     if _is_number(accuracy) and _is_number(energy_kwh):
-        acc, energy = float(accuracy), float(energy_kwh)
+        acc, energy = finite_or_inf(accuracy), finite_or_inf(energy_kwh)
         _check_floats(acc, energy, form)
         numerator = beta * acc**alpha
         if energy == 0:  # not reachable with the paper's form

@@ -36,6 +36,7 @@ from lightning_watt.score.functional import (
     green_quotient_index,
     resolve_reference_kwh,
 )
+from lightning_watt.validate import boolean, finite_number, integer, positive_int
 
 __all__ = ["ENERGY_REDUCTIONS", "GreenQuotientIndex"]
 
@@ -65,6 +66,24 @@ def _sum_readings(readings: Tensor) -> Tensor:
 
 
 _REDUCERS: dict[str, Callable[[Tensor], Tensor]] = {"max": _max_reading, "sum": _sum_readings}
+
+
+_TASKS = ("binary", "multiclass", "multilabel")
+
+
+def _check_accuracy_options(options: dict[str, Any]) -> None:
+    """Refuse bad Accuracy options here, by name, rather than deep inside torchmetrics."""
+    if "task" in options and options["task"] not in _TASKS:
+        raise ValueError(f"task must be one of {_TASKS}, got {options['task']!r}")
+    for name in ("num_classes", "num_labels", "top_k"):
+        if name in options:
+            positive_int(name, options[name])
+    if "ignore_index" in options:
+        integer("ignore_index", options["ignore_index"], minimum=-(2**63))
+    if "threshold" in options:
+        finite_number("threshold", options["threshold"], minimum=0.0, maximum=1.0)
+    if "validate_args" in options:
+        boolean("validate_args", options["validate_args"])
 
 
 class GreenQuotientIndex(Metric):
@@ -188,6 +207,7 @@ class GreenQuotientIndex(Metric):
             "validate_args": validate_args,
         }
         options = {k: v for k, v in options.items() if v is not None}
+        _check_accuracy_options(options)
         if accuracy is None:
             if "task" not in options:
                 raise ValueError(

@@ -69,7 +69,7 @@ from lightning_watt.sources.base import (
     EnergySource,
     SourceUnavailable,
 )
-from lightning_watt.validate import positive_number
+from lightning_watt.validate import a_callable, path_like, positive_number, string_collection, text
 
 __all__ = [
     "DEFAULT_DOMAINS",
@@ -262,6 +262,11 @@ class RaplSource(EnergySource):
     ) -> None:
         if isinstance(domains, str):
             domains = (domains,)
+        domains = string_collection("domains", domains) or []
+        root = path_like("root", root)
+        text("host", host, allow_none=True)
+        if read_file is not None:
+            a_callable("read_file", read_file, "a function path -> text, or None")
         unknown = [d for d in domains if d not in DOMAINS]
         if unknown or not domains:
             raise ValueError(

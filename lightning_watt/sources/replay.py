@@ -27,7 +27,13 @@ from lightning_watt.energy.readings import COUNTER_J, KINDS, DeviceInfo, Reading
 from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
 from lightning_watt.sources.base import Channel, Clock, EnergySource
-from lightning_watt.validate import positive_number
+from lightning_watt.validate import (
+    boolean,
+    finite_number,
+    path_like,
+    string_collection,
+    text,
+)
 
 #: Polling rates of the live NVML source, mirrored so a replay exercises the same timing.
 _INTERVALS = {COUNTER_J: 0.1, "buffer_W": 0.5}
@@ -54,6 +60,15 @@ def resolve_trace(name_or_prefix: str) -> str:
             f"replay: {name_or_prefix!r} is neither a watt-trace prefix (PREFIX.meta.json not "
             "found) nor a bundled trace ('h100-mlp', 'h200-mlp-stall', 'h200-square-wave')"
         ) from None
+
+
+#: Faster than this, a replay outruns the meter's thread (and floats' resolution of time).
+MAX_REPLAY_SPEED = 1e4
+
+
+def replay_speed(name: str, value: object) -> float:
+    """A replay speed: a number in (0, :data:`MAX_REPLAY_SPEED`]."""
+    return finite_number(name, value, minimum=0.0, exclusive_minimum=True, maximum=MAX_REPLAY_SPEED)
 
 
 class ReplaySource(EnergySource):
@@ -110,7 +125,17 @@ class ReplaySource(EnergySource):
         uuid_prefix: str = "replay",
         name: str | None = None,
     ) -> None:
-        speed = positive_number("speed", speed)
+        speed = replay_speed("speed", speed)
+        start = finite_number("start", start, allow_none=True)
+        loop = boolean("loop", loop)
+        uuid_prefix = text("uuid_prefix", uuid_prefix)
+        name = text("name", name, allow_none=True)
+        if not isinstance(trace, Trace):
+            trace = path_like("trace", trace)
+        if kinds is not None:
+            kinds = string_collection("kinds", kinds)
+        if devices is not None and not isinstance(devices, dict):
+            devices = string_collection("devices", devices)
         self._trace = trace if isinstance(trace, Trace) else load_trace(trace)
         self.label = str(self._trace.meta.get("gpu") or "recorded device")
         if name is None:
