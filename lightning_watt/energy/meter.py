@@ -187,6 +187,7 @@ class EnergyMeter:
         # Set once stop() stopped waiting for the thread: its late readings are dropped.
         self._abandoned = False
         self._restarts = 0
+        self._last_data: dict[str, float] = {}
         self._channels: list[Channel] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -448,7 +449,7 @@ class EnergyMeter:
             state.in_flight = None
         again = self._restarts <= _MAX_RESTARTS and not self._stop_event.is_set()
         self._warn_once(
-            "meter:failed",
+            "meter:failed" if again else "meter:gave-up",
             f"lightning-watt: the meter thread failed ({type(err).__name__}: {err}); "
             + (
                 "it goes on; the span is marked as a gap. Training continues."
@@ -457,7 +458,10 @@ class EnergyMeter:
                 "estimated and reported as unmeasured. Training continues."
             ),
         )
-        if not again:
+        if again:
+            # A fault that repeats at once would use up the restarts in milliseconds.
+            self._wake.wait(min(0.1 * self._restarts, 1.0))
+        else:
             with self._lock:
                 for device in self._devices:
                     self._mark_unmeasured(device, now, f"meter thread failed: {err!r}")
@@ -582,12 +586,17 @@ class EnergyMeter:
         if device in self._unmeasured:
             return
         timeline = self._timeline.device(device)
-        since = min(max(timeline.horizon, self._started_at or now), now)
-        start = max(self._started_at or since, since - _ESTIMATE_WINDOW_S)
-        if since - start > 0.05:
-            joules = self._timeline.energy_between(start, since).get(device, 0.0)
-            watts = joules / (since - start)
-            basis = f"its mean power over the {since - start:.1f} s before"
+        # From its newest reading on: everything before it is measured and finalized from it.
+        newest = self._last_data.get(device, timeline.horizon)
+        since = min(max(newest, self._started_at or now), now)
+        # The mean over energy already final: the newest data may still wait for readings.
+        end = min(since, timeline.finalized_until)
+        first = timeline.start if math.isfinite(timeline.start) else end
+        start = max(self._started_at or end, first, end - _ESTIMATE_WINDOW_S)
+        if end - start > 0.05:
+            joules = self._timeline.energy_between(start, end, provisional=False).get(device, 0.0)
+            watts = joules / (end - start)
+            basis = f"its mean power over the {end - start:.1f} s before"
         else:
             latest = self._latest_power.get(device)
             watts = latest[1] if latest is not None else 0.0
@@ -666,6 +675,8 @@ class EnergyMeter:
                 return  # stop() has finalized without this thread: too late to count
             self._timeline.add(readings)
             for r in readings:
+                if r.t > self._last_data.get(r.device, -math.inf):
+                    self._last_data[r.device] = r.t
                 if r.kind == COUNTER_J:
                     prev = self._last_counter.get(r.device)
                     self._last_counter[r.device] = (r.t, r.value)

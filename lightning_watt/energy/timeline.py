@@ -374,7 +374,11 @@ class DeviceTimeline:
         if shape is None:
             return False
         kind, ts, cum = shape
-        e0, i0, k = self._ke[-1], _interp(ts, cum, a), self._scale
+        # An estimate is already in joules of the device (an unmeasured device's estimate is
+        # its counter-calibrated mean power): the counter's calibration of a sensor is not
+        # applied to it again.
+        k = 1.0 if kind == ESTIMATE_W else self._scale
+        e0, i0 = self._ke[-1], _interp(ts, cum, a)
         lo, hi = bisect.bisect_right(ts, a), bisect.bisect_left(ts, b)
         self._emit(
             [*ts[lo:hi], b],
@@ -539,12 +543,13 @@ class DeviceTimeline:
             b, e0 = self._kt[-1], self._ke[-1]
             shape = self._shape_for(b, math.inf)
             if shape is not None:
-                _, pts, cum = shape
+                kind, pts, cum = shape
                 i0 = _interp(pts, cum, b)
+                k = 1.0 if kind == ESTIMATE_W else self._scale  # as in _power_only
                 for t, c in zip(pts, cum, strict=True):
                     if t > b:
                         ts.append(t)
-                        es.append(e0 + self._scale * (c - i0))
+                        es.append(e0 + k * (c - i0))
             elif self._boundary_anchor is not None:
                 for x in self._anchors:
                     if x.u > b and x.series == self._boundary_anchor.series:

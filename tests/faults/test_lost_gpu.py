@@ -1,0 +1,28 @@
+"""A GPU that falls off the bus: its unmeasured span is estimated and shown, never dropped."""
+
+from __future__ import annotations
+
+import pytest
+from harness import FaultAt, assert_energy_right, fit, install_fake_gpu, nvml_source, once
+
+from lightning_watt import WattCallback
+from lightning_watt.attribution.summary import render_summary
+
+
+def test_a_lost_gpu_is_unmeasured_with_an_estimate_in_the_summary(tmp_path, monkeypatch):
+    fake = install_fake_gpu(monkeypatch)
+    cb = WattCallback(sources=[nvml_source(fake)], record=False)
+    summary, messages = fit(tmp_path, cb, FaultAt(20, lambda: fake.lose(0)))
+    # Before: 330 J of 1305 J, no gap, method still counter+buffer_W.
+    warning = once(messages, "is no longer measured")
+    assert "GPU is lost" in warning and "unmeasured_J" in warning
+    device = summary["devices"][0]
+    assert "GPU is lost" in device["unmeasured_reason"]
+    assert "mean power" in device["unmeasured_basis"]
+    # From step 20 of 64 to the end: most of the fit.
+    assert 0.4 * summary["duration_s"] < device["unmeasured_s"] < 0.8 * summary["duration_s"]
+    assert device["unmeasured_J"] == pytest.approx(300.0 * device["unmeasured_s"], rel=0.05)
+    assert summary["unmeasured_J"] == pytest.approx(device["unmeasured_J"])
+    assert_energy_right(summary)
+    table = render_summary(summary)
+    assert "unmeasured" in table and "estimated" in table

@@ -1,0 +1,83 @@
+"""NVML reads that stall or time out: no double count, no reader silently dropped, and a read
+stuck in the driver cannot hold the end of a fit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pynvml as real
+from harness import FaultAt, assert_energy_right, fit, install_fake_gpu, nvml_source, once
+
+from lightning_watt import WattCallback
+
+
+def _slow_counter(fake, seconds: float, times: int) -> None:
+    """The next ``times`` counter reads take ``seconds``; the value is the call's last moment
+    (the worst case for a read stamped at its middle)."""
+    module = fake.module()  # noqa: F841 - the installed module is fake.module() too
+    import sys
+
+    nvml = sys.modules["pynvml"]
+    original = nvml.nvmlDeviceGetTotalEnergyConsumption
+    left = [times]
+
+    def read(handle):
+        if left[0] > 0:
+            left[0] -= 1
+            time.sleep(seconds)
+        return original(handle)
+
+    nvml.nvmlDeviceGetTotalEnergyConsumption = read
+
+
+def test_stalled_counter_reads_do_not_double_count(tmp_path, monkeypatch):
+    fake = install_fake_gpu(monkeypatch)
+    cb = WattCallback(sources=[nvml_source(fake)], record=False)
+    summary, _ = fit(tmp_path, cb, FaultAt(8, lambda: _slow_counter(fake, 0.6, 3)))
+    # Before: +16 % (three 2 s reads), the slow read's value pinned a second off.
+    assert_energy_right(summary)
+    assert summary["devices"][0]["method"] == "counter+buffer_W"
+
+
+def test_transient_timeouts_keep_the_counter_and_say_so_once(tmp_path, monkeypatch):
+    fake = install_fake_gpu(monkeypatch)
+    cb = WattCallback(sources=[nvml_source(fake)], record=False)
+    model = FaultAt(10, lambda: fake.fail(0, "counter", real.NVMLError_Timeout, times=5))
+    summary, messages = fit(tmp_path, cb, model)
+    # Before: after 3 timeouts the counter was dropped for good; the warning said "retrying".
+    assert "retrying, backing off" in once(messages, "gpu0/counter")
+    assert not [m for m in messages if "no other reader" in m or "no longer measured" in m]
+    assert summary["errors"] == {"rank0:gpu0/counter": 5}
+    assert summary["devices"][0]["method"] == "counter+buffer_W"
+    assert summary["unmeasured_J"] == 0.0
+    assert_energy_right(summary)
+
+
+def test_a_read_stuck_in_the_driver_does_not_hold_the_end_of_the_fit(tmp_path, monkeypatch):
+    fake = install_fake_gpu(monkeypatch)
+    import sys
+
+    nvml = sys.modules["pynvml"]
+    original = nvml.nvmlDeviceGetTotalEnergyConsumption
+    release = threading.Event()
+    stuck = []
+
+    def read(handle):
+        if stuck:
+            release.wait(60.0)  # a driver call that does not come back
+        return original(handle)
+
+    nvml.nvmlDeviceGetTotalEnergyConsumption = read
+    cb = WattCallback(sources=[nvml_source(fake)], record=False)
+    try:
+        started = time.monotonic()
+        summary, messages = fit(tmp_path, cb, FaultAt(20, lambda: stuck.append(True)))
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    once(messages, "did not return within")
+    # 64 steps of 30 ms plus at most the 5 s stop() waits for a stuck read.
+    assert took < summary["duration_s"] + 8.0
+    assert summary["devices"][0]["unmeasured_s"] > 0.5
+    assert_energy_right(summary)
