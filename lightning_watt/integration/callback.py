@@ -44,6 +44,7 @@ from lightning_watt.attribution.summary import render_summary
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.integration.handoff import Handoff
+from lightning_watt._files import atomic_write_text
 from lightning_watt.schema import DEFAULT_PREFIX, prefix_tag, stage_name, summary_file, trace_stem
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
 from lightning_watt.sources.replay import replay_speed as checked_replay_speed
@@ -730,9 +731,7 @@ class WattCallback(Callback):
             name = summary_file(summary["stage"], prefix_tag(self.prefix))
             try:
                 self._run_dir.mkdir(parents=True, exist_ok=True)
-                (self._run_dir / name).write_text(
-                    json.dumps(summary, indent=1) + "\n", encoding="utf-8"
-                )
+                atomic_write_text(self._run_dir / name, json.dumps(summary, indent=1) + "\n")
             except OSError as err:
                 rank_zero_warn(
                     f"lightning-watt: could not write {name} in {self._run_dir} ({err}); "
