@@ -37,6 +37,7 @@ from typing_extensions import override
 
 from lightning_watt import _compat as private
 from lightning_watt import schema as keys
+from lightning_watt._files import atomic_write_text
 from lightning_watt.attribution.accountant import EnergyAccountant
 from lightning_watt.attribution.context import pop_energy_provider, push_energy_provider
 from lightning_watt.attribution.distributed import barrier
@@ -44,7 +45,6 @@ from lightning_watt.attribution.summary import render_summary
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.integration.handoff import Handoff
-from lightning_watt._files import atomic_write_text
 from lightning_watt.schema import DEFAULT_PREFIX, prefix_tag, stage_name, summary_file, trace_stem
 from lightning_watt.sources import EnergySource, ReplaySource, default_sources
 from lightning_watt.sources.replay import replay_speed as checked_replay_speed

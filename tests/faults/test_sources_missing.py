@@ -42,7 +42,7 @@ def test_no_nvml_library_and_no_rapl_permission_fall_back_to_a_labelled_estimate
     monkeypatch.setitem(sys.modules, "pynvml", fake.module())
     _permission_denied_rapl(tmp_path, monkeypatch)
     cb = WattCallback(record=False)
-    summary, messages = fit(tmp_path, cb, TinyClassifier(step_sleep=0.01), max_epochs=1)
+    summary, _ = fit(tmp_path, cb, TinyClassifier(step_sleep=0.01), max_epochs=1)
     assert summary["estimated"] is True and summary["energy_J"] > 0
     reasons = summary["unavailable"]
     assert "nvml" in reasons and "rapl" in reasons
