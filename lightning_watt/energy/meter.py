@@ -36,7 +36,7 @@ from lightning_watt.validate import a_callable, path_like, positive_int
 #: Readings are held this long (meter clock) before they are recorded: channels deliver out of
 #: time order (the driver buffer is drained every 0.5 s and holds 2.4 s of samples) and
 #: watt-trace rows must be sorted by time.
-_RECORD_HOLD_S = 5.0
+_RECORD_HOLD_S = 3.0
 #: The recording is flushed at least this often (meter clock), so a killed run loses at most
 #: this much of its trace.
 _FLUSH_EVERY_S = 2.0
