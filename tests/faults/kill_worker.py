@@ -20,8 +20,9 @@ def main(out: Path, mode: str) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    gpu = fk.FakeGpu("GPU-fa17fa17-0000-0000-0000-0000000000c1", fk.SyntheticPower(lambda t: 300.0))
     fake = fk.FakeNvml(
-        [fk.FakeGpu("GPU-fa17fa17-0000-0000-0000-0000000000c1", fk.SyntheticPower(lambda t: 300.0))],
+        [gpu],
         clock=fk.RealClock(),
         counter_latency_s=0.0025,
     )
