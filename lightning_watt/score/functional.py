@@ -138,6 +138,13 @@ _ZERO_ENERGY_MSG = (
 )
 
 
+#: The largest accepted exponent on accuracy (the paper uses 5): at 100, 0.9 already scores
+#: 2.7e-5 of a perfect model; far beyond it every score underflows to 0.
+MAX_ALPHA = 100.0
+#: The largest accepted scale factor (the paper uses 10).
+MAX_BETA = 1e6
+
+
 def _check_params(
     alpha: float, beta: float, form: str, reference_kwh: float | None = None
 ) -> tuple[float, float, float]:
@@ -160,8 +167,9 @@ def _check_params(
     )
     assert reference is not None
     return (
-        finite_number("alpha", alpha, minimum=0.0, exclusive_minimum=True),
-        finite_number("beta", beta, minimum=0.0, exclusive_minimum=True),
+        # Beyond these the score is 0 or inf for every real accuracy and energy: no ranking.
+        finite_number("alpha", alpha, minimum=0.0, exclusive_minimum=True, maximum=MAX_ALPHA),
+        finite_number("beta", beta, minimum=0.0, exclusive_minimum=True, maximum=MAX_BETA),
         reference,
     )
 
@@ -354,9 +362,9 @@ def green_quotient_index(
         energy_kwh: training energy in kWh, ``>= 0``; a float or a tensor broadcastable with
             ``accuracy``. With the scale-free and guarded forms, 0 gives ``+inf`` (``0`` if
             ``accuracy == 0``) and a one-time warning.
-        alpha: exponent on accuracy, finite and ``> 0`` (paper: 5). Larger values reward
+        alpha: exponent on accuracy, in (0, 100] (paper: 5). Larger values reward
             accuracy more against energy (a later early stop).
-        beta: scale factor, finite and ``> 0`` (paper: 10).
+        beta: scale factor, in (0, 1e6] (paper: 10).
         form: ``"scale_free"``, ``"guarded"`` or ``"paper"``.
         reference_kwh: the scale-free form's reference energy, finite and ``>= 2`` kWh; ``None``
             (default) means 100 kWh. Energy is penalised as the paper's form penalises it at
