@@ -24,7 +24,8 @@ NOT_STRINGS = [5, True, ["x"], b"x"]
 
 CASES: list[tuple[object, dict[str, object], str, list[object]]] = [
     # (callable, other required arguments, the argument, bad values)
-    *[(WattCallback, {}, p, NOT_BOOLS) for p in ("record", "summary", "per_device", "progress_bar")],
+    *[(WattCallback, {}, p, NOT_BOOLS) for p in ("record", "summary", "per_device")],
+    (WattCallback, {}, "progress_bar", NOT_BOOLS),
     (WattCallback, {}, "score_from", [["val_acc"], 5, True, ""]),
     (WattCallback, {}, "replay_speed", [*NOT_NUMBERS, *NOT_FINITE, 0, -1, 1e300]),
     (WattCallback, {}, "alpha", [*NOT_NUMBERS, *NOT_FINITE, 0, 1e308]),
