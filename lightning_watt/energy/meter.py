@@ -520,9 +520,10 @@ class EnergyMeter:
                 )
                 return channel, False
             # Giving up is said even after a "retrying": that is what changes the numbers.
-            then = f"switching to {fallback.name}" if fallback else "no other reader is left"
+            then = f"switching to {fallback.name}" if fallback else "it is not read any more"
             self._warn_once(
-                f"{channel.name}:given-up",
+                # A lost GPU fails all its readers with one error: said once, not per reader.
+                f"lost:{err}" if lost else f"{channel.name}:given-up",
                 f"{what}; {then}. Training continues; the gap is recorded.",
             )
             with self._lock:

@@ -14,6 +14,9 @@ def test_a_lost_gpu_is_unmeasured_with_an_estimate_in_the_summary(tmp_path, monk
     cb = WattCallback(sources=[nvml_source(fake)], record=False)
     summary, messages = fit(tmp_path, cb, FaultAt(20, lambda: fake.lose(0)))
     # Before: 330 J of 1305 J, no gap, method still counter+buffer_W.
+    # One warning that the GPU is lost (not one per reader), one that it is now estimated.
+    assert len(messages) == 2, messages
+    assert "GPU is lost" in once(messages, "failed (ChannelLost")
     warning = once(messages, "is no longer measured")
     assert "GPU is lost" in warning and "unmeasured_J" in warning
     device = summary["devices"][0]
