@@ -121,7 +121,7 @@ def test_class_paths_resolve(tmp_path, class_path):
         ("log_every_n_steps", "two", "log_every_n_steps"),  # rejected by the type, before init
         ("replay", "no-such-trace", "replay: 'no-such-trace'"),
         ("form", "exact", "form must be one of"),
-        ("alpha", -1, "alpha must be a finite number > 0"),
+        ("alpha", -1, "alpha must be a number in (0, 100]"),
     ],
 )
 def test_invalid_value_fails_naming_the_argument(tmp_path, capsys, key, value, message):
