@@ -243,13 +243,13 @@ class EnergyAccountant:
             segment_j = self.run.kwh * J_PER_KWH - self.run.before_stage_J
             phases = sum_dicts(self._reduced_epochs.values())
             phases["unattributed"] = max(0.0, segment_j - sum(phases.values()))
-            local = stage.ledger
+            steps, epoch_steps = stage.step_counts()  # ranks step together
             segment = RunTotals(
                 energy_J=sum(phases.values()),
                 phases_J=phases,
-                steps=dict(local.steps),  # ranks step together
+                steps=steps,
                 epochs={e: dict(ph) for e, ph in self._reduced_epochs.items()},
-                epoch_steps={e: ep.train_steps for e, ep in local.epochs.items()},
+                epoch_steps=epoch_steps,
             )
         elif stage is not None:
             now = stage.meter.now()
