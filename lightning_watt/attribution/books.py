@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger
+from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger, StepSpans
 from lightning_watt.attribution.refresher import DEFAULT_INTERVAL_S, Refresher
 from lightning_watt.attribution.step_clock import StepClock
 from lightning_watt.energy.meter import EnergyMeter
@@ -247,12 +247,10 @@ class StageBooks:
         self.weights = dict(weights or {})
         self.started_at: float = meter.started_at
         self.ledger = EnergyLedger(start=self.started_at)
-        # The same edges booked with provisional energy as they come, never revisited: the
-        # energy of each train step as first seen, for log rows (the final ledger waits for
-        # final energy, up to ~0.5 s behind).
-        self._live = EnergyLedger(start=self.started_at)
+        # Train steps as their edges arrive, given provisional energy once, never revisited:
+        # for log rows (the ledger waits for final energy, up to ~0.5 s behind).
+        self._live = StepSpans()
         self._live_steps_J = 0.0
-        self._live_until = self.started_at
         self._lock = threading.RLock()
         self._snapshot: Snapshot | None = None
         self._steps_reported = 0
@@ -344,8 +342,7 @@ class StageBooks:
             if edges:
                 booked = [e.ledger_edge() for e in edges]
                 ledger.add_edges(booked)
-                self._live.add_edges(booked)
-                self._live_until = booked[-1][4]
+                self._live.add(booked)
                 if meter.recording:
                     meter.record_steps([e.recorded() for e in edges])
             until = meter.finalized_until
@@ -353,33 +350,33 @@ class StageBooks:
             if first_pending is not None:
                 until = min(until, first_pending)
             ledger.advance(until, self.energy_fn(ledger.times_until(until), provisional=False))
-            ledger.step_energies.clear()  # log rows take theirs from the live ledger
+            ledger.step_energies.clear()  # log rows take theirs from the live spans
 
     def refresh(self) -> Snapshot:
         """Bring the books up to now and leave the numbers a log tick reads (the refresher's
         work; also run at once by :meth:`measure_now`). Costs what arrived since the last
-        refresh: the new edges, booked once with final and once with provisional energy."""
+        refresh: the new edges, booked with final energy, and their steps' provisional energy."""
         with self._lock:
             self.sync_edges()
-            meter, live = self.meter, self._live
-            now = meter.now()
-            # Provisional energy (held power past the newest reading) up to the newest edge
-            # booked, not beyond: an edge marked meanwhile must not land behind the live
-            # ledger's cursor, which never goes back.
-            until = self._live_until
-            if until > live.cursor:
-                live.advance(until, self.energy_fn(live.times_until(until), provisional=True))
-            for _, joules in live.take_step_energies():
-                self._live_steps_J += joules
-            # Energy measured up to the newest reading, no held-power guess past it.
-            horizon = min(meter.horizon, now)
+            meter = self.meter
+            horizon = min(meter.horizon, meter.now())
+            measured = math.isfinite(horizon)
+            spans = self._live.take()
+            # One locked lookup: the new steps (held power past the newest reading, as a row
+            # can't wait ~0.5 s for readings) and the stage's energy up to the newest reading
+            # (no held power: equal with or without it there).
+            times = [self.started_at, horizon] if measured else []
+            times += [t for span in spans for t in span]
+            energy = self.energy_fn(sorted(set(times)), provisional=True)
+            for t0, t1 in spans:
+                self._live_steps_J += energy(t0, t1)
             power = meter.power()
             snapshot = Snapshot(
                 horizon=horizon,
-                energy_J=self.energy_j(horizon) if math.isfinite(horizon) else 0.0,
+                energy_J=energy(self.started_at, horizon) if measured else 0.0,
                 power_W=self.weighted(power),
                 device_power_W=power,
-                steps=live.steps.get("train", 0),
+                steps=self._live.count,
                 steps_J=self._live_steps_J,
             )
             self._snapshot = snapshot
