@@ -30,6 +30,8 @@ Reported, per arm against ``off`` at the same cadence:
   every repetition): p50 / p99 / max, split into the books' part (``log_values``: the cached
   numbers and the all-rank reduction) and the loggers' (``_publish``: Lightning's
   ``log_metrics``, ``callback_metrics``), against the targets p50 <= 100 µs, p99 <= 1 ms;
+* the training thread's CPU time in a tick (``time.thread_time``): where the wall time's p99
+  is far above it, the tick waited (for the GIL, or for a core of a loaded machine);
 * the batch hooks of a step without a tick (start + end), p50 / p99;
 * the books' refresher thread (resolving edges, booking them, recording them, the live
   provisional numbers): how long a refresh takes (p50 / p99, wall time, GIL waits included)
@@ -203,8 +205,9 @@ class TimedWattCallback(WattCallback):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plain: list[float] = []  # start + end hooks of steps without a tick
-        # per tick: whole tick, log_values, _publish, the loggers' own log_metrics (and save)
-        self.ticks: list[tuple[float, float, float, float]] = []
+        # per tick: whole tick, log_values, _publish, the loggers' own log_metrics (and save),
+        # the training thread's CPU time in the tick
+        self.ticks: list[tuple[float, float, float, float, float]] = []
         self.refreshes: list[float] = []
         self.refresher_cpu_s = self.meter_cpu_s = self.train_wall_s = math.nan
         self._start_dt = math.nan
@@ -286,9 +289,11 @@ class TimedWattCallback(WattCallback):
 
     def _log_tick(self, trainer) -> None:
         self._parts[2] = 0.0
+        c0 = time.thread_time()
         t0 = perf_counter()
         super()._log_tick(trainer)
-        self.ticks.append((perf_counter() - t0, *self._parts))
+        t1 = perf_counter()
+        self.ticks.append((t1 - t0, *self._parts, time.thread_time() - c0))
 
     def _publish(self, trainer, values, save=False) -> None:
         t0 = perf_counter()
@@ -429,11 +434,13 @@ def _report_ticks(variant: Variant) -> None:
         "  on the training thread (µs, all repetitions): a tick is log_values (books: cached "
         "numbers, reduction) + _publish (rows to the loggers, callback_metrics, progress bar); "
         "'ours' is the tick less the loggers' own log_metrics (which the CSV logger's flush of "
-        "every buffered row, each 100th step, falls in)"
+        "every buffered row, each 100th step, falls in); 'CPU' is the training thread's CPU "
+        "time in the whole tick: wall time above it is waiting (for the GIL, or descheduled)"
     )
     print(
         f"  {'arm':18} {'ticks':>6} {'tick p50':>9} {'p99':>7} {'max':>7} {'books p50':>10}"
         f" {'publish p50':>12} {'log_metrics p50/p99':>20} {'ours p50/p99':>14}"
+        f" {'CPU p50/p99':>13}"
         f" {'plain step hooks p50/p99':>25}"
     )
     for arm in variant.arms:
@@ -444,6 +451,7 @@ def _report_ticks(variant: Variant) -> None:
         whole = [t[0] for t in ticks]
         loggers = [t[3] for t in ticks]
         ours = [t[0] - t[3] for t in ticks]
+        cpu = [t[4] for t in ticks]
         plain = [p for cb in timed for p in cb.plain]
         verdict = _ok(
             _pct(ours, 50) * us <= TARGET_TICK_P50_US and _pct(ours, 99) * us <= TARGET_TICK_P99_US
@@ -456,6 +464,7 @@ def _report_ticks(variant: Variant) -> None:
             f"{books:10.1f} {publish:12.1f} "
             f"{us * _pct(loggers, 50):11.1f} / {us * _pct(loggers, 99):6.0f} "
             f"{us * _pct(ours, 50):6.1f} / {us * _pct(ours, 99):5.0f} "
+            f"{us * _pct(cpu, 50):5.0f} / {us * _pct(cpu, 99):5.0f} "
             f"{us * _pct(plain, 50):14.1f} / {us * _pct(plain, 99):6.1f}   {verdict}"
         )
     timed = [f.cb for f in variant.fits if f.cb is not None]
