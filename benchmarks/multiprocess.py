@@ -17,6 +17,8 @@ Timed per rank and interval:
   own). Reported both ways: ``own`` (that minimum) and ``paid`` (every rank's time, waits for
   late ranks included, which is what a rank's training thread loses);
 * ``log_values``: the whole call on the training thread (cached numbers + the reduction);
+* ``bare``: the same all_reduce alone, before the meter and the books start in the process
+  (what gloo costs on this machine with nothing of ours around it);
 * once per stage: ``begin`` (an ``all_gather_object`` of device keys) and ``finish`` (the final
   books of every rank gathered and merged).
 
@@ -83,6 +85,14 @@ def _rank(rank: int, world: int, port: int, args: dict[str, Any], out: str) -> N
         reduce_s.append(perf_counter() - t0)
         return out
 
+    # The bare collective first, before any meter or books thread runs in this process: what
+    # the same all_reduce costs here with nothing of ours around it.
+    bare_s: list[float] = []
+    for _ in range(args["intervals"]):
+        dist.barrier()
+        t0 = perf_counter()
+        sum_across_ranks([1.0, 2.0, 3.0, 4.0])
+        bare_s.append(perf_counter() - t0)
     books = EnergyAccountant(reduce=timed_reduce)
     source = ReplaySource.of_fit(TRACES[rank % len(TRACES)], uuid_prefix=f"rank{rank}")
     dist.barrier()
@@ -108,7 +118,14 @@ def _rank(rank: int, world: int, port: int, args: dict[str, Any], out: str) -> N
     assert summary["steps"]["train"] == step, summary["steps"]  # ranks step together
     with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
         json.dump(
-            {"reduce_s": reduce_s, "log_s": log_s, "begin_s": begin_s, "finish_s": finish_s}, fh
+            {
+                "reduce_s": reduce_s,
+                "bare_s": bare_s,
+                "log_s": log_s,
+                "begin_s": begin_s,
+                "finish_s": finish_s,
+            },
+            fh,
         )
     dist.destroy_process_group()
 
@@ -136,7 +153,9 @@ def _world(world: int, args: argparse.Namespace) -> dict[str, float]:
     reduce_us = [1e6 * s for r in ranks for s in r["reduce_s"]]
     own_us = [1e6 * min(row) for row in zip(*(r["reduce_s"] for r in ranks), strict=True)]
     log_us = [1e6 * s for r in ranks for s in r["log_s"]]
+    bare_us = [1e6 * min(row) for row in zip(*(r["bare_s"] for r in ranks), strict=True)]
     return {
+        "bare_p50": _pct(bare_us, 50),
         "world": world,
         "own_p50": _pct(own_us, 50),
         "own_p90": _pct(own_us, 90),
@@ -183,7 +202,8 @@ def main() -> None:
         note = " (oversubscribed: more ranks than cores)" if world > (cores or 1) else ""
         print(
             f"  {world} ranks{note}: reduction own p50 {r['own_p50']:.0f} µs, p90 "
-            f"{r['own_p90']:.0f} µs; paid p50 {r['reduce_p50']:.0f} µs, p90 "
+            f"{r['own_p90']:.0f} µs (the bare all_reduce alone: p50 {r['bare_p50']:.0f} µs); "
+            f"paid p50 {r['reduce_p50']:.0f} µs, p90 "
             f"{r['reduce_p90']:.0f} µs, p99 {r['reduce_p99']:.0f} µs; log_values p50 "
             f"{r['log_p50']:.0f} µs, p99 {r['log_p99']:.0f} µs; once per stage: begin "
             f"{r['begin_ms']:.1f} ms, finish {r['finish_ms']:.1f} ms  ({r['wall_s']:.0f} s)"
