@@ -218,16 +218,17 @@ class TimedWattCallback(WattCallback):
         super().setup(trainer, pl_module, stage)
         books = self._books.stage
         assert books is not None
-        refresh, times = books.refresh, self.refreshes
+        refresher = getattr(books, "_refresher", None)  # None: a version without one
+        if refresher is not None:
+            refresh, times = books.refresh, self.refreshes
 
-        def timed_refresh() -> Any:
-            t0 = perf_counter()
-            out = refresh()
-            times.append(perf_counter() - t0)
-            return out
+            def timed_refresh() -> Any:
+                t0 = perf_counter()
+                out = refresh()
+                times.append(perf_counter() - t0)
+                return out
 
-        if books._refresher is not None:
-            books._refresher._work = timed_refresh
+            refresher._work = timed_refresh
         log_values = self._books.log_values
 
         def timed_log_values() -> Any:
@@ -254,7 +255,7 @@ class TimedWattCallback(WattCallback):
 
     def _refresher_thread(self) -> int | None:
         stage: StageBooks | None = self._books.stage
-        refresher = stage._refresher if stage is not None else None
+        refresher = getattr(stage, "_refresher", None)
         thread = refresher._thread if refresher is not None else None
         return thread.native_id if thread is not None else None
 
