@@ -220,7 +220,8 @@ class TimedWattCallback(WattCallback):
         assert books is not None
         refresher = getattr(books, "_refresher", None)  # None: a version without one
         if refresher is not None:
-            refresh, times = books.refresh, self.refreshes
+            refresh = getattr(books, "_refresh_in_background", books.refresh)
+            times = self.refreshes
 
             def timed_refresh() -> Any:
                 t0 = perf_counter()

@@ -59,6 +59,27 @@ def test_step_spans_count_and_energy_as_the_ledger_does(edges, chunks):
     )
 
 
+@settings(max_examples=100, deadline=None)
+@given(edge_streams(), st.integers(1, 8), st.floats(0.0, 1.5))
+def test_advancing_in_chunks_books_exactly_what_one_advance_does(edges, chunk, tail):
+    energy = lambda t0, t1: (t1 * t1 - t0 * t0) * 50.0  # noqa: E731  (a ramp of power)
+    until = (edges[-1][4] if edges else 0.0) + tail
+    whole, chunked = EnergyLedger(start=0.0), EnergyLedger(start=0.0)
+    whole.add_edges(edges)
+    chunked.add_edges(edges)
+    whole.advance(until, energy)
+    while True:
+        end = chunked.chunk_end(until, chunk)
+        chunked.advance(end, energy)
+        if end >= until:
+            break
+    assert chunked.phases == whole.phases and chunked.steps == whole.steps
+    assert {e: ep.phases for e, ep in chunked.epochs.items()} == {
+        e: ep.phases for e, ep in whole.epochs.items()
+    }
+    assert chunked.cursor == whole.cursor
+
+
 def test_refresher_runs_until_stopped_and_survives_a_failing_work():
     calls = []
 

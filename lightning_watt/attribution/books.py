@@ -39,6 +39,10 @@ from lightning_watt.validate import finite_number
 
 #: Version of :meth:`RunTotals.to_state`, stored in checkpoints.
 STATE_VERSION = 2
+#: Edges the refresher books with final energy at a time (~0.3 ms of the GIL), and its pause
+#: between such chunks, long enough for a waiting training thread to take the GIL.
+CHUNK_EDGES = 64
+CHUNK_PAUSE_S = 0.0002
 
 
 @dataclass
@@ -258,7 +262,7 @@ class StageBooks:
         self._last_power: tuple[float, float, float] | None = None  # (t, measured J, W)
         self._refresher: Refresher | None = None
         if refresh_s is not None:
-            self._refresher = Refresher(self.refresh, refresh_s).start()
+            self._refresher = Refresher(self._refresh_in_background, refresh_s).start()
 
     # ------------------------------------------------------------------ the training thread
     def mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:
@@ -334,8 +338,11 @@ class StageBooks:
         fn = self.energy_fn([self.started_at, t1], provisional=True, hold=False)
         return fn(self.started_at, t1)
 
-    def sync_edges(self, wait: bool = False) -> None:
-        """Move resolved edges into the ledgers (and the recording); attribute final energy."""
+    def sync_edges(self, wait: bool = False, pause_s: float = 0.0) -> None:
+        """Move resolved edges into the ledgers (and the recording); attribute final energy.
+        ``pause_s``: book at most ``CHUNK_EDGES`` edges at a time and sleep this long between
+        chunks (the refresher's thread: energy is finalised in bursts of up to 0.5 s of steps,
+        and a burst booked in one go holds the GIL from the training thread for milliseconds)."""
         with self._lock:
             meter, ledger = self.meter, self.ledger
             edges = self.clock.resolve(wait=wait)
@@ -349,15 +356,23 @@ class StageBooks:
             first_pending = self.clock.first_pending_host()
             if first_pending is not None:
                 until = min(until, first_pending)
-            ledger.advance(until, self.energy_fn(ledger.times_until(until), provisional=False))
+            while True:
+                end = ledger.chunk_end(until, CHUNK_EDGES) if pause_s > 0 else until
+                ledger.advance(end, self.energy_fn(ledger.times_until(end), provisional=False))
+                if end >= until:
+                    break
+                time.sleep(pause_s)
             ledger.step_energies.clear()  # log rows take theirs from the live spans
 
-    def refresh(self) -> Snapshot:
+    def _refresh_in_background(self) -> Snapshot:
+        return self.refresh(pause_s=CHUNK_PAUSE_S)
+
+    def refresh(self, pause_s: float = 0.0) -> Snapshot:
         """Bring the books up to now and leave the numbers a log tick reads (the refresher's
         work; also run at once by :meth:`measure_now`). Costs what arrived since the last
         refresh: the new edges, booked with final energy, and their steps' provisional energy."""
         with self._lock:
-            self.sync_edges()
+            self.sync_edges(pause_s=pause_s)
             meter = self.meter
             horizon = min(meter.horizon, meter.now())
             measured = math.isfinite(horizon)

@@ -110,6 +110,15 @@ class EnergyLedger:
             times.append(until)
         return times if len(times) > 1 else []
 
+    def chunk_end(self, until: float, max_edges: int) -> float:
+        """Where to stop so that :meth:`advance` books at most about ``max_edges`` edges (more
+        only where edges share a time): ``until``, or the time of the ``max_edges``-th edge
+        waiting before it. Advancing in such chunks books exactly what one call would."""
+        edges = self._edges
+        if len(edges) > max_edges and edges[max_edges - 1][4] < until:
+            return edges[max_edges - 1][4]
+        return until
+
     def advance(self, until: float, energy: EnergyFn) -> None:
         """Attribute everything up to ``until`` (edges past it wait for the next call)."""
         i = 0
