@@ -192,8 +192,8 @@ class Tick:
 
     energy_J: float  # cumulative over the stage, up to now (the newest power held past readings)
     power_W: float  # mean over the interval, from measured energy only
-    step_J: float  # mean joules of the train steps that ended in the interval; NaN if none
-    steps: int  # train steps that ended in the interval
+    step_J: float  # mean joules of the train steps booked since the last tick; NaN if none
+    steps: int  # train steps booked since the last tick (a refresh, <= 25 ms, behind it)
 
 
 @dataclass(frozen=True)
