@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 import math
+import threading
 
 import lightning.pytorch as pl
 import pytest
@@ -257,3 +258,55 @@ def test_no_per_step_tensor_reads_with_the_progress_bar_on(tmp_path, monkeypatch
     steps, ticks = 32, 4
     assert with_watt - baseline <= 3 * ticks, (baseline, with_watt)
     assert with_watt - baseline < steps
+
+
+class _MeterLockSpy:
+    """The meter's lock, counting acquisitions by the training thread while ``armed``."""
+
+    def __init__(self, lock) -> None:
+        self.lock, self.armed, self.hits = lock, False, 0
+        self.thread = threading.get_ident()
+
+    def __enter__(self):
+        if self.armed and threading.get_ident() == self.thread:
+            self.hits += 1
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
+
+
+class _TickSpy(WattCallback):
+    """Arms the spy in every log tick after the first one that reported a step."""
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        super().setup(trainer, pl_module, stage)
+        meter = self._books.stage.meter
+        self.spy = _MeterLockSpy(meter._lock)
+        meter._lock = self.spy
+        self.armed_ticks = 0
+
+    def _log_tick(self, trainer) -> None:
+        armed = self._books.stage._steps_reported > 0
+        self.spy.armed = armed
+        try:
+            super()._log_tick(trainer)
+        finally:
+            self.spy.armed = False
+        self.armed_ticks += armed
+
+
+def test_a_log_tick_never_reads_the_meter_on_the_training_thread(tmp_path):
+    """Issue 14: at log_every_n_steps=1 a tick hands cached numbers to the loggers; resolving,
+    booking and reading energy happen on the books' own thread."""
+    cb = _TickSpy(replay="h200-mlp-stall")
+    trainer = _trainer(tmp_path, [cb], max_epochs=1, log_every_n_steps=1, limit_val_batches=0)
+    trainer.fit(TinyClassifier(step_sleep=0.002))
+    assert cb.armed_ticks >= 10
+    assert cb.spy.hits == 0
+    with open(f"{trainer.log_dir}/metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["watt/step_J"]]
+    assert rows and all(float(r["watt/step_J"]) > 0 for r in rows)
+    summary = cb.last_summary
+    assert summary["steps"]["train"] == trainer.global_step
+    assert math.isclose(sum(summary["phases_J"].values()), summary["energy_J"], rel_tol=1e-9)

@@ -68,7 +68,9 @@ Gather = Callable[[Any], list[Any]]
 @dataclass(frozen=True)
 class LogValues:
     """One log row's numbers, all ranks: the run's cumulative kWh, the mean power since the
-    previous row, and the mean joules per train step that ended since (``None``: no step)."""
+    previous row, and the mean joules per train step booked since (``None``: no step; the
+    books are brought up to date every 25 ms off the training thread, so a row counts the
+    steps that ended up to then)."""
 
     energy_kWh: float
     power_W: float
@@ -95,7 +97,9 @@ class EnergyAccountant:
 
     The stage's work is cut by :meth:`mark`; :meth:`log_values`, :meth:`epoch_end` and
     :meth:`measured_kwh` are collectives (every rank calls them together), :meth:`mark` and
-    :attr:`energy_kwh` are not.
+    :attr:`energy_kwh` are not. :meth:`mark` and :meth:`log_values` cost the calling thread
+    microseconds: a stage's books are kept up to date by a small thread of their own (see
+    :class:`~lightning_watt.attribution.refresher.Refresher`).
     """
 
     def __init__(self, reduce: Reduce = sum_across_ranks, gather: Gather = all_gather_objects):
@@ -243,13 +247,13 @@ class EnergyAccountant:
             segment_j = self.run.kwh * J_PER_KWH - self.run.before_stage_J
             phases = sum_dicts(self._reduced_epochs.values())
             phases["unattributed"] = max(0.0, segment_j - sum(phases.values()))
-            local = stage.ledger
+            steps, epoch_steps = stage.step_counts()  # ranks step together
             segment = RunTotals(
                 energy_J=sum(phases.values()),
                 phases_J=phases,
-                steps=dict(local.steps),  # ranks step together
+                steps=steps,
                 epochs={e: dict(ph) for e, ph in self._reduced_epochs.items()},
-                epoch_steps={e: ep.train_steps for e, ep in local.epochs.items()},
+                epoch_steps=epoch_steps,
             )
         elif stage is not None:
             now = stage.meter.now()

@@ -24,12 +24,14 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger
+from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger, StepSpans
+from lightning_watt.attribution.refresher import DEFAULT_INTERVAL_S, Refresher
 from lightning_watt.attribution.step_clock import StepClock
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import J_PER_KWH
@@ -37,6 +39,10 @@ from lightning_watt.validate import finite_number
 
 #: Version of :meth:`RunTotals.to_state`, stored in checkpoints.
 STATE_VERSION = 2
+#: Edges the refresher books with final energy at a time (~0.3 ms of the GIL), and its pause
+#: between such chunks, long enough for a waiting training thread to take the GIL.
+CHUNK_EDGES = 64
+CHUNK_PAUSE_S = 0.0002
 
 
 @dataclass
@@ -186,8 +192,21 @@ class Tick:
 
     energy_J: float  # cumulative over the stage, up to now (the newest power held past readings)
     power_W: float  # mean over the interval, from measured energy only
-    step_J: float  # mean joules of the train steps that ended in the interval; NaN if none
-    steps: int  # train steps that ended in the interval
+    step_J: float  # mean joules of the train steps booked since the last tick; NaN if none
+    steps: int  # train steps booked since the last tick (a refresh, <= 25 ms, behind it)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the last refresh of a stage's books found (this process, weighted joules): the
+    numbers a log tick hands to the loggers without touching the meter or the ledger."""
+
+    horizon: float  # the newest reading (at most the refresh's time); -inf before any
+    energy_J: float  # cumulative over the stage up to ``horizon``, measured only
+    power_W: float  # the newest power reading
+    device_power_W: dict[str, float]  # the newest power reading per device (unweighted)
+    steps: int  # train steps attributed so far (provisional energy)
+    steps_J: float  # their joules, each as attributed when its end was first booked
 
 
 @dataclass
@@ -209,6 +228,13 @@ class StageBooks:
         clock: where step edges are marked (CUDA events, or host time).
         weights: per device, the share this process counts (0 for a device a lower rank
             already counts); 1 for devices not named.
+        refresh_s: seconds between refreshes of the books on their own thread (see
+            :class:`~lightning_watt.attribution.refresher.Refresher`); ``None``: no thread,
+            a log tick then refreshes the books itself (tests, step-by-step tools).
+
+    Threads: the training thread calls :meth:`mark` and :meth:`tick` (neither takes a lock
+    nor reads the meter); the refresher resolves edges, books them and leaves a
+    :class:`Snapshot`; every other method runs under the books' lock, on any thread.
     """
 
     def __init__(
@@ -216,6 +242,7 @@ class StageBooks:
         meter: EnergyMeter,
         clock: StepClock,
         weights: Mapping[str, float] | None = None,
+        refresh_s: float | None = DEFAULT_INTERVAL_S,
     ) -> None:
         if meter.started_at is None:
             raise ValueError("meter: StageBooks needs a started EnergyMeter")
@@ -224,8 +251,18 @@ class StageBooks:
         self.weights = dict(weights or {})
         self.started_at: float = meter.started_at
         self.ledger = EnergyLedger(start=self.started_at)
+        # Train steps as their edges arrive, given provisional energy once, never revisited:
+        # for log rows (the ledger waits for final energy, up to ~0.5 s behind).
+        self._live = StepSpans()
+        self._live_steps_J = 0.0
+        self._lock = threading.RLock()
+        self._snapshot: Snapshot | None = None
         self._steps_reported = 0
+        self._steps_J_reported = 0.0
         self._last_power: tuple[float, float, float] | None = None  # (t, measured J, W)
+        self._refresher: Refresher | None = None
+        if refresh_s is not None:
+            self._refresher = Refresher(self._refresh_in_background, refresh_s).start()
 
     # ------------------------------------------------------------------ the training thread
     def mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:
@@ -238,7 +275,7 @@ class StageBooks:
         moments: validation ends, checkpoints, the end of a stage."""
         sync = getattr(self.meter, "sync", None)
         done = bool(sync(timeout)) if sync is not None else False
-        self.sync_edges()
+        self.refresh()
         return done
 
     def settle(self, t: float, timeout: float) -> bool:
@@ -301,83 +338,151 @@ class StageBooks:
         fn = self.energy_fn([self.started_at, t1], provisional=True, hold=False)
         return fn(self.started_at, t1)
 
-    def sync_edges(self, wait: bool = False) -> None:
-        """Move resolved edges into the ledger (and the recording); attribute final energy."""
-        meter, ledger = self.meter, self.ledger
-        edges = self.clock.resolve(wait=wait)
-        if edges:
-            ledger.add_edges(e.ledger_edge() for e in edges)
-            if meter.recording:
-                meter.record_steps([e.recorded() for e in edges])
-        until = meter.finalized_until
-        first_pending = self.clock.first_pending_host()
-        if first_pending is not None:
-            until = min(until, first_pending)
-        ledger.advance(until, self.energy_fn(ledger.times_until(until), provisional=False))
+    def sync_edges(self, wait: bool = False, pause_s: float = 0.0) -> None:
+        """Move resolved edges into the ledgers (and the recording); attribute final energy.
+        ``pause_s``: book at most ``CHUNK_EDGES`` edges at a time and sleep this long between
+        chunks (the refresher's thread: energy is finalised in bursts of up to 0.5 s of steps,
+        and a burst booked in one go holds the GIL from the training thread for milliseconds)."""
+        with self._lock:
+            meter, ledger = self.meter, self.ledger
+            edges = self.clock.resolve(wait=wait)
+            if edges:
+                booked = [e.ledger_edge() for e in edges]
+                ledger.add_edges(booked)
+                self._live.add(booked)
+                if meter.recording:
+                    meter.record_steps([e.recorded() for e in edges])
+            until = meter.finalized_until
+            first_pending = self.clock.first_pending_host()
+            if first_pending is not None:
+                until = min(until, first_pending)
+            while True:
+                end = ledger.chunk_end(until, CHUNK_EDGES) if pause_s > 0 else until
+                ledger.advance(end, self.energy_fn(ledger.times_until(end), provisional=False))
+                if end >= until:
+                    break
+                time.sleep(pause_s)
+            ledger.step_energies.clear()  # log rows take theirs from the live spans
+
+    def _refresh_in_background(self) -> Snapshot:
+        return self.refresh(pause_s=CHUNK_PAUSE_S)
+
+    def refresh(self, pause_s: float = 0.0) -> Snapshot:
+        """Bring the books up to now and leave the numbers a log tick reads (the refresher's
+        work; also run at once by :meth:`measure_now`). Costs what arrived since the last
+        refresh: the new edges, booked with final energy, and their steps' provisional energy."""
+        with self._lock:
+            self.sync_edges(pause_s=pause_s)
+            meter = self.meter
+            horizon = min(meter.horizon, meter.now())
+            measured = math.isfinite(horizon)
+            spans = self._live.take()
+            # One locked lookup: the new steps (held power past the newest reading, as a row
+            # can't wait ~0.5 s for readings) and the stage's energy up to the newest reading
+            # (no held power: equal with or without it there).
+            times = [self.started_at, horizon] if measured else []
+            times += [t for span in spans for t in span]
+            energy = self.energy_fn(sorted(set(times)), provisional=True)
+            for t0, t1 in spans:
+                self._live_steps_J += energy(t0, t1)
+            power = meter.power()
+            snapshot = Snapshot(
+                horizon=horizon,
+                energy_J=energy(self.started_at, horizon) if measured else 0.0,
+                power_W=self.weighted(power),
+                device_power_W=power,
+                steps=self._live.count,
+                steps_J=self._live_steps_J,
+            )
+            self._snapshot = snapshot
+            return snapshot
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The last refresh's numbers (``None`` before the first)."""
+        return self._snapshot
 
     def preview(self, until: float, hold: bool = True) -> EnergyLedger:
         """The ledger advanced to ``until`` with provisional energy (the books left as they are);
         ``hold=False``: nothing past the newest reading, where energy is a guess."""
-        ledger = self.ledger
-        fn = self.energy_fn(ledger.times_until(until), provisional=True, hold=hold)
-        return ledger.preview(until, fn)
+        with self._lock:
+            ledger = self.ledger
+            fn = self.energy_fn(ledger.times_until(until), provisional=True, hold=hold)
+            return ledger.preview(until, fn)
 
     def tick(self) -> Tick:
-        """This process's numbers for a log row: cumulative joules, power, joules per step."""
-        meter = self.meter
-        self.sync_edges()
-        now = meter.now()
-        # Energy measured up to the newest reading, no held-power guess past it; power over
-        # the interval since the previous tick's newest reading (none new: the last value).
-        horizon = min(meter.horizon, now)
-        measured = math.isfinite(horizon)
-        cumulative = self.energy_j(horizon) if measured else 0.0
+        """This process's numbers for a log row: cumulative joules, power, joules per step.
+
+        Reads the last refresh (at most the refresher's interval old); no lock, no meter
+        read. Until the stage's first train step is attributed, it refreshes the books
+        itself, so that a short stage's first rows already carry a step."""
+        snap = self._snapshot
+        if snap is None or self._refresher is None or (snap.steps == 0 == self._steps_reported):
+            snap = self.refresh()
+        # Power over the interval since the previous tick's newest reading (none new: the
+        # last value).
+        horizon, cumulative = snap.horizon, snap.energy_J
         if self._last_power is None:
             # Before the first measured interval, the newest power reading stands in.
-            self._last_power = (self.started_at, 0.0, self.weighted(meter.power()))
+            self._last_power = (self.started_at, 0.0, snap.power_W)
         last_t, last_j, power = self._last_power
-        if measured and horizon > last_t + 1e-3:
+        if math.isfinite(horizon) and horizon > last_t + 1e-3:
             power = (cumulative - last_j) / (horizon - last_t)
             self._last_power = (horizon, cumulative, power)
-        # Steps of this interval, with the newest readings (finalized energy lags by up to the
-        # buffer's 0.5 s drain; a short logging interval would otherwise see no finished step).
-        view = self.preview(now)
-        done = view.steps.get("train", 0)
-        new = done - self._steps_reported
-        steps = view.step_energies[-new:] if new > 0 else []
-        self._steps_reported = done
-        self.ledger.take_step_energies()  # already in the view: keeps the list short
-        step_j = sum(j for _, j in steps) / len(steps) if steps else math.nan
-        return Tick(cumulative, power, step_j, len(steps))
+        # Steps attributed since the previous row, each with the newest readings when its end
+        # was booked (finalized energy lags by up to the buffer's 0.5 s drain).
+        new = snap.steps - self._steps_reported
+        step_j = math.nan
+        if new > 0:
+            step_j = (snap.steps_J - self._steps_J_reported) / new
+            self._steps_reported, self._steps_J_reported = snap.steps, snap.steps_J
+        return Tick(cumulative, power, step_j, max(new, 0))
+
+    def step_counts(self) -> tuple[dict[str, int], dict[int, int]]:
+        """Final steps per phase and train steps per epoch booked so far (a copy)."""
+        with self._lock:
+            ledger = self.ledger
+            return dict(ledger.steps), {e: ep.train_steps for e, ep in ledger.epochs.items()}
 
     def epoch_phases(self, epoch: int) -> dict[str, float]:
         """This process's (weighted) joules per phase in ``epoch``, provisional for the newest."""
-        self.sync_edges()
-        now = self.meter.now()
-        view = self.preview(now, hold=False) if now > self.ledger.cursor else self.ledger
-        ep = view.epochs.get(epoch)
-        phases = dict(ep.phases) if ep else {}
-        if not view.epochs or epoch == max(view.epochs):
-            # Start-up energy that no epoch has claimed yet belongs to the newest epoch.
-            phases = sum_dicts([phases, view.unassigned])
-        return phases
+        with self._lock:
+            self.sync_edges()
+            now = self.meter.now()
+            view = self.preview(now, hold=False) if now > self.ledger.cursor else self.ledger
+            ep = view.epochs.get(epoch)
+            phases = dict(ep.phases) if ep else {}
+            if not view.epochs or epoch == max(view.epochs):
+                # Start-up energy that no epoch has claimed yet belongs to the newest epoch.
+                phases = sum_dicts([phases, view.unassigned])
+            return phases
 
     def totals(self, epoch: int, until: float | None = None) -> RunTotals:
         """This stage's books up to ``until`` (default now; for a checkpoint): final energy
         where the meter has it, measured (provisional) energy up to the newest reading,
         nothing guessed past it."""
-        self.sync_edges()
-        meter = self.meter
-        if until is None:
-            until = meter.now() if meter.running else (meter.stopped_at or meter.now())
-        view = self.preview(until, hold=False)
-        view.assign_unassigned(epoch)
-        return _totals_of(view)
+        with self._lock:
+            self.sync_edges()
+            meter = self.meter
+            if until is None:
+                until = meter.now() if meter.running else (meter.stopped_at or meter.now())
+            view = self.preview(until, hold=False)
+            view.assign_unassigned(epoch)
+            return _totals_of(view)
+
+    def _stop_refresher(self) -> None:
+        if self._refresher is not None:
+            self._refresher.stop()
 
     # ------------------------------------------------------------------ the end
     def finish(self, epoch: int, meta: Mapping[str, Any] | None = None) -> StageRecord:
         """Wait for every step edge, stop the meter, and close the books with final energy.
         Start-up energy no epoch claimed goes to ``epoch``."""
+        self._stop_refresher()
+        with self._lock:
+            return self._finish(epoch, meta)
+
+    def _finish(self, epoch: int, meta: Mapping[str, Any] | None) -> StageRecord:
         meter, ledger = self.meter, self.ledger
         edges = self.clock.resolve(wait=True)
         if edges:
@@ -426,6 +531,7 @@ class StageBooks:
 
     def abort(self) -> None:
         """Stop measuring without closing the books (an exception ended the stage)."""
+        self._stop_refresher()
         self.meter.stop()
 
 
@@ -447,4 +553,12 @@ def sum_dicts(dicts: Any) -> dict[Any, Any]:
     return out
 
 
-__all__ = ["STATE_VERSION", "RunBooks", "RunTotals", "StageBooks", "StageRecord", "Tick"]
+__all__ = [
+    "STATE_VERSION",
+    "RunBooks",
+    "RunTotals",
+    "Snapshot",
+    "StageBooks",
+    "StageRecord",
+    "Tick",
+]

@@ -110,6 +110,15 @@ class EnergyLedger:
             times.append(until)
         return times if len(times) > 1 else []
 
+    def chunk_end(self, until: float, max_edges: int) -> float:
+        """Where to stop so that :meth:`advance` books at most about ``max_edges`` edges (more
+        only where edges share a time): ``until``, or the time of the ``max_edges``-th edge
+        waiting before it. Advancing in such chunks books exactly what one call would."""
+        edges = self._edges
+        if len(edges) > max_edges and edges[max_edges - 1][4] < until:
+            return edges[max_edges - 1][4]
+        return until
+
     def advance(self, until: float, energy: EnergyFn) -> None:
         """Attribute everything up to ``until`` (edges past it wait for the next call)."""
         i = 0
@@ -167,4 +176,40 @@ class EnergyLedger:
 
     def take_step_energies(self) -> list[tuple[int, float]]:
         out, self.step_energies = self.step_energies, []
+        return out
+
+
+class StepSpans:
+    """The train steps in a stream of edges, as ``(t_start, t_end)`` spans, by the rule
+    :class:`EnergyLedger` counts them with (an ``end`` counts a step when its phase is the one
+    the last ``start`` opened and no other ``end`` came between). For log rows: a step's
+    provisional energy is then one difference of a cumulative energy, without booking phases
+    and epochs a second time.
+
+    Example:
+        >>> spans = StepSpans()
+        >>> spans.add([("train", "start", 0, 0, 1.0), ("train", "end", 0, 0, 2.0),
+        ...            ("val", "start", 0, 0, 2.5), ("val", "end", 0, 0, 3.0)])
+        >>> spans.take(), spans.count
+        ([(1.0, 2.0)], 1)
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._open: tuple[str, float] | None = None
+        self._spans: list[tuple[float, float]] = []
+
+    def add(self, edges: Iterable[LedgerEdge]) -> None:
+        for phase, edge, _, _, t in edges:
+            if edge == "start":
+                self._open = (phase, t)
+                continue
+            opened, self._open = self._open, None
+            if phase == "train" and opened is not None and opened[0] == phase:
+                self._spans.append((opened[1], t))
+                self.count += 1
+
+    def take(self) -> list[tuple[float, float]]:
+        """The spans of steps completed since the last call."""
+        out, self._spans = self._spans, []
         return out

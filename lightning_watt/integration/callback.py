@@ -525,7 +525,8 @@ class WattCallback(Callback):
         values.update(self._carbon_values(tick.energy_kWh))
         stage = self._books.stage
         if self.per_device and trainer.is_global_zero and stage is not None:
-            power = stage.meter.power()
+            snapshot = stage.snapshot  # the newest readings, as the tick's own numbers
+            power = snapshot.device_power_W if snapshot is not None else stage.meter.power()
             values.update({keys.DEVICE_POWER_W + name: w for name, w in power.items()})
         self._publish(trainer, values)
         if self.progress_bar and trainer.progress_bar_callback is not None:

@@ -1,0 +1,167 @@
+"""Log ticks read cached numbers: the books' refresher thread does the bookkeeping."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_watt import EnergyMeter, ReplaySource, bundled_trace
+from lightning_watt.attribution.books import StageBooks
+from lightning_watt.attribution.ledger import EnergyLedger, StepSpans
+from lightning_watt.attribution.refresher import Refresher
+from lightning_watt.attribution.step_clock import StepClock
+
+PHASES = ("train", "val", "sanity")
+
+
+@st.composite
+def edge_streams(draw):
+    """Edges in time order, including the odd orders a loop can produce (an end without a
+    start, a start of one phase closed by another's end, starts in a row)."""
+    n = draw(st.integers(0, 40))
+    t, edges = 0.0, []
+    for i in range(n):
+        t += draw(st.floats(0.001, 1.0))
+        phase = draw(st.sampled_from(PHASES))
+        edge = draw(st.sampled_from(("start", "end")))
+        edges.append((phase, edge, i, 0, t))
+    return edges
+
+
+@settings(max_examples=200, deadline=None)
+@given(edge_streams(), st.integers(1, 5))
+def test_step_spans_count_and_energy_as_the_ledger_does(edges, chunks):
+    """Fed in any chunks, StepSpans finds the ledger's train steps with the same joules."""
+    power = lambda t: 100.0 + 40.0 * math.sin(t)  # noqa: E731
+
+    def cumulative(t: float) -> float:
+        return 100.0 * t - 40.0 * math.cos(t)
+
+    energy = lambda t0, t1: cumulative(t1) - cumulative(t0)  # noqa: E731
+    assert power(0.0) > 0
+    ledger = EnergyLedger(start=0.0)
+    ledger.add_edges(edges)
+    ledger.advance(edges[-1][4] + 1.0 if edges else 1.0, energy)
+    spans = StepSpans()
+    size = max(1, len(edges) // chunks)
+    taken = []
+    for i in range(0, len(edges), size):
+        spans.add(edges[i : i + size])
+        taken += spans.take()
+    assert spans.count == ledger.steps.get("train", 0) == len(taken)
+    assert [energy(t0, t1) for t0, t1 in taken] == pytest.approx(
+        [j for _, j in ledger.step_energies], rel=1e-9, abs=1e-9
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(edge_streams(), st.integers(1, 8), st.floats(0.0, 1.5))
+def test_advancing_in_chunks_books_exactly_what_one_advance_does(edges, chunk, tail):
+    energy = lambda t0, t1: (t1 * t1 - t0 * t0) * 50.0  # noqa: E731  (a ramp of power)
+    until = (edges[-1][4] if edges else 0.0) + tail
+    whole, chunked = EnergyLedger(start=0.0), EnergyLedger(start=0.0)
+    whole.add_edges(edges)
+    chunked.add_edges(edges)
+    whole.advance(until, energy)
+    while True:
+        end = chunked.chunk_end(until, chunk)
+        chunked.advance(end, energy)
+        if end >= until:
+            break
+    assert chunked.phases == whole.phases and chunked.steps == whole.steps
+    assert {e: ep.phases for e, ep in chunked.epochs.items()} == {
+        e: ep.phases for e, ep in whole.epochs.items()
+    }
+    assert chunked.cursor == whole.cursor
+
+
+def test_refresher_runs_until_stopped_and_survives_a_failing_work():
+    calls = []
+
+    def work():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a fault in the books")
+
+    with pytest.warns(RuntimeWarning, match="refreshing the energy books failed"):
+        worker = Refresher(work, interval_s=0.005).start()
+        time.sleep(0.1)
+        worker.stop()
+    assert worker.errors == 1 and len(calls) > 2 and not worker.running
+    n = len(calls)
+    time.sleep(0.03)
+    assert len(calls) == n
+    with pytest.raises(ValueError, match="interval_s"):
+        Refresher(work, interval_s=0.0)
+
+
+def _books(refresh_s: float | None) -> StageBooks:
+    meter = EnergyMeter([ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0)]).start()
+    deadline = time.monotonic() + 5.0
+    while not meter.power() and time.monotonic() < deadline:
+        time.sleep(0.01)  # the first power reading: before it a step's energy is 0 J
+    return StageBooks(meter, StepClock(meter.now, device=None), refresh_s=refresh_s)
+
+
+def test_a_tick_reads_the_refresh_and_never_the_meter():
+    books = _books(refresh_s=0.01)
+    try:
+        books.mark("train", "start", 0, 0)
+        time.sleep(0.02)
+        books.mark("train", "end", 0, 0)
+        first = books.tick()  # no step reported yet: the tick refreshes once itself
+        assert first.steps == 1 and first.step_J > 0
+        for step in range(1, 6):
+            books.mark("train", "start", step, 0)
+            time.sleep(0.02)
+            books.mark("train", "end", step, 0)
+        time.sleep(0.05)  # a few refreshes
+        # With the meter's lock held elsewhere, a tick still returns at once: it reads the
+        # refresher's snapshot only.
+        held = threading.Event()
+        release = threading.Event()
+
+        def hold_lock():
+            with books.meter._lock:
+                held.set()
+                release.wait(2.0)
+
+        holder = threading.Thread(target=hold_lock)
+        holder.start()
+        held.wait(1.0)
+        t0 = time.perf_counter()
+        tick = books.tick()
+        elapsed = time.perf_counter() - t0
+        release.set()
+        holder.join()
+        assert elapsed < 0.05
+        assert tick.steps == 5 and tick.step_J > 0 and tick.energy_J >= first.energy_J
+        again = books.tick()  # no new step since: no step energy
+        assert again.steps == 0 and math.isnan(again.step_J)
+    finally:
+        books.finish(epoch=0)
+
+
+def test_books_with_and_without_the_refresher_close_the_same_way():
+    """The refresher only moves work off the training thread: final totals add up exactly
+    and count every step, whichever thread booked them."""
+    for refresh_s in (None, 0.005):
+        books = _books(refresh_s)
+        for step in range(20):
+            books.mark("train", "start", step, 0)
+            time.sleep(0.005)
+            books.mark("train", "end", step, 0)
+            if step % 3 == 2:
+                books.tick()
+        record = books.finish(epoch=0)
+        totals = record.totals
+        assert totals.steps == {"train": 20} and totals.epoch_steps == {0: 20}
+        assert sum(totals.phases_J.values()) == pytest.approx(totals.energy_J, rel=1e-12)
+        device_j = sum(d["energy_J"] for d in record.devices)
+        assert totals.energy_J == pytest.approx(device_j, rel=1e-9)
+        assert books._refresher is None or not books._refresher.running
