@@ -306,7 +306,10 @@ def test_a_log_tick_never_reads_the_meter_on_the_training_thread(tmp_path):
     assert cb.spy.hits == 0
     with open(f"{trainer.log_dir}/metrics.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["watt/step_J"]]
-    assert rows and all(float(r["watt/step_J"]) > 0 for r in rows)
+    # Rows before the first reading arrives (the replay's, like NVML's, come up to 0.5 s after
+    # the fact) have 0 J: ticks log measured energy only.
+    assert rows and all(float(r["watt/step_J"]) >= 0 for r in rows)
+    assert sum(float(r["watt/step_J"]) for r in rows) > 0
     summary = cb.last_summary
     assert summary["steps"]["train"] == trainer.global_step
     assert math.isclose(sum(summary["phases_J"].values()), summary["energy_J"], rel_tol=1e-9)

@@ -150,6 +150,9 @@ class EnergyMeter:
         self._max_errors = max_errors
         self._clock = clock
         self._lock = threading.Lock()
+        # The trace writer's gzip streams are not thread-safe: the meter thread writes and
+        # flushes samples, the books' refresher writes step edges.
+        self._writer_lock = threading.RLock()
         self._stop_event = threading.Event()
         # Wakes the meter thread early: a sync() request or stop().
         self._wake = threading.Event()
@@ -278,6 +281,10 @@ class EnergyMeter:
                 source.close()
             except Exception as err:
                 self._warn_once(f"close:{source.name}", f"closing {source.name} failed: {err}")
+        with self._writer_lock:
+            self._close_recording(requested)
+
+    def _close_recording(self, stopped_at: float) -> None:
         if self._writer is not None:
             try:
                 self._record_samples([], final=True)
@@ -285,7 +292,7 @@ class EnergyMeter:
                 # The recording's own window is the meter's: [0, stop] on the trace clock. A
                 # fit window opened with set_trace_meta(fit_start=...) closes here too, so the
                 # trace and the meter's totals cover exactly the same span.
-                stop = self._stopped_at - (self._started_at or 0.0)
+                stop = stopped_at - (self._started_at or 0.0)
                 self._writer.meta["meter_stop"] = stop
                 if "fit_start" in self._writer.meta:
                     self._writer.meta.setdefault("fit_end", stop)
@@ -686,7 +693,9 @@ class EnergyMeter:
                         self._note_power(r.device, r.t, (r.value - prev[1]) / (r.t - prev[0]), 99)
                 else:
                     self._note_power(r.device, r.t, r.value, POWER_KINDS.index(r.kind))
-        if self._writer is not None:
+        with self._writer_lock:
+            if self._writer is None:
+                return
             try:
                 self._record_samples(readings, final=False)
                 now = self._clock()
@@ -842,7 +851,11 @@ class EnergyMeter:
 
     def record_steps(self, edges: Sequence[StepEdge]) -> None:
         """Add step edges to the recording (no-op without ``record``)."""
-        if self._writer is not None and edges and self._stopped_at is None:
+        if not edges or self._stopped_at is not None:
+            return
+        with self._writer_lock:
+            if self._writer is None:
+                return
             origin = self._started_at or 0.0
             try:
                 self._writer.write_steps(
