@@ -104,21 +104,21 @@ def main() -> None:
 
     release = threading.Event()
     cases = [
-        ("none (baseline)", 10, lambda p, f: (lambda: None), False),
+        ("none (baseline)", 10, lambda p, f: lambda: None, False),
         ("meter thread: BaseException once", 10, thread_dies, False),
         ("meter thread: fails on every poll", 20, thread_fails_forever, False),
-        ("GPU lost (GPU_IS_LOST)", 20, lambda p, f: (lambda: f.lose(0)), False),
+        ("GPU lost (GPU_IS_LOST)", 20, lambda p, f: lambda: f.lose(0), False),
         ("3 counter reads of 0.6 s", 8, slow_counter, False),
         (
             "5 counter timeouts",
             10,
-            lambda p, f: (lambda: f.fail(0, "counter", real.NVMLError_Timeout, times=5)),
+            lambda p, f: lambda: f.fail(0, "counter", real.NVMLError_Timeout, times=5),
             False,
         ),
         ("a read stuck in the driver", 20, stuck_read, False),
         ("disk full mid-fit (recording on)", 10, full_disk, True),
     ]
-    print(f"| fault | reported J | truth J | error | unmeasured J | warnings | fit s |")
+    print("| fault | reported J | truth J | error | unmeasured J | warnings | fit s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, step, make, record in cases:
         patches = _Patches()

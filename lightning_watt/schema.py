@@ -26,6 +26,9 @@ EPOCH_TRAIN_J = "epoch_train_J"
 EPOCH_VAL_J = "epoch_val_J"
 EPOCH_GAP_J = "epoch_gap_J"
 EPOCH_KWH = "epoch_kWh"
+#: The estimated part of the stage's energy (devices no reader measured any more); logged at
+#: epoch ends once it is not 0.
+UNMEASURED_KWH = "unmeasured_kWh"
 GQI = "gqi"
 TARGET_KWH = "target_kWh"
 FORECAST_KWH = "forecast_kWh"

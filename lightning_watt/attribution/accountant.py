@@ -86,6 +86,8 @@ class EpochValues:
     val_J: float
     gap_J: float
     energy_kWh: float
+    #: The estimated part of the stage's energy so far, all ranks (see ``unmeasured_J``).
+    unmeasured_kWh: float = 0.0
 
 
 class EnergyAccountant:
@@ -220,12 +222,13 @@ class EnergyAccountant:
         assert stage is not None, "epoch_end: no stage begun"
         stage.measure_now(MEASURE_TIMEOUT_S)
         phases = stage.epoch_phases(epoch)
-        train, val, gap, stage_j = self._sum(
+        train, val, gap, stage_j, unmeasured_j = self._sum(
             [
                 phases.get("train", 0.0),
                 phases.get("val", 0.0),
                 gap_joules(phases),
                 stage.energy_j(),
+                stage.unmeasured_j(),
             ]
         )
         self._reduced_epochs[epoch] = {"train": train, "val": val, GAP: gap}
@@ -233,7 +236,7 @@ class EnergyAccountant:
         if self._epoch_kwh is not None and self._epoch_kwh[0] == epoch:
             kwh = self._epoch_kwh[1]  # what an earlier caller at this epoch end was told
         self._epoch_kwh = (epoch, kwh)
-        return EpochValues(train, val, gap, kwh)
+        return EpochValues(train, val, gap, kwh, unmeasured_j / J_PER_KWH)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, epoch: int) -> dict[str, Any]:

@@ -338,6 +338,12 @@ class StageBooks:
         fn = self.energy_fn([self.started_at, t1], provisional=True, hold=False)
         return fn(self.started_at, t1)
 
+    def unmeasured_j(self) -> float:
+        """This process's (weighted) joules estimated for devices no reader measures any more,
+        since the stage began (0 while everything is measured)."""
+        unmeasured = self.meter.unmeasured(self.started_at)
+        return self.weighted({d: float(u["energy_J"]) for d, u in unmeasured.items()})
+
     def sync_edges(self, wait: bool = False, pause_s: float = 0.0) -> None:
         """Move resolved edges into the ledgers (and the recording); attribute final energy.
         ``pause_s``: book at most ``CHUNK_EDGES`` edges at a time and sleep this long between

@@ -553,15 +553,15 @@ class WattCallback(Callback):
             return
         self._close_window()
         epoch = self._books.epoch_end(trainer.current_epoch)
-        self._publish(
-            trainer,
-            {
-                keys.EPOCH_TRAIN_J: epoch.train_J,
-                keys.EPOCH_VAL_J: epoch.val_J,
-                keys.EPOCH_GAP_J: epoch.gap_J,
-                keys.EPOCH_KWH: epoch.energy_kWh,
-            },
-        )
+        values = {
+            keys.EPOCH_TRAIN_J: epoch.train_J,
+            keys.EPOCH_VAL_J: epoch.val_J,
+            keys.EPOCH_GAP_J: epoch.gap_J,
+            keys.EPOCH_KWH: epoch.energy_kWh,
+        }
+        if epoch.unmeasured_kWh > 0:  # the same on every rank: reduced with the rest
+            values[keys.UNMEASURED_KWH] = epoch.unmeasured_kWh
+        self._publish(trainer, values)
 
     def _score_key(self, trainer: pl.Trainer) -> str | None:
         """The logged key ``score_from`` names; with several dataloaders, dataloader 0's."""

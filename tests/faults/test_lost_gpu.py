@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import pytest
 from harness import FaultAt, assert_energy_right, fit, install_fake_gpu, nvml_source, once
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_watt import WattCallback
 from lightning_watt.attribution.summary import render_summary
@@ -12,7 +16,8 @@ from lightning_watt.attribution.summary import render_summary
 def test_a_lost_gpu_is_unmeasured_with_an_estimate_in_the_summary(tmp_path, monkeypatch):
     fake = install_fake_gpu(monkeypatch)
     cb = WattCallback(sources=[nvml_source(fake)], record=False)
-    summary, messages = fit(tmp_path, cb, FaultAt(20, lambda: fake.lose(0)))
+    logger = CSVLogger(tmp_path, name="run")
+    summary, messages = fit(tmp_path, cb, FaultAt(20, lambda: fake.lose(0)), logger=logger)
     # Before: 330 J of 1305 J, no gap, method still counter+buffer_W.
     # One warning that the GPU is lost (not one per reader), one that it is now estimated.
     assert len(messages) == 2, messages
@@ -27,5 +32,14 @@ def test_a_lost_gpu_is_unmeasured_with_an_estimate_in_the_summary(tmp_path, monk
     assert device["unmeasured_J"] == pytest.approx(300.0 * device["unmeasured_s"], rel=0.05)
     assert summary["unmeasured_J"] == pytest.approx(device["unmeasured_J"])
     assert_energy_right(summary)
+    # The logs say it at every epoch end after the loss; the last equals the summary's.
+    with open(Path(logger.log_dir) / "metrics.csv") as fh:
+        logged = [
+            float(r["watt/unmeasured_kWh"])
+            for r in csv.DictReader(fh)
+            if r.get("watt/unmeasured_kWh")
+        ]
+    assert len(logged) >= 2 and logged == sorted(logged)
+    assert logged[-1] * 3.6e6 == pytest.approx(summary["unmeasured_J"], rel=0.1)
     table = render_summary(summary)
     assert "unmeasured" in table and "estimated" in table
