@@ -1,0 +1,635 @@
+"""Fast, bounded-memory reading of watt-trace files: gzip text decoded in chunks, each chunk
+parsed with numpy into columns (no Python object per row), step edges streamed chunk by chunk.
+
+The per-row Python parser in :mod:`lightning_watt.energy.trace` stays the reference: a chunk
+the vectorised path cannot vouch for (a quote, a stray character, a bad value) is parsed again
+by it, so errors keep naming the file, the line and the column exactly as before.
+
+Example:
+    >>> from lightning_watt.energy.trace import bundled_trace
+    >>> cols = load_columns(bundled_trace("h200-mlp-stall"))
+    >>> cols.devices, cols.partial, len(cols.t) > 10_000
+    (['gpu0'], False, True)
+    >>> sum(len(c) for c in cols.step_chunks()) == len(cols.steps)
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import math
+import os
+import warnings
+import zlib
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_watt.energy import trace as _trace
+from lightning_watt.energy.readings import COUNTER_J, KINDS, POWER_KINDS, Reading
+from lightning_watt.energy.trace import (
+    COMPACT_PER_S,
+    COMPACT_STEPS_HEADER,
+    COMPACT_UNIT_S,
+    MAX_ABS_TIME_S,
+    MAX_COUNTER_J,
+    MAX_POWER_W,
+    SAMPLES_HEADER,
+    STEPS_HEADER,
+    StepEdge,
+    Trace,
+    TraceFormatError,
+)
+
+#: Decompressed text handed to one vectorised parse (bounded memory whatever the run length).
+CHUNK_BYTES = 4 << 20
+_NUMERIC = np.zeros(256, dtype=bool)
+_NUMERIC[list(b"0123456789.eE+-")] = True
+_EDGE_LETTERS = {"s": ("start", True), "e": ("end", True), "S": ("start", False)}
+_EDGE_LETTERS["E"] = ("end", False)
+
+
+class GzipText:
+    """The complete lines of a gzip text file in chunks. A stream cut short (a crash, a
+    recording still being written) ends at its last complete line and sets :attr:`truncated`.
+
+    Example:
+        >>> import gzip, tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.csv.gz"
+        >>> p.write_bytes(gzip.compress(b"a\\nb\\nc\\n")[:-12])  # cut inside the stream
+        14
+        >>> src = GzipText(p); text = b"".join(c for _, c in src.chunks())
+        >>> src.truncated, b"a\\nb\\nc\\n".startswith(text), text.endswith(b"\\n")
+        (True, True, True)
+    """
+
+    def __init__(self, path: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.truncated = False
+
+    def _open(self) -> io.BufferedReader:
+        if self.path.is_dir():
+            raise TraceFormatError(f"{self.path}: is a directory, not a watt-trace file")
+        if not self.path.exists():
+            raise FileNotFoundError(f"watt-trace file missing: {self.path}")
+        try:
+            return open(self.path, "rb")
+        except OSError as err:
+            raise TraceFormatError(f"{self.path}: cannot be read ({err})") from None
+
+    def chunks(self) -> Iterator[tuple[int, bytes]]:
+        """``(line number of the chunk's first line, whole lines)`` pairs."""
+        lineno, pending = 1, b""
+        with self._open() as fh:
+            d = zlib.decompressobj(31)
+            fed = False
+            while block := fh.read(1 << 20):
+                while block:
+                    try:
+                        out = d.decompress(block)
+                    except zlib.error as err:
+                        where = lineno + pending.count(b"\n")
+                        raise TraceFormatError(
+                            f"{self.path}:{where}: not a readable gzip text file ({err})"
+                        ) from None
+                    fed = True
+                    block = b""
+                    if d.eof:
+                        # Several gzip members one after another read as one text.
+                        block, d, fed = d.unused_data, zlib.decompressobj(31), False
+                    pending += out
+                    if len(pending) >= self.chunk_bytes:
+                        cut = pending.rfind(b"\n") + 1
+                        if cut:
+                            yield lineno, pending[:cut]
+                            lineno += pending.count(b"\n", 0, cut)
+                            pending = pending[cut:]
+            if fed:
+                self.truncated = True
+                pending = pending[: pending.rfind(b"\n") + 1]
+            elif pending and not pending.endswith(b"\n"):
+                pending += b"\n"
+        if pending:
+            yield lineno, pending
+
+
+def _decode(path: Path, lineno: int, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        where = lineno + data.count(b"\n", 0, err.start)
+        raise TraceFormatError(f"{path}:{where}: not a readable gzip text file ({err})") from None
+
+
+def _data_chunks(
+    source: GzipText, header: tuple[str, ...] | Collection[tuple[str, ...]]
+) -> tuple[tuple[str, ...], Iterator[tuple[int, bytes]]]:
+    """The header found (one of ``header``) and the chunks of data rows after it."""
+    headers = [header] if isinstance(header[0], str) else list(header)  # type: ignore[list-item]
+    it = source.chunks()
+    first = next(it, None)
+    got: list[str] | None = None
+    rest = b""
+    lineno = 2
+    if first is not None:
+        _, data = first
+        end = data.find(b"\n") + 1
+        got = next(csv.reader([_decode(source.path, 1, data[:end])]), None)
+        rest = data[end:]
+    found = tuple(c.strip() for c in got) if got is not None else None
+    if found not in headers:
+        want = " or ".join(repr(",".join(h)) for h in headers)
+        raise TraceFormatError(f"{source.path}:1: header must be {want}, got {got!r}")
+
+    def chunks() -> Iterator[tuple[int, bytes]]:
+        if rest:
+            yield lineno, rest
+        yield from it
+
+    return found, chunks()
+
+
+@dataclass
+class _Fields:
+    """Byte offsets of every field of every row of one chunk: ``start[k]``, ``end[k]``."""
+
+    arr: np.ndarray
+    start: list[np.ndarray]
+    end: list[np.ndarray]
+
+    @property
+    def rows(self) -> int:
+        return len(self.start[0])
+
+    def strings(self, first: int, last: int) -> tuple[list[bytes], np.ndarray]:
+        """The distinct texts spanning fields ``first..last`` (commas included) and each row's
+        index into them, without a Python object per row."""
+        lo, hi = self.start[first], self.end[last]
+        width = int((hi - lo).max(initial=0))
+        if width == 0:
+            return [b""], np.zeros(self.rows, dtype=np.intp)
+        offs = np.arange(width)
+        take = np.minimum(lo[:, None] + offs, len(self.arr) - 1)
+        grid = np.where(offs < (hi - lo)[:, None], self.arr[take], 0).astype(np.uint8)
+        uniq, inverse = np.unique(grid.view(f"S{width}").ravel(), return_inverse=True)
+        return [bytes(u) for u in uniq], inverse.ravel()
+
+    def numbers(self, cols: list[int]) -> np.ndarray | None:
+        """The numeric fields ``cols`` as floats, shape ``(rows, len(cols))``; ``None`` when any
+        field is empty or holds anything but a plain decimal number."""
+        mark = np.zeros(len(self.arr) + 1, dtype=np.int32)
+        for k in cols:
+            if np.any(self.end[k] <= self.start[k]):
+                return None
+            np.add.at(mark, self.start[k], 1)
+            np.add.at(mark, self.end[k], -1)
+        inside = np.cumsum(mark[:-1]) > 0
+        if not _NUMERIC[self.arr[inside]].all():
+            return None
+        text = np.where(inside, self.arr, 32).astype(np.uint8).tobytes()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                values = np.fromstring(text, sep=" ")  # type: ignore[call-overload]
+        except (ValueError, DeprecationWarning):
+            return None
+        if values.size != self.rows * len(cols):
+            return None
+        return values.reshape(self.rows, len(cols))
+
+
+def _fields(data: bytes, ncols: int) -> _Fields | None:
+    """Split a chunk of whole lines into fields; ``None`` when it is not plain CSV with
+    ``ncols`` columns on every line (quotes, carriage returns, a wrong count)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    if np.any(arr == 34) or np.any(arr == 13):
+        return None
+    newlines = np.flatnonzero(arr == 10)
+    commas = np.flatnonzero(arr == 44)
+    n = len(newlines)
+    if len(commas) != n * (ncols - 1):
+        return None
+    commas = commas.reshape(n, ncols - 1) if n else commas.reshape(0, ncols - 1)
+    line_start = np.concatenate(([0], newlines[:-1] + 1))
+    if n and (np.any(commas[:, 0] < line_start) or np.any(commas[:, -1] > newlines)):
+        return None
+    starts = [line_start, *(commas[:, k] + 1 for k in range(ncols - 1))]
+    ends = [*(commas[:, k] for k in range(ncols - 1)), newlines]
+    return _Fields(arr, starts, ends)
+
+
+# --------------------------------------------------------------------------- samples
+@dataclass
+class _SampleState:
+    names: list[tuple[str, str]] = field(default_factory=list)
+    codes: dict[bytes, int] = field(default_factory=dict)
+    last_t: float = -math.inf
+
+
+def _sample_chunk_fast(
+    state: _SampleState, data: bytes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    f = _fields(data, 4)
+    if f is None:
+        return None
+    nums = f.numbers([0, 3])
+    if nums is None:
+        return None
+    t, value = nums[:, 0], nums[:, 1]
+    texts, inverse = f.strings(1, 2)
+    local = np.empty(len(texts), dtype=np.int32)
+    power = np.zeros(len(texts), dtype=bool)
+    for i, text in enumerate(texts):
+        if text not in state.codes:
+            try:
+                device, kind = text.decode("ascii").split(",")
+            except (UnicodeDecodeError, ValueError):
+                return None
+            if kind not in KINDS or not _trace._DEVICE_RE.match(device):
+                return None
+            state.codes[text] = len(state.names)
+            state.names.append((device, kind))
+        local[i] = state.codes[text]
+        power[i] = state.names[local[i]][1] != COUNTER_J
+    code = local[inverse]
+    is_power = power[inverse]
+    ok = (
+        np.isfinite(t).all()
+        and np.isfinite(value).all()
+        and (np.abs(t) <= MAX_ABS_TIME_S).all()
+        and (value[is_power] >= 0).all()
+        and (value[is_power] <= MAX_POWER_W).all()
+        and (np.abs(value[~is_power]) <= MAX_COUNTER_J).all()
+        and (len(t) == 0 or (t[0] >= state.last_t and (np.diff(t) >= 0).all()))
+    )
+    if not ok:
+        return None
+    if len(t):
+        state.last_t = float(t[-1])
+    return t, code, value
+
+
+def _sample_chunk_slow(
+    state: _SampleState, path: Path, lineno: int, data: bytes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference parser on one chunk: raises the exact error, or returns its columns."""
+    ts: list[float] = []
+    codes: list[int] = []
+    values: list[float] = []
+    parse = _trace._sample_parser(state.last_t)
+    for row_no, row in enumerate(csv.reader(io.StringIO(_decode(path, lineno, data))), lineno):
+        r = parse(f"{path}:{row_no}", _trace._checked_row(path, row_no, row, SAMPLES_HEADER))
+        key = (r.device, r.kind)
+        text = f"{r.device},{r.kind}".encode()
+        if text not in state.codes:
+            state.codes[text] = len(state.names)
+            state.names.append(key)
+        ts.append(r.t)
+        codes.append(state.codes[text])
+        values.append(r.value)
+    if ts:
+        state.last_t = ts[-1]
+    return np.array(ts, dtype=float), np.array(codes, dtype=np.int32), np.array(values, float)
+
+
+def read_sample_columns(
+    path: Path,
+) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray, bool]:
+    """``(names, t, code, value, truncated)``: ``names[code[i]]`` is row i's (device, kind)."""
+    source = GzipText(path)
+    _, chunks = _data_chunks(source, SAMPLES_HEADER)
+    state = _SampleState()
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for lineno, data in chunks:
+        got = _sample_chunk_fast(state, data)
+        parts.append(got if got is not None else _sample_chunk_slow(state, path, lineno, data))
+    if not parts:
+        empty = np.zeros(0)
+        return state.names, empty, np.zeros(0, dtype=np.int32), empty, source.truncated
+    t = np.concatenate([p[0] for p in parts])
+    code = np.concatenate([p[1] for p in parts]).astype(np.int32)
+    value = np.concatenate([p[2] for p in parts])
+    return state.names, t, code, value, source.truncated
+
+
+# --------------------------------------------------------------------------- steps
+@dataclass
+class StepChunk:
+    """Step edges of one chunk as columns: ``phases[phase[i]]``, ``start[i]`` (else an end
+    edge), ``index``, ``t_host`` and ``t_gpu`` (NaN where unknown)."""
+
+    phases: list[str]
+    phase: np.ndarray
+    start: np.ndarray
+    index: np.ndarray
+    t_host: np.ndarray
+    t_gpu: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t_host)
+
+    @property
+    def t(self) -> np.ndarray:
+        """Each edge's best time: the GPU's when known, else the host's."""
+        return np.where(np.isnan(self.t_gpu), self.t_host, self.t_gpu)
+
+    def edges(self) -> list[StepEdge]:
+        gpu = [None if math.isnan(g) else g for g in self.t_gpu.tolist()]
+        return [
+            StepEdge(self.phases[p], "start" if s else "end", i, h, g)
+            for p, s, i, h, g in zip(
+                self.phase.tolist(),
+                self.start.tolist(),
+                self.index.tolist(),
+                self.t_host.tolist(),
+                gpu,
+                strict=True,
+            )
+        ]
+
+    @classmethod
+    def from_edges(cls, edges: list[StepEdge]) -> StepChunk:
+        phases: dict[str, int] = {}
+        codes = [phases.setdefault(e.phase, len(phases)) for e in edges]
+        return cls(
+            list(phases),
+            np.array(codes, dtype=np.int32),
+            np.array([e.edge == "start" for e in edges], dtype=bool),
+            np.array([e.index for e in edges], dtype=np.int64),
+            np.array([e.t_host for e in edges], dtype=float),
+            np.array([math.nan if e.t_gpu is None else e.t_gpu for e in edges], dtype=float),
+        )
+
+
+@dataclass
+class _CompactState:
+    """What the compact layout's deltas are relative to: the previous row."""
+
+    phase: str | None = None
+    index: int = 0
+    host: int = 0
+    gpu: int = 0
+
+
+def _compact_chunk_fast(state: _CompactState, data: bytes) -> StepChunk | None:
+    f = _fields(data, 5)
+    if f is None:
+        return None
+    nums = f.numbers([2, 3, 4])
+    if nums is None or not (np.abs(nums) < 2**52).all() or not (nums == np.round(nums)).all():
+        return None
+    texts, inverse = f.strings(0, 1)
+    phases: list[str] = []
+    phase_of = np.empty(len(texts), dtype=np.int32)
+    letter_of = np.empty(len(texts), dtype="U1")
+    for i, text in enumerate(texts):
+        try:
+            phase, letter = text.decode("utf-8").split(",")
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if letter not in _EDGE_LETTERS:
+            return None
+        if phase and phase not in phases:
+            phases.append(phase)
+        phase_of[i] = phases.index(phase) if phase else -1
+        letter_of[i] = letter
+    row_phase = phase_of[inverse]
+    if row_phase[0] < 0:
+        if state.phase is None:
+            return None
+        if state.phase not in phases:
+            phases.append(state.phase)
+        row_phase[0] = phases.index(state.phase)
+    # Forward fill: an empty phase repeats the previous row's.
+    pos = np.where(row_phase >= 0, np.arange(len(row_phase)), 0)
+    row_phase = row_phase[np.maximum.accumulate(pos)]
+    letters = letter_of[inverse]
+    has_gpu = np.char.islower(letters)
+    ints = nums.astype(np.int64)
+    index = state.index + np.cumsum(ints[:, 0])
+    host = state.host + np.cumsum(ints[:, 1])
+    gpu = state.gpu + np.cumsum(np.where(has_gpu, ints[:, 2], 0))
+    if not (np.abs(host) * COMPACT_UNIT_S <= MAX_ABS_TIME_S).all():
+        return None
+    if not (np.abs(gpu) * COMPACT_UNIT_S <= MAX_ABS_TIME_S).all():
+        return None
+    state.phase = phases[row_phase[-1]]
+    state.index, state.host, state.gpu = int(index[-1]), int(host[-1]), int(gpu[-1])
+    return StepChunk(
+        phases,
+        row_phase.astype(np.int32),
+        (letters == "s") | (letters == "S"),
+        index,
+        host / COMPACT_PER_S,
+        np.where(has_gpu, gpu / COMPACT_PER_S, math.nan),
+    )
+
+
+def parse_compact_row(state: _CompactState, where: str, row: list[str]) -> StepEdge:
+    """One row of the compact steps layout (the reference for the vectorised path)."""
+    phase, letter = row[0], row[1]
+    if phase:
+        state.phase = phase
+    elif state.phase is None:
+        raise TraceFormatError(f"{where}: empty phase on the first row")
+    if letter not in _EDGE_LETTERS:
+        raise TraceFormatError(f"{where}: edge must be one of {sorted(_EDGE_LETTERS)}: {letter!r}")
+    edge, has_gpu = _EDGE_LETTERS[letter]
+    deltas = []
+    for text, column in zip(row[2:], COMPACT_STEPS_HEADER[2:], strict=True):
+        try:
+            value = int(text)
+        except ValueError:
+            raise TraceFormatError(f"{where}: {column} is not an integer: {text!r}") from None
+        if abs(value) >= 2**52:
+            raise TraceFormatError(f"{where}: {column} is out of range: {text!r}")
+        deltas.append(value)
+    state.index += deltas[0]
+    state.host += deltas[1]
+    if has_gpu:
+        state.gpu += deltas[2]
+    for units, column in ((state.host, "t_host"), (state.gpu, "t_gpu")):
+        if abs(units) * COMPACT_UNIT_S > MAX_ABS_TIME_S:
+            raise TraceFormatError(f"{where}: {column} out of range (|t| > {MAX_ABS_TIME_S:g} s)")
+    return StepEdge(
+        state.phase,
+        edge,
+        state.index,
+        state.host / COMPACT_PER_S,
+        state.gpu / COMPACT_PER_S if has_gpu else None,
+    )
+
+
+def _slow_steps(
+    path: Path, lineno: int, data: bytes, header: tuple[str, ...], parse: Callable[..., StepEdge]
+) -> StepChunk:
+    edges = [
+        parse(f"{path}:{n}", _trace._checked_row(path, n, row, header))
+        for n, row in enumerate(csv.reader(io.StringIO(_decode(path, lineno, data))), lineno)
+    ]
+    return StepChunk.from_edges(edges)
+
+
+class StepReader:
+    """Streams a steps file (either layout) as :class:`StepChunk` s; ``truncated`` is set once
+    a cut-off stream has been read to its end."""
+
+    def __init__(self, path: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.truncated = False
+
+    def __iter__(self) -> Iterator[StepChunk]:
+        source = GzipText(self.path, self.chunk_bytes)
+        header, chunks = _data_chunks(source, (STEPS_HEADER, COMPACT_STEPS_HEADER))
+        state = _CompactState()
+        for lineno, data in chunks:
+            if header == COMPACT_STEPS_HEADER:
+                saved = _CompactState(**vars(state))
+                got = _compact_chunk_fast(state, data)
+                if got is None:
+                    state = saved
+                    got = _slow_steps(
+                        self.path,
+                        lineno,
+                        data,
+                        header,
+                        functools.partial(parse_compact_row, state),
+                    )
+            else:
+                got = _slow_steps(self.path, lineno, data, header, _trace._parse_step)
+            if len(got):
+                yield got
+        self.truncated = source.truncated
+
+
+# --------------------------------------------------------------------------- the trace
+@dataclass
+class TraceColumns:
+    """A watt-trace held as columns: samples as numpy arrays (about 20 bytes a row), step
+    edges streamed from disk on demand (:meth:`step_chunks`), never all held at once.
+
+    ``partial`` (with ``partial_reason``) says the recording was cut off: a killed run, a
+    stream that stops mid-way, a recording never closed.
+    """
+
+    names: list[tuple[str, str]]
+    t: np.ndarray
+    code: np.ndarray
+    value: np.ndarray
+    meta: dict[str, Any]
+    steps_source: StepReader | list[StepEdge] = field(default_factory=list)
+    partial: bool = False
+    partial_reason: str | None = None
+
+    @classmethod
+    def from_trace(cls, trace: Trace) -> TraceColumns:
+        names: dict[tuple[str, str], int] = {}
+        code = [names.setdefault((r.device, r.kind), len(names)) for r in trace.samples]
+        return cls(
+            list(names),
+            np.array([r.t for r in trace.samples], dtype=float),
+            np.array(code, dtype=np.int32),
+            np.array([r.value for r in trace.samples], dtype=float),
+            trace.meta,
+            list(trace.steps),
+            trace.partial,
+            trace.partial_reason,
+        )
+
+    @property
+    def samples(self) -> list[Reading]:
+        """Every sample as a :class:`Reading` (materialised: for small traces and tests)."""
+        return list(self.readings())
+
+    def readings(self, kinds: Collection[str] | None = None) -> Iterator[Reading]:
+        wanted = [i for i, (_, k) in enumerate(self.names) if kinds is None or k in kinds]
+        mask = np.isin(self.code, wanted)
+        for lo in range(0, len(self.t), 100_000):
+            m = mask[lo : lo + 100_000]
+            names = self.names
+            for t, c, v in zip(
+                self.t[lo : lo + 100_000][m].tolist(),
+                self.code[lo : lo + 100_000][m].tolist(),
+                self.value[lo : lo + 100_000][m].tolist(),
+                strict=True,
+            ):
+                yield Reading(t, names[c][0], names[c][1], v)
+
+    @property
+    def devices(self) -> list[str]:
+        used = set(np.unique(self.code).tolist())
+        return sorted({self.names[c][0] for c in used})
+
+    @property
+    def kinds(self) -> list[str]:
+        used = set(np.unique(self.code).tolist())
+        return sorted({self.names[c][1] for c in used})
+
+    @property
+    def span(self) -> tuple[float, float]:
+        if not len(self.t):
+            return (0.0, 0.0)
+        return (float(self.t[0]), float(self.t[-1]))
+
+    @property
+    def fit_window(self) -> tuple[float, float]:
+        start, end = self.span
+        return (float(self.meta.get("fit_start", start)), float(self.meta.get("fit_end", end)))
+
+    def series(self, device: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(t, value)`` of one device and kind."""
+        if (device, kind) not in self.names:
+            return np.zeros(0), np.zeros(0)
+        mask = self.code == self.names.index((device, kind))
+        return self.t[mask], self.value[mask]
+
+    def power_kinds(self) -> dict[str, str]:
+        """The best raw power kind per device (``{device: kind}``), as the report draws it."""
+        found: dict[str, list[str]] = {}
+        for c in np.unique(self.code).tolist():
+            device, kind = self.names[c]
+            if kind in POWER_KINDS:
+                found.setdefault(device, []).append(kind)
+        return {d: min(ks, key=POWER_KINDS.index) for d, ks in sorted(found.items())}
+
+    def step_chunks(self) -> Iterator[StepChunk]:
+        """Step edges in chunks (streamed from disk for a loaded trace)."""
+        if isinstance(self.steps_source, list):
+            if self.steps_source:
+                yield StepChunk.from_edges(self.steps_source)
+            return
+        yield from self.steps_source
+
+    @property
+    def steps(self) -> list[StepEdge]:
+        """Every step edge (materialised: for small traces and tests)."""
+        return [e for chunk in self.step_chunks() for e in chunk.edges()]
+
+    def timeline(self, kinds: Collection[str] | None = None, **timeline_kwargs: Any) -> Any:
+        """The fused :class:`EnergyTimeline`, fed in half-second chunks as the live meter is."""
+        from lightning_watt.energy.timeline import EnergyTimeline
+
+        timeline = EnergyTimeline(**timeline_kwargs)
+        _trace._feed(timeline, self.readings(kinds))
+        return timeline
+
+
+def load_columns(prefix: str | os.PathLike[str]) -> TraceColumns:
+    """Read a trace into columns (samples parsed at once, steps left on disk to stream).
+
+    The steps file's header is checked here, so a wrong file fails at load time."""
+    samples_path, steps_path, meta_path = _trace._paths(_trace.trace_prefix(prefix))
+    meta = _trace._read_meta(meta_path)
+    names, t, code, value, truncated = read_sample_columns(samples_path)
+    steps = StepReader(steps_path)
+    # Read the header (and the first chunk) now: a wrong steps file fails at load time.
+    _data_chunks(GzipText(steps_path, 1 << 16), (STEPS_HEADER, COMPACT_STEPS_HEADER))
+    partial, reason = _trace._partial(meta, samples_truncated=truncated)
+    return TraceColumns(names, t, code, value, meta, steps, partial, reason)
