@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from lightning_watt.energy.trace import Trace, load_trace
+from lightning_watt.energy.trace_columns import TraceColumns, load_columns
 from lightning_watt.report.discovery import (
     LOOKED_FOR,
     Advance,
@@ -36,9 +36,9 @@ from lightning_watt.report.series import ScalarSeries
 from lightning_watt.report.summary_json import peek_run_name, read_summary
 
 
-def _load_fit_trace(prefix: str, warnings: list[str]) -> Trace | None:
+def _load_fit_trace(prefix: str, warnings: list[str]) -> TraceColumns | None:
     try:
-        trace = load_trace(prefix)
+        trace = load_columns(prefix)
     except (OSError, ValueError) as err:
         warnings.append(f"{prefix}: trace not read ({err})")
         return None

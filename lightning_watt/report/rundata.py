@@ -18,6 +18,7 @@ from typing import Any
 
 from lightning_watt.energy.readings import ESTIMATE_W, J_PER_KWH
 from lightning_watt.energy.trace import Trace
+from lightning_watt.energy.trace_columns import TraceColumns
 from lightning_watt.report.keys import LoggedKeys, resolve_prefix
 from lightning_watt.report.series import EpochRow, ScalarSeries
 from lightning_watt.report.trace_view import TraceView
@@ -70,7 +71,7 @@ class RunData(TraceView):
     path: Path
     scalars: dict[str, ScalarSeries] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
-    trace: Trace | None = None
+    trace: Trace | TraceColumns | None = None
     files: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     monitor_override: str | None = None
@@ -106,7 +107,7 @@ class RunData(TraceView):
         if not methods:
             listed = (self.summary or {}).get("methods")
             methods = [str(m) for m in listed if m] if isinstance(listed, list) else []
-        if not methods and self.trace is not None and self.trace.samples:
+        if not methods and self.has_trace:
             for per_device in self._timeline.methods().values():
                 if per_device and per_device[0] not in methods:
                     # The most used method is the one that describes the run.
@@ -165,8 +166,8 @@ class RunData(TraceView):
         value = self._summary_number("duration_s")
         if value is not None:
             return value
-        if self.trace is not None and self.trace.samples:
-            fit0, fit1 = self.trace.fit_window
+        if self.columns is not None and self.has_trace:
+            fit0, fit1 = self.columns.fit_window
             return fit1 - fit0
         walls = [w for s in self.scalars.values() for w in (s.wall_times or [])]
         if len(walls) >= 2:
