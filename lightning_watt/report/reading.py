@@ -47,6 +47,8 @@ def _load_fit_trace(prefix: str, warnings: list[str]) -> TraceColumns | None:
         # A Tuner's lr_find/scale_batch_size records under the fit's name, then is rolled back.
         warnings.append(f"{prefix}: recorded by the {stage} stage, not a fit; not used")
         return None
+    if trace.partial:
+        warnings.append(f"{prefix}: partial trace ({trace.partial_reason})")
     return trace
 
 
@@ -73,7 +75,12 @@ def read_run(
             advance(file_size(loc.metrics_csv))
     summary = None
     if loc.summary is not None:
-        summary = read_summary(loc.summary, warnings)
+        try:
+            summary = read_summary(loc.summary, warnings)
+        except ReportError as err:
+            if not (scalars or loc.trace):
+                raise  # nothing else to report this run from: a clear error, exit status 2
+            warnings.append(f"{err}; summary skipped, the run is reported from its other files")
         files["summary"] = [str(loc.summary)]
     trace = None
     if loc.trace is not None:

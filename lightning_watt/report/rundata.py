@@ -150,6 +150,8 @@ class RunData(TraceView):
         out: list[str] = []
         if self.interrupted:
             out.append("INTERRUPTED fit: numbers up to the interruption")
+        if self.partial and self.summary is None:
+            out.append(f"PARTIAL trace (a killed run?); energy from {self.energy_source}")
         if self.replay:
             out.append(f"REPLAY of trace {self.replay!r}, not measured in this run")
         if self.estimated:
@@ -174,16 +176,20 @@ class RunData(TraceView):
             return max(walls) - min(walls)
         return None
 
+    @property
+    def partial(self) -> bool:
+        """Whether the run's trace was cut off (a killed run): its numbers stop early."""
+        return bool(self.columns is not None and self.columns.partial)
+
     @cached_property
-    def energy_kWh(self) -> float | None:
-        """Total energy of the fit, all devices and ranks (resumed segments included); never
-        the summary's ``run_energy_J``, which adds the run's other stages."""
+    def _energy(self) -> tuple[float | None, str]:
+        """The fit's energy and the source it came from: the summary, else the most complete
+        of the trace and the logged scalars. A trace cut off by a kill can hold seconds of a
+        run whose logs went on: both are cumulative, so the larger one covers more."""
         joules = self._summary_number("energy_J")
         value = joules / J_PER_KWH if joules is not None else self._summary_number("energy_kWh")
         if value is not None:
-            return value
-        if self._trace_phases_J is not None:
-            return self._trace_phases_J["total"] / J_PER_KWH
+            return value, "summary"
         # Both are cumulative, so the largest value is the latest; the epoch-end one also
         # counts what ran after the last step-level log.
         logged = [
@@ -192,7 +198,35 @@ class RunData(TraceView):
             for v in (self.scalars[key].values if key in self.scalars else [])
             if math.isfinite(v)
         ]
-        return max(logged) if logged else None
+        logged_kWh = max(logged) if logged else None
+        trace_kWh = None
+        if self._trace_phases_J is not None:
+            trace_kWh = self._trace_phases_J["total"] / J_PER_KWH
+        if trace_kWh is not None and not self.partial:
+            return trace_kWh, "trace"
+        reason = (self.columns.partial_reason if self.columns is not None else None) or "cut off"
+        if trace_kWh is not None and (logged_kWh is None or trace_kWh >= logged_kWh):
+            return trace_kWh, f"trace (partial: {reason})"
+        if logged_kWh is not None:
+            if trace_kWh is not None:
+                return (
+                    logged_kWh,
+                    f"logged scalars (more complete than the partial trace: {reason})",
+                )
+            return logged_kWh, "logged scalars"
+        return None, "none"
+
+    @property
+    def energy_kWh(self) -> float | None:
+        """Total energy of the fit, all devices and ranks (resumed segments included); never
+        the summary's ``run_energy_J``, which adds the run's other stages."""
+        return self._energy[0]
+
+    @property
+    def energy_source(self) -> str:
+        """Where :attr:`energy_kWh` came from: ``summary``, ``trace``, ``logged scalars``, or
+        a partial trace / the logged scalars with why the other was not used."""
+        return self._energy[1]
 
     @cached_property
     def mean_power_W(self) -> float | None:
@@ -401,6 +435,8 @@ class RunData(TraceView):
             "files": self.files,
             "duration_s": self.duration_s,
             "energy_kWh": self.energy_kWh,
+            "energy_source": self.energy_source,
+            "partial_trace": self.partial,
             "mean_power_W": self.mean_power_W,
             "peak_power_W": self.peak_power_W,
             "outside_steps_share": self.outside_steps_share,
