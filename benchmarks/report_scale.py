@@ -27,7 +27,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -79,40 +78,41 @@ def _samples_hour(rng: np.random.Generator, t0: float, acc0: float) -> tuple[byt
     names = ("gpu0,buffer_W", "gpu0,counter_J", "gpu0,instant_W", "gpu0,average_W")
     lines = [
         f"{t:.6f},{names[c]},{v:.3f}\n"
-        for t, c, v in zip(t[order].tolist(), code[order].tolist(), val[order].tolist())
+        for t, c, v in zip(t[order].tolist(), code[order].tolist(), val[order].tolist(), strict=True)
     ]
     return "".join(lines).encode(), float(energy[-1])
 
 
-def _steps_hour(rng: np.random.Generator, first: bool, hour: int) -> bytes:
-    """One hour of 1.7 ms steps in the compact layout, with a 30 s validation block every
-    20 minutes; host times jitter by tens of us, the GPU runs 4-12 ms behind."""
-    n = int(3600 / STEP_S)
-    unit = 1 / COMPACT_PER_S
-    dur = np.round(rng.normal(STEP_S * 0.94, 30e-6, n) / unit).astype(np.int64)
-    gap = np.round(rng.normal(STEP_S * 0.06, 8e-6, n) / unit).astype(np.int64)
-    lead_change = np.round(rng.normal(0, 300e-6, 2 * n) / unit).astype(np.int64)
+def _steps_hour(rng: np.random.Generator, first: bool) -> bytes:
+    """One hour of 1.7 ms steps as the meter's recorder writes them (compact layout, runs of
+    steps within 4 ms merged: spans of 3 steps), with a 30 s validation block every 20 minutes;
+    host times jitter by tens of us, the GPU trails by 4-12 ms, drawn afresh per edge."""
+    per_span = 3
+    n = int(3600 / (STEP_S * per_span))
+    units = COMPACT_PER_S
+    busy = np.round(rng.normal(STEP_S * per_span - 1e-4, 40e-6, n) * units).astype(np.int64)
+    idle = np.round(np.abs(rng.normal(1e-4, 10e-6, n)) * units).astype(np.int64)
     dh = np.empty(2 * n, dtype=np.int64)
-    dh[0::2], dh[1::2] = gap, dur
-    phase_col = np.array([""] * (2 * n), dtype=object)
-    per_block = int(1200 / STEP_S)
+    dh[0::2], dh[1::2] = idle, busy
+    lead = np.round(rng.uniform(0.004, 0.012, 2 * n) * units).astype(np.int64)
+    dg = dh + np.diff(lead, prepend=lead[0])
+    phase_col = [""] * (2 * n)
+    per_block = int(1200 / (STEP_S * per_span))
     for k in range(0, n, per_block):
         phase_col[2 * k] = "train"
-        v = k + per_block - int(30 / STEP_S)
+        v = k + per_block - int(30 / (STEP_S * per_span))
         if 0 < v < n:
             phase_col[2 * v] = "val"
-    if first:
-        phase_col[0] = "train"
-    letters = np.tile(np.array(["s", "e"], dtype=object), n)
-    dindex = np.tile(np.array([0, 1]), n)
+            if v + 1 < n:
+                phase_col[2 * (v + 1)] = "val"
+    letters = ["s", "e"] * n
+    dindex = [0, per_span] * n
     rows = [
         f"{p},{e},{i},{h},{g}\n"
-        for p, e, i, h, g in zip(
-            phase_col.tolist(), letters.tolist(), dindex.tolist(), dh.tolist(), lead_change.tolist()
-        )
+        for p, e, i, h, g in zip(phase_col, letters, dindex, dh.tolist(), dg.tolist(), strict=True)
     ]
     if first:
-        rows[0] = f"train,s,0,{5 * COMPACT_PER_S},{5 * COMPACT_PER_S + 800}\n"
+        rows[0] = f"train,s,0,{5 * units},{5 * units + int(lead[0])}\n"
     return "".join(rows).encode()
 
 
@@ -129,7 +129,7 @@ def write_run(directory: Path, hours: int, seed: int = 0) -> Path:
             for h in range(hours):
                 text, end = _samples_hour(rng, 3600.0 * h, acc)
                 fs.write(text)
-                fe.write(_steps_hour(rng, h == 0, h))
+                fe.write(_steps_hour(rng, h == 0))
                 energy_j, acc = end - 1000.0, end
     meta = {
         "format": FORMAT_V1_1,
@@ -200,9 +200,11 @@ def main() -> None:
                 "plots": ["report", str(run), "-o", str(out), "-q", "--dpi", "80"],
             }
             if args.trace_only:
-                variants["trace only"] = [
-                    "report", str(run / "watt_trace.meta.json"), "-o", str(out), "--no-plots", "-q"
-                ]
+                bare = Path(tmp) / f"trace{hours}h"  # the same trace, no summary beside it
+                bare.mkdir()
+                for f in run.glob("watt_trace.*"):
+                    os.link(f, bare / f.name)
+                variants["trace only"] = ["report", str(bare), "-o", str(out), "--no-plots", "-q"]
             results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
             for _ in range(args.repeats):
                 for name, argv in variants.items():
@@ -218,7 +220,6 @@ def main() -> None:
                     f"{name:<11} {np.median(walls):>8.1f} ({min(walls):.1f}..{max(walls):.1f})"
                     f" {TARGETS[name]:>7.0f} {rss:>8.0f} / {TARGET_RSS_MB:.0f}"
                 )
-    _ = resource  # the children measure themselves
 
 
 if __name__ == "__main__":

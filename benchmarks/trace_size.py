@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from lightning_watt.energy.trace import StepEdge, TraceWriter, load_trace  # noqa: E402
+from lightning_watt.energy.trace import StepEdge, TraceWriter, load_trace
 
 
 def edges(step_s: float, seconds: float, seed: int = 0) -> list[StepEdge]:
