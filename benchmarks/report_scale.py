@@ -78,7 +78,9 @@ def _samples_hour(rng: np.random.Generator, t0: float, acc0: float) -> tuple[byt
     names = ("gpu0,buffer_W", "gpu0,counter_J", "gpu0,instant_W", "gpu0,average_W")
     lines = [
         f"{t:.6f},{names[c]},{v:.3f}\n"
-        for t, c, v in zip(t[order].tolist(), code[order].tolist(), val[order].tolist(), strict=True)
+        for t, c, v in zip(
+            t[order].tolist(), code[order].tolist(), val[order].tolist(), strict=True
+        )
     ]
     return "".join(lines).encode(), float(energy[-1])
 

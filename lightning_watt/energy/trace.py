@@ -351,7 +351,8 @@ class TraceWriter:
     (with ``"complete": true``). The metadata file is replaced atomically.
 
     ``steps_layout``: ``"compact"`` (the default; ``watt-trace v1.1``: deltas in units of
-    10 us) or ``"v1"`` (every float in full, lossless: 40-80 MB an hour at 1.7 ms steps). Thread-safe: the meter's thread and the training thread may write.
+    10 us) or ``"v1"`` (every float in full, lossless: 40-80 MB an hour at 1.7 ms steps).
+    Thread-safe: the meter's thread and the training thread may write.
 
     ``merge_steps_s`` (compact layout only): consecutive steps of one phase that start within
     this many seconds of the first are written as one span, from the first start to the last

@@ -187,8 +187,9 @@ class _Fields:
         for k in cols:
             if np.any(self.end[k] <= self.start[k]):
                 return None
-            np.add.at(mark, self.start[k], 1)
-            np.add.at(mark, self.end[k], -1)
+            # Distinct positions within one field column: plain fancy assignment is exact.
+            mark[self.start[k]] += 1
+            mark[self.end[k]] -= 1
         # Fields never overlap: the running sum is 0 or 1, and int8 keeps it small.
         inside = np.cumsum(mark[:-1], dtype=np.int8).view(bool)
         if not _NUMERIC[self.arr[inside]].all():
@@ -543,23 +544,86 @@ class StepReader:
 
 
 # --------------------------------------------------------------------------- the trace
-@dataclass
+_Samples = tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray]
+
+
 class TraceColumns:
     """A watt-trace held as columns: samples as numpy arrays (about 20 bytes a row), step
     edges streamed from disk on demand (:meth:`step_chunks`), never all held at once.
 
     ``partial`` (with ``partial_reason``) says the recording was cut off: a killed run, a
-    stream that stops mid-way, a recording never closed.
+    stream that stops mid-way, a recording never closed. ``loader``: read the samples on
+    first use instead (a report whose numbers all come from the run's summary never needs
+    them); it returns the columns and whether the stream stopped short.
     """
 
-    names: list[tuple[str, str]]
-    t: np.ndarray
-    code: np.ndarray
-    value: np.ndarray
-    meta: dict[str, Any]
-    steps_source: StepReader | list[StepEdge] = field(default_factory=list)
-    partial: bool = False
-    partial_reason: str | None = None
+    def __init__(
+        self,
+        names: list[tuple[str, str]],
+        t: np.ndarray,
+        code: np.ndarray,
+        value: np.ndarray,
+        meta: dict[str, Any],
+        steps_source: StepReader | list[StepEdge] | None = None,
+        partial: bool = False,
+        partial_reason: str | None = None,
+        loader: Callable[[], tuple[_Samples, bool]] | None = None,
+    ) -> None:
+        self._samples: _Samples = (names, t, code, value)
+        self.meta = meta
+        self.steps_source: StepReader | list[StepEdge] = (
+            steps_source if steps_source is not None else []
+        )
+        self._partial = (partial, partial_reason)
+        self._loader = loader
+
+    def _loaded(self) -> _Samples:
+        if self._loader is not None:
+            loader, self._loader = self._loader, None
+            self._samples, truncated = loader()
+            if truncated:
+                reasons = [r for r in (self._partial[1], "the samples file stops mid-stream") if r]
+                self._partial = (True, "; ".join(reasons))
+        return self._samples
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the samples have been read (always, unless loaded lazily and unused)."""
+        return self._loader is None
+
+    @property
+    def names(self) -> list[tuple[str, str]]:
+        """``(device, kind)`` of each sample code."""
+        return self._loaded()[0]
+
+    @property
+    def t(self) -> np.ndarray:
+        return self._loaded()[1]
+
+    @property
+    def code(self) -> np.ndarray:
+        return self._loaded()[2]
+
+    @property
+    def value(self) -> np.ndarray:
+        return self._loaded()[3]
+
+    @property
+    def partial(self) -> bool:
+        self._loaded()
+        return self._partial[0]
+
+    def partial_status(self, load: bool = True) -> tuple[bool, str | None]:
+        """``(partial, reason)``; with ``load=False`` as far as known without reading the
+        samples (the meta says whether the recording was closed)."""
+        if load:
+            self._loaded()
+        return self._partial
+
+    @property
+    def partial_reason(self) -> str | None:
+        self._loaded()
+        return self._partial[1]
 
     @classmethod
     def from_trace(cls, trace: Trace) -> TraceColumns:
@@ -654,15 +718,29 @@ class TraceColumns:
         return timeline
 
 
-def load_columns(prefix: str | os.PathLike[str]) -> TraceColumns:
+def load_columns(prefix: str | os.PathLike[str], lazy: bool = False) -> TraceColumns:
     """Read a trace into columns (samples parsed at once, steps left on disk to stream).
 
-    The steps file's header is checked here, so a wrong file fails at load time."""
+    The meta, and the headers of both data files, are checked here, so a wrong file fails at
+    load time; ``lazy`` leaves the samples to be parsed on first use (their errors then raise
+    there)."""
     samples_path, steps_path, meta_path = _trace._paths(_trace.trace_prefix(prefix))
     meta = _trace._read_meta(meta_path)
-    names, t, code, value, truncated = read_sample_columns(samples_path)
     steps = StepReader(steps_path)
     # Read the header (and the first chunk) now: a wrong steps file fails at load time.
     _data_chunks(GzipText(steps_path, 1 << 16), (STEPS_HEADER, COMPACT_STEPS_HEADER))
-    partial, reason = _trace._partial(meta, samples_truncated=truncated)
-    return TraceColumns(names, t, code, value, meta, steps, partial, reason)
+    partial, reason = _trace._partial(meta, samples_truncated=False)
+
+    def load() -> tuple[_Samples, bool]:
+        names, t, code, value, truncated = read_sample_columns(samples_path)
+        return (names, t, code, value), truncated
+
+    empty = np.zeros(0)
+    cols = TraceColumns(
+        [], empty, empty.astype(np.int32), empty, meta, steps, partial, reason, load
+    )
+    if lazy:
+        _data_chunks(GzipText(samples_path, 1 << 16), SAMPLES_HEADER)
+    else:
+        cols._loaded()
+    return cols

@@ -291,6 +291,7 @@ def run_report(args: argparse.Namespace) -> int:
     except ReportError as err:
         _err(str(err))
         return 2
+    printed = {id(run): len(run.warnings) for run in runs}
     for run in runs:
         for warning in run.warnings:
             sys.stderr.write(f"lightning-watt: warning: {printable(warning)}\n")
@@ -326,6 +327,9 @@ def run_report(args: argparse.Namespace) -> int:
                 cross["pareto"] = f"skipped: {err}"
 
     report = _json_safe(_report_json(runs, plots, cross))
+    for run in runs:  # found while drawing (a trace read lazily that turned out unreadable)
+        for warning in run.warnings[printed[id(run)] :]:
+            sys.stderr.write(f"lightning-watt: warning: {printable(warning)}\n")
     text = json.dumps(report, indent=1, allow_nan=False)
     (outdir / "report.json").write_text(text + "\n", encoding="utf-8")
     n_png = sum(

@@ -36,9 +36,9 @@ from lightning_watt.report.series import ScalarSeries
 from lightning_watt.report.summary_json import peek_run_name, read_summary
 
 
-def _load_fit_trace(prefix: str, warnings: list[str]) -> TraceColumns | None:
+def _load_fit_trace(prefix: str, warnings: list[str], lazy: bool) -> TraceColumns | None:
     try:
-        trace = load_columns(prefix)
+        trace = load_columns(prefix, lazy=lazy)
     except (OSError, ValueError) as err:
         warnings.append(f"{prefix}: trace not read ({err})")
         return None
@@ -47,8 +47,9 @@ def _load_fit_trace(prefix: str, warnings: list[str]) -> TraceColumns | None:
         # A Tuner's lr_find/scale_batch_size records under the fit's name, then is rolled back.
         warnings.append(f"{prefix}: recorded by the {stage} stage, not a fit; not used")
         return None
-    if trace.partial:
-        warnings.append(f"{prefix}: partial trace ({trace.partial_reason})")
+    partial, reason = trace.partial_status(load=not lazy)
+    if partial:
+        warnings.append(f"{prefix}: partial trace ({reason})")
     return trace
 
 
@@ -84,7 +85,9 @@ def read_run(
         files["summary"] = [str(loc.summary)]
     trace = None
     if loc.trace is not None:
-        trace = _load_fit_trace(loc.trace, warnings)
+        # With a summary the table needs nothing from the samples: parse them only if a plot
+        # (or a number the summary lacks) asks.
+        trace = _load_fit_trace(loc.trace, warnings, lazy=summary is not None)
         if trace is not None:
             files["trace"] = [loc.trace]
         if advance:

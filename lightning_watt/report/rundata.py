@@ -178,7 +178,10 @@ class RunData(TraceView):
 
     @property
     def partial(self) -> bool:
-        """Whether the run's trace was cut off (a killed run): its numbers stop early."""
+        """Whether the run's trace was cut off (a killed run): its numbers stop early. A
+        trace not yet parsed (all numbers from the summary) answers from its meta."""
+        if isinstance(self.trace, TraceColumns) and not self.trace.loaded:
+            return self.trace.partial_status(load=False)[0]
         return bool(self.columns is not None and self.columns.partial)
 
     @cached_property

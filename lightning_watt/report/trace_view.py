@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lightning_watt.energy.readings import COUNTER_J, J_PER_KWH
-from lightning_watt.energy.trace import Trace
+from lightning_watt.energy.trace import Trace, TraceFormatError
 from lightning_watt.energy.trace_columns import TraceColumns
 from lightning_watt.report.series import PhaseSpan
 
@@ -158,10 +158,20 @@ class TraceView:
 
     @cached_property
     def columns(self) -> TraceColumns | None:
-        """The trace as columns (a loaded :class:`Trace` is converted once)."""
-        if self.trace is None or isinstance(self.trace, TraceColumns):
-            return self.trace
-        return TraceColumns.from_trace(self.trace)
+        """The trace as columns (a loaded :class:`Trace` is converted once). A trace read
+        lazily is parsed here; if it turns out unreadable it is dropped, with a warning."""
+        if self.trace is None:
+            return None
+        if not isinstance(self.trace, TraceColumns):
+            return TraceColumns.from_trace(self.trace)
+        try:
+            self.trace.partial_status(load=True)
+        except (TraceFormatError, OSError) as err:
+            found = getattr(self, "warnings", None)
+            if isinstance(found, list):
+                found.append(f"trace not read ({err})")
+            return None
+        return self.trace
 
     @cached_property
     def _timeline(self) -> Any:
