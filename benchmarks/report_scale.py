@@ -44,6 +44,8 @@ STEP_S = 0.0017
 TARGETS = {"table": 10.0, "plots": 20.0, "trace only": 10.0}
 TARGET_RSS_MB = 500.0
 
+# Peak RSS from /proc (VmHWM): getrusage's ru_maxrss survives exec on Linux, so a child would
+# report the parent's peak (this script holds an hour of generated rows at a time).
 _CHILD = """
 import resource, sys, time
 sys.path.insert(0, {repo!r})
@@ -51,7 +53,11 @@ from lightning_watt.report.cli import main
 t0 = time.perf_counter()
 code = main({argv!r})
 wall = time.perf_counter() - t0
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:
+    with open("/proc/self/status") as fh:
+        rss = next(int(x.split()[1]) for x in fh if x.startswith("VmHWM")) / 1024
+except OSError:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"RESULT {{code}} {{wall:.3f}} {{rss:.1f}}")
 """
 
@@ -67,7 +73,7 @@ def _samples_hour(rng: np.random.Generator, t0: float, acc0: float) -> tuple[byt
     energy = acc0 + np.cumsum(power * 0.02)
     counter = np.round(energy[4::5], 3)
     inst = power[4::5]
-    avg = np.convolve(power, np.ones(50) / 50, mode="full")[: n_buf][4::5]
+    avg = np.convolve(power, np.ones(50) / 50, mode="full")[:n_buf][4::5]
     jitter = rng.uniform(0.0005, 0.003, size=len(tc))
     t = np.concatenate((tb, tc + jitter, tc + jitter + 2e-5, tc + jitter + 4e-5))
     code = np.concatenate(
@@ -190,12 +196,11 @@ def main() -> None:
         for hours in args.hours:
             t0 = time.perf_counter()
             run = write_run(Path(tmp) / f"run{hours}h", hours)
-            sizes = {
-                p.name: p.stat().st_size / 1e6 for p in sorted(run.iterdir()) if p.is_file()
-            }
-            print(f"\n{hours} h run written in {time.perf_counter() - t0:.0f} s: " + ", ".join(
-                f"{k} {v:.1f} MB" for k, v in sizes.items()
-            ))
+            sizes = {p.name: p.stat().st_size / 1e6 for p in sorted(run.iterdir()) if p.is_file()}
+            print(
+                f"\n{hours} h run written in {time.perf_counter() - t0:.0f} s: "
+                + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
+            )
             out = Path(tmp) / "out"
             variants = {
                 "table": ["report", str(run), "-o", str(out), "--no-plots", "-q"],

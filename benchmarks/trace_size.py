@@ -80,8 +80,10 @@ def main() -> None:
         ("compact", 6, 0.01),
     ]
     print(f"{args.minutes:g} simulated minutes per case, {args.repeats} interleaved repeats")
-    print(f"{'step':>7} {'layout':>8} {'level':>5} {'merge':>6} {'MB/h':>7} "
-          f"{'us/edge (min..max)':>20} {'edges kept':>11}")
+    print(
+        f"{'step':>7} {'layout':>8} {'level':>5} {'merge':>6} {'MB/h':>7} "
+        f"{'us/edge (min..max)':>20} {'edges kept':>11}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for step_ms in args.steps_ms:
             batch = edges(step_ms / 1000, seconds)

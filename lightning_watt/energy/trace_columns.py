@@ -240,21 +240,28 @@ def _ints(f: _Fields, cols: list[int]) -> np.ndarray | None:
 
 def _fields(data: bytes, ncols: int) -> _Fields | None:
     """Split a chunk of whole lines into fields; ``None`` when it is not plain CSV with
-    ``ncols`` columns on every line (quotes, carriage returns, a wrong count)."""
+    ``ncols`` columns on every line (quotes, a lone carriage return, a wrong count). Lines
+    may end in ``\\r\\n`` (the bundled traces do), as the csv module reads them."""
     arr = np.frombuffer(data, dtype=np.uint8)
-    if np.any(arr == 34) or np.any(arr == 13):
+    if np.any(arr == 34):
         return None
     newlines = np.flatnonzero(arr == 10)
+    line_end = newlines
+    returns = np.flatnonzero(arr == 13)
+    if len(returns):
+        if len(returns) != len(newlines) or np.any(returns + 1 != newlines):
+            return None
+        line_end = returns
     commas = np.flatnonzero(arr == 44)
     n = len(newlines)
     if len(commas) != n * (ncols - 1):
         return None
     commas = commas.reshape(n, ncols - 1) if n else commas.reshape(0, ncols - 1)
     line_start = np.concatenate(([0], newlines[:-1] + 1))
-    if n and (np.any(commas[:, 0] < line_start) or np.any(commas[:, -1] > newlines)):
+    if n and (np.any(commas[:, 0] < line_start) or np.any(commas[:, -1] > line_end)):
         return None
     starts = [line_start, *(commas[:, k] + 1 for k in range(ncols - 1))]
-    ends = [*(commas[:, k] for k in range(ncols - 1)), newlines]
+    ends = [*(commas[:, k] for k in range(ncols - 1)), line_end]
     return _Fields(arr, starts, ends)
 
 
@@ -725,6 +732,11 @@ def load_columns(prefix: str | os.PathLike[str], lazy: bool = False) -> TraceCol
     load time; ``lazy`` leaves the samples to be parsed on first use (their errors then raise
     there)."""
     samples_path, steps_path, meta_path = _trace._paths(_trace.trace_prefix(prefix))
+    if Path(prefix).is_dir() and not meta_path.exists():
+        raise TraceFormatError(
+            f"{prefix}: is a directory; expected a watt-trace prefix (PREFIX.meta.json, "
+            "PREFIX.samples.csv.gz, PREFIX.steps.csv.gz) or one of its files"
+        )
     meta = _trace._read_meta(meta_path)
     steps = StepReader(steps_path)
     # Read the header (and the first chunk) now: a wrong steps file fails at load time.
