@@ -86,7 +86,8 @@ def test_a_corrupt_summary_alone_is_a_one_line_error(
     (tmp_path / "run" / summary_file("fit")).write_bytes(b"\xff\xfe not json")
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "o"), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lightning-watt: error:") and "watt_summary" in err[0]
+    assert len(err) == 1 and err[0].startswith("lightning-watt: error:")
+    assert "watt_summary" in err[0]
 
 
 @pytest.mark.parametrize(
