@@ -109,6 +109,14 @@ def _knots(dev: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return np.r_[kt, tail_t], np.r_[ke, tail_e]
 
 
+def _stable_order(x: np.ndarray) -> np.ndarray | slice:
+    """A stable sorting order of ``x``; a plain slice when it is sorted already (the usual
+    case: edges are recorded in time order), saving the sort."""
+    if len(x) < 2 or bool(np.all(x[1:] >= x[:-1])):
+        return slice(None)
+    return np.argsort(x, kind="stable")
+
+
 class _SpanStream:
     """Step spans (a ``start`` edge to the next ``end`` edge of its phase) in chunks of
     columns, with global phase codes; an open start carries over to the next chunk."""
@@ -124,13 +132,17 @@ class _SpanStream:
             gid = np.array([self._ids.setdefault(p, len(self._ids)) for p in chunk.phases])
             self.phases = list(self._ids)
             t = chunk.t
-            order = np.argsort(t, kind="stable")
+            order = _stable_order(t)
             phase = np.concatenate((list(open_at), gid[chunk.phase[order]])).astype(np.int64)
             tt = np.concatenate((list(open_at.values()), t[order]))
             start = np.concatenate((np.ones(len(open_at), bool), chunk.start[order]))
             # Within each phase, in time order: an end closes the edge before it if that is a
             # start (a later start replaces an open one; an end without a start is ignored).
-            by_phase = np.lexsort((np.arange(len(tt)), phase))
+            by_phase = (
+                np.arange(len(tt))
+                if len(tt) < 2 or bool(np.all(phase[1:] >= phase[:-1]))
+                else np.lexsort((np.arange(len(tt)), phase))
+            )
             p, s, ts = phase[by_phase], start[by_phase], tt[by_phase]
             pair = (p[1:] == p[:-1]) & s[:-1] & ~s[1:]
             a, b, ph = ts[:-1][pair], ts[1:][pair], p[1:][pair]
@@ -141,10 +153,10 @@ class _SpanStream:
             still_open = last & s
             open_at = dict(zip(p[still_open].tolist(), ts[still_open].tolist(), strict=True))
             # As a list sorted by start would be, spans built in end-edge order.
-            o = np.argsort(closed_at, kind="stable")
+            o = _stable_order(closed_at)
             a, b, ph = a[o], b[o], ph[o]
-            o = np.argsort(a, kind="stable")
-            if len(o):
+            o = _stable_order(a)
+            if len(a):
                 yield ph[o], a[o], b[o]
 
 
