@@ -135,10 +135,9 @@ def _decode(path: Path, lineno: int, data: bytes) -> str:
 
 
 def _data_chunks(
-    source: GzipText, header: tuple[str, ...] | Collection[tuple[str, ...]]
+    source: GzipText, headers: Collection[tuple[str, ...]]
 ) -> tuple[tuple[str, ...], Iterator[tuple[int, bytes]]]:
-    """The header found (one of ``header``) and the chunks of data rows after it."""
-    headers = [header] if isinstance(header[0], str) else list(header)  # type: ignore[list-item]
+    """The header found (one of ``headers``) and the chunks of data rows after it."""
     it = source.chunks()
     first = next(it, None)
     got: list[str] | None = None
@@ -150,7 +149,7 @@ def _data_chunks(
         got = next(csv.reader([_decode(source.path, 1, data[:end])]), None)
         rest = data[end:]
     found = tuple(c.strip() for c in got) if got is not None else None
-    if found not in headers:
+    if found is None or found not in headers:
         want = " or ".join(repr(",".join(h)) for h in headers)
         raise TraceFormatError(f"{source.path}:1: header must be {want}, got {got!r}")
 
@@ -208,7 +207,7 @@ class _Fields:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                values = np.fromstring(text, sep=" ")  # type: ignore[call-overload]
+                values = np.fromstring(text, sep=" ")
         except (ValueError, DeprecationWarning):
             return None
         if values.size != self.rows * len(cols):
@@ -265,12 +264,12 @@ def _fields(data: bytes, ncols: int) -> _Fields | None:
     n = len(newlines)
     if len(commas) != n * (ncols - 1):
         return None
-    commas = commas.reshape(n, ncols - 1) if n else commas.reshape(0, ncols - 1)
+    grid = commas.reshape(n, ncols - 1)
     line_start = np.concatenate(([0], newlines[:-1] + 1))
-    if n and (np.any(commas[:, 0] < line_start) or np.any(commas[:, -1] > line_end)):
+    if n and (np.any(grid[:, 0] < line_start) or np.any(grid[:, -1] > line_end)):
         return None
-    starts = [line_start, *(commas[:, k] + 1 for k in range(ncols - 1))]
-    ends = [*(commas[:, k] for k in range(ncols - 1)), line_end]
+    starts = [line_start, *(grid[:, k] + 1 for k in range(ncols - 1))]
+    ends = [*(grid[:, k] for k in range(ncols - 1)), line_end]
     return _Fields(arr, starts, ends)
 
 
@@ -353,7 +352,7 @@ def read_sample_columns(
 ) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray, bool]:
     """``(names, t, code, value, truncated)``: ``names[code[i]]`` is row i's (device, kind)."""
     source = GzipText(path)
-    _, chunks = _data_chunks(source, SAMPLES_HEADER)
+    _, chunks = _data_chunks(source, [SAMPLES_HEADER])
     state = _SampleState()
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for lineno, data in chunks:
@@ -760,7 +759,7 @@ def load_columns(prefix: str | os.PathLike[str], lazy: bool = False) -> TraceCol
         [], empty, empty.astype(np.int32), empty, meta, steps, partial, reason, load
     )
     if lazy:
-        _data_chunks(GzipText(samples_path, 1 << 16), SAMPLES_HEADER)
+        _data_chunks(GzipText(samples_path, 1 << 16), [SAMPLES_HEADER])
     else:
         cols._loaded()
     return cols

@@ -257,8 +257,8 @@ def plot_power(run: RunData, max_points: int = 2000) -> Figure:
             bins = min(max_points, max(50, int((t1 - t0) / 0.1)))
             raw = run.raw_power()
             raw_kinds = sorted({kind for kind, _, _ in raw.values()})
-            for i, (device, (kind, ts, ws)) in enumerate(raw.items()):
-                et, lo, hi = _envelope(ts, ws, bins)
+            for i, (device, (kind, raw_t, raw_w)) in enumerate(raw.items()):
+                et, lo, hi = _envelope(raw_t, raw_w, bins)
                 ax.fill_between(
                     [t / scale for t in et],
                     lo,
