@@ -75,9 +75,9 @@ class GzipText:
         (True, True, True)
     """
 
-    def __init__(self, path: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(self, path: Path, chunk_bytes: int | None = None) -> None:
         self.path = path
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes or CHUNK_BYTES
         self.truncated = False
 
     def _open(self) -> io.BufferedReader:
@@ -96,7 +96,7 @@ class GzipText:
         with self._open() as fh:
             d = zlib.decompressobj(31)
             fed = False
-            while block := fh.read(1 << 18):
+            while block := fh.read(max(1024, min(1 << 18, self.chunk_bytes // 8))):
                 while block:
                     try:
                         out = d.decompress(block)
@@ -361,9 +361,14 @@ def read_sample_columns(
     if not parts:
         empty = np.zeros(0)
         return state.names, empty, np.zeros(0, dtype=np.int32), empty, source.truncated
-    t = np.concatenate([p[0] for p in parts])
-    code = np.concatenate([p[1] for p in parts]).astype(np.int32)
-    value = np.concatenate([p[2] for p in parts])
+    # Column by column, freeing each column's pieces: the peak is one column over the total.
+    columns = [list(col) for col in zip(*parts, strict=True)]
+    del parts
+    t = np.concatenate(columns[0])
+    columns[0] = []
+    code = np.concatenate(columns[1]).astype(np.int32)
+    columns[1] = []
+    value = np.concatenate(columns[2])
     return state.names, t, code, value, source.truncated
 
 
@@ -426,13 +431,17 @@ class _CompactState:
     gpu: int = 0
 
 
-def _compact_chunk_fast(state: _CompactState, data: bytes) -> StepChunk | None:
+def _compact_chunk_fast(
+    state: _CompactState, data: bytes, host_only: bool = False
+) -> StepChunk | None:
     f = _fields(data, 5)
     if f is None:
         return None
-    ints = _ints(f, [2, 3, 4])
+    ints = _ints(f, [3]) if host_only else _ints(f, [2, 3, 4])
     if ints is None or np.any(f.end[1] - f.start[1] != 1):
         return None
+    if host_only:  # the other columns are neither parsed nor checked: left as 0 / unknown
+        ints = np.concatenate((np.zeros_like(ints), ints, np.zeros_like(ints)), axis=1)
     letter = f.arr[f.start[1]]
     start_of, gpu_of = _LETTER_START[letter], _LETTER_GPU[letter]
     if not _LETTER_OK[letter].all():
@@ -469,6 +478,8 @@ def _compact_chunk_fast(state: _CompactState, data: bytes) -> StepChunk | None:
         return None
     state.phase = phases[row_phase[-1]]
     state.index, state.host, state.gpu = int(index[-1]), int(host[-1]), int(gpu[-1])
+    if host_only:
+        has_gpu = np.zeros_like(has_gpu)
     return StepChunk(
         phases,
         row_phase.astype(np.int32),
@@ -526,21 +537,23 @@ def _slow_steps(
 
 class StepReader:
     """Streams a steps file (either layout) as :class:`StepChunk` s; ``truncated`` is set once
-    a cut-off stream has been read to its end."""
+    a cut-off stream has been read to its end. ``host_only``: in the compact layout, decode
+    only the host times (a third of the work; indices 0, GPU times unknown), for plots."""
 
-    def __init__(self, path: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(self, path: Path, chunk_bytes: int | None = None, host_only: bool = False) -> None:
         self.path = path
         self.chunk_bytes = chunk_bytes
+        self.host_only = host_only
         self.truncated = False
 
     def __iter__(self) -> Iterator[StepChunk]:
-        source = GzipText(self.path, self.chunk_bytes)
+        source = GzipText(self.path, self.chunk_bytes)  # None: CHUNK_BYTES as it is now
         header, chunks = _data_chunks(source, (STEPS_HEADER, COMPACT_STEPS_HEADER))
         state = _CompactState()
         for lineno, data in chunks:
             if header == COMPACT_STEPS_HEADER:
                 saved = _CompactState(**vars(state))
-                got = _compact_chunk_fast(state, data)
+                got = _compact_chunk_fast(state, data, self.host_only)
                 if got is None:
                     state = saved
                     got = _slow_steps(
@@ -710,13 +723,17 @@ class TraceColumns:
                 found.setdefault(device, []).append(kind)
         return {d: min(ks, key=POWER_KINDS.index) for d, ks in sorted(found.items())}
 
-    def step_chunks(self) -> Iterator[StepChunk]:
-        """Step edges in chunks (streamed from disk for a loaded trace)."""
+    def step_chunks(self, host_only: bool = False) -> Iterator[StepChunk]:
+        """Step edges in chunks (streamed from disk for a loaded trace); ``host_only`` may
+        skip decoding GPU times and indices (see :class:`StepReader`)."""
         if isinstance(self.steps_source, list):
             if self.steps_source:
                 yield StepChunk.from_edges(self.steps_source)
             return
-        yield from self.steps_source
+        source = self.steps_source
+        if host_only:
+            source = StepReader(source.path, source.chunk_bytes, host_only=True)
+        yield from source
 
     @property
     def steps(self) -> list[StepEdge]:

@@ -184,6 +184,11 @@ def _envelope(
     t0, t1 = t[0], t[-1]
     width = (t1 - t0) / bins or 1.0
     i = np.minimum(bins - 1, ((t - t0) / width).astype(np.int64))
+    if np.all(i[1:] >= i[:-1]):  # samples in time order: each bin is one run of them
+        first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
+        keep = i[first]
+        lo, hi = np.minimum.reduceat(w, first), np.maximum.reduceat(w, first)
+        return (t0 + (keep + 0.5) * width).tolist(), lo.tolist(), hi.tolist()
     lo = np.full(bins, math.inf)
     hi = np.full(bins, -math.inf)
     np.minimum.at(lo, i, w)
