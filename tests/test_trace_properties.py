@@ -45,6 +45,7 @@ _number_text = st.one_of(
 _field = st.one_of(
     _number_text,
     st.sampled_from(["gpu0", "gpu1", "cpu", "gpu 0", "", "train", "start", "end", "s", "E"]),
+    st.sampled_from(["counter_J\x00", "gpu0\x00", "\x00", "buffer_W\r"]),
     st.sampled_from(["counter_J", "buffer_W", "instant_W", "average_W", "volts"]),
     st.text(max_size=6),
 )
@@ -54,14 +55,19 @@ _row = st.lists(_field, min_size=0, max_size=6).map(lambda cells: ",".join(cells
 def _reference_samples(text: str, path: Path) -> list[tuple[float, str, str, float]]:
     """The per-row parser over the whole text: the behaviour the fast path must match."""
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None or tuple(c.strip() for c in header) != SAMPLES_HEADER:
-        raise TraceFormatError("header")
-    parse = trace_mod._sample_parser(-math.inf)
-    out = []
-    for lineno, row in enumerate(reader, start=2):
-        r = parse(f"{path}:{lineno}", trace_mod._checked_row(path, lineno, row, SAMPLES_HEADER))
-        out.append((r.t, r.device, r.kind, r.value))
+    try:
+        header = next(reader, None)
+        if header is None or tuple(c.strip() for c in header) != SAMPLES_HEADER:
+            raise TraceFormatError("header")
+        parse = trace_mod._sample_parser(-math.inf)
+        out = []
+        for row in reader:
+            lineno = reader.line_num
+            checked = trace_mod._checked_row(path, lineno, row, SAMPLES_HEADER)
+            r = parse(f"{path}:{lineno}", checked)
+            out.append((r.t, r.device, r.kind, r.value))
+    except csv.Error as err:
+        raise TraceFormatError(f"{path}:{reader.line_num}: not a CSV row ({err})") from None
     return out
 
 

@@ -126,6 +126,21 @@ class GzipText:
             yield lineno, pending
 
 
+def _csv_rows(path: Path, lineno: int, data: bytes) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, row)`` of a chunk, read by the csv module; its errors (a stray carriage
+    return) become :class:`TraceFormatError` naming the line."""
+    reader = csv.reader(io.StringIO(_decode(path, lineno, data)))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            where = lineno + max(reader.line_num - 1, 0)
+            raise TraceFormatError(f"{path}:{where}: not a CSV row ({err})") from None
+        yield lineno + reader.line_num - 1, row
+
+
 def _decode(path: Path, lineno: int, data: bytes) -> str:
     try:
         return data.decode("utf-8")
@@ -146,7 +161,7 @@ def _data_chunks(
     if first is not None:
         _, data = first
         end = data.find(b"\n") + 1
-        got = next(csv.reader([_decode(source.path, 1, data[:end])]), None)
+        got = next((row for _, row in _csv_rows(source.path, 1, data[:end])), None)
         rest = data[end:]
     found = tuple(c.strip() for c in got) if got is not None else None
     if found is None or found not in headers:
@@ -251,7 +266,8 @@ def _fields(data: bytes, ncols: int) -> _Fields | None:
     ``ncols`` columns on every line (quotes, a lone carriage return, a wrong count). Lines
     may end in ``\\r\\n`` (the bundled traces do), as the csv module reads them."""
     arr = np.frombuffer(data, dtype=np.uint8)
-    if np.any(arr == 34):
+    # Quotes need the csv module; NUL would vanish from the fixed-width texts of strings().
+    if np.any(arr == 34) or np.any(arr == 0):
         return None
     newlines = np.flatnonzero(arr == 10)
     line_end = newlines
@@ -332,7 +348,7 @@ def _sample_chunk_slow(
     codes: list[int] = []
     values: list[float] = []
     parse = _trace._sample_parser(state.last_t)
-    for row_no, row in enumerate(csv.reader(io.StringIO(_decode(path, lineno, data))), lineno):
+    for row_no, row in _csv_rows(path, lineno, data):
         r = parse(f"{path}:{row_no}", _trace._checked_row(path, row_no, row, SAMPLES_HEADER))
         key = (r.device, r.kind)
         text = f"{r.device},{r.kind}".encode()
@@ -530,7 +546,7 @@ def _slow_steps(
 ) -> StepChunk:
     edges = [
         parse(f"{path}:{n}", _trace._checked_row(path, n, row, header))
-        for n, row in enumerate(csv.reader(io.StringIO(_decode(path, lineno, data))), lineno)
+        for n, row in _csv_rows(path, lineno, data)
     ]
     return StepChunk.from_edges(edges)
 
