@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightning_watt.energy import trace_columns
+from lightning_watt.energy import csv_chunks
 from lightning_watt.energy.trace import TraceWriter, load_trace
 from lightning_watt.energy.trace_columns import load_columns
 from lightning_watt.report.trace_view import TraceView
@@ -32,7 +32,7 @@ def test_streamed_blocks_match_the_in_memory_ones(
     recorded: Path, monkeypatch: pytest.MonkeyPatch, merge_s: float
 ) -> None:
     in_memory = TraceView(load_trace(recorded)).phase_spans(merge_s)
-    monkeypatch.setattr(trace_columns, "CHUNK_BYTES", 2048)  # many chunks: carries across them
+    monkeypatch.setattr(csv_chunks, "CHUNK_BYTES", 2048)  # many chunks: carries across them
     streamed = TraceView(load_columns(recorded, lazy=True)).phase_spans(merge_s)
     assert [s.phase for s in streamed] == [s.phase for s in in_memory]
     # Host times alone (merge_s >= 1 s) move a block edge by the GPU's lag at most.
@@ -58,7 +58,7 @@ def test_curves_and_spans_match_between_columns_and_a_loaded_trace(recorded: Pat
 
 
 def test_small_chunks_are_really_many(recorded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trace_columns, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(csv_chunks, "CHUNK_BYTES", 2048)
     chunks = list(load_columns(recorded).step_chunks())
     assert len(chunks) >= 5
     assert [e for c in chunks for e in c.edges()] == load_trace(recorded).steps
