@@ -514,9 +514,10 @@ class TraceWriter:
         # A name of its own per writer: two recordings never share a temporary file.
         tmp = self._meta_path.with_name(f"{self._meta_path.name}.{os.getpid()}.{id(self)}.tmp")
         try:
-            tmp.write_text(
-                json.dumps(self.meta, indent=1, sort_keys=False) + "\n", encoding="utf-8"
-            )
+            # A copy first (one C-level step under the GIL): another thread may add a fact
+            # (set_trace_meta) while this one serialises.
+            meta = dict(self.meta)
+            tmp.write_text(json.dumps(meta, indent=1, sort_keys=False) + "\n", encoding="utf-8")
             os.replace(tmp, self._meta_path)
         except BaseException:
             with contextlib.suppress(OSError):
