@@ -153,7 +153,8 @@ def read_sample_columns(
     del parts
     t = np.concatenate(columns[0])
     columns[0] = []
-    code = np.concatenate(columns[1]).astype(np.int32)
+    # Codes index the (device, kind) names: a few dozen at most in any real trace.
+    code = np.concatenate(columns[1]).astype(np.int16 if len(state.names) < 2**15 else np.int32)
     columns[1] = []
     value = np.concatenate(columns[2])
     return state.names, t, code, value, source.truncated

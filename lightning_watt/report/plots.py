@@ -183,7 +183,11 @@ def _envelope(
         return [], [], []
     t0, t1 = t[0], t[-1]
     width = (t1 - t0) / bins or 1.0
-    i = np.minimum(bins - 1, ((t - t0) / width).astype(np.int64))
+    x = t - t0
+    x /= width  # in place: a day of samples is tens of MB per array
+    i = x.astype(np.int64)
+    del x
+    np.minimum(i, bins - 1, out=i)
     if np.all(i[1:] >= i[:-1]):  # samples in time order: each bin is one run of them
         first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
         keep = i[first]

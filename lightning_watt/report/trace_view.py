@@ -319,8 +319,12 @@ class TraceView:
                 pos /= bin_s
                 np.trunc(pos, out=pos)
                 ok = (pos >= 0) & (pos < n)
-                i = pos[ok].astype(np.int64)
-                sums = np.bincount(i, weights=ws[ok], minlength=n)
+                if ok.all():  # the usual case: no filtered copies of a day of samples
+                    i, weights = pos.astype(np.int64), ws
+                else:
+                    i, weights = pos[ok].astype(np.int64), ws[ok]
+                del pos, ok
+                sums = np.bincount(i, weights=weights, minlength=n)
                 counts = np.bincount(i, minlength=n)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     means = np.where(counts > 0, sums / np.maximum(counts, 1), math.nan)
@@ -352,8 +356,9 @@ class TraceView:
         origin = self.time_origin
         out: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
         for device, kind in cols.power_kinds().items():
-            t, w = cols.series(device, kind)
-            out[device] = (kind, t - origin, w)
+            t, w = cols.series(device, kind)  # copies: shifted in place, no third array
+            t -= origin
+            out[device] = (kind, t, w)
         return out
 
     def energy_over_time(self, points: int = 1000) -> tuple[list[float], dict[str, list[float]]]:
