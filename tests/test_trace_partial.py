@@ -231,3 +231,25 @@ def test_a_directory_is_a_format_error_not_an_os_error(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     with pytest.raises(TraceFormatError, match="is a directory; expected a watt-trace prefix"):
         load_trace(tmp_path / "run")
+
+
+def test_two_threads_write_and_flush_at_once(tmp_path: Path) -> None:
+    import threading
+
+    writer = TraceWriter(tmp_path / "t", flush_every_s=0.001, merge_steps_s=0)
+    edges = [StepEdge("train", "start" if i % 2 == 0 else "end", i, i * 1e-3) for i in range(4000)]
+
+    def samples() -> None:
+        for i in range(2000):
+            writer.write_samples([Reading(i * 1e-3, "gpu0", "instant_W", 100.0)])
+            writer.meta[f"fact{i % 50}"] = i  # set_trace_meta from another thread
+
+    thread = threading.Thread(target=samples)
+    thread.start()
+    for i in range(0, len(edges), 10):
+        writer.write_steps(edges[i : i + 10])
+    thread.join()
+    writer.close()
+    trace = load_trace(tmp_path / "t")
+    assert len(trace.samples) == 2000 and len(trace.steps) == 4000
+    assert not trace.partial
