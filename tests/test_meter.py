@@ -307,6 +307,7 @@ def test_recording_reads_back_as_the_same_readings(tmp_path: Path) -> None:
         return (r.t, r.device, r.kind, r.value)
 
     assert sorted(recorded.samples, key=key) == sorted(served, key=key)
-    assert recorded.meta["format"] == "watt-trace v1"
+    assert recorded.meta["format"] == "watt-trace v1.1"  # v1 with the compact steps layout
+    assert not recorded.partial
     assert recorded.meta["devices"]["gpu0"]["uuid"].startswith("replay:")
     assert set(recorded.kinds) == {"average_W", "buffer_W", "counter_J", "instant_W"}

@@ -4,6 +4,13 @@ Three files share a prefix: ``PREFIX.samples.csv.gz`` (``t,device,kind,value``, 
 ``t``), ``PREFIX.steps.csv.gz`` (``phase,edge,index,t_host,t_gpu``) and ``PREFIX.meta.json``
 (``"format": "watt-trace v1"`` plus free-form facts about the run).
 
+``watt-trace v1.1`` (what the meter records) extends v1 in two ways, and every v1 file still
+reads: the steps file may use the compact layout (header ``phase,edge,dindex,dt_host_10us,
+dt_gpu_10us``: each row holds differences from the row before, times in units of 10 us, an
+empty phase repeats the previous one, edge ``s``/``e`` or ``S``/``E`` when the GPU time is
+unknown), and a recording that was closed says ``"complete": true`` in its meta; one without
+it was cut off (:attr:`Trace.partial`).
+
 Example:
     >>> from lightning_watt.energy.trace import bundled_trace, load_trace
     >>> trace = load_trace(bundled_trace("h200-mlp-stall"))
@@ -14,15 +21,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import csv
 import gzip
-import io
 import json
 import math
 import os
 import re
-import zlib
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -32,8 +38,22 @@ from lightning_watt.energy.timeline import _interp
 from lightning_watt.schema import TRACE_FORMAT
 
 FORMAT = TRACE_FORMAT
+#: The extension written by :class:`TraceWriter` with the compact steps layout.
+FORMAT_V1_1 = TRACE_FORMAT + ".1"
+FORMATS = (FORMAT, FORMAT_V1_1)
 SAMPLES_HEADER = ("t", "device", "kind", "value")
 STEPS_HEADER = ("phase", "edge", "index", "t_host", "t_gpu")
+COMPACT_STEPS_HEADER = ("phase", "edge", "dindex", "dt_host_10us", "dt_gpu_10us")
+#: Time unit of the compact steps layout: 10 us (an integer count per second, so that
+#: ``units / COMPACT_PER_S`` is the float nearest the time written).
+COMPACT_PER_S = 100_000
+COMPACT_UNIT_S = 1 / COMPACT_PER_S
+#: Values no real recording holds; beyond them energies overflow or lose all precision.
+MAX_ABS_TIME_S = 1e10
+MAX_POWER_W = 1e7
+MAX_COUNTER_J = 1e18
+#: Meta fields the format defines: finite seconds on the trace clock.
+META_TIMES = ("fit_start", "fit_end", "meter_stop")
 EDGES = ("start", "end")
 _DEVICE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
 _DATA_DIR = Path(__file__).parent.parent / "data"
@@ -94,53 +114,16 @@ def _parse_float(text: str, where: str, column: str) -> float:
     return value
 
 
-def _open_text(path: Path) -> contextlib.closing[Generator[str, None, None]]:
-    if not path.exists():
-        raise FileNotFoundError(f"watt-trace file missing: {path}")
-    return contextlib.closing(_lines(path))
+def _checked_row(path: Path, lineno: int, row: list[str], header: tuple[str, ...]) -> list[str]:
+    if len(row) != len(header):
+        raise TraceFormatError(
+            f"{path}:{lineno}: expected {len(header)} columns {','.join(header)}, got {row}"
+        )
+    return row
 
 
-def _lines(path: Path) -> Generator[str, None, None]:
-    """The text lines of a gzip file. A stream that stops short (a recording still being
-    written, or cut by a crash) ends at its last complete line instead of failing: that is
-    what :meth:`TraceWriter.flush` promises."""
-    lineno = 0
-    with io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="") as fh:
-        try:
-            for line in fh:
-                lineno += 1
-                yield line
-        except EOFError:
-            return
-        except (OSError, zlib.error, UnicodeDecodeError) as err:
-            raise TraceFormatError(
-                f"{path}:{lineno + 1}: not a readable gzip text file ({err})"
-            ) from None
-
-
-def _read_csv(
-    path: Path, header: tuple[str, ...], parse: Callable[[str, list[str]], _Row]
-) -> list[_Row]:
-    """Every data row of one of the trace's CSV files, parsed by ``parse(where, row)`` (``where``
-    is ``path:line``, for errors), after checking the header and each row's column count."""
-    parsed: list[_Row] = []
-    with _open_text(path) as fh:
-        reader = csv.reader(fh)
-        got = next(reader, None)
-        if got is None or tuple(c.strip() for c in got) != header:
-            raise TraceFormatError(f"{path}:1: header must be {','.join(header)!r}, got {got!r}")
-        for lineno, row in enumerate(reader, start=2):
-            where = f"{path}:{lineno}"
-            if len(row) != len(header):
-                raise TraceFormatError(
-                    f"{where}: expected {len(header)} columns {','.join(header)}, got {row}"
-                )
-            parsed.append(parse(where, row))
-    return parsed
-
-
-def _read_samples(path: Path) -> list[Reading]:
-    last_t = -math.inf
+def _sample_parser(last_t: float) -> Callable[[str, list[str]], Reading]:
+    """The reference parser of one samples row (rows must not go back in time)."""
 
     def parse(where: str, row: list[str]) -> Reading:
         nonlocal last_t
@@ -155,12 +138,18 @@ def _read_samples(path: Path) -> list[Reading]:
             )
         if kind != COUNTER_J and value < 0:
             raise TraceFormatError(f"{where}: negative power {value} W for kind {kind!r}")
+        if abs(t) > MAX_ABS_TIME_S:
+            raise TraceFormatError(f"{where}: column 't' out of range (|t| > {MAX_ABS_TIME_S:g} s)")
+        if kind != COUNTER_J and value > MAX_POWER_W:
+            raise TraceFormatError(f"{where}: power {value} W above {MAX_POWER_W:g} W")
+        if kind == COUNTER_J and abs(value) > MAX_COUNTER_J:
+            raise TraceFormatError(f"{where}: counter {value} J beyond {MAX_COUNTER_J:g} J")
         if t < last_t:
             raise TraceFormatError(f"{where}: rows are not sorted by t ({t} after {last_t})")
         last_t = t
         return Reading(t, device, kind, value)
 
-    return _read_csv(path, SAMPLES_HEADER, parse)
+    return parse
 
 
 def _parse_step(where: str, row: list[str]) -> StepEdge:
@@ -175,11 +164,10 @@ def _parse_step(where: str, row: list[str]) -> StepEdge:
         raise TraceFormatError(f"{where}: index is not an integer: {row[2]!r}") from None
     t_host = _parse_float(row[3], where, "t_host")
     t_gpu = _parse_float(row[4], where, "t_gpu") if row[4].strip() else None
+    for t, column in ((t_host, "t_host"), (t_gpu, "t_gpu")):
+        if t is not None and abs(t) > MAX_ABS_TIME_S:
+            raise TraceFormatError(f"{where}: {column} out of range (|t| > {MAX_ABS_TIME_S:g} s)")
     return StepEdge(phase, edge, index, t_host, t_gpu)
-
-
-def _read_steps(path: Path) -> list[StepEdge]:
-    return _read_csv(path, STEPS_HEADER, _parse_step)
 
 
 def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
@@ -195,12 +183,62 @@ def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise TraceFormatError(f"{path}: is a directory, not a watt-trace meta file")
     if not path.exists():
         raise FileNotFoundError(f"watt-trace file missing: {path}")
-    meta = read_json_object(path, TraceFormatError)
-    if meta.get("format") != FORMAT:
-        raise TraceFormatError(f"{path}:1: format must be {FORMAT!r}, got {meta.get('format')!r}")
+    try:
+        meta = read_json_object(path, TraceFormatError)
+    except (OSError, UnicodeDecodeError) as err:
+        raise TraceFormatError(f"{path}: cannot be read ({err})") from None
+    if meta.get("format") not in FORMATS:
+        accepted = " or ".join(repr(f) for f in FORMATS)
+        raise TraceFormatError(f"{path}:1: format must be {accepted}, got {meta.get('format')!r}")
+    for key in META_TIMES:
+        if key not in meta:
+            continue
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TraceFormatError(f"{path}: field {key!r} must be a number, got {value!r}")
+        if not math.isfinite(value) or abs(value) > MAX_ABS_TIME_S:
+            raise TraceFormatError(
+                f"{path}: field {key!r} must be finite seconds (|t| <= {MAX_ABS_TIME_S:g}), "
+                f"got {value!r}"
+            )
+    if "fit_start" in meta and "fit_end" in meta and meta["fit_end"] < meta["fit_start"]:
+        raise TraceFormatError(
+            f"{path}: field 'fit_end' ({meta['fit_end']}) is before 'fit_start' "
+            f"({meta['fit_start']})"
+        )
+    if "complete" in meta and not isinstance(meta["complete"], bool):
+        raise TraceFormatError(f"{path}: field 'complete' must be true or false")
     return meta
+
+
+def _partial(meta: dict[str, Any], samples_truncated: bool) -> tuple[bool, str | None]:
+    """Whether a recording was cut off, and how that shows."""
+    reasons = []
+    if samples_truncated:
+        reasons.append("the samples file stops mid-stream")
+    if meta.get("format") == FORMAT_V1_1 and meta.get("complete") is not True:
+        reasons.append("the recording was never closed (a killed run, or one still running)")
+    return (bool(reasons), "; ".join(reasons) or None)
+
+
+def _feed(timeline: Any, readings: Iterable[Reading]) -> None:
+    """Feed readings to an :class:`EnergyTimeline` in half-second chunks, as the live meter
+    does, so pending data stays small; then flush it."""
+    chunk: list[Reading] = []
+    chunk_end = -math.inf
+    for r in readings:
+        if r.t > chunk_end and chunk:
+            timeline.add(chunk)
+            chunk = []
+        if not chunk:
+            chunk_end = r.t + 0.5
+        chunk.append(r)
+    timeline.add(chunk)
+    timeline.flush()
 
 
 def _fmt(x: float) -> str:
@@ -213,12 +251,15 @@ class Trace:
     """A recorded run: raw readings, step edges and metadata.
 
     ``fit_window`` is ``(meta["fit_start"], meta["fit_end"])`` when recorded, else the span of
-    the samples.
+    the samples. ``partial``: the recording was cut off (a killed run); ``partial_reason``
+    says how that shows.
     """
 
     samples: list[Reading]
     steps: list[StepEdge] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=lambda: {"format": FORMAT})
+    partial: bool = False
+    partial_reason: str | None = None
 
     @property
     def devices(self) -> list[str]:
@@ -255,18 +296,7 @@ class Trace:
         from lightning_watt.energy.timeline import EnergyTimeline
 
         timeline = EnergyTimeline(**timeline_kwargs)
-        # Fed in half-second chunks, as the live meter feeds it, so pending data stays small.
-        chunk: list[Reading] = []
-        chunk_end = -math.inf
-        for r in self.select(kinds):
-            if r.t > chunk_end and chunk:
-                timeline.add(chunk)
-                chunk = []
-            if not chunk:
-                chunk_end = r.t + 0.5
-            chunk.append(r)
-        timeline.add(chunk)
-        timeline.flush()
+        _feed(timeline, self.select(kinds))
         return timeline
 
     def counter_energy(self, device: str, t0: float, t1: float) -> float:
@@ -287,8 +317,8 @@ class Trace:
         return _interp(ts, acc, t1) - _interp(ts, acc, t0)
 
     def save(self, prefix: str | os.PathLike[str]) -> str:
-        """Write the three files; returns the prefix."""
-        with TraceWriter(prefix) as writer:
+        """Write the three files (steps in the lossless v1 layout); returns the prefix."""
+        with TraceWriter(prefix, steps_layout="v1") as writer:
             writer.write_samples(self.samples)
             writer.write_steps(self.steps)
             writer.meta.update(self.meta)
@@ -296,82 +326,229 @@ class Trace:
 
 
 def load_trace(prefix: str | os.PathLike[str]) -> Trace:
-    """Read a watt-trace v1 recording from its prefix (or the path of one of its files)."""
-    samples_path, steps_path, meta_path = _paths(trace_prefix(prefix))
-    meta = _read_meta(meta_path)
-    return Trace(_read_samples(samples_path), _read_steps(steps_path), meta)
+    """Read a watt-trace v1 (or v1.1) recording from its prefix (or the path of one of its
+    files). Every value is checked here: a bad file raises :class:`TraceFormatError` naming
+    the file, the line and the field. A recording cut off by a crash loads up to its last
+    complete row, with :attr:`Trace.partial` set."""
+    from lightning_watt.energy.trace_columns import StepReader, load_columns
+
+    cols = load_columns(prefix)
+    assert isinstance(cols.steps_source, StepReader)
+    steps = [e for chunk in cols.steps_source for e in chunk.edges()]
+    partial, reason = cols.partial, cols.partial_reason
+    if cols.steps_source.truncated:
+        partial = True
+        reason = "; ".join(filter(None, [reason, "the steps file stops mid-stream"]))
+    return Trace(cols.samples, steps, cols.meta, partial, reason)
 
 
 class TraceWriter:
-    """Streams a watt-trace v1 recording to disk, so a crash leaves a readable file.
+    """Streams a watt-trace recording to disk, so a crash leaves a readable file.
 
     Samples must be written in time order. ``flush()`` makes everything written so far
-    readable; ``close()`` writes the metadata.
+    readable, and the writer flushes by itself at least every ``flush_every_s`` seconds of
+    writes, so a killed run loses at most that much; ``close()`` writes the final metadata
+    (with ``"complete": true``). The metadata file is replaced atomically.
+
+    ``steps_layout``: ``"compact"`` (the default; ``watt-trace v1.1``: deltas in units of
+    10 us) or ``"v1"`` (every float in full, lossless: 40-80 MB an hour at 1.7 ms steps).
+    Thread-safe: the meter's thread and the training thread may write.
+
+    ``merge_steps_s`` (compact layout only): consecutive steps of one phase that start within
+    this many seconds of the first are written as one span, from the first start to the last
+    end (the end's ``index`` keeps the count); slower steps keep every edge. The default 4 ms
+    keeps a recording near 4-5 MB an hour however short the steps (1 ms or 1.7 ms: 12-19 MB
+    unmerged); ``0`` keeps every edge.
+
+    Example:
+        >>> import tempfile
+        >>> prefix = tempfile.mkdtemp() + "/run"
+        >>> with TraceWriter(prefix) as w:
+        ...     w.write_steps([StepEdge("train", "start", 0, 0.5, 0.504)])
+        >>> load_trace(prefix).steps[0].t_gpu, load_trace(prefix).partial
+        (0.504, False)
     """
 
-    def __init__(self, prefix: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        prefix: str | os.PathLike[str],
+        steps_layout: str = "compact",
+        compresslevel: int = 6,
+        flush_every_s: float = 2.0,
+        merge_steps_s: float = 0.004,
+    ) -> None:
+        if steps_layout not in ("compact", "v1"):
+            raise ValueError(f"steps_layout: must be 'compact' or 'v1', got {steps_layout!r}")
+        if isinstance(compresslevel, bool) or compresslevel not in range(10):
+            raise ValueError(f"compresslevel: must be an int 0..9, got {compresslevel!r}")
+        if isinstance(flush_every_s, bool) or not (
+            isinstance(flush_every_s, (int, float)) and 0 < flush_every_s < math.inf
+        ):
+            raise ValueError(f"flush_every_s: must be a positive number, got {flush_every_s!r}")
+        if isinstance(merge_steps_s, bool) or not (
+            isinstance(merge_steps_s, (int, float)) and 0 <= merge_steps_s < math.inf
+        ):
+            raise ValueError(f"merge_steps_s: must be a number >= 0, got {merge_steps_s!r}")
         samples_path, steps_path, self._meta_path = _paths(prefix)
         samples_path.parent.mkdir(parents=True, exist_ok=True)
         self.prefix = str(prefix)
-        self.meta: dict[str, Any] = {"format": FORMAT}
+        self._compact = steps_layout == "compact"
+        self.meta: dict[str, Any] = {"format": FORMAT_V1_1 if self._compact else FORMAT}
+        self._level = compresslevel
+        self._flush_every = float(flush_every_s)
+        self._lock = threading.Lock()
         self._samples = self._open(samples_path, SAMPLES_HEADER)
-        self._steps = self._open(steps_path, STEPS_HEADER)
+        self._steps = self._open(
+            steps_path, COMPACT_STEPS_HEADER if self._compact else STEPS_HEADER
+        )
         self._closed = False
+        self._last_flush = time.monotonic()
+        # The compact layout's previous row: phase, index and times in 10 us units.
+        self._prev: tuple[str | None, int, int, int] = (None, 0, 0, 0)
+        #: Step edges not written: a time that is not finite or beyond ``MAX_ABS_TIME_S``.
+        self.dropped_steps = 0
+        self._merge_s = float(merge_steps_s) if self._compact else 0.0
+        # A run of consecutive steps of one phase being merged: its first start, its latest
+        # end, and a start after that end not yet known to belong to the run.
+        self._run: list[StepEdge | None] = [None, None, None]
 
-    @staticmethod
-    def _open(path: Path, header: tuple[str, ...]) -> gzip.GzipFile:
-        fh = gzip.GzipFile(path, "wb", mtime=0)
+    def _open(self, path: Path, header: tuple[str, ...]) -> gzip.GzipFile:
+        fh = gzip.GzipFile(path, "wb", compresslevel=self._level, mtime=0)
         fh.write((",".join(header) + "\n").encode())
         return fh
 
     def write_samples(self, readings: Iterable[Reading]) -> None:
         lines = [f"{_fmt(r.t)},{r.device},{r.kind},{_fmt(r.value)}\n" for r in readings]
-        self._samples.write("".join(lines).encode())
+        with self._lock:
+            self._samples.write("".join(lines).encode())
+        self._maybe_flush()
 
     def write_steps(self, edges: Iterable[StepEdge]) -> None:
-        lines = [
+        with self._lock:
+            if self._compact:
+                text = self._compact_lines(self._merged(edges) if self._merge_s else edges)
+            else:
+                text = self._v1_lines(edges)
+            self._steps.write(text.encode())
+        self._maybe_flush()
+
+    def _merged(self, edges: Iterable[StepEdge]) -> list[StepEdge]:
+        """The edges to write once fast steps are merged (see ``merge_steps_s``)."""
+        out: list[StepEdge] = []
+        first, end, pending = self._run
+        for e in edges:
+            if e.edge == "start":
+                if (
+                    first is not None
+                    and end is not None
+                    and pending is None
+                    and e.phase == first.phase
+                    and e.t_host - first.t_host < self._merge_s
+                ):
+                    pending = e
+                    continue
+                out.extend(x for x in (first, end, pending) if x is not None)
+                first, end, pending = e, None, None
+            elif pending is not None and e.phase == pending.phase:
+                end, pending = e, None
+            elif first is not None and end is None and pending is None and e.phase == first.phase:
+                end = e
+            else:
+                out.extend(x for x in (first, end, pending) if x is not None)
+                first, end, pending = None, None, None
+                out.append(e)
+        self._run = [first, end, pending]
+        return out
+
+    def _release_run(self) -> None:
+        """Write the run of steps being merged (before a flush or the close)."""
+        held = [x for x in self._run if x is not None]
+        self._run = [None, None, None]
+        if held:
+            self._steps.write(self._compact_lines(held).encode())
+
+    @staticmethod
+    def _v1_lines(edges: Iterable[StepEdge]) -> str:
+        return "".join(
             f"{e.phase},{e.edge},{e.index},{_fmt(e.t_host)},"
             f"{'' if e.t_gpu is None else _fmt(e.t_gpu)}\n"
             for e in edges
-        ]
-        self._steps.write("".join(lines).encode())
+        )
+
+    def _compact_lines(self, edges: Iterable[StepEdge]) -> str:
+        phase, index, host, gpu = self._prev
+        scale = COMPACT_PER_S
+        lines = []
+        for e in edges:
+            times = (e.t_host, e.t_host if e.t_gpu is None else e.t_gpu)
+            if not all(math.isfinite(t) and abs(t) <= MAX_ABS_TIME_S for t in times):
+                self.dropped_steps += 1
+                continue
+            h = round(e.t_host * scale)
+            letter = e.edge[0] if e.t_gpu is not None else e.edge[0].upper()
+            g = round(e.t_gpu * scale) if e.t_gpu is not None else gpu
+            lines.append(
+                f"{'' if e.phase == phase else e.phase},{letter},"
+                f"{e.index - index},{h - host},{g - gpu}\n"
+            )
+            phase, index, host, gpu = e.phase, e.index, h, g
+        self._prev = (phase, index, host, gpu)
+        return "".join(lines)
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self._flush_every:
+            self.flush()
 
     def flush(self) -> None:
-        self._samples.flush()
-        self._steps.flush()
-        self._write_meta()
+        """Make everything written so far readable (the gzip streams and the metadata)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._last_flush = time.monotonic()
+            self._release_run()
+            self._samples.flush()
+            self._steps.flush()
+            self._write_meta()
 
     def _write_meta(self) -> None:
-        tmp = self._meta_path.with_suffix(".json.tmp")
+        # A name of its own per writer: two recordings never share a temporary file.
+        tmp = self._meta_path.with_name(f"{self._meta_path.name}.{os.getpid()}.{id(self)}.tmp")
         try:
-            tmp.write_text(
-                json.dumps(self.meta, indent=1, sort_keys=False) + "\n", encoding="utf-8"
-            )
+            # A copy first (one C-level step under the GIL): another thread may add a fact
+            # (set_trace_meta) while this one serialises.
+            meta = dict(self.meta)
+            tmp.write_text(json.dumps(meta, indent=1, sort_keys=False) + "\n", encoding="utf-8")
             os.replace(tmp, self._meta_path)
-        except OSError:
+        except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._samples.close()
-        self._steps.close()
-        self._write_meta()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._release_run()
+            self._samples.close()
+            self._steps.close()
+            if self._compact:
+                self.meta["complete"] = True
+            self._write_meta()
 
     def abandon(self) -> None:
         """Stop writing after a failure (a full disk): close what can be closed, never raise,
         and leave no temporary file behind. What was flushed before stays readable."""
-        if self._closed:
-            return
-        self._closed = True
-        for fh in (self._samples, self._steps):
-            with contextlib.suppress(Exception):
-                fh.close()
-        with contextlib.suppress(OSError):
-            self._meta_path.with_suffix(".json.tmp").unlink(missing_ok=True)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fh in (self._samples, self._steps):
+                with contextlib.suppress(Exception):
+                    fh.close()
+            with contextlib.suppress(OSError):
+                for tmp in self._meta_path.parent.glob(f"{self._meta_path.name}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> TraceWriter:
         return self

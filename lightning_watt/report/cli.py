@@ -84,6 +84,20 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    r"""``text`` safe for a terminal: control characters (escape sequences from a run name
+    or a file) are shown escaped, never sent.
+
+    Example:
+        >>> printable("run\x1b[2J\tname")
+        'run\\x1b[2J\\x09name'
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -109,7 +123,7 @@ def table_rows(runs: Sequence[RunData]) -> list[list[str]]:
                 run.replay or "-",
             ]
         )
-    return rows
+    return [[printable(cell) for cell in row] for row in rows]
 
 
 def print_table(
@@ -128,9 +142,12 @@ def print_table(
         numeric = {"duration", "kWh", "mean W", "peak W", "outside steps", "best acc", "final GQI"}
         for col in TABLE_COLUMNS:
             table.add_column(col, justify="right" if col in numeric else "left", overflow="fold")
+        from rich.markup import escape
+
         for run, row in zip(runs, rows, strict=True):
             style = "yellow" if (run.replay or run.estimated or run.interrupted) else None
-            table.add_row(*row, style=style)
+            # A name like "[red]" is text, not rich markup.
+            table.add_row(*(escape(cell) for cell in row), style=style)
         buffer = io.StringIO()
         is_tty = bool(getattr(file, "isatty", lambda: False)())
         # Not a terminal (a log, a pipe): wide enough that no column is squeezed.
@@ -250,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _err(message: str) -> None:
-    sys.stderr.write(f"lightning-watt: error: {message}\n")
+    sys.stderr.write(f"lightning-watt: error: {printable(message)}\n")
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -274,9 +291,15 @@ def run_report(args: argparse.Namespace) -> int:
     except ReportError as err:
         _err(str(err))
         return 2
+    printed = {id(run): len(run.warnings) for run in runs}
     for run in runs:
         for warning in run.warnings:
-            sys.stderr.write(f"lightning-watt: warning: {warning}\n")
+            sys.stderr.write(f"lightning-watt: warning: {printable(warning)}\n")
+        if run.summary is None and run.partial:
+            sys.stderr.write(
+                f"lightning-watt: warning: {printable(run.name)}: no summary and a partial "
+                f"trace; energy from {printable(run.energy_source)}\n"
+            )
 
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -304,6 +327,9 @@ def run_report(args: argparse.Namespace) -> int:
                 cross["pareto"] = f"skipped: {err}"
 
     report = _json_safe(_report_json(runs, plots, cross))
+    for run in runs:  # found while drawing (a trace read lazily that turned out unreadable)
+        for warning in run.warnings[printed[id(run)] :]:
+            sys.stderr.write(f"lightning-watt: warning: {printable(warning)}\n")
     text = json.dumps(report, indent=1, allow_nan=False)
     (outdir / "report.json").write_text(text + "\n", encoding="utf-8")
     n_png = sum(

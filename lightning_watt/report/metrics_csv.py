@@ -11,6 +11,15 @@ from lightning_watt.report.series import ScalarSeries
 
 def read_metrics_csv(path: Path) -> dict[str, ScalarSeries]:
     """Scalars from a CSVLogger ``metrics.csv``: sparse rows, one column per key."""
+    try:
+        return _read(path)
+    except UnicodeDecodeError as err:
+        raise ReportError(f"{path}: not a UTF-8 text file ({err})") from None
+    except csv.Error as err:
+        raise ReportError(f"{path}: not a readable CSV file ({err})") from None
+
+
+def _read(path: Path) -> dict[str, ScalarSeries]:
     out: dict[str, ScalarSeries] = {}
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
@@ -19,12 +28,17 @@ def read_metrics_csv(path: Path) -> dict[str, ScalarSeries]:
         for lineno, row in enumerate(reader, start=2):
             try:
                 step = int(float(row["step"]))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ReportError(
                     f"{path}:{lineno}: step is not a number: {row['step']!r}"
                 ) from None
             epoch_text = (row.get("epoch") or "").strip()
-            epoch = int(float(epoch_text)) if epoch_text else None
+            try:
+                epoch = int(float(epoch_text)) if epoch_text else None
+            except (ValueError, OverflowError):
+                raise ReportError(
+                    f"{path}:{lineno}: epoch is not a number: {epoch_text!r}"
+                ) from None
             for key, text in row.items():
                 if key in (None, "step") or text is None or not text.strip():
                     continue

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+
 from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.report.pareto import pareto_front, pareto_points
 from lightning_watt.report.rundata import RunData
@@ -171,21 +173,32 @@ def _joule_unit(max_J: float) -> tuple[str, float]:
 
 
 def _envelope(
-    ts: Sequence[float], ws: Sequence[float], bins: int
+    ts: Sequence[float] | np.ndarray, ws: Sequence[float] | np.ndarray, bins: int
 ) -> tuple[list[float], list[float], list[float]]:
-    """Min and max of raw samples per bin: spikes stay visible however many samples there are."""
-    if not ts:
+    """Min and max of raw samples per bin (one bin per pixel column or so): spikes stay
+    visible however many samples there are, and a day of samples draws as ``bins`` points."""
+    t = np.asarray(ts, dtype=float)
+    w = np.asarray(ws, dtype=float)
+    if not len(t):
         return [], [], []
-    t0, t1 = ts[0], ts[-1]
+    t0, t1 = t[0], t[-1]
     width = (t1 - t0) / bins or 1.0
-    lo = [math.inf] * bins
-    hi = [-math.inf] * bins
-    for t, w in zip(ts, ws, strict=True):
-        i = min(bins - 1, int((t - t0) / width))
-        lo[i] = min(lo[i], w)
-        hi[i] = max(hi[i], w)
-    keep = [i for i in range(bins) if lo[i] <= hi[i]]
-    return [t0 + (i + 0.5) * width for i in keep], [lo[i] for i in keep], [hi[i] for i in keep]
+    x = t - t0
+    x /= width  # in place: a day of samples is tens of MB per array
+    i = x.astype(np.int64)
+    del x
+    np.minimum(i, bins - 1, out=i)
+    if np.all(i[1:] >= i[:-1]):  # samples in time order: each bin is one run of them
+        first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
+        keep = i[first]
+        lo, hi = np.minimum.reduceat(w, first), np.maximum.reduceat(w, first)
+        return (t0 + (keep + 0.5) * width).tolist(), lo.tolist(), hi.tolist()
+    lo = np.full(bins, math.inf)
+    hi = np.full(bins, -math.inf)
+    np.minimum.at(lo, i, w)
+    np.maximum.at(hi, i, w)
+    keep = np.flatnonzero(lo <= hi)
+    return (t0 + (keep + 0.5) * width).tolist(), lo[keep].tolist(), hi[keep].tolist()
 
 
 def _legend_below(fig: Figure, ax: Axes, handles: list[Any] | None = None) -> None:
@@ -214,9 +227,9 @@ def plot_power(run: RunData, max_points: int = 2000) -> Figure:
         fig = _figure()
         ax = fig.add_subplot()
         if run.has_trace:
-            assert run.trace is not None
-            fit0, fit1 = run.trace.fit_window
-            t0, t1 = run.trace.span
+            assert run.columns is not None
+            fit0, fit1 = run.columns.fit_window
+            t0, t1 = run.columns.span
             unit, scale = _time_unit(t1 - t0)
             phase_handles: dict[str, Patch] = {}
             extra: dict[str, tuple[str, float, str | None]] = {}
@@ -253,8 +266,8 @@ def plot_power(run: RunData, max_points: int = 2000) -> Figure:
             bins = min(max_points, max(50, int((t1 - t0) / 0.1)))
             raw = run.raw_power()
             raw_kinds = sorted({kind for kind, _, _ in raw.values()})
-            for i, (device, (kind, ts, ws)) in enumerate(raw.items()):
-                et, lo, hi = _envelope(ts, ws, bins)
+            for i, (device, (kind, raw_t, raw_w)) in enumerate(raw.items()):
+                et, lo, hi = _envelope(raw_t, raw_w, bins)
                 ax.fill_between(
                     [t / scale for t in et],
                     lo,

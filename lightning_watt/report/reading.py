@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from lightning_watt.energy.trace import Trace, load_trace
+from lightning_watt.energy.trace_columns import TraceColumns, load_columns
 from lightning_watt.report.discovery import (
     LOOKED_FOR,
     Advance,
@@ -36,9 +36,9 @@ from lightning_watt.report.series import ScalarSeries
 from lightning_watt.report.summary_json import peek_run_name, read_summary
 
 
-def _load_fit_trace(prefix: str, warnings: list[str]) -> Trace | None:
+def _load_fit_trace(prefix: str, warnings: list[str], lazy: bool) -> TraceColumns | None:
     try:
-        trace = load_trace(prefix)
+        trace = load_columns(prefix, lazy=lazy)
     except (OSError, ValueError) as err:
         warnings.append(f"{prefix}: trace not read ({err})")
         return None
@@ -47,6 +47,9 @@ def _load_fit_trace(prefix: str, warnings: list[str]) -> Trace | None:
         # A Tuner's lr_find/scale_batch_size records under the fit's name, then is rolled back.
         warnings.append(f"{prefix}: recorded by the {stage} stage, not a fit; not used")
         return None
+    partial, reason = trace.partial_status(load=not lazy)
+    if partial:
+        warnings.append(f"{prefix}: partial trace ({reason})")
     return trace
 
 
@@ -73,11 +76,18 @@ def read_run(
             advance(file_size(loc.metrics_csv))
     summary = None
     if loc.summary is not None:
-        summary = read_summary(loc.summary, warnings)
+        try:
+            summary = read_summary(loc.summary, warnings)
+        except ReportError as err:
+            if not (scalars or loc.trace):
+                raise  # nothing else to report this run from: a clear error, exit status 2
+            warnings.append(f"{err}; summary skipped, the run is reported from its other files")
         files["summary"] = [str(loc.summary)]
     trace = None
     if loc.trace is not None:
-        trace = _load_fit_trace(loc.trace, warnings)
+        # With a summary the table needs nothing from the samples: parse them only if a plot
+        # (or a number the summary lacks) asks.
+        trace = _load_fit_trace(loc.trace, warnings, lazy=summary is not None)
         if trace is not None:
             files["trace"] = [loc.trace]
         if advance:

@@ -18,6 +18,7 @@ from typing import Any
 
 from lightning_watt.energy.readings import ESTIMATE_W, J_PER_KWH
 from lightning_watt.energy.trace import Trace
+from lightning_watt.energy.trace_columns import TraceColumns
 from lightning_watt.report.keys import LoggedKeys, resolve_prefix
 from lightning_watt.report.series import EpochRow, ScalarSeries
 from lightning_watt.report.trace_view import TraceView
@@ -70,7 +71,7 @@ class RunData(TraceView):
     path: Path
     scalars: dict[str, ScalarSeries] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
-    trace: Trace | None = None
+    trace: Trace | TraceColumns | None = None
     files: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     monitor_override: str | None = None
@@ -106,7 +107,7 @@ class RunData(TraceView):
         if not methods:
             listed = (self.summary or {}).get("methods")
             methods = [str(m) for m in listed if m] if isinstance(listed, list) else []
-        if not methods and self.trace is not None and self.trace.samples:
+        if not methods and self.has_trace:
             for per_device in self._timeline.methods().values():
                 if per_device and per_device[0] not in methods:
                     # The most used method is the one that describes the run.
@@ -149,6 +150,8 @@ class RunData(TraceView):
         out: list[str] = []
         if self.interrupted:
             out.append("INTERRUPTED fit: numbers up to the interruption")
+        if self.partial and self.summary is None:
+            out.append(f"PARTIAL trace (a killed run?); energy from {self.energy_source}")
         if self.replay:
             out.append(f"REPLAY of trace {self.replay!r}, not measured in this run")
         if self.estimated:
@@ -165,24 +168,31 @@ class RunData(TraceView):
         value = self._summary_number("duration_s")
         if value is not None:
             return value
-        if self.trace is not None and self.trace.samples:
-            fit0, fit1 = self.trace.fit_window
+        if self.columns is not None and self.has_trace:
+            fit0, fit1 = self.columns.fit_window
             return fit1 - fit0
         walls = [w for s in self.scalars.values() for w in (s.wall_times or [])]
         if len(walls) >= 2:
             return max(walls) - min(walls)
         return None
 
+    @property
+    def partial(self) -> bool:
+        """Whether the run's trace was cut off (a killed run): its numbers stop early. A
+        trace not yet parsed (all numbers from the summary) answers from its meta."""
+        if isinstance(self.trace, TraceColumns) and not self.trace.loaded:
+            return self.trace.partial_status(load=False)[0]
+        return bool(self.columns is not None and self.columns.partial)
+
     @cached_property
-    def energy_kWh(self) -> float | None:
-        """Total energy of the fit, all devices and ranks (resumed segments included); never
-        the summary's ``run_energy_J``, which adds the run's other stages."""
+    def _energy(self) -> tuple[float | None, str]:
+        """The fit's energy and the source it came from: the summary, else the most complete
+        of the trace and the logged scalars. A trace cut off by a kill can hold seconds of a
+        run whose logs went on: both are cumulative, so the larger one covers more."""
         joules = self._summary_number("energy_J")
         value = joules / J_PER_KWH if joules is not None else self._summary_number("energy_kWh")
         if value is not None:
-            return value
-        if self._trace_phases_J is not None:
-            return self._trace_phases_J["total"] / J_PER_KWH
+            return value, "summary"
         # Both are cumulative, so the largest value is the latest; the epoch-end one also
         # counts what ran after the last step-level log.
         logged = [
@@ -191,7 +201,35 @@ class RunData(TraceView):
             for v in (self.scalars[key].values if key in self.scalars else [])
             if math.isfinite(v)
         ]
-        return max(logged) if logged else None
+        logged_kWh = max(logged) if logged else None
+        trace_kWh = None
+        if self._trace_phases_J is not None:
+            trace_kWh = self._trace_phases_J["total"] / J_PER_KWH
+        if trace_kWh is not None and not self.partial:
+            return trace_kWh, "trace"
+        reason = (self.columns.partial_reason if self.columns is not None else None) or "cut off"
+        if trace_kWh is not None and (logged_kWh is None or trace_kWh >= logged_kWh):
+            return trace_kWh, f"trace (partial: {reason})"
+        if logged_kWh is not None:
+            if trace_kWh is not None:
+                return (
+                    logged_kWh,
+                    f"logged scalars (more complete than the partial trace: {reason})",
+                )
+            return logged_kWh, "logged scalars"
+        return None, "none"
+
+    @property
+    def energy_kWh(self) -> float | None:
+        """Total energy of the fit, all devices and ranks (resumed segments included); never
+        the summary's ``run_energy_J``, which adds the run's other stages."""
+        return self._energy[0]
+
+    @property
+    def energy_source(self) -> str:
+        """Where :attr:`energy_kWh` came from: ``summary``, ``trace``, ``logged scalars``, or
+        a partial trace / the logged scalars with why the other was not used."""
+        return self._energy[1]
 
     @cached_property
     def mean_power_W(self) -> float | None:
@@ -400,6 +438,8 @@ class RunData(TraceView):
             "files": self.files,
             "duration_s": self.duration_s,
             "energy_kWh": self.energy_kWh,
+            "energy_source": self.energy_source,
+            "partial_trace": self.partial,
             "mean_power_W": self.mean_power_W,
             "peak_power_W": self.peak_power_W,
             "outside_steps_share": self.outside_steps_share,

@@ -1,0 +1,570 @@
+"""Fast, bounded-memory reading of watt-trace files: gzip text decoded in chunks, each chunk
+parsed with numpy into columns (no Python object per row), step edges streamed chunk by chunk.
+
+The per-row Python parser in :mod:`lightning_watt.energy.trace` stays the reference: a chunk
+the vectorised path cannot vouch for (a quote, a stray character, a bad value) is parsed again
+by it, so errors keep naming the file, the line and the column exactly as before.
+
+Example:
+    >>> from lightning_watt.energy.trace import bundled_trace
+    >>> cols = load_columns(bundled_trace("h200-mlp-stall"))
+    >>> cols.devices, cols.partial, len(cols.t) > 10_000
+    (['gpu0'], False, True)
+    >>> sum(len(c) for c in cols.step_chunks()) == len(cols.steps)
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_watt.energy import trace as _trace
+from lightning_watt.energy.csv_chunks import (
+    GzipText,
+    _csv_rows,
+    _data_chunks,
+    _fields,
+    _ints,
+)
+from lightning_watt.energy.readings import COUNTER_J, KINDS, POWER_KINDS, Reading
+from lightning_watt.energy.trace import (
+    COMPACT_PER_S,
+    COMPACT_STEPS_HEADER,
+    COMPACT_UNIT_S,
+    MAX_ABS_TIME_S,
+    MAX_COUNTER_J,
+    MAX_POWER_W,
+    SAMPLES_HEADER,
+    STEPS_HEADER,
+    StepEdge,
+    Trace,
+    TraceFormatError,
+)
+
+_EDGE_LETTERS = {"s": ("start", True), "e": ("end", True), "S": ("start", False)}
+_EDGE_LETTERS["E"] = ("end", False)
+_LETTER_OK = np.zeros(256, dtype=bool)
+_LETTER_START = np.zeros(256, dtype=bool)
+_LETTER_GPU = np.zeros(256, dtype=bool)
+for _letter, (_edge, _gpu) in _EDGE_LETTERS.items():
+    _LETTER_OK[ord(_letter)] = True
+    _LETTER_START[ord(_letter)] = _edge == "start"
+    _LETTER_GPU[ord(_letter)] = _gpu
+
+
+# --------------------------------------------------------------------------- samples
+@dataclass
+class _SampleState:
+    names: list[tuple[str, str]] = field(default_factory=list)
+    codes: dict[bytes, int] = field(default_factory=dict)
+    last_t: float = -math.inf
+
+
+def _sample_chunk_fast(
+    state: _SampleState, data: bytes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    f = _fields(data, 4)
+    if f is None:
+        return None
+    nums = f.numbers([0, 3])
+    if nums is None:
+        return None
+    t, value = nums[:, 0], nums[:, 1]
+    texts, inverse = f.strings(1, 2)
+    local = np.empty(len(texts), dtype=np.int32)
+    power = np.zeros(len(texts), dtype=bool)
+    for i, text in enumerate(texts):
+        if text not in state.codes:
+            try:
+                device, kind = text.decode("ascii").split(",")
+            except (UnicodeDecodeError, ValueError):
+                return None
+            if kind not in KINDS or not _trace._DEVICE_RE.match(device):
+                return None
+            state.codes[text] = len(state.names)
+            state.names.append((device, kind))
+        local[i] = state.codes[text]
+        power[i] = state.names[local[i]][1] != COUNTER_J
+    code = local[inverse]
+    is_power = power[inverse]
+    ok = (
+        np.isfinite(t).all()
+        and np.isfinite(value).all()
+        and (np.abs(t) <= MAX_ABS_TIME_S).all()
+        and (value[is_power] >= 0).all()
+        and (value[is_power] <= MAX_POWER_W).all()
+        and (np.abs(value[~is_power]) <= MAX_COUNTER_J).all()
+        and (len(t) == 0 or (t[0] >= state.last_t and (np.diff(t) >= 0).all()))
+    )
+    if not ok:
+        return None
+    if len(t):
+        state.last_t = float(t[-1])
+    return t, code, value
+
+
+def _sample_chunk_slow(
+    state: _SampleState, path: Path, lineno: int, data: bytes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference parser on one chunk: raises the exact error, or returns its columns."""
+    ts: list[float] = []
+    codes: list[int] = []
+    values: list[float] = []
+    parse = _trace._sample_parser(state.last_t)
+    for row_no, row in _csv_rows(path, lineno, data):
+        r = parse(f"{path}:{row_no}", _trace._checked_row(path, row_no, row, SAMPLES_HEADER))
+        key = (r.device, r.kind)
+        text = f"{r.device},{r.kind}".encode()
+        if text not in state.codes:
+            state.codes[text] = len(state.names)
+            state.names.append(key)
+        ts.append(r.t)
+        codes.append(state.codes[text])
+        values.append(r.value)
+    if ts:
+        state.last_t = ts[-1]
+    return np.array(ts, dtype=float), np.array(codes, dtype=np.int32), np.array(values, float)
+
+
+def read_sample_columns(
+    path: Path,
+) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray, bool]:
+    """``(names, t, code, value, truncated)``: ``names[code[i]]`` is row i's (device, kind)."""
+    source = GzipText(path)
+    _, chunks = _data_chunks(source, [SAMPLES_HEADER])
+    state = _SampleState()
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for lineno, data in chunks:
+        got = _sample_chunk_fast(state, data)
+        parts.append(got if got is not None else _sample_chunk_slow(state, path, lineno, data))
+    if not parts:
+        empty = np.zeros(0)
+        return state.names, empty, np.zeros(0, dtype=np.int32), empty, source.truncated
+    # Column by column, freeing each column's pieces: the peak is one column over the total.
+    columns = [list(col) for col in zip(*parts, strict=True)]
+    del parts
+    t = np.concatenate(columns[0])
+    columns[0] = []
+    # Codes index the (device, kind) names: a few dozen at most in any real trace.
+    code = np.concatenate(columns[1]).astype(np.int16 if len(state.names) < 2**15 else np.int32)
+    columns[1] = []
+    value = np.concatenate(columns[2])
+    return state.names, t, code, value, source.truncated
+
+
+# --------------------------------------------------------------------------- steps
+@dataclass
+class StepChunk:
+    """Step edges of one chunk as columns: ``phases[phase[i]]``, ``start[i]`` (else an end
+    edge), ``index``, ``t_host`` and ``t_gpu`` (NaN where unknown)."""
+
+    phases: list[str]
+    phase: np.ndarray
+    start: np.ndarray
+    index: np.ndarray
+    t_host: np.ndarray
+    t_gpu: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t_host)
+
+    @property
+    def t(self) -> np.ndarray:
+        """Each edge's best time: the GPU's when known, else the host's."""
+        return np.where(np.isnan(self.t_gpu), self.t_host, self.t_gpu)
+
+    def edges(self) -> list[StepEdge]:
+        gpu = [None if math.isnan(g) else g for g in self.t_gpu.tolist()]
+        return [
+            StepEdge(self.phases[p], "start" if s else "end", i, h, g)
+            for p, s, i, h, g in zip(
+                self.phase.tolist(),
+                self.start.tolist(),
+                self.index.tolist(),
+                self.t_host.tolist(),
+                gpu,
+                strict=True,
+            )
+        ]
+
+    @classmethod
+    def from_edges(cls, edges: list[StepEdge]) -> StepChunk:
+        phases: dict[str, int] = {}
+        codes = [phases.setdefault(e.phase, len(phases)) for e in edges]
+        return cls(
+            list(phases),
+            np.array(codes, dtype=np.int32),
+            np.array([e.edge == "start" for e in edges], dtype=bool),
+            np.array([e.index for e in edges], dtype=np.int64),
+            np.array([e.t_host for e in edges], dtype=float),
+            np.array([math.nan if e.t_gpu is None else e.t_gpu for e in edges], dtype=float),
+        )
+
+
+@dataclass
+class _CompactState:
+    """What the compact layout's deltas are relative to: the previous row."""
+
+    phase: str | None = None
+    index: int = 0
+    host: int = 0
+    gpu: int = 0
+
+
+def _compact_chunk_fast(
+    state: _CompactState, data: bytes, host_only: bool = False
+) -> StepChunk | None:
+    f = _fields(data, 5)
+    if f is None:
+        return None
+    ints = _ints(f, [3]) if host_only else _ints(f, [2, 3, 4])
+    if ints is None or np.any(f.end[1] - f.start[1] != 1):
+        return None
+    if host_only:  # the other columns are neither parsed nor checked: left as 0 / unknown
+        ints = np.concatenate((np.zeros_like(ints), ints, np.zeros_like(ints)), axis=1)
+    letter = f.arr[f.start[1]]
+    start_of, gpu_of = _LETTER_START[letter], _LETTER_GPU[letter]
+    if not _LETTER_OK[letter].all():
+        return None
+    # The phase is written only where it changes: few rows hold one.
+    named = np.flatnonzero(f.end[0] > f.start[0])
+    phases: list[str] = []
+    row_phase = np.full(f.rows, -1, dtype=np.int32)
+    bounds = zip(f.start[0][named].tolist(), f.end[0][named].tolist(), strict=True)
+    for row, (a, b) in zip(named.tolist(), bounds, strict=True):
+        try:
+            phase = data[a:b].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if phase not in phases:
+            phases.append(phase)
+        row_phase[row] = phases.index(phase)
+    if row_phase[0] < 0:
+        if state.phase is None:
+            return None
+        if state.phase not in phases:
+            phases.append(state.phase)
+        row_phase[0] = phases.index(state.phase)
+    # Forward fill: an empty phase repeats the previous row's.
+    pos = np.where(row_phase >= 0, np.arange(len(row_phase)), 0)
+    row_phase = row_phase[np.maximum.accumulate(pos)]
+    has_gpu = gpu_of
+    index = state.index + np.cumsum(ints[:, 0])
+    host = state.host + np.cumsum(ints[:, 1])
+    gpu = state.gpu + np.cumsum(np.where(has_gpu, ints[:, 2], 0))
+    if not (np.abs(host) * COMPACT_UNIT_S <= MAX_ABS_TIME_S).all():
+        return None
+    if not (np.abs(gpu) * COMPACT_UNIT_S <= MAX_ABS_TIME_S).all():
+        return None
+    state.phase = phases[row_phase[-1]]
+    state.index, state.host, state.gpu = int(index[-1]), int(host[-1]), int(gpu[-1])
+    if host_only:
+        has_gpu = np.zeros_like(has_gpu)
+    return StepChunk(
+        phases,
+        row_phase.astype(np.int32),
+        start_of,
+        index,
+        host / COMPACT_PER_S,
+        np.where(has_gpu, gpu / COMPACT_PER_S, math.nan),
+    )
+
+
+def parse_compact_row(state: _CompactState, where: str, row: list[str]) -> StepEdge:
+    """One row of the compact steps layout (the reference for the vectorised path)."""
+    phase, letter = row[0], row[1]
+    if phase:
+        state.phase = phase
+    elif state.phase is None:
+        raise TraceFormatError(f"{where}: empty phase on the first row")
+    if letter not in _EDGE_LETTERS:
+        raise TraceFormatError(f"{where}: edge must be one of {sorted(_EDGE_LETTERS)}: {letter!r}")
+    edge, has_gpu = _EDGE_LETTERS[letter]
+    deltas = []
+    for text, column in zip(row[2:], COMPACT_STEPS_HEADER[2:], strict=True):
+        try:
+            value = int(text)
+        except ValueError:
+            raise TraceFormatError(f"{where}: {column} is not an integer: {text!r}") from None
+        if abs(value) >= 2**52:
+            raise TraceFormatError(f"{where}: {column} is out of range: {text!r}")
+        deltas.append(value)
+    state.index += deltas[0]
+    state.host += deltas[1]
+    if has_gpu:
+        state.gpu += deltas[2]
+    for units, column in ((state.host, "t_host"), (state.gpu, "t_gpu")):
+        if abs(units) * COMPACT_UNIT_S > MAX_ABS_TIME_S:
+            raise TraceFormatError(f"{where}: {column} out of range (|t| > {MAX_ABS_TIME_S:g} s)")
+    return StepEdge(
+        state.phase,
+        edge,
+        state.index,
+        state.host / COMPACT_PER_S,
+        state.gpu / COMPACT_PER_S if has_gpu else None,
+    )
+
+
+def _slow_steps(
+    path: Path, lineno: int, data: bytes, header: tuple[str, ...], parse: Callable[..., StepEdge]
+) -> StepChunk:
+    edges = [
+        parse(f"{path}:{n}", _trace._checked_row(path, n, row, header))
+        for n, row in _csv_rows(path, lineno, data)
+    ]
+    return StepChunk.from_edges(edges)
+
+
+class StepReader:
+    """Streams a steps file (either layout) as :class:`StepChunk` s; ``truncated`` is set once
+    a cut-off stream has been read to its end. ``host_only``: in the compact layout, decode
+    only the host times (a third of the work; indices 0, GPU times unknown), for plots."""
+
+    def __init__(self, path: Path, chunk_bytes: int | None = None, host_only: bool = False) -> None:
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.host_only = host_only
+        self.truncated = False
+
+    def __iter__(self) -> Iterator[StepChunk]:
+        source = GzipText(self.path, self.chunk_bytes)  # None: csv_chunks.CHUNK_BYTES
+        header, chunks = _data_chunks(source, (STEPS_HEADER, COMPACT_STEPS_HEADER))
+        state = _CompactState()
+        for lineno, data in chunks:
+            if header == COMPACT_STEPS_HEADER:
+                saved = _CompactState(**vars(state))
+                got = _compact_chunk_fast(state, data, self.host_only)
+                if got is None:
+                    state = saved
+                    got = _slow_steps(
+                        self.path,
+                        lineno,
+                        data,
+                        header,
+                        functools.partial(parse_compact_row, state),
+                    )
+            else:
+                got = _slow_steps(self.path, lineno, data, header, _trace._parse_step)
+            if len(got):
+                yield got
+        self.truncated = source.truncated
+
+
+# --------------------------------------------------------------------------- the trace
+_Samples = tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray]
+
+
+class TraceColumns:
+    """A watt-trace held as columns: samples as numpy arrays (about 20 bytes a row), step
+    edges streamed from disk on demand (:meth:`step_chunks`), never all held at once.
+
+    ``partial`` (with ``partial_reason``) says the recording was cut off: a killed run, a
+    stream that stops mid-way, a recording never closed. ``loader``: read the samples on
+    first use instead (a report whose numbers all come from the run's summary never needs
+    them); it returns the columns and whether the stream stopped short.
+    """
+
+    def __init__(
+        self,
+        names: list[tuple[str, str]],
+        t: np.ndarray,
+        code: np.ndarray,
+        value: np.ndarray,
+        meta: dict[str, Any],
+        steps_source: StepReader | list[StepEdge] | None = None,
+        partial: bool = False,
+        partial_reason: str | None = None,
+        loader: Callable[[], tuple[_Samples, bool]] | None = None,
+    ) -> None:
+        self._samples: _Samples = (names, t, code, value)
+        self.meta = meta
+        self.steps_source: StepReader | list[StepEdge] = (
+            steps_source if steps_source is not None else []
+        )
+        self._partial = (partial, partial_reason)
+        self._loader = loader
+
+    def _loaded(self) -> _Samples:
+        if self._loader is not None:
+            loader, self._loader = self._loader, None
+            self._samples, truncated = loader()
+            if truncated:
+                reasons = [r for r in (self._partial[1], "the samples file stops mid-stream") if r]
+                self._partial = (True, "; ".join(reasons))
+        return self._samples
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the samples have been read (always, unless loaded lazily and unused)."""
+        return self._loader is None
+
+    @property
+    def names(self) -> list[tuple[str, str]]:
+        """``(device, kind)`` of each sample code."""
+        return self._loaded()[0]
+
+    @property
+    def t(self) -> np.ndarray:
+        return self._loaded()[1]
+
+    @property
+    def code(self) -> np.ndarray:
+        return self._loaded()[2]
+
+    @property
+    def value(self) -> np.ndarray:
+        return self._loaded()[3]
+
+    @property
+    def partial(self) -> bool:
+        self._loaded()
+        return self._partial[0]
+
+    def partial_status(self, load: bool = True) -> tuple[bool, str | None]:
+        """``(partial, reason)``; with ``load=False`` as far as known without reading the
+        samples (the meta says whether the recording was closed)."""
+        if load:
+            self._loaded()
+        return self._partial
+
+    @property
+    def partial_reason(self) -> str | None:
+        self._loaded()
+        return self._partial[1]
+
+    @classmethod
+    def from_trace(cls, trace: Trace) -> TraceColumns:
+        names: dict[tuple[str, str], int] = {}
+        code = [names.setdefault((r.device, r.kind), len(names)) for r in trace.samples]
+        return cls(
+            list(names),
+            np.array([r.t for r in trace.samples], dtype=float),
+            np.array(code, dtype=np.int32),
+            np.array([r.value for r in trace.samples], dtype=float),
+            trace.meta,
+            list(trace.steps),
+            trace.partial,
+            trace.partial_reason,
+        )
+
+    @property
+    def samples(self) -> list[Reading]:
+        """Every sample as a :class:`Reading` (materialised: for small traces and tests)."""
+        return list(self.readings())
+
+    def readings(self, kinds: Collection[str] | None = None) -> Iterator[Reading]:
+        wanted = [i for i, (_, k) in enumerate(self.names) if kinds is None or k in kinds]
+        mask = np.isin(self.code, wanted)
+        for lo in range(0, len(self.t), 100_000):
+            m = mask[lo : lo + 100_000]
+            names = self.names
+            for t, c, v in zip(
+                self.t[lo : lo + 100_000][m].tolist(),
+                self.code[lo : lo + 100_000][m].tolist(),
+                self.value[lo : lo + 100_000][m].tolist(),
+                strict=True,
+            ):
+                yield Reading(t, names[c][0], names[c][1], v)
+
+    @property
+    def devices(self) -> list[str]:
+        used = set(np.unique(self.code).tolist())
+        return sorted({self.names[c][0] for c in used})
+
+    @property
+    def kinds(self) -> list[str]:
+        used = set(np.unique(self.code).tolist())
+        return sorted({self.names[c][1] for c in used})
+
+    @property
+    def span(self) -> tuple[float, float]:
+        if not len(self.t):
+            return (0.0, 0.0)
+        return (float(self.t[0]), float(self.t[-1]))
+
+    @property
+    def fit_window(self) -> tuple[float, float]:
+        start, end = self.span
+        return (float(self.meta.get("fit_start", start)), float(self.meta.get("fit_end", end)))
+
+    def series(self, device: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(t, value)`` of one device and kind."""
+        if (device, kind) not in self.names:
+            return np.zeros(0), np.zeros(0)
+        mask = self.code == self.names.index((device, kind))
+        return self.t[mask], self.value[mask]
+
+    def power_kinds(self) -> dict[str, str]:
+        """The best raw power kind per device (``{device: kind}``), as the report draws it."""
+        found: dict[str, list[str]] = {}
+        for c in np.unique(self.code).tolist():
+            device, kind = self.names[c]
+            if kind in POWER_KINDS:
+                found.setdefault(device, []).append(kind)
+        return {d: min(ks, key=POWER_KINDS.index) for d, ks in sorted(found.items())}
+
+    def step_chunks(self, host_only: bool = False) -> Iterator[StepChunk]:
+        """Step edges in chunks (streamed from disk for a loaded trace); ``host_only`` may
+        skip decoding GPU times and indices (see :class:`StepReader`)."""
+        if isinstance(self.steps_source, list):
+            if self.steps_source:
+                yield StepChunk.from_edges(self.steps_source)
+            return
+        source = self.steps_source
+        if host_only:
+            source = StepReader(source.path, source.chunk_bytes, host_only=True)
+        yield from source
+
+    @property
+    def steps(self) -> list[StepEdge]:
+        """Every step edge (materialised: for small traces and tests)."""
+        return [e for chunk in self.step_chunks() for e in chunk.edges()]
+
+    def timeline(self, kinds: Collection[str] | None = None, **timeline_kwargs: Any) -> Any:
+        """The fused :class:`EnergyTimeline`, fed in half-second chunks as the live meter is."""
+        from lightning_watt.energy.timeline import EnergyTimeline
+
+        timeline = EnergyTimeline(**timeline_kwargs)
+        _trace._feed(timeline, self.readings(kinds))
+        return timeline
+
+
+def load_columns(prefix: str | os.PathLike[str], lazy: bool = False) -> TraceColumns:
+    """Read a trace into columns (samples parsed at once, steps left on disk to stream).
+
+    The meta, and the headers of both data files, are checked here, so a wrong file fails at
+    load time; ``lazy`` leaves the samples to be parsed on first use (their errors then raise
+    there)."""
+    samples_path, steps_path, meta_path = _trace._paths(_trace.trace_prefix(prefix))
+    if Path(prefix).is_dir() and not meta_path.exists():
+        raise TraceFormatError(
+            f"{prefix}: is a directory; expected a watt-trace prefix (PREFIX.meta.json, "
+            "PREFIX.samples.csv.gz, PREFIX.steps.csv.gz) or one of its files"
+        )
+    meta = _trace._read_meta(meta_path)
+    steps = StepReader(steps_path)
+    # Read the header (and the first chunk) now: a wrong steps file fails at load time.
+    _data_chunks(GzipText(steps_path, 1 << 16), (STEPS_HEADER, COMPACT_STEPS_HEADER))
+    partial, reason = _trace._partial(meta, samples_truncated=False)
+
+    def load() -> tuple[_Samples, bool]:
+        names, t, code, value, truncated = read_sample_columns(samples_path)
+        return (names, t, code, value), truncated
+
+    empty = np.zeros(0)
+    cols = TraceColumns(
+        [], empty, empty.astype(np.int32), empty, meta, steps, partial, reason, load
+    )
+    if lazy:
+        _data_chunks(GzipText(samples_path, 1 << 16), [SAMPLES_HEADER])
+    else:
+        cols._loaded()
+    return cols

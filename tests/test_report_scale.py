@@ -1,0 +1,64 @@
+"""The report's columnar paths against the plain ones: a trace read as columns from disk (step
+edges streamed in small chunks, host times only for coarse blocks) draws the same phase blocks
+and curves as the same trace held in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightning_watt.energy import csv_chunks
+from lightning_watt.energy.trace import TraceWriter, load_trace
+from lightning_watt.energy.trace_columns import load_columns
+from lightning_watt.report.trace_view import TraceView
+from lightning_watt.testing.synthetic import synthetic_run
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = synthetic_run(seed=11, duration_s=120.0)
+    prefix = tmp_path_factory.mktemp("scale") / "rec"
+    with TraceWriter(prefix, merge_steps_s=0) as writer:
+        writer.meta.update(run.trace.meta)
+        writer.write_samples(run.trace.samples)
+        writer.write_steps(run.trace.steps)
+    return prefix
+
+
+@pytest.mark.parametrize("merge_s", [0.05, 2.0])
+def test_streamed_blocks_match_the_in_memory_ones(
+    recorded: Path, monkeypatch: pytest.MonkeyPatch, merge_s: float
+) -> None:
+    in_memory = TraceView(load_trace(recorded)).phase_spans(merge_s)
+    monkeypatch.setattr(csv_chunks, "CHUNK_BYTES", 2048)  # many chunks: carries across them
+    streamed = TraceView(load_columns(recorded, lazy=True)).phase_spans(merge_s)
+    assert [s.phase for s in streamed] == [s.phase for s in in_memory]
+    # Host times alone (merge_s >= 1 s) move a block edge by the GPU's lag at most.
+    tol = 0.02 if merge_s >= 1.0 else 1e-9
+    got = np.array([(s.start, s.end) for s in streamed])
+    want = np.array([(s.start, s.end) for s in in_memory])
+    assert np.abs(got - want).max() <= tol
+    assert len(in_memory) > 3
+
+
+def test_curves_and_spans_match_between_columns_and_a_loaded_trace(recorded: Path) -> None:
+    plain = TraceView(load_trace(recorded))
+    cols = TraceView(load_columns(recorded))
+    assert cols.step_spans() == plain.step_spans()
+    c1, p1, s1 = cols.power_over_time()
+    c2, p2, s2 = plain.power_over_time()
+    assert c1 == c2 and s1 == s2
+    np.testing.assert_array_equal(np.array(p1["gpu0"]), np.array(p2["gpu0"]))
+    t1, e1 = cols.energy_over_time(points=50)
+    t2, e2 = plain.energy_over_time(points=50)
+    assert t1 == t2 and e1 == e2
+    assert cols._trace_phases_J == pytest.approx(plain._trace_phases_J, rel=1e-12)
+
+
+def test_small_chunks_are_really_many(recorded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csv_chunks, "CHUNK_BYTES", 2048)
+    chunks = list(load_columns(recorded).step_chunks())
+    assert len(chunks) >= 5
+    assert [e for c in chunks for e in c.edges()] == load_trace(recorded).steps
