@@ -145,7 +145,8 @@ def print_table(
         from rich.markup import escape
 
         for run, row in zip(runs, rows, strict=True):
-            style = "yellow" if (run.replay or run.estimated or run.interrupted) else None
+            flagged = run.replay or run.estimated or run.interrupted or run.unmeasured_kWh > 0
+            style = "yellow" if flagged else None
             # A name like "[red]" is text, not rich markup.
             table.add_row(*(escape(cell) for cell in row), style=style)
         buffer = io.StringIO()
@@ -295,6 +296,12 @@ def run_report(args: argparse.Namespace) -> int:
     for run in runs:
         for warning in run.warnings:
             sys.stderr.write(f"lightning-watt: warning: {printable(warning)}\n")
+        if run.unmeasured_kWh > 0:
+            sys.stderr.write(
+                f"lightning-watt: warning: {printable(run.name)}: "
+                f"{run.unmeasured_kWh:.3g} kWh of its energy is an estimate for devices that "
+                f"stopped being measured ({printable('; '.join(run.unmeasured_reasons))})\n"
+            )
         if run.summary is None and run.partial:
             sys.stderr.write(
                 f"lightning-watt: warning: {printable(run.name)}: no summary and a partial "

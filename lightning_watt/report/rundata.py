@@ -139,6 +139,23 @@ class RunData(TraceView):
         return "estimated" in self.method
 
     @property
+    def unmeasured_kWh(self) -> float:
+        """The estimated part of the energy: devices no reader measured any more (a lost GPU),
+        from the summary's ``unmeasured_J`` (0 when everything was measured)."""
+        joules = self._summary_number("unmeasured_J")
+        return joules / J_PER_KWH if joules else 0.0
+
+    @property
+    def unmeasured_reasons(self) -> list[str]:
+        """``rank0:gpu0: GPU is lost ...`` for each device with an unmeasured span."""
+        out = []
+        for d in (self.summary or {}).get("devices") or []:
+            if isinstance(d, dict) and (_finite(d.get("unmeasured_J")) or 0.0) > 0:
+                who = f"rank{d.get('rank', '?')}:{d.get('name', '?')}"
+                out.append(f"{who}: {d.get('unmeasured_reason') or 'not measured'}")
+        return out
+
+    @property
     def interrupted(self) -> bool:
         """Whether an exception ended the fit (its numbers stop there)."""
         return (self.summary or {}).get("interrupted") is True
@@ -156,6 +173,10 @@ class RunData(TraceView):
             out.append(f"REPLAY of trace {self.replay!r}, not measured in this run")
         if self.estimated:
             out.append("ESTIMATED power (modelled, not measured)")
+        if self.unmeasured_kWh > 0:
+            total = self.energy_kWh or 0.0
+            share = f" ({100 * self.unmeasured_kWh / total:.0f} %)" if total > 0 else ""
+            out.append(f"UNMEASURED: {self.unmeasured_kWh:.3g} kWh{share} estimated")
         return out
 
     # ------------------------------------------------------------------ headline numbers
@@ -450,6 +471,8 @@ class RunData(TraceView):
             "method": self.method,
             "method_detail": self.method_detail,
             "estimated": self.estimated,
+            "unmeasured_kWh": self.unmeasured_kWh,
+            "unmeasured": self.unmeasured_reasons,
             "replay": self.replay,
             "interrupted": self.interrupted,
             "co2e_kg": self._summary_number("co2e_kg"),

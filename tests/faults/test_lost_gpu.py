@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_watt import WattCallback
 from lightning_watt.attribution.summary import render_summary
+from lightning_watt.report.cli import main as report_main
 
 
-def test_a_lost_gpu_is_unmeasured_with_an_estimate_in_the_summary(tmp_path, monkeypatch):
+def test_a_lost_gpu_is_unmeasured_with_an_estimate_in_the_summary(tmp_path, monkeypatch, capsys):
     fake = install_fake_gpu(monkeypatch)
     cb = WattCallback(sources=[nvml_source(fake)], record=False)
     logger = CSVLogger(tmp_path, name="run")
@@ -43,3 +45,11 @@ def test_a_lost_gpu_is_unmeasured_with_an_estimate_in_the_summary(tmp_path, monk
     assert logged[-1] * 3.6e6 == pytest.approx(summary["unmeasured_J"], rel=0.1)
     table = render_summary(summary)
     assert "unmeasured" in table and "estimated" in table
+    # And the report says so: in its JSON, as a warning, and in the plots' notes.
+    out = tmp_path / "report"
+    capsys.readouterr()
+    assert report_main(["report", str(logger.log_dir), "-o", str(out), "--no-plots"]) == 0
+    row = json.loads((out / "report.json").read_text())["runs"][0]
+    assert row["unmeasured_kWh"] * 3.6e6 == pytest.approx(summary["unmeasured_J"])
+    assert "GPU is lost" in row["unmeasured"][0]
+    assert "estimate for devices that stopped being measured" in capsys.readouterr().err
