@@ -4,6 +4,7 @@ resumed run exactly once, and the resumed totals are right."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ import pytest
 import torch
 
 import lightning_watt
+from lightning_watt.energy.trace import load_trace, trace_prefix
+from lightning_watt.report.cli import main as report_main
 
 WORKER = Path(__file__).with_name("kill_worker.py")
 
@@ -60,11 +63,24 @@ def test_a_killed_fit_keeps_its_trace_and_resumes_with_its_energy(tmp_path):
     assert proc.returncode == -signal.SIGKILL
 
     # The recording: flushed every 2 s, readings held 3 s for ordering, so at most ~5 s lost.
+    # It loads, and says it was cut off.
     (samples,) = list(tmp_path.rglob("*.samples.csv.gz"))
+    trace = load_trace(trace_prefix(samples))
+    assert trace.partial and trace.partial_reason
+    first, last = trace.span
+    assert last - first >= ran_for - 6.0, (last - first, ran_for)
+    # The same rows as a plain zlib read of what reached the disk.
     rows = _rows_before_the_cut(samples)
-    times = [float(r[0]) for r in rows[1:] if len(r) == 4]
-    assert times, "nothing of the killed run's trace was on disk"
-    assert max(times) - min(times) >= ran_for - 6.0, (max(times) - min(times), ran_for)
+    assert len(trace.samples) == len([r for r in rows[1:] if len(r) == 4])
+
+    # The report on the killed run uses its most complete source and says which.
+    out = tmp_path / "report"
+    assert report_main(["report", str(samples.parent), "-o", str(out), "--no-plots"]) == 0
+    (row,) = json.loads((out / "report.json").read_text())["runs"]
+    assert row["partial_trace"] is True and row["energy_source"]
+    with open(samples.parent / "metrics.csv") as fh:
+        logged = [float(r["watt/energy_kWh"]) for r in csv.DictReader(fh) if r["watt/energy_kWh"]]
+    assert row["energy_kWh"] >= max(logged) * 0.999  # never the partial trace's smaller total
 
     newest = max((tmp_path / "ckpt").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     stored = _watt_state(newest)
