@@ -1,0 +1,260 @@
+"""Recovering when a cumulative energy counter actually updated, from its reads: pure math.
+
+The NVML energy counter updates on its own clock, about every 100 ms; a read returns the value
+of the last update, so a value stamped at its read time is 0-100 ms stale, and the staleness
+drifts when the reader's poll and the counter's clock are not locked. :class:`CounterClock`
+estimates each new value's update instant ``u`` from what the reads themselves say:
+
+* **Bracket.** A value change between two reads brackets the update: it happened in
+  ``(lo, t]`` (``lo`` the previous read, ``t`` this one). A bracket narrower than
+  ``tight_s`` (a reader in a tight loop) pins it: ``u`` is its middle.
+* **Grid aligned with power.** Otherwise the updates are modelled as a regular grid
+  ``phi + k * P`` (period and phase fitted over the last ``window_s`` seconds, refitted every
+  ``refit_every`` updates, so drift is tracked): each read then returns the counter at the last
+  grid point before it, and the grid is chosen so that counter increments match the power
+  integral (driver buffer, else a point power field) between those grid points. Where power
+  varies, a wrong phase moves joules visibly; where it is flat, or the fit is not clearly
+  better than read-time anchoring, nothing is assumed.
+* **Read time.** Otherwise (no power, reads 1 s apart, an irregular counter, the first seconds
+  of a run) ``u`` is the read time, as before: :attr:`CounterClock.counts` says how often.
+
+A value's ``u`` depends only on reads up to its own read time and power samples up to
+``t + lookahead_s``, so a timeline fed live, in any chunking, resolves every value as a replay of
+its recording does. Missed updates, doubled values and jittered read times cost accuracy only
+where they are (the fit is an L1 match over many updates), and a ``u`` that falls outside its
+bracket is refused for the read time.
+
+Example:
+    >>> clock = CounterClock()
+    >>> clock.add_read(0.000, 0.0, 0)
+    >>> clock.add_read(0.004, 1.0, 0)  # changed within 4 ms: the update is pinned
+    >>> u, how = clock.resolve(0.004, 0.000)
+    >>> round(u, 3), how
+    (0.002, 'bracket')
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+import numpy as np
+
+from lightning_watt.energy.readings import BUFFER_W, INSTANT_W, USAGE_W
+
+#: Power kinds a grid can be aligned against, best first. Interval means (the buffer) are
+#: integrated as steps, point fields as trapezoids.
+ALIGN_KINDS: tuple[str, ...] = (BUFFER_W, INSTANT_W, USAGE_W)
+#: How an update instant was obtained.
+BRACKET, GRID, READ_TIME = "bracket", "grid", "read time"
+
+#: Relative period offsets searched around the nominal period (counters measured 99.9-100.07 ms).
+_PERIOD_OFFSETS = (-1.5e-3, -0.75e-3, 0.0, 0.75e-3, 1.5e-3)
+#: Phase resolution of the coarse search (seconds) and of the refinement around its best.
+_COARSE_PHASE_S = 0.002
+_FINE_PHASE_S = 0.00025
+#: A fit is used only if its mismatch is at most this fraction of read-time anchoring's ...
+_MAX_RELATIVE_MISMATCH = 0.8
+#: ... and the increments it explains are this many updates (a second of data at least).
+_MIN_UPDATES = 10
+
+
+class _Cumulative:
+    """The running integral of one power kind at its sample times (a private copy: the
+    timeline drops samples it has finalized, the clock needs a window of them)."""
+
+    __slots__ = ("cum", "interval", "t", "w")
+
+    def __init__(self, interval: bool) -> None:
+        self.interval = interval
+        self.t: list[float] = []
+        self.w: list[float] = []
+        self.cum: list[float] = []
+
+    def append(self, t: float, w: float) -> None:
+        if self.t:
+            if t <= self.t[-1]:
+                return
+            dt = t - self.t[-1]
+            inc = w * dt if self.interval and dt <= 0.1 else 0.5 * (w + self.w[-1]) * dt
+            self.cum.append(self.cum[-1] + inc)
+        else:
+            self.cum.append(0.0)
+        self.t.append(t)
+        self.w.append(w)
+
+    def covers(self, a: float, b: float) -> bool:
+        return bool(self.t) and self.t[0] <= a and self.t[-1] >= b
+
+    def trim(self, t: float) -> None:
+        i = bisect.bisect_left(self.t, t)
+        if i > 16:  # once per fit: a window's worth of data is copied a second at most
+            del self.t[:i], self.w[:i], self.cum[:i]
+
+
+class CounterClock:
+    """Estimates the update instants of one device's cumulative counter. See the module
+    docstring for the method.
+
+    Args:
+        period_s: the nominal update period (NVML: 100 ms).
+        window_s: seconds of reads and power a grid is fitted over.
+        refit_every: updates between two fits (a fit costs about a millisecond).
+        tight_s: a bracket this narrow pins its update without a fit.
+        lookahead_s: power after a read that its resolution may use (one buffer window and
+            some); the timeline resolves a value only once power reaches that far.
+    """
+
+    def __init__(
+        self,
+        *,
+        period_s: float = 0.1,
+        window_s: float = 10.0,
+        refit_every: int = 8,
+        tight_s: float = 0.012,
+        lookahead_s: float = 0.05,
+    ) -> None:
+        self.period_s = period_s
+        self.window_s = window_s
+        self.refit_every = refit_every
+        self.tight_s = tight_s
+        self.lookahead_s = lookahead_s
+        # Reads that carry information: each value change and the read just before it.
+        self._rt: list[float] = []
+        self._racc: list[float] = []
+        self._rseries: list[int] = []
+        self._prev: tuple[float, float, int] | None = None  # the last read, not yet kept
+        self._power: dict[str, _Cumulative] = {}
+        self._fit: tuple[float, float, float] | None = None  # (period, phase, fitted at)
+        self._since_fit: int | None = None
+        self.counts: dict[str, int] = {BRACKET: 0, GRID: 0, READ_TIME: 0}
+        self.last_fit: dict[str, float] = {}
+        #: Set to a list to keep every ``(read time, update instant, how)`` (diagnostics).
+        self.history: list[tuple[float, float, str]] | None = None
+
+    # ------------------------------------------------------------------ ingest
+    def add_power(self, kind: str, t: float, w: float) -> None:
+        """One power sample (``t`` as the timeline stores it: a buffer sample ends its window)."""
+        if kind not in ALIGN_KINDS:
+            return
+        series = self._power.get(kind)
+        if series is None:
+            series = self._power[kind] = _Cumulative(kind == BUFFER_W)
+        series.append(t, w)
+
+    def add_read(self, t: float, acc: float, series: int) -> None:
+        """One counter read, in time order: ``acc`` is the counter's accumulated joules (resets
+        excluded) and ``series`` increases at each reset."""
+        prev = self._prev
+        if prev is not None and (acc != prev[1] or series != prev[2]):
+            if not self._rt or self._rt[-1] < prev[0]:
+                self._keep(*prev)
+            self._keep(t, acc, series)
+        elif prev is None:
+            self._keep(t, acc, series)
+        self._prev = (t, acc, series)
+
+    def _keep(self, t: float, acc: float, series: int) -> None:
+        self._rt.append(t)
+        self._racc.append(acc)
+        self._rseries.append(series)
+
+    # ------------------------------------------------------------------ resolve
+    def resolve(self, t: float, lo: float) -> tuple[float, str]:
+        """The update instant of the value first read at ``t`` (the previous read at ``lo``,
+        ``-inf`` for none), and how it was found. Call in time order, once power has reached
+        ``t + lookahead_s`` (or will not)."""
+        if t - lo <= self.tight_s:
+            self.counts[BRACKET] += 1
+            return 0.5 * (lo + t), BRACKET
+        if self._since_fit is None or self._since_fit >= self.refit_every:
+            self._refit(t)
+            self._since_fit = 0
+        self._since_fit += 1
+        fit = self._fit
+        if fit is not None and t - fit[2] <= 2 * self.window_s:
+            period, phase, _ = fit
+            u = phase + period * math.floor((t - phase) / period)
+            if lo < u <= t:
+                self.counts[GRID] += 1
+                return u, GRID
+        self.counts[READ_TIME] += 1
+        return t, READ_TIME
+
+    def _refit(self, t: float) -> None:
+        self._trim(t - self.window_s - 1.0)
+        # The best power kind reaching this read; early in a run the window is what exists.
+        power = next(
+            (s for k in ALIGN_KINDS if (s := self._power.get(k)) and s.covers(t, t)), None
+        )
+        if power is None:
+            return
+        a = max(t - self.window_s, power.t[0] + 0.1)
+        i0 = bisect.bisect_left(self._rt, a)
+        i1 = bisect.bisect_right(self._rt, t)
+        if i1 - i0 < _MIN_UPDATES:
+            return
+        rt = np.asarray(self._rt[i0:i1])
+        same = np.diff(np.asarray(self._rseries[i0:i1])) == 0
+        d_counter = np.diff(np.asarray(self._racc[i0:i1]))[same]
+        total = float(d_counter.sum())
+        if np.count_nonzero(d_counter) < _MIN_UPDATES or total <= 0:
+            return
+        j1 = bisect.bisect_right(power.t, t + self.lookahead_s)
+        j0 = max(0, bisect.bisect_left(power.t, a - 0.2) - 1)
+        pt, pc = np.asarray(power.t[j0:j1]), np.asarray(power.cum[j0:j1])
+
+        def mismatch(grids: np.ndarray) -> np.ndarray:
+            """L1 mismatch of counter increments vs scaled power integrals, per candidate row."""
+            d_power = np.diff(np.interp(grids, pt, pc), axis=-1)[..., same]
+            scale = total / np.maximum(d_power.sum(axis=-1, keepdims=True), 1e-12)
+            return np.abs(d_counter - scale * d_power).sum(axis=-1) / total
+
+        base = float(mismatch(rt[None, :])[0])
+        periods = self.period_s * (1.0 + np.asarray(_PERIOD_OFFSETS))
+        phases = np.arange(0.0, self.period_s, _COARSE_PHASE_S)
+        # Phases are measured from t, so a period error moves the far end of the window only.
+        per, pha = np.meshgrid(periods, phases, indexing="ij")
+        per, pha = per.ravel(), pha.ravel()
+        ref = t - pha
+        grids = ref[:, None] + per[:, None] * np.floor((rt[None, :] - ref[:, None]) / per[:, None])
+        scores = mismatch(grids)
+        best = int(np.argmin(scores))
+        p_best = float(per[best])
+        fine = pha[best] + np.arange(-_COARSE_PHASE_S, _COARSE_PHASE_S + 1e-12, _FINE_PHASE_S)
+        ref = t - fine
+        grids = ref[:, None] + p_best * np.floor((rt[None, :] - ref[:, None]) / p_best)
+        fine_scores = mismatch(grids)
+        k = int(np.argmin(fine_scores))
+        score = float(fine_scores[k])
+        self.last_fit = {"period_s": p_best, "mismatch": score, "read_time_mismatch": base}
+        if score <= _MAX_RELATIVE_MISMATCH * base:
+            self._fit = (p_best, float(ref[k]), t)
+        else:
+            self._fit = None
+
+    def _trim(self, t: float) -> None:
+        i = bisect.bisect_left(self._rt, t)
+        if i > 16:
+            del self._rt[:i], self._racc[:i], self._rseries[:i]
+        for s in self._power.values():
+            s.trim(t)
+
+    def memory_bytes(self) -> int:
+        """About what the kept window of reads and power costs (8 bytes a number)."""
+        reads = len(self._rt) * 3
+        power = sum(len(s.t) * 3 for s in self._power.values())
+        return (reads + power) * 8
+
+    # ------------------------------------------------------------------ report
+    def describe(self) -> str:
+        """How the update instants were found, for a summary's method notes."""
+        n = sum(self.counts.values())
+        if n == 0:
+            return "no counter updates"
+        parts = [f"{100 * c / n:.0f} % {how}" for how, c in self.counts.items() if c]
+        note = "counter updates anchored by " + ", ".join(parts)
+        if self.counts[READ_TIME] == n:
+            note += " (update clock not recovered: values placed at their read time, up to one "
+            note += "update late)"
+        return note
