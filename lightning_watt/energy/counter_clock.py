@@ -57,6 +57,8 @@ _FINE_PHASE_S = 0.00025
 _MAX_RELATIVE_MISMATCH = 0.8
 #: ... and the increments it explains are this many updates (a second of data at least).
 _MIN_UPDATES = 10
+#: Grid points this close outside a bracket are still candidates for its update.
+_SLACK_S = 0.004
 
 
 class _Cumulative:
@@ -103,6 +105,7 @@ class CounterClock:
         tight_s: a bracket this narrow pins its update without a fit.
         lookahead_s: power after a read that its resolution may use (one buffer window and
             some); the timeline resolves a value only once power reaches that far.
+        warmup_s: how long the first values may wait for a first fit.
     """
 
     def __init__(
@@ -112,13 +115,15 @@ class CounterClock:
         window_s: float = 10.0,
         refit_every: int = 8,
         tight_s: float = 0.012,
-        lookahead_s: float = 0.05,
+        lookahead_s: float = 0.08,
+        warmup_s: float = 3.0,
     ) -> None:
         self.period_s = period_s
         self.window_s = window_s
         self.refit_every = refit_every
         self.tight_s = tight_s
         self.lookahead_s = lookahead_s
+        self.warmup_s = warmup_s
         # Reads that carry information: each value change and the read just before it.
         self._rt: list[float] = []
         self._racc: list[float] = []
@@ -127,6 +132,10 @@ class CounterClock:
         self._power: dict[str, _Cumulative] = {}
         self._fit: tuple[float, float, float] | None = None  # (period, phase, fitted at)
         self._since_fit: int | None = None
+        self._locked = False  # a fit has placed a value
+        self._last: tuple[float, float] | None = None  # (u, acc) of the last value placed
+        self._scale = 1.0  # counter joules per power-integral joule, from the last fit
+        self._warm_start: float | None = None
         self.counts: dict[str, int] = {BRACKET: 0, GRID: 0, READ_TIME: 0}
         self.last_fit: dict[str, float] = {}
         #: Set to a list to keep every ``(read time, update instant, how)`` (diagnostics).
@@ -160,26 +169,84 @@ class CounterClock:
         self._rseries.append(series)
 
     # ------------------------------------------------------------------ resolve
-    def resolve(self, t: float, lo: float) -> tuple[float, str]:
+    def resolve(self, t: float, lo: float) -> tuple[float, str] | None:
         """The update instant of the value first read at ``t`` (the previous read at ``lo``,
-        ``-inf`` for none), and how it was found. Call in time order, once power has reached
-        ``t + lookahead_s`` (or will not)."""
+        ``-inf`` for none), and how it was found; ``None`` while warming up (see
+        :meth:`place`). Call in time order, once power has reached ``t + lookahead_s`` (or will
+        not)."""
         if t - lo <= self.tight_s:
             self.counts[BRACKET] += 1
             return 0.5 * (lo + t), BRACKET
-        if self._since_fit is None or self._since_fit >= self.refit_every:
+        # Until the first fit, values wait (up to warmup_s) for it rather than take their read
+        # time: a switch from stale read times to the recovered clock moves the lag's joules
+        # (half an update of power) into one window. Only for reads about one update apart,
+        # with power to align against; 1 Hz reads or counter-only devices do not wait.
+        warming = (
+            not self._locked and t - lo < 2 * self.period_s and any(self._power.values())
+        )
+        if warming and self._warm_start is None:
+            self._warm_start = t
+        if warming or self._since_fit is None or self._since_fit >= self.refit_every:
             self._refit(t)
             self._since_fit = 0
-        self._since_fit += 1
-        fit = self._fit
-        if fit is not None and t - fit[2] <= 2 * self.window_s:
-            period, phase, _ = fit
-            u = phase + period * math.floor((t - phase) / period)
-            if lo < u <= t:
-                self.counts[GRID] += 1
-                return u, GRID
+        self._since_fit = (self._since_fit or 0) + 1
+        placed = self._on_grid(t, lo)
+        if placed is not None:
+            self._locked = True
+            return placed
+        if warming and self._warm_start is not None and t - self._warm_start < self.warmup_s:
+            return None
         self.counts[READ_TIME] += 1
         return t, READ_TIME
+
+    def place(self, t: float, lo: float) -> tuple[float, str]:
+        """Place a value that waited during warm-up, on the grid fitted since (or at its read
+        time if none was)."""
+        placed = self._on_grid(t, lo)
+        if placed is not None:
+            return placed
+        self.counts[READ_TIME] += 1
+        return t, READ_TIME
+
+    def _on_grid(self, t: float, lo: float) -> tuple[float, str] | None:
+        fit = self._fit
+        if fit is None or abs(t - fit[2]) > 3 * self.window_s:
+            return None
+        period, phase, _ = fit
+        # Grid points within a few ms of the bracket count: read stamps and the fitted phase
+        # are that uncertain. Two candidates (a read close to an update) are told apart by
+        # which one makes this increment match the power integral since the last value.
+        top = phase + period * math.floor((t + _SLACK_S - phase) / period)
+        candidates = [
+            min(max(c, lo + 1e-6), t) for c in (top, top - period) if lo - _SLACK_S < c
+        ]
+        candidates = [c for c in candidates if lo < c <= t]
+        if not candidates:
+            return None
+        u = candidates[0] if len(candidates) == 1 else self._likelier(candidates, t)
+        self.counts[GRID] += 1
+        self._last = (u, self._acc_at(t))
+        return u, GRID
+
+    def _acc_at(self, t: float) -> float:
+        i = bisect.bisect_right(self._rt, t) - 1
+        return self._racc[i] if i >= 0 else 0.0
+
+    def _likelier(self, candidates: list[float], t: float) -> float:
+        """The candidate whose power integral since the previous value best matches the
+        counter's increment (the first when there is nothing to compare)."""
+        last = self._last
+        power = next((s for k in ALIGN_KINDS if (s := self._power.get(k)) and s.t), None)
+        if last is None or power is None or not power.covers(last[0], max(candidates)):
+            return candidates[0]
+        d_counter = self._acc_at(t) - last[1]
+        i_last = float(np.interp(last[0], power.t, power.cum))
+        scale = self._scale
+        errors = [
+            abs(d_counter - scale * (float(np.interp(c, power.t, power.cum)) - i_last))
+            for c in candidates
+        ]
+        return candidates[errors.index(min(errors))]
 
     def _refit(self, t: float) -> None:
         self._trim(t - self.window_s - 1.0)
@@ -230,6 +297,10 @@ class CounterClock:
         self.last_fit = {"period_s": p_best, "mismatch": score, "read_time_mismatch": base}
         if score <= _MAX_RELATIVE_MISMATCH * base:
             self._fit = (p_best, float(ref[k]), t)
+            grid = ref[k] + p_best * np.floor((rt - ref[k]) / p_best)
+            d_power = float(np.diff(np.interp(grid, pt, pc))[same].sum())
+            if d_power > 0:
+                self._scale = min(2.0, max(0.5, total / d_power))
         else:
             self._fit = None
 

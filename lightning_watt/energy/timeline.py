@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from lightning_watt.energy.counter_clock import READ_TIME, CounterClock
+from lightning_watt.energy.segment_fit import EdgeModel
 from lightning_watt.energy.readings import (
     AVERAGE_W,
     BUFFER_W,
@@ -220,7 +221,10 @@ class DeviceTimeline:
         self._anchors: list[_Anchor] = []
         self._head = 0
         self._nres = 0
+        self._scan = 0
         self.clock = CounterClock()
+        #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
+        self.edges = EdgeModel()
         #: Readings dropped as unusable (NaN or infinite time or value, negative power), by kind.
         self.rejected: dict[str, int] = {}
         self._counter_acc = 0.0
@@ -247,6 +251,12 @@ class DeviceTimeline:
         self._version = 0
 
     # ------------------------------------------------------------------ ingest
+    def add_edges(self, edges: Iterable[tuple[float, str]], until: float) -> None:
+        """Step edges ``(t, label)`` known up to ``until`` (see :class:`EdgeModel`). Once given,
+        finalizing waits for edges to reach past a span, as it waits for power."""
+        self.edges.add(edges, until)
+        self._version += 1
+
     def add(self, kind: str, t: float, value: float) -> bool:
         """Ingest one reading; ``False`` if it was dropped as unusable (counted in
         :attr:`rejected`): a NaN or infinite time or value, or a negative power. A measurement
@@ -297,22 +307,39 @@ class DeviceTimeline:
     def _resolve(self, power_until: float) -> None:
         """Place new counter values at their update instants once power has passed them (see
         :mod:`~lightning_watt.energy.counter_clock`); in time order, so live and replayed
-        timelines resolve alike."""
+        timelines resolve alike. Values the clock defers (warming up) wait in
+        ``[_nres, _scan)`` until a later value is placed, or until ``flush``."""
         anchors, clock = self._anchors, self.clock
-        while self._nres < len(anchors):
-            x = anchors[self._nres]
+        final = math.isinf(power_until) and power_until > 0
+        while self._scan < len(anchors):
+            x = anchors[self._scan]
             if x.t + clock.lookahead_s > power_until:
                 break
-            u, how = clock.resolve(x.t, x.lo) if self._recover_clock else (x.t, READ_TIME)
-            prev = anchors[self._nres - 1].u if self._nres > 0 else -math.inf
-            if not prev < u <= x.t:
-                clock.counts[how] -= 1
-                clock.counts[READ_TIME] += 1
-                u, how = x.t, READ_TIME
-            x.u, x.how = u, how
-            if clock.history is not None:
-                clock.history.append((x.t, u, how))
-            self._nres += 1
+            placed = clock.resolve(x.t, x.lo) if self._recover_clock else (x.t, READ_TIME)
+            self._scan += 1
+            if placed is None:
+                continue
+            while self._nres < self._scan - 1:
+                w = anchors[self._nres]
+                self._place(w, clock.place(w.t, w.lo))
+            self._place(x, placed)
+        if final:
+            while self._nres < self._scan:
+                w = anchors[self._nres]
+                self._place(w, clock.place(w.t, w.lo))
+
+    def _place(self, x: _Anchor, placed: tuple[float, str]) -> None:
+        u, how = placed
+        clock = self.clock
+        prev = self._anchors[self._nres - 1].u if self._nres > 0 else -math.inf
+        if not prev < u <= x.t:
+            clock.counts[how] -= 1
+            clock.counts[READ_TIME] += 1
+            u, how = x.t, READ_TIME
+        x.u, x.how = u, how
+        if clock.history is not None:
+            clock.history.append((x.t, u, how))
+        self._nres += 1
 
     def mark_gap(self, start: float, end: float, reason: str) -> None:
         if end > start:
@@ -353,21 +380,43 @@ class DeviceTimeline:
             present = [s for s in present if newest - s.last_t <= _STALE_S]
         return sorted(present, key=lambda s: POWER_KINDS.index(s.kind))
 
-    def _shape_for(self, a: float, b: float) -> tuple[str, list[float], list[float]] | None:
-        """The best power kind whose samples cover ``[a, b]``, as cumulative knots."""
+    def _shape_for(
+        self, a: float, b: float, refine: bool = True
+    ) -> tuple[str, list[float], list[float]] | None:
+        """The best power kind whose samples cover ``[a, b]``, as cumulative knots (buffer
+        tiles split at step edges when edges are known and ``refine``)."""
         best = None
         for s in sorted(self._power.values(), key=lambda s: POWER_KINDS.index(s.kind)):
             if len(s.t) < 2:
                 continue
             if s.t[0] <= a + self._max_gap and s.t[-1] >= b - 1e-9:
-                ts, cum = s.knots()
-                return s.kind, ts, cum
+                best = s
+                break
             if best is None and s.t[-1] > a:
                 best = s
-        if best is not None:
-            ts, cum = best.knots()
-            return best.kind, ts, cum
-        return None
+        if best is None:
+            return None
+        ts, cum = best.knots()
+        if refine and best.kind == BUFFER_W and self.edges.active:
+            ts, cum = self._split_at_edges(ts, cum, a, b)
+        return best.kind, ts, cum
+
+    def _split_at_edges(
+        self, ts: list[float], cum: list[float], a: float, b: float
+    ) -> tuple[list[float], list[float]]:
+        """The knots of the tiles spanning ``[a, b]``, with knots added inside the tiles that
+        hold a step edge (:meth:`EdgeModel.split`)."""
+        n = len(ts)
+        i_lo = max(1, bisect.bisect_left(ts, a))
+        i_hi = min(n - 1, bisect.bisect_left(ts, b))
+        out_t, out_c = [ts[i_lo - 1]], [cum[i_lo - 1]]
+        for i in range(i_lo, i_hi + 1):
+            inner_t, inner_c = self.edges.split(ts, cum, i)
+            out_t.extend(inner_t)
+            out_c.extend(inner_c)
+            out_t.append(ts[i])
+            out_c.append(cum[i])
+        return out_t, out_c
 
     def _power_horizon(self) -> float:
         """How far the best delivering power kind reaches: windows beyond wait for it."""
@@ -467,6 +516,8 @@ class DeviceTimeline:
         # Finalizing moves the knots the provisional tail hangs from (flush adds no reading).
         self._version += 1
         power_until = math.inf if final else self._power_horizon()
+        if self.edges.active and not final:
+            power_until = min(power_until, self.edges.until)
         self._resolve(power_until)
         anchors = self._anchors
         if self._boundary is None:
@@ -559,10 +610,12 @@ class DeviceTimeline:
             # Amortised: a backlog of anchors is not copied once per window.
             del anchors[:head]
             self._nres -= head
+            self._scan -= head
             head = 0
         self._head = head
         for s in self._power.values():
             s.drop_before(t - 0.25)
+        self.edges.drop_before(t - 0.25)
 
     def _find_gaps(self) -> None:
         b = self._boundary
@@ -636,7 +689,7 @@ class DeviceTimeline:
         es: list[float] = []
         if self._kt:
             b, e0 = self._kt[-1], self._ke[-1]
-            shape = self._shape_for(b, math.inf)
+            shape = self._shape_for(b, math.inf, refine=False)
             if shape is not None:
                 _, pts, cum = shape
                 i0 = _interp(pts, cum, b)
@@ -740,6 +793,9 @@ class EnergyTimeline:
         }
         self._allowed = None if devices is None else frozenset(devices)
         self._devices: dict[str, DeviceTimeline] = {}
+        # Every edge given, for devices whose first reading comes later.
+        self._edges: list[tuple[float, str]] = []
+        self._edges_until = -math.inf
         for name in sorted(self._allowed or ()):
             self._devices[name] = DeviceTimeline(name, **self._kwargs)
 
@@ -751,6 +807,8 @@ class EnergyTimeline:
                     f"device: unknown {name!r}; this timeline has {sorted(self._allowed)}"
                 )
             tl = self._devices[name] = DeviceTimeline(name, **self._kwargs)
+            if self._edges or self._edges_until > -math.inf:
+                tl.add_edges(self._edges, self._edges_until)
         return tl
 
     def add(self, readings: Iterable[Reading]) -> None:
@@ -762,6 +820,35 @@ class EnergyTimeline:
             touched.add(r.device)
         for name in touched:
             self._devices[name].advance()
+
+    def add_edges(self, edges: Iterable[tuple[float, str]], until: float) -> None:
+        """Step edges for every device: ``(t, label)``, from ``t`` on power belongs to a segment
+        ``label`` (a phase at a step start, ``""`` at its end; see
+        :func:`~lightning_watt.energy.segment_fit.edges_from_steps`); every edge up to ``until``
+        has been given. Buffer samples holding an edge are then split by a segment-power fit
+        instead of spread evenly; finalizing waits for edges as it waits for readings.
+
+        Example:
+            >>> tl = EnergyTimeline()
+            >>> tl.add_edges([(0.05, "train"), (0.055, "")], until=1.0)
+            >>> tl.add([Reading(0.02 * i, "gpu0", "buffer_W", 200.0 if i == 3 else 100.0)
+            ...         for i in range(10)])
+            >>> tl.flush()
+            >>> round(tl.energy_between(0.05, 0.055)["gpu0"], 2)  # 5 ms at 500 W, not 200 W
+            2.5
+        """
+        _check_time("until", until)
+        batch = [(float(t), str(label)) for t, label in edges]
+        self._edges.extend(batch)
+        self._edges_until = max(self._edges_until, until)
+        for tl in self._devices.values():
+            tl.add_edges(batch, until)
+            tl.advance()
+        if self._devices:
+            # Kept only for a device whose first reading is still to come.
+            done = min(tl.finalized_until for tl in self._devices.values()) - 1.0
+            if self._edges and self._edges[0][0] < done:
+                self._edges = [e for e in self._edges if e[0] >= done]
 
     def mark_gap(self, device: str, start: float, end: float, reason: str) -> None:
         """Record that ``device`` was not measured over ``[start, end]`` (a source failed)."""

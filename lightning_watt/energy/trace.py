@@ -249,12 +249,19 @@ class Trace:
         wanted = frozenset(kinds)
         return (r for r in self.samples if r.kind in wanted)
 
-    def timeline(self, kinds: Collection[str] | None = None, **timeline_kwargs: Any):
+    def timeline(
+        self, kinds: Collection[str] | None = None, edges: bool = False, **timeline_kwargs: Any
+    ):
         """Fuse the samples (optionally only ``kinds``) into an :class:`EnergyTimeline`, through
-        the same code the live meter uses."""
+        the same code the live meter uses. ``edges=True`` also hands it the step edges, so
+        buffer samples holding an edge are split by segment (``EnergyTimeline.add_edges``)."""
         from lightning_watt.energy.timeline import EnergyTimeline
 
         timeline = EnergyTimeline(**timeline_kwargs)
+        if edges:
+            from lightning_watt.energy.segment_fit import edges_from_steps
+
+            timeline.add_edges(edges_from_steps(self.steps), until=math.inf)
         # Fed in half-second chunks, as the live meter feeds it, so pending data stays small.
         chunk: list[Reading] = []
         chunk_end = -math.inf

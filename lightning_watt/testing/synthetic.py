@@ -34,8 +34,9 @@ Harder variants, as a live meter sees real hardware (all off by default):
 * ``counter_read_interval_s``: the counter is *polled* on the reader's own clock instead of
   at its updates, so each read returns the last update's value and its staleness drifts over
   0-100 ms (``1.0`` gives 1 Hz reads).
-* ``jitter_s``: every recorded timestamp (counter reads, buffer samples, step edges) is off
-  by up to that much (uniform), while values follow the true instants.
+* ``jitter_s``: every reading's timestamp (counter reads, buffer samples) is off by up to
+  that much (uniform), while values follow the true instants; ``edge_jitter_s`` does the same
+  to the steps' GPU times (CUDA events are microsecond-exact, so it defaults to 0).
 * ``missed_updates``: that many counter updates do not happen (the next carries both);
   ``counter_reset_at_s``: the counter restarts from zero at that time (a driver reload).
 
@@ -211,6 +212,7 @@ def synthetic_run(
     gap_W: float | None = None,
     counter_read_interval_s: float | None = None,
     jitter_s: float = 0.0,
+    edge_jitter_s: float = 0.0,
     missed_updates: int = 0,
     counter_reset_at_s: float | None = None,
 ) -> SyntheticRun:
@@ -240,7 +242,8 @@ def synthetic_run(
         gap_W: power in those gaps (default ``idle_W``).
         counter_read_interval_s: poll the counter at this period on the reader's clock
             (``None``: one read per update, ``counter_delay_s`` after it).
-        jitter_s: every recorded timestamp is off by a uniform error of at most this.
+        jitter_s: every reading's timestamp is off by a uniform error of at most this.
+        edge_jitter_s: the same for the step edges' ``t_gpu``.
         missed_updates: counter updates that do not happen (chosen at random).
         counter_reset_at_s: the counter restarts from zero at this time.
 
@@ -269,6 +272,7 @@ def synthetic_run(
     finite_number("noise_W", noise_W, minimum=0.0, unit="W")
     # Jitter must not reorder one kind's samples (buffer samples are 20 ms apart).
     finite_number("jitter_s", jitter_s, minimum=0.0, maximum=0.005, unit="seconds")
+    finite_number("edge_jitter_s", edge_jitter_s, minimum=0.0, maximum=0.005, unit="seconds")
     if counter_read_interval_s is not None:
         positive_number("counter_read_interval_s", counter_read_interval_s, unit="seconds")
     if gap_ms is not None and not (0 <= gap_ms[0] <= gap_ms[1]):
@@ -300,6 +304,7 @@ def synthetic_run(
         "gap_W": gap_W,
         "counter_read_interval_s": counter_read_interval_s,
         "jitter_s": jitter_s,
+        "edge_jitter_s": edge_jitter_s,
         "missed_updates": missed_updates,
         "counter_reset_at_s": counter_reset_at_s,
     }
@@ -339,6 +344,7 @@ def synthetic_run(
         jitter_s,
         missed_updates,
         counter_reset_at_s,
+        edge_jitter_s,
     )
     run.trace = Trace(
         _readings(
@@ -367,11 +373,13 @@ class _Hostile:
     jitter_s: float = 0.0
     missed_updates: int = 0
     reset_at_s: float | None = None
+    edge_jitter_s: float = 0.0
 
-    def jitter(self, times: np.ndarray) -> np.ndarray:
-        if self.jitter_s <= 0:
+    def jitter(self, times: np.ndarray, amount: float | None = None) -> np.ndarray:
+        amount = self.jitter_s if amount is None else amount
+        if amount <= 0:
             return times
-        return times + self.rng.uniform(-self.jitter_s, self.jitter_s, len(times))
+        return times + self.rng.uniform(-amount, amount, len(times))
 
 
 def _readings(
@@ -471,8 +479,10 @@ def _edges(
     for s in steps:
         edges.append(StepEdge(s.phase, "start", s.index, s.start - host_lead_s, s.start))
         edges.append(StepEdge(s.phase, "end", s.index, s.end - host_lead_s, s.end))
-    if hostile is not None and hostile.jitter_s > 0:
-        t_gpu = hostile.jitter(np.asarray([e.t_gpu for e in edges], dtype=float))
+    if hostile is not None and hostile.edge_jitter_s > 0:
+        t_gpu = hostile.jitter(
+            np.asarray([e.t_gpu for e in edges], dtype=float), hostile.edge_jitter_s
+        )
         edges = [e._replace(t_gpu=float(t)) for e, t in zip(edges, t_gpu, strict=True)]
     return edges
 
