@@ -154,8 +154,12 @@ def test_a_stretch_without_readings_is_a_gap_not_zero(kinds: frozenset[str] | No
     assert gap.duration >= 2.4
     inside = tl.energy_between(*hole)["gpu0"]
     truth = tr.counter_energy("gpu0", *hole)
-    # The hole is bridged (by the counter where present, else power), never silent zero.
-    assert inside == pytest.approx(truth, rel=0.02 if kinds in (None, {COUNTER_J}) else 0.15)
+    # The hole is bridged (by the counter where present, else power), never silent zero. The
+    # reference interpolates the counter between its (stale) read times; fused, each value is
+    # placed at its recovered update instant, up to 100 ms earlier, which moves that much power
+    # at both ends of the hole: 5 % of these 3 s.
+    tolerance = {None: 0.06, frozenset({COUNTER_J}): 0.02}.get(kinds, 0.15)
+    assert inside == pytest.approx(truth, rel=tolerance)
 
 
 def test_gaps_before_and_after_the_data() -> None:

@@ -54,9 +54,9 @@ _PERIOD_OFFSETS = (-1.5e-3, -0.75e-3, 0.0, 0.75e-3, 1.5e-3)
 _COARSE_PHASE_S = 0.002
 _FINE_PHASE_S = 0.00025
 #: A fit is used only if its mismatch is at most this fraction of read-time anchoring's ...
-_MAX_RELATIVE_MISMATCH = 0.8
+_MAX_RELATIVE_MISMATCH = 0.6
 #: ... and the increments it explains are this many updates (a second of data at least).
-_MIN_UPDATES = 10
+_MIN_UPDATES = 20
 #: Grid points this close outside a bracket are still candidates for its update.
 _SLACK_S = 0.004
 
@@ -105,7 +105,6 @@ class CounterClock:
         tight_s: a bracket this narrow pins its update without a fit.
         lookahead_s: power after a read that its resolution may use (one buffer window and
             some); the timeline resolves a value only once power reaches that far.
-        warmup_s: how long the first values may wait for a first fit.
     """
 
     def __init__(
@@ -115,15 +114,13 @@ class CounterClock:
         window_s: float = 10.0,
         refit_every: int = 8,
         tight_s: float = 0.012,
-        lookahead_s: float = 0.08,
-        warmup_s: float = 3.0,
+        lookahead_s: float = 0.03,
     ) -> None:
         self.period_s = period_s
         self.window_s = window_s
         self.refit_every = refit_every
         self.tight_s = tight_s
         self.lookahead_s = lookahead_s
-        self.warmup_s = warmup_s
         # Reads that carry information: each value change and the read just before it.
         self._rt: list[float] = []
         self._racc: list[float] = []
@@ -131,11 +128,9 @@ class CounterClock:
         self._prev: tuple[float, float, int] | None = None  # the last read, not yet kept
         self._power: dict[str, _Cumulative] = {}
         self._fit: tuple[float, float, float] | None = None  # (period, phase, fitted at)
-        self._since_fit: int | None = None
-        self._locked = False  # a fit has placed a value
+        self._since_fit = 0
         self._last: tuple[float, float] | None = None  # (u, acc) of the last value placed
         self._scale = 1.0  # counter joules per power-integral joule, from the last fit
-        self._warm_start: float | None = None
         self.counts: dict[str, int] = {BRACKET: 0, GRID: 0, READ_TIME: 0}
         self.last_fit: dict[str, float] = {}
         #: Set to a list to keep every ``(read time, update instant, how)`` (diagnostics).
@@ -169,39 +164,18 @@ class CounterClock:
         self._rseries.append(series)
 
     # ------------------------------------------------------------------ resolve
-    def resolve(self, t: float, lo: float) -> tuple[float, str] | None:
+    def resolve(self, t: float, lo: float) -> tuple[float, str]:
         """The update instant of the value first read at ``t`` (the previous read at ``lo``,
-        ``-inf`` for none), and how it was found; ``None`` while warming up (see
-        :meth:`place`). Call in time order, once power has reached ``t + lookahead_s`` (or will
-        not)."""
+        ``-inf`` for none), and how it was found. Call in time order, once power has reached
+        ``t + lookahead_s`` (or will not)."""
         if t - lo <= self.tight_s:
             self.counts[BRACKET] += 1
             return 0.5 * (lo + t), BRACKET
-        # Until the first fit, values wait (up to warmup_s) for it rather than take their read
-        # time: a switch from stale read times to the recovered clock moves the lag's joules
-        # (half an update of power) into one window. Only for reads about one update apart,
-        # with power to align against; 1 Hz reads or counter-only devices do not wait.
-        warming = (
-            not self._locked and t - lo < 2 * self.period_s and any(self._power.values())
-        )
-        if warming and self._warm_start is None:
-            self._warm_start = t
-        if warming or self._since_fit is None or self._since_fit >= self.refit_every:
+        # Until the first fit, every other value is a chance to fit; then every refit_every.
+        if self._since_fit >= (2 if self._fit is None else self.refit_every):
             self._refit(t)
             self._since_fit = 0
-        self._since_fit = (self._since_fit or 0) + 1
-        placed = self._on_grid(t, lo)
-        if placed is not None:
-            self._locked = True
-            return placed
-        if warming and self._warm_start is not None and t - self._warm_start < self.warmup_s:
-            return None
-        self.counts[READ_TIME] += 1
-        return t, READ_TIME
-
-    def place(self, t: float, lo: float) -> tuple[float, str]:
-        """Place a value that waited during warm-up, on the grid fitted since (or at its read
-        time if none was)."""
+        self._since_fit += 1
         placed = self._on_grid(t, lo)
         if placed is not None:
             return placed
@@ -301,8 +275,7 @@ class CounterClock:
             d_power = float(np.diff(np.interp(grid, pt, pc))[same].sum())
             if d_power > 0:
                 self._scale = min(2.0, max(0.5, total / d_power))
-        else:
-            self._fit = None
+        # A rejected fit leaves the last good one in force (a flat stretch says nothing).
 
     def _trim(self, t: float) -> None:
         i = bisect.bisect_left(self._rt, t)

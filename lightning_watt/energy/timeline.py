@@ -221,7 +221,6 @@ class DeviceTimeline:
         self._anchors: list[_Anchor] = []
         self._head = 0
         self._nres = 0
-        self._scan = 0
         self.clock = CounterClock()
         #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
         self.edges = EdgeModel()
@@ -307,26 +306,13 @@ class DeviceTimeline:
     def _resolve(self, power_until: float) -> None:
         """Place new counter values at their update instants once power has passed them (see
         :mod:`~lightning_watt.energy.counter_clock`); in time order, so live and replayed
-        timelines resolve alike. Values the clock defers (warming up) wait in
-        ``[_nres, _scan)`` until a later value is placed, or until ``flush``."""
+        timelines resolve alike."""
         anchors, clock = self._anchors, self.clock
-        final = math.isinf(power_until) and power_until > 0
-        while self._scan < len(anchors):
-            x = anchors[self._scan]
+        while self._nres < len(anchors):
+            x = anchors[self._nres]
             if x.t + clock.lookahead_s > power_until:
                 break
-            placed = clock.resolve(x.t, x.lo) if self._recover_clock else (x.t, READ_TIME)
-            self._scan += 1
-            if placed is None:
-                continue
-            while self._nres < self._scan - 1:
-                w = anchors[self._nres]
-                self._place(w, clock.place(w.t, w.lo))
-            self._place(x, placed)
-        if final:
-            while self._nres < self._scan:
-                w = anchors[self._nres]
-                self._place(w, clock.place(w.t, w.lo))
+            self._place(x, clock.resolve(x.t, x.lo) if self._recover_clock else (x.t, READ_TIME))
 
     def _place(self, x: _Anchor, placed: tuple[float, str]) -> None:
         u, how = placed
@@ -433,8 +419,9 @@ class DeviceTimeline:
         for t, e in zip(ts, es, strict=True):
             if self._kt and t <= self._kt[-1]:
                 continue
+            # Rounding in the power integral must not make E(t) dip (by 1e-15 J).
             self._kt.append(t)
-            self._ke.append(e)
+            self._ke.append(max(e, self._ke[-1]) if self._ke else e)
         self.seconds_by_method[method] = self.seconds_by_method.get(method, 0.0) + (b - a)
 
     def _start(self, t: float, anchor: _Anchor | None) -> None:
@@ -517,7 +504,8 @@ class DeviceTimeline:
         self._version += 1
         power_until = math.inf if final else self._power_horizon()
         if self.edges.active and not final:
-            power_until = min(power_until, self.edges.until)
+            # A tile's split looks window_s past it, at samples and edges: both must be in.
+            power_until = min(power_until, self.edges.until) - self.edges.window_s - 0.03
         self._resolve(power_until)
         anchors = self._anchors
         if self._boundary is None:
@@ -610,7 +598,6 @@ class DeviceTimeline:
             # Amortised: a backlog of anchors is not copied once per window.
             del anchors[:head]
             self._nres -= head
-            self._scan -= head
             head = 0
         self._head = head
         for s in self._power.values():
@@ -696,7 +683,7 @@ class DeviceTimeline:
                 for t, c in zip(pts, cum, strict=True):
                     if t > b:
                         ts.append(t)
-                        es.append(e0 + self._scale * (c - i0))
+                        es.append(max(e0 + self._scale * (c - i0), es[-1] if es else e0))
             elif self._boundary_anchor is not None:
                 for x in self._anchors[self._head :]:
                     if x.u > b and x.series == self._boundary_anchor.series:
