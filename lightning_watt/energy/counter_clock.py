@@ -55,8 +55,12 @@ _COARSE_PHASE_S = 0.002
 _FINE_PHASE_S = 0.00025
 #: A fit is used only if its mismatch is at most this fraction of read-time anchoring's ...
 _MAX_RELATIVE_MISMATCH = 0.6
+#: ... and read-time anchoring must miss by this much (else it has nothing to fix) ...
+_MIN_READ_TIME_MISMATCH = 0.01
 #: ... and the increments it explains are this many updates (a second of data at least).
 _MIN_UPDATES = 20
+#: A refit that moves the phase by more than this must clearly beat the previous grid.
+_PHASE_JUMP_S = 0.003
 #: Grid points this close outside a bracket are still candidates for its update.
 _SLACK_S = 0.004
 
@@ -191,9 +195,10 @@ class CounterClock:
         # are that uncertain. Two candidates (a read close to an update) are told apart by
         # which one makes this increment match the power integral since the last value.
         top = phase + period * math.floor((t + _SLACK_S - phase) / period)
-        candidates = [
-            min(max(c, lo + 1e-6), t) for c in (top, top - period) if lo - _SLACK_S < c
-        ]
+        # Without a previous read of the same series (the first value, a reset) the value is
+        # the one of the last update before the read.
+        options = (top, top - period) if math.isfinite(lo) else (top,)
+        candidates = [min(max(c, lo + 1e-6), t) for c in options if lo - _SLACK_S < c]
         candidates = [c for c in candidates if lo < c <= t]
         if not candidates:
             return None
@@ -269,13 +274,25 @@ class CounterClock:
         k = int(np.argmin(fine_scores))
         score = float(fine_scores[k])
         self.last_fit = {"period_s": p_best, "mismatch": score, "read_time_mismatch": base}
-        if score <= _MAX_RELATIVE_MISMATCH * base:
-            self._fit = (p_best, float(ref[k]), t)
-            grid = ref[k] + p_best * np.floor((rt - ref[k]) / p_best)
-            d_power = float(np.diff(np.interp(grid, pt, pc))[same].sum())
-            if d_power > 0:
-                self._scale = min(2.0, max(0.5, total / d_power))
-        # A rejected fit leaves the last good one in force (a flat stretch says nothing).
+        # Read times that already explain the increments (flat power, a locked reader) leave
+        # nothing to recover; a fit must beat them clearly.
+        if not (base > _MIN_READ_TIME_MISMATCH and score <= _MAX_RELATIVE_MISMATCH * base):
+            return  # a rejected fit leaves the last good one in force (flat power says nothing)
+        previous = self._fit
+        if previous is not None:
+            # Tracking, with hysteresis: a phase that jumps (a regular step pattern can alias a
+            # shifted grid) must clearly beat the previous grid on the same window.
+            p0, ph0, _ = previous
+            old_grid = ph0 + p0 * np.floor((rt - ph0) / p0)
+            jump = (float(ref[k]) - ph0) % p_best
+            jump = min(jump, p_best - jump)
+            if jump > _PHASE_JUMP_S and float(mismatch(old_grid[None, :])[0]) <= 1.2 * score:
+                return
+        self._fit = (p_best, float(ref[k]), t)
+        grid = ref[k] + p_best * np.floor((rt - ref[k]) / p_best)
+        d_power = float(np.diff(np.interp(grid, pt, pc))[same].sum())
+        if d_power > 0:
+            self._scale = min(2.0, max(0.5, total / d_power))
 
     def _trim(self, t: float) -> None:
         i = bisect.bisect_left(self._rt, t)
