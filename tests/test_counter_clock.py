@@ -9,6 +9,7 @@ polled on an unlocked clock (staleness drifting over 0-100 ms), and the real
 from __future__ import annotations
 
 import functools
+import itertools
 import statistics
 
 import numpy as np
@@ -114,7 +115,7 @@ def thinned(trace: Trace, every: float = 0.1) -> tuple[list[Reading], list[float
     counter = [r for r in trace.samples if r.kind == COUNTER_J]
     updates = [
         0.5 * (a.t + b.t)
-        for a, b in zip(counter, counter[1:], strict=False)
+        for a, b in itertools.pairwise(counter)
         if b.value != a.value and b.t - a.t < 0.012
     ]
     kept, due = [], counter[0].t
@@ -193,7 +194,9 @@ def test_unrecoverable_clocks_fall_back_to_read_times_and_say_so(case: str) -> N
             t += float(rng.uniform(0.01, 0.4))
             value += float(rng.choice([0.0, 0.0, 40.0, 400.0]))
             readings.append(Reading(t, "gpu0", COUNTER_J, value))
-        readings += [Reading(0.02 * i, "gpu0", INSTANT_W, 200.0 + 100 * (i % 7)) for i in range(2000)]
+        readings += [
+            Reading(0.02 * i, "gpu0", INSTANT_W, 200.0 + 100 * (i % 7)) for i in range(2000)
+        ]
     readings.sort(key=lambda r: r.t)
     tl = fused(readings)
     device = tl.device("gpu0")

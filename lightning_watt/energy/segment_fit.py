@@ -104,15 +104,21 @@ class EdgeModel:
         """Edges ``(t, label)``: from ``t`` on, power belongs to a segment labelled ``label``
         (a phase for a step start, ``""`` for a step end). ``until``: every edge up to this time
         has now been given."""
+        times, labels = self.times, self.labels
         for t, label in edges:
             if not math.isfinite(t):
                 continue
-            i = bisect.bisect_right(self.times, t)
-            if i and self.times[i - 1] == t:
-                self.labels[i - 1] = label  # one boundary, the later word wins
+            i = bisect.bisect_right(times, t)
+            if i and t - times[i - 1] < _MIN_SEGMENT_S:
+                # One boundary stamped twice (a step's end and the next one's start): the
+                # later stamp says what follows.
+                if i == len(times) or times[i] - t >= _MIN_SEGMENT_S:
+                    times[i - 1], labels[i - 1] = t, label
                 continue
-            self.times.insert(i, t)
-            self.labels.insert(i, label)
+            if i < len(times) and times[i] - t < _MIN_SEGMENT_S:
+                continue
+            times.insert(i, t)
+            labels.insert(i, label)
         if until > self.until:
             self.until = until
 
@@ -169,19 +175,8 @@ class EdgeModel:
             hi -= 1
         a, b = ts[lo - 1], ts[hi]
         edges, labels, first = self._edges_in(a, b, delay)
-        bounds, seg_labels = [a], [first]
-        for t, label in zip(edges, labels, strict=True):
-            if t - bounds[-1] < _MIN_SEGMENT_S:
-                # A sliver (two stamps of one boundary, jittered apart) is not a segment.
-                seg_labels[-1] = label
-                if len(bounds) > 1:
-                    continue
-            bounds.append(t)
-            seg_labels.append(label)
-        if b - bounds[-1] < _MIN_SEGMENT_S and len(bounds) > 1:
-            bounds.pop()
-            seg_labels.pop()
-        bounds.append(b)
+        bounds = [a, *edges, b]
+        seg_labels = [first, *labels]
         power = self._fit(ts, cum, lo, hi, bounds, seg_labels)
         # Split this tile's measured joules by fitted power x overlap.
         e0, energy = cum[i - 1], cum[i] - cum[i - 1]
@@ -258,8 +253,7 @@ class EdgeModel:
         if not all(0 < b - a <= _MAX_TILE_S for a, b in spans):
             return
         counts = [
-            bisect.bisect_left(self.times, b) - bisect.bisect_right(self.times, a)
-            for a, b in spans
+            bisect.bisect_left(self.times, b) - bisect.bisect_right(self.times, a) for a, b in spans
         ]
         if counts != [0, 1, 0]:
             return
@@ -273,38 +267,32 @@ class EdgeModel:
 
 
 def edges_from_steps(steps: Iterable[object]) -> list[tuple[float, str]]:
-    """``(t, label)`` boundaries from step edges (objects with ``phase``, ``edge``, ``index``
-    and ``t``, such as :class:`~lightning_watt.energy.trace.StepEdge`): the label of the time
-    after each edge is the phase of a step covering it, ``""`` outside steps. Edges are paired
-    by ``(phase, index)``, so one step's end stamped a little after the next one's start
-    (jittered or overlapping stamps) does not label the next step as a gap.
+    """``(t, label)`` boundaries from step edges (objects with ``phase``, ``edge`` and ``t``,
+    such as :class:`~lightning_watt.energy.trace.StepEdge`): the label of the time after each
+    edge is the phase of a step covering it, ``""`` outside steps. An end closes the latest
+    open start of its phase (indices are not used: Lightning numbers a train step's end with
+    the next global step), so one step's end stamped a little after the next one's start does
+    not label the next step as a gap.
 
     Example:
         >>> from lightning_watt.energy.trace import StepEdge
-        >>> edges_from_steps([StepEdge("train", "start", 0, 1.0), StepEdge("train", "end", 0, 1.2),
-        ...                   StepEdge("train", "start", 1, 1.199), StepEdge("train", "end", 1, 1.4)])
-        [(1.0, 'train'), (1.199, 'train'), (1.2, 'train'), (1.4, '')]
+        >>> edges_from_steps([
+        ...     StepEdge("train", "start", 0, 1.0), StepEdge("train", "end", 1, 1.2),
+        ...     StepEdge("train", "start", 1, 1.25), StepEdge("train", "end", 2, 1.4),
+        ... ])
+        [(1.0, 'train'), (1.2, ''), (1.25, 'train'), (1.4, '')]
     """
-    events: list[tuple[float, int, str]] = []  # (t, +1 opens / -1 closes, phase)
-    open_at: dict[tuple[str, int], float] = {}
+    events: list[tuple[float, int, str]] = []  # (t, +1 opens / -1 closes / 0, phase)
     for e in steps:
-        phase, edge = str(getattr(e, "phase", "")), getattr(e, "edge", "")
-        key = (phase, int(getattr(e, "index", 0)))
         t = float(getattr(e, "t"))  # noqa: B009
-        if not math.isfinite(t):
-            continue
-        if edge == "start":
-            open_at[key] = t
-            events.append((t, 1, phase))
-        elif key in open_at and open_at.pop(key) <= t:
-            events.append((t, -1, phase))
-        else:
-            events.append((t, 0, ""))  # an end without its start: a boundary only
-    events.sort(key=lambda x: (x[0], -x[1]))
+        if math.isfinite(t):
+            edge = getattr(e, "edge", "")
+            events.append((t, 1 if edge == "start" else -1, str(getattr(e, "phase", ""))))
+    events.sort(key=lambda x: x[0])
     out: list[tuple[float, str]] = []
     active: dict[str, int] = {}
     for t, delta, phase in events:
-        if delta:
+        if delta > 0 or active.get(phase, 0) > 0:
             active[phase] = active.get(phase, 0) + delta
             if active[phase] <= 0:
                 del active[phase]

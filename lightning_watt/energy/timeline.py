@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 
 from lightning_watt.energy.counter_clock import READ_TIME, CounterClock
-from lightning_watt.energy.segment_fit import EdgeModel
 from lightning_watt.energy.readings import (
     AVERAGE_W,
     BUFFER_W,
@@ -58,6 +57,7 @@ from lightning_watt.energy.readings import (
     POWER_KINDS,
     Reading,
 )
+from lightning_watt.energy.segment_fit import EdgeModel
 from lightning_watt.validate import finite_number, integer, positive_number
 
 #: Trailing-average fields describe the past: shift their samples back by half the window.
@@ -312,7 +312,11 @@ class DeviceTimeline:
             x = anchors[self._nres]
             if x.t + clock.lookahead_s > power_until:
                 break
-            self._place(x, clock.resolve(x.t, x.lo) if self._recover_clock else (x.t, READ_TIME))
+            if self._recover_clock:
+                self._place(x, clock.resolve(x.t, x.lo))
+            else:
+                clock.counts[READ_TIME] += 1
+                self._place(x, (x.t, READ_TIME))
 
     def _place(self, x: _Anchor, placed: tuple[float, str]) -> None:
         u, how = placed

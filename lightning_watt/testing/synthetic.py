@@ -424,8 +424,7 @@ def _readings(
         means = (np.asarray(run.energy_at(stamps)) - before) / buffer_interval_s
         recorded = hostile.jitter(stamps)
         out.extend(
-            Reading(float(s), dev, BUFFER_W, float(w))
-            for s, w in zip(recorded, means, strict=True)
+            Reading(float(s), dev, BUFFER_W, float(w)) for s, w in zip(recorded, means, strict=True)
         )
     # Stable sort: at equal times the kinds keep the order above, so the trace is reproducible.
     out.sort(key=lambda r: r.t)
