@@ -108,8 +108,10 @@ def test_sync_with_the_estimate_and_a_slow_channel_reaches_the_call() -> None:
     assert threading.main_thread() not in slow.threads
 
 
-#: How far power must pass a counter read before its value is placed in time.
+#: How far power must pass a counter read before its value is placed in time, and how long
+#: the first values may wait for the counter clock's first fit.
 LOOKAHEAD_S = CounterClock().lookahead_s
+WARMUP_S = CounterClock().warmup_s
 
 
 def test_sync_with_a_replay_reaches_the_newest_recorded_readings() -> None:
@@ -120,7 +122,9 @@ def test_sync_with_a_replay_reaches_the_newest_recorded_readings() -> None:
     # A counter pins energy where it shows a new value (the first read of each update).
     changes = [b[0] for a, b in itertools.pairwise(counter) if b[1] > a[1]]
     with EnergyMeter([source]) as meter:
-        time.sleep(0.4)
+        # Until the counter clock's first fit (at most warmup_s, with power varying) counter
+        # values wait to be placed, so energy is not final; after it, sync brings it up.
+        time.sleep(WARMUP_S + 0.3)
         for k in range(6):
             time.sleep(0.03 * k)
             ok, took, t = timed_sync(meter)
@@ -157,7 +161,9 @@ def test_sync_with_a_fake_nvml_gpu_brings_the_buffer_to_the_call(
     monkeypatch.setitem(sys.modules, "pynvml", fake.module())
     source = NvmlSource([0], uuid_of=fk.uuid_lookup(fk.cuda_uuids(fake.gpus)))
     with EnergyMeter([source]) as meter:
-        time.sleep(0.3)
+        # Until the counter clock's first fit (at most warmup_s, with power varying) counter
+        # values wait to be placed, so energy is not final; after it, sync brings it up.
+        time.sleep(WARMUP_S + 0.3)
         for k in range(8):
             time.sleep(0.013 * k)
             ok, took, t = timed_sync(meter)

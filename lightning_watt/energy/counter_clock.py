@@ -111,6 +111,8 @@ class CounterClock:
         tight_s: a bracket this narrow pins its update without a fit.
         lookahead_s: power after a read that its resolution may use (one buffer window and
             some); the timeline resolves a value only once power reaches that far.
+        warmup_s: how long the first values may wait for the first fit (only while power
+            varies, so that one is coming; energy is not final past them meanwhile).
     """
 
     def __init__(
@@ -121,12 +123,14 @@ class CounterClock:
         refit_every: int = 8,
         tight_s: float = 0.012,
         lookahead_s: float = 0.03,
+        warmup_s: float = 3.0,
     ) -> None:
         self.period_s = period_s
         self.window_s = window_s
         self.refit_every = refit_every
         self.tight_s = tight_s
         self.lookahead_s = lookahead_s
+        self.warmup_s = warmup_s
         # Reads that carry information: each value change and the read just before it.
         self._rt: list[float] = []
         self._racc: list[float] = []
@@ -136,6 +140,8 @@ class CounterClock:
         self._fit: tuple[float, float, float] | None = None  # (period, phase, fitted at)
         self._since_fit = 0
         self._attempts = 0
+        self._varying = False  # read times miss the power: a fit is worth waiting for
+        self._warm_start: float | None = None
         self._last: tuple[float, float] | None = None  # (u, acc) of the last value placed
         self._scale = 1.0  # counter joules per power-integral joule, from the last fit
         self.counts: dict[str, int] = {BRACKET: 0, GRID: 0, READ_TIME: 0}
@@ -171,10 +177,11 @@ class CounterClock:
         self._rseries.append(series)
 
     # ------------------------------------------------------------------ resolve
-    def resolve(self, t: float, lo: float) -> tuple[float, str]:
+    def resolve(self, t: float, lo: float) -> tuple[float, str] | None:
         """The update instant of the value first read at ``t`` (the previous read at ``lo``,
-        ``-inf`` for none), and how it was found. Call in time order, once power has reached
-        ``t + lookahead_s`` (or will not)."""
+        ``-inf`` for none), and how it was found; ``None`` while it waits for the first fit
+        (see :meth:`place`). Call in time order, once power has reached ``t + lookahead_s``
+        (or will not)."""
         if t - lo <= self.tight_s:
             self.counts[BRACKET] += 1
             return 0.5 * (lo + t), BRACKET
@@ -186,6 +193,24 @@ class CounterClock:
             self._attempts += 1
             self._since_fit = 0
         self._since_fit += 1
+        placed = self._on_grid(t, lo)
+        if placed is not None:
+            return placed
+        # Before the first fit, while power varies (so a fit is coming), values wait for it
+        # (up to warmup_s) instead of taking their read time: the later switch from stale
+        # read times to the recovered clock would move the lag's joules into one window and
+        # shift every total that starts before it.
+        if self._fit is None and self._power and t - lo < 2 * self.period_s:
+            if self._warm_start is None:
+                self._warm_start = t
+            if t - self._warm_start < self.warmup_s:
+                return None
+        self.counts[READ_TIME] += 1
+        return t, READ_TIME
+
+    def place(self, t: float, lo: float) -> tuple[float, str]:
+        """Place a value that waited for the first fit: on its grid, or at its read time when
+        none came."""
         placed = self._on_grid(t, lo)
         if placed is not None:
             return placed
@@ -242,13 +267,13 @@ class CounterClock:
         a = max(t - self.window_s, power.t[0] + 0.1)
         i0 = bisect.bisect_left(self._rt, a)
         i1 = bisect.bisect_right(self._rt, t)
-        if i1 - i0 < _MIN_UPDATES:
+        if i1 - i0 < _MIN_UPDATES // 4:
             return
         rt = np.asarray(self._rt[i0:i1])
         same = np.diff(np.asarray(self._rseries[i0:i1])) == 0
         d_counter = np.diff(np.asarray(self._racc[i0:i1]))[same]
         total = float(d_counter.sum())
-        if np.count_nonzero(d_counter) < _MIN_UPDATES or total <= 0:
+        if total <= 0:
             return
         j1 = bisect.bisect_right(power.t, t + self.lookahead_s)
         j0 = max(0, bisect.bisect_left(power.t, a - 0.2) - 1)
@@ -261,6 +286,11 @@ class CounterClock:
             return np.abs(d_counter - scale * d_power).sum(axis=-1) / total
 
         base = float(mismatch(rt[None, :])[0])
+        # Read times that already explain the increments (flat power, a locked reader) leave
+        # nothing to recover; with a few updates that tells whether a fit is worth waiting for.
+        self._varying = base > _MIN_READ_TIME_MISMATCH
+        if np.count_nonzero(d_counter) < _MIN_UPDATES:
+            return
         periods = self.period_s * (1.0 + np.asarray(_PERIOD_OFFSETS))
         phases = np.arange(0.0, self.period_s, _COARSE_PHASE_S)
         # Phases are measured from t, so a period error moves the far end of the window only.
@@ -278,9 +308,7 @@ class CounterClock:
         k = int(np.argmin(fine_scores))
         score = float(fine_scores[k])
         self.last_fit = {"period_s": p_best, "mismatch": score, "read_time_mismatch": base}
-        # Read times that already explain the increments (flat power, a locked reader) leave
-        # nothing to recover; a fit must beat them clearly.
-        if not (base > _MIN_READ_TIME_MISMATCH and score <= _MAX_RELATIVE_MISMATCH * base):
+        if not (self._varying and score <= _MAX_RELATIVE_MISMATCH * base):
             return  # a rejected fit leaves the last good one in force (flat power says nothing)
         previous = self._fit
         if previous is not None:

