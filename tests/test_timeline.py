@@ -328,7 +328,8 @@ def test_finalized_energy_never_changes() -> None:
     tl.add(half)
     until = tl.finalized_until
     assert 25.0 < until <= tl.horizon
-    probes = [until * i / 50 for i in range(51)]
+    # The last probe is ``until`` itself (``until * 50 / 50`` may round an ulp past it).
+    probes = [until * i / 50 for i in range(50)] + [until]
     before = [tl.energy_at(t, provisional=False)["gpu0"] for t in probes]
     tl.add([r for r in tr.samples if r.t >= 30.0])
     tl.flush()

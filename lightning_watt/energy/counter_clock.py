@@ -10,19 +10,28 @@ estimates each new value's update instant ``u`` from what the reads themselves s
   ``tight_s`` (a reader in a tight loop) pins it: ``u`` is its middle.
 * **Grid aligned with power.** Otherwise the updates are modelled as a regular grid
   ``phi + k * P`` (period and phase fitted over the last ``window_s`` seconds, refitted every
-  ``refit_every`` updates, so drift is tracked): each read then returns the counter at the last
-  grid point before it, and the grid is chosen so that counter increments match the power
-  integral (the driver buffer's) between those grid points. Where power
-  varies, a wrong phase moves joules visibly; where it is flat, or the fit is not clearly
-  better than read-time anchoring, nothing is assumed.
-* **Read time.** Otherwise (no power, reads 1 s apart, an irregular counter, the first seconds
-  of a run) ``u`` is the read time, as before: :attr:`CounterClock.counts` says how often.
+  ``refit_every`` updates, so drift is tracked): each read returns the counter at the last grid
+  point before it, and the grid is chosen so that counter increments match the driver buffer's
+  integral between those grid points (L1, over at least 20 updates). Where power varies, a
+  wrong phase moves joules visibly. A fit is used only if read times miss the buffer by over
+  1 % and the fit misses by at most 0.6x that; a refit that jumps the phase must clearly beat
+  the previous grid. A read within a few ms of a grid point is given to the update (this one
+  or the one before) whose power integral matches its increment.
+* **Read time.** Otherwise (no buffer, reads 1 s apart, an irregular counter, flat power, a
+  period far from ``period_s``) ``u`` is the read time, as before; :attr:`CounterClock.counts`
+  and :meth:`CounterClock.describe` say how often.
 
-A value's ``u`` depends only on reads up to its own read time and power samples up to
-``t + lookahead_s``, so a timeline fed live, in any chunking, resolves every value as a replay of
-its recording does. Missed updates, doubled values and jittered read times cost accuracy only
-where they are (the fit is an L1 match over many updates), and a ``u`` that falls outside its
-bracket is refused for the read time.
+**Warm-up.** Until the first fit, values read about one update apart with a buffer present
+wait for it (at most ``warmup_s``) and are then placed on the grid it found; otherwise the
+switch from stale read times to the recovered clock would move the lag's joules (up to one
+update of power) into one window and shift every total that starts before it. Meanwhile
+energy is not final past them (the provisional energy uses them at their read times).
+
+A value's ``u`` depends only on reads up to its own read time and buffer samples up to
+``t + lookahead_s``, and values are resolved in order, so a timeline fed live, in any chunking,
+resolves every value as a replay of its recording does. Missed updates, doubled values and
+jittered read times cost accuracy only where they are, and a ``u`` outside its bracket (or
+not after the previous value's) is refused for the read time.
 
 Example:
     >>> clock = CounterClock()

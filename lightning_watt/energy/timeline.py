@@ -6,10 +6,15 @@ No threads and no I/O: the live :class:`~lightning_watt.energy.meter.EnergyMeter
 How readings become energy, per device:
 
 * **Counter anchors totals.** A cumulative counter (``counter_J``) is the hardware's own
-  integral. A reading pins ``E(t_read)`` to its value (the first reading of each new value: a
-  repeated value means no update yet, not zero energy). The counter updates every ~100 ms, so a
-  reading may be up to one update old; that moves energy by at most 100 ms, never changes
-  totals. A drop is a reset, never negative energy: power bridges it.
+  integral. Each new value (the first reading of it: a repeated value means no update yet, not
+  zero energy) pins ``E(u)`` at its *update instant* ``u``, recovered by the
+  :mod:`~lightning_watt.energy.counter_clock` (a read returns the last 100 ms update, so its
+  read time is 0-100 ms late), or at its read time where that cannot be recovered
+  (:meth:`EnergyTimeline.notes` says which). A drop is a reset, never negative energy: power
+  bridges it.
+* **Step edges split buffer samples** where given (:meth:`EnergyTimeline.add_edges`): a sample
+  holding an edge is split by a segment-power fit (:mod:`~lightning_watt.energy.segment_fit`),
+  keeping its joules.
 * **Power shapes energy between anchors.** The best power kind present (driver buffer, then
   instant field, power usage, 1 s average field, estimate) is integrated into ``Ip(t)``; between
   two anchors ``a`` and ``b``, ``E = E(a) + dC * (Ip(t) - Ip(a)) / (Ip(b) - Ip(a))``. The counter
@@ -222,6 +227,7 @@ class DeviceTimeline:
         self._head = 0
         self._nres = 0
         self._scan = 0
+        self._first_placed = False
         self.clock = CounterClock()
         #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
         self.edges = EdgeModel()
@@ -312,10 +318,14 @@ class DeviceTimeline:
         anchors, clock = self._anchors, self.clock
         while self._scan < len(anchors):
             x = anchors[self._scan]
-            if x.t + clock.lookahead_s > power_until:
+            first = not self._first_placed
+            if x.t + clock.lookahead_s > power_until and not first:
                 break
             self._scan += 1
-            if not self._recover_clock:
+            if not self._recover_clock or first:
+                # The device's first value starts its energy at its read time, at once, so
+                # energy is known from the first reading on whatever the clock finds later.
+                self._first_placed = True
                 clock.counts[READ_TIME] += 1
                 self._place(x, (x.t, READ_TIME))
                 continue

@@ -8,7 +8,7 @@ Example:
     >>> from lightning_watt.energy.trace import bundled_trace, load_trace
     >>> trace = load_trace(bundled_trace("h200-mlp-stall"))
     >>> round(sum(trace.timeline().energy_between(*trace.fit_window).values()))
-    8372
+    8362
 """
 
 from __future__ import annotations
