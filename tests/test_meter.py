@@ -123,9 +123,9 @@ class FakeSpySource(EnergySource):
 
 
 # --------------------------------------------------------------------------- replay accuracy
-def test_replayed_energy_matches_the_trace_timeline() -> None:
+def test_replayed_energy_matches_the_trace_timeline(tmp_path: Path) -> None:
     source = ReplaySource(bundled_trace(STALL), start=20.0)
-    with EnergyMeter([source]) as meter:
+    with EnergyMeter([source], record=str(tmp_path / "live")) as meter:
         assert meter.running
         time.sleep(2.5)
         live = meter.total()["gpu0"]
@@ -138,10 +138,19 @@ def test_replayed_energy_matches_the_trace_timeline() -> None:
     assert end - start > 2.0
     windows = [(start, end), (start + 0.3, end - 0.3)]
     windows += [(start + 0.5 * k, start + 0.5 * (k + 1)) for k in range(4)]
+    # The live energy is what its own recording gives once fused: same readings, same result.
+    recorded = load_trace(tmp_path / "live").timeline()
+    for lo, hi in windows:
+        got = meter.energy_between(lo, hi)["gpu0"]
+        again = recorded.energy_between(lo - start, hi - start)["gpu0"]
+        assert got == pytest.approx(again, rel=1e-6, abs=1e-6)
+    # Against the whole recording it replays: 2.5 s of readings are too few to recover the
+    # counter's update clock that the whole recording recovers, so a counter value may sit up
+    # to one 100 ms update apart in the two, at each end of a window.
     for lo, hi in windows:
         got = meter.energy_between(lo, hi)["gpu0"]
         expected = full.energy_between(to_trace_time(source, lo), to_trace_time(source, hi))
-        assert got == pytest.approx(expected["gpu0"], rel=0.005)
+        assert abs(got - expected["gpu0"]) <= 0.2 * meter.peak_power()["gpu0"]
     # The live total ends at the newest reading (the buffer is drained every 0.5 s, later on a
     # loaded machine); after stop() the last read brings it up to the stop.
     assert 0.5 * meter.total()["gpu0"] <= live <= meter.total()["gpu0"] * 1.001
@@ -167,7 +176,9 @@ def test_loop_at_double_speed_keeps_energy_consistent(tmp_path: Path) -> None:
     assert len(counter) > 30
     assert all(b >= a for a, b in itertools.pairwise(counter))
     # Each lap is the recorded span again, squeezed into half the time: its energy / speed.
-    full = full_timeline(STALL)
+    # Squeezed, the counter updates every 50 ms, which the counter clock (rightly) does not
+    # fit: its values stay at their read times, so compare with the recording fused so too.
+    full = tr.timeline(recover_clock=False)
     t0 = source._opened
     expected = 0.0
     a, b = meter.started_at, device.finalized_until

@@ -17,6 +17,7 @@ import fake_pynvml as fk  # tests/ is on sys.path (tests/conftest.py)
 import pytest
 
 from lightning_watt import EnergyMeter, ReplaySource
+from lightning_watt.energy.counter_clock import CounterClock
 from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, INSTANT_W, DeviceInfo, Reading
 from lightning_watt.energy.trace import bundled_trace, load_trace
 from lightning_watt.sources import EstimateSource
@@ -107,6 +108,12 @@ def test_sync_with_the_estimate_and_a_slow_channel_reaches_the_call() -> None:
     assert threading.main_thread() not in slow.threads
 
 
+#: How far power must pass a counter read before its value is placed in time, and how long
+#: the first values may wait for the counter clock's first fit.
+LOOKAHEAD_S = CounterClock().lookahead_s
+WARMUP_S = CounterClock().warmup_s
+
+
 def test_sync_with_a_replay_reaches_the_newest_recorded_readings() -> None:
     trace = load_trace(bundled_trace(STALL))
     source = ReplaySource(trace, start=20.0)
@@ -115,19 +122,22 @@ def test_sync_with_a_replay_reaches_the_newest_recorded_readings() -> None:
     # A counter pins energy where it shows a new value (the first read of each update).
     changes = [b[0] for a, b in itertools.pairwise(counter) if b[1] > a[1]]
     with EnergyMeter([source]) as meter:
-        time.sleep(0.4)
+        # Until the counter clock's first fit (at most warmup_s, with power varying) counter
+        # values wait to be placed, so energy is not final; after it, sync brings it up.
+        time.sleep(WARMUP_S + 0.3)
         for k in range(6):
             time.sleep(0.03 * k)
             ok, took, t = timed_sync(meter)
             assert ok and took < 0.1
             now_trace = source.start + (t - source._opened) * source.speed
             newest_buffer = max(x for x in buffer_t if x <= now_trace)
-            covered = max(x for x in changes if x <= newest_buffer)
+            covered = max(x for x in changes if x <= newest_buffer - LOOKAHEAD_S)
             # The horizon is the newest buffer sample before the call (20 ms apart); energy
-            # is final up to the last counter update those samples cover.
+            # is final up to the last counter update those samples cover (a value is placed
+            # once power reaches its read, at its update instant, up to 0.1 s before the read).
             assert meter.horizon >= source._meter_time(0, newest_buffer) - 1e-9
             assert meter.horizon >= t - 0.05
-            assert meter.finalized_until >= source._meter_time(0, covered) - 1e-9
+            assert meter.finalized_until >= source._meter_time(0, covered) - 0.1 - 1e-9
             # This recording read its counter 0.1-0.49 s apart.
             assert meter.finalized_until >= t - 0.5
     assert meter.errors == {}
@@ -151,7 +161,9 @@ def test_sync_with_a_fake_nvml_gpu_brings_the_buffer_to_the_call(
     monkeypatch.setitem(sys.modules, "pynvml", fake.module())
     source = NvmlSource([0], uuid_of=fk.uuid_lookup(fk.cuda_uuids(fake.gpus)))
     with EnergyMeter([source]) as meter:
-        time.sleep(0.3)
+        # Until the counter clock's first fit (at most warmup_s, with power varying) counter
+        # values wait to be placed, so energy is not final; after it, sync brings it up.
+        time.sleep(WARMUP_S + 0.3)
         for k in range(8):
             time.sleep(0.013 * k)
             ok, took, t = timed_sync(meter)

@@ -868,6 +868,17 @@ class EnergyMeter:
             except OSError as err:
                 self._recording_failed(err)
 
+    # -- step edges for the timeline (issue 13: edge-aware attribution) -----------------
+    def add_edges(self, edges: Sequence[StepEdge], until: float) -> None:
+        """Step edges on the meter clock, all of them up to ``until``: buffer samples holding
+        one are split by segment (:meth:`EnergyTimeline.add_edges`). Once called, energy is
+        finalized only as far as edges have come, so call it from the start of a run (an empty
+        list is fine) and at each edge sync."""
+        from lightning_watt.energy.segment_fit import edges_from_steps
+
+        with self._lock:
+            self._timeline.add_edges(edges_from_steps(edges), until)
+
     def _recording_failed(self, err: OSError) -> None:
         """A full or read-only disk: recording stops (with one warning), measuring goes on."""
         writer, self._writer = self._writer, None

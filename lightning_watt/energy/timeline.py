@@ -6,10 +6,15 @@ No threads and no I/O: the live :class:`~lightning_watt.energy.meter.EnergyMeter
 How readings become energy, per device:
 
 * **Counter anchors totals.** A cumulative counter (``counter_J``) is the hardware's own
-  integral. A reading pins ``E(t_read)`` to its value (the first reading of each new value: a
-  repeated value means no update yet, not zero energy). The counter updates every ~100 ms, so a
-  reading may be up to one update old; that moves energy by at most 100 ms, never changes
-  totals. A drop is a reset, never negative energy: power bridges it.
+  integral. Each new value (the first reading of it: a repeated value means no update yet, not
+  zero energy) pins ``E(u)`` at its *update instant* ``u``, recovered by the
+  :mod:`~lightning_watt.energy.counter_clock` (a read returns the last 100 ms update, so its
+  read time is 0-100 ms late), or at its read time where that cannot be recovered
+  (:meth:`EnergyTimeline.notes` says which). A drop is a reset, never negative energy: power
+  bridges it.
+* **Step edges split buffer samples** where given (:meth:`EnergyTimeline.add_edges`): a sample
+  holding an edge is split by a segment-power fit (:mod:`~lightning_watt.energy.segment_fit`),
+  keeping its joules.
 * **Power shapes energy between anchors.** The best power kind present (driver buffer, then
   instant field, power usage, 1 s average field, estimate) is integrated into ``Ip(t)``; between
   two anchors ``a`` and ``b``, ``E = E(a) + dC * (Ip(t) - Ip(a)) / (Ip(b) - Ip(a))``. The counter
@@ -45,6 +50,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from lightning_watt.energy.counter_clock import READ_TIME, CounterClock
 from lightning_watt.energy.readings import (
     AVERAGE_W,
     BUFFER_W,
@@ -54,6 +62,7 @@ from lightning_watt.energy.readings import (
     POWER_KINDS,
     Reading,
 )
+from lightning_watt.energy.segment_fit import EdgeModel
 from lightning_watt.validate import finite_number, integer, positive_number
 
 #: Trailing-average fields describe the past: shift their samples back by half the window.
@@ -84,52 +93,91 @@ class Gap:
 
 
 class _Anchor:
-    __slots__ = ("acc", "series", "u")
+    """A new counter value: read at ``t`` (the previous read at ``lo``), its update instant
+    ``u`` resolved later by the counter clock (until then ``u`` is the read time)."""
 
-    def __init__(self, u: float, acc: float, series: int) -> None:
-        self.u, self.acc, self.series = u, acc, series
+    __slots__ = ("acc", "how", "lo", "series", "t", "u")
+
+    def __init__(self, t: float, acc: float, series: int, lo: float = -math.inf) -> None:
+        self.u, self.t, self.lo, self.acc, self.series = t, t, lo, acc, series
+        self.how: str | None = None  # None until resolved
 
 
 class _PowerSeries:
-    """Samples of one power kind, kept from a little before the finalized boundary onwards."""
+    """Samples of one power kind, kept from a little before the finalized boundary onwards,
+    with their running integral (kept as samples arrive, so finalizing is linear in the
+    backlog: recomputing it per counter window was quadratic)."""
 
-    __slots__ = ("kind", "t", "w")
+    __slots__ = ("cum", "hold", "kind", "t", "w")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.hold = _INTERVAL_MEAN_HOLD_S.get(kind)
         self.t: list[float] = []
         self.w: list[float] = []
+        self.cum: list[float] = []
 
     @property
     def last_t(self) -> float:
         return self.t[-1] if self.t else -math.inf
 
-    def knots(self) -> tuple[list[float], list[float]]:
-        """Cumulative power integral ``Ip`` at the sample times (joules from the first)."""
+    def append(self, t: float, w: float) -> None:
         ts, ws = self.t, self.w
-        cum = [0.0]
-        hold = _INTERVAL_MEAN_HOLD_S.get(self.kind)
-        if hold is not None:
-            for i in range(1, len(ts)):
-                dt = ts[i] - ts[i - 1]
-                if dt <= hold:
-                    cum.append(cum[-1] + ws[i] * dt)
-                else:
-                    # The sample only speaks for its own window; the hole before it is bridged
-                    # with the mean of its neighbours (and reported as a gap if long).
-                    held = hold / 5
-                    cum.append(cum[-1] + ws[i] * held + 0.5 * (ws[i] + ws[i - 1]) * (dt - held))
+        if not ts:
+            self.cum.append(0.0)
         else:
-            for i in range(1, len(ts)):
-                cum.append(cum[-1] + 0.5 * (ws[i] + ws[i - 1]) * (ts[i] - ts[i - 1]))
-        return ts, cum
+            dt = t - ts[-1]
+            hold = self.hold
+            if hold is None:
+                inc = 0.5 * (w + ws[-1]) * dt
+            elif dt <= hold:
+                inc = w * dt
+            else:
+                # The sample only speaks for its own window; the hole before it is bridged
+                # with the mean of its neighbours (and reported as a gap if long).
+                held = hold / 5
+                inc = w * held + 0.5 * (w + ws[-1]) * (dt - held)
+            self.cum.append(self.cum[-1] + inc)
+        ts.append(t)
+        ws.append(w)
+
+    def knots(self) -> tuple[list[float], list[float]]:
+        """Cumulative power integral ``Ip`` at the sample times (joules, arbitrary origin)."""
+        return self.t, self.cum
 
     def drop_before(self, t: float) -> None:
-        """Forget samples before ``t``, keeping the last one at or before it."""
+        """Forget samples before ``t``, keeping the last one at or before it. Amortised: the
+        stale head is cut once it is half the series, so a backlog is not copied per window."""
         i = bisect.bisect_right(self.t, t) - 1
-        if i > 0:
-            del self.t[:i]
-            del self.w[:i]
+        if i > 16 and 2 * i >= len(self.t):
+            del self.t[:i], self.w[:i], self.cum[:i]
+
+
+def _series(x: _Anchor) -> int:
+    return x.series
+
+
+def _u(x: _Anchor) -> float:
+    return x.u
+
+
+def _usable(kind: str, t: float, value: float) -> bool:
+    """A reading the timeline can use: finite numbers, and no negative power (a counter's
+    origin is arbitrary, so any finite counter value is usable)."""
+    try:
+        if not (math.isfinite(t) and math.isfinite(value)):
+            return False
+    except TypeError:
+        return False
+    return kind == COUNTER_J or value >= 0
+
+
+def _check_time(name: str, t: object) -> None:
+    """A query time: a real number, not NaN (infinities mean "before/after everything")."""
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a time in seconds (a number), got {t!r}")
+    if math.isnan(t):
+        raise ValueError(f"{name} must be a time in seconds, got NaN")
 
 
 def _interp(ts: Sequence[float], ys: Sequence[float], t: float) -> float:
@@ -159,8 +207,10 @@ class DeviceTimeline:
         max_gap: float = 1.0,
         max_knots: int = 200_000,
         coarse_step: float = 1.0,
+        recover_clock: bool = True,
     ) -> None:
         self.name = name
+        self._recover_clock = recover_clock
         self._window = calibration_window
         self._max_gap = max_gap
         self._max_knots = max_knots
@@ -171,7 +221,18 @@ class DeviceTimeline:
         self._boundary: float | None = None
         self._boundary_anchor: _Anchor | None = None
         self._power: dict[str, _PowerSeries] = {}
+        # Anchors in time order: [_head, _nres) resolved and after the boundary, [_nres, ...)
+        # waiting for the counter clock (which waits for power to pass their read time).
         self._anchors: list[_Anchor] = []
+        self._head = 0
+        self._nres = 0
+        self._scan = 0
+        self._first_placed = False
+        self.clock = CounterClock()
+        #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
+        self.edges = EdgeModel()
+        #: Readings dropped as unusable (NaN or infinite time or value, negative power), by kind.
+        self.rejected: dict[str, int] = {}
         self._counter_acc = 0.0
         self._counter_last: tuple[float, float] | None = None  # (t, raw) of the last read
         self._series = 0
@@ -196,9 +257,22 @@ class DeviceTimeline:
         self._version = 0
 
     # ------------------------------------------------------------------ ingest
-    def add(self, kind: str, t: float, value: float) -> None:
+    def add_edges(self, edges: Iterable[tuple[float, str]], until: float) -> None:
+        """Step edges ``(t, label)`` known up to ``until`` (see :class:`EdgeModel`). Once given,
+        finalizing waits for edges to reach past a span, as it waits for power."""
+        self.edges.add(edges, until)
+        self._version += 1
+
+    def add(self, kind: str, t: float, value: float) -> bool:
+        """Ingest one reading; ``False`` if it was dropped as unusable (counted in
+        :attr:`rejected`): a NaN or infinite time or value, or a negative power. A measurement
+        glitch must not become NaN or negative joules, nor stop the run."""
         if kind not in KINDS:
             raise ValueError(f"kind: unknown {kind!r}; accepted: {sorted(KINDS)}")
+        if not _usable(kind, t, value):
+            self.rejected[kind] = self.rejected.get(kind, 0) + 1
+            return False
+        t, value = float(t), float(value)
         self._version += 1
         if kind == COUNTER_J:
             self._add_counter(t, value)
@@ -208,15 +282,14 @@ class DeviceTimeline:
             if series is None:
                 series = self._power[kind] = _PowerSeries(kind)
             if series.t and t <= series.t[-1]:
-                return  # a duplicate or late sample: the series is already past it
-            if self._boundary is not None and t < self._boundary and not series.t:
-                series.t.append(t)
-                series.w.append(value)
-                return
-            series.t.append(t)
-            series.w.append(value)
+                return True  # a duplicate or late sample: the series is already past it
+            series.append(t, value)
+            self.clock.add_power(kind, t, value)
+            if self._boundary is not None and t < self._boundary and len(series.t) == 1:
+                return True
         self._read_times.append(t)
         self._last_read_t = max(self._last_read_t, t)
+        return True
 
     def _add_counter(self, t: float, raw: float) -> None:
         self._has_counter = True
@@ -227,14 +300,59 @@ class DeviceTimeline:
             self._anchors.append(_Anchor(t, self._counter_acc, 0))
         elif raw > last[1]:
             self._counter_acc += raw - last[1]
-            self._anchors.append(_Anchor(t, self._counter_acc, self._series))
+            self._anchors.append(_Anchor(t, self._counter_acc, self._series, lo=last[0]))
         elif raw < last[1]:
             # Driver reload or wrap: the counter restarted. The energy across the drop is
             # unknown to the counter; a new series starts and power bridges the two.
             self.resets += 1
             self._series += 1
             self._anchors.append(_Anchor(t, self._counter_acc, self._series))
+        self.clock.add_read(t, self._counter_acc, self._series)
         self._counter_last = (t, raw)
+
+    def _resolve(self, power_until: float) -> None:
+        """Place new counter values at their update instants once power has passed them (see
+        :mod:`~lightning_watt.energy.counter_clock`); in time order, so live and replayed
+        timelines resolve alike. Values the clock holds back (waiting for its first fit) sit
+        in ``[_nres, _scan)`` until a later value is placed, or ``flush``."""
+        anchors, clock = self._anchors, self.clock
+        while self._scan < len(anchors):
+            x = anchors[self._scan]
+            first = not self._first_placed
+            if x.t + clock.lookahead_s > power_until and not first:
+                break
+            self._scan += 1
+            if not self._recover_clock or first:
+                # The device's first value starts its energy at its read time, at once, so
+                # energy is known from the first reading on whatever the clock finds later.
+                self._first_placed = True
+                clock.counts[READ_TIME] += 1
+                self._place(x, (x.t, READ_TIME))
+                continue
+            placed = clock.resolve(x.t, x.lo)
+            if placed is None:
+                continue
+            while self._nres < self._scan - 1:
+                w = anchors[self._nres]
+                self._place(w, clock.place(w.t, w.lo))
+            self._place(x, placed)
+        if math.isinf(power_until) and power_until > 0:  # flush: nothing more will come
+            while self._nres < self._scan:
+                w = anchors[self._nres]
+                self._place(w, clock.place(w.t, w.lo))
+
+    def _place(self, x: _Anchor, placed: tuple[float, str]) -> None:
+        u, how = placed
+        clock = self.clock
+        prev = self._anchors[self._nres - 1].u if self._nres > 0 else -math.inf
+        if not prev < u <= x.t:
+            clock.counts[how] -= 1
+            clock.counts[READ_TIME] += 1
+            u, how = x.t, READ_TIME
+        x.u, x.how = u, how
+        if clock.history is not None:
+            clock.history.append((x.t, u, how))
+        self._nres += 1
 
     def mark_gap(self, start: float, end: float, reason: str) -> None:
         if end > start:
@@ -275,21 +393,43 @@ class DeviceTimeline:
             present = [s for s in present if newest - s.last_t <= _STALE_S]
         return sorted(present, key=lambda s: POWER_KINDS.index(s.kind))
 
-    def _shape_for(self, a: float, b: float) -> tuple[str, list[float], list[float]] | None:
-        """The best power kind whose samples cover ``[a, b]``, as cumulative knots."""
+    def _shape_for(
+        self, a: float, b: float, refine: bool = True
+    ) -> tuple[str, list[float], list[float]] | None:
+        """The best power kind whose samples cover ``[a, b]``, as cumulative knots (buffer
+        tiles split at step edges when edges are known and ``refine``)."""
         best = None
         for s in sorted(self._power.values(), key=lambda s: POWER_KINDS.index(s.kind)):
             if len(s.t) < 2:
                 continue
             if s.t[0] <= a + self._max_gap and s.t[-1] >= b - 1e-9:
-                ts, cum = s.knots()
-                return s.kind, ts, cum
+                best = s
+                break
             if best is None and s.t[-1] > a:
                 best = s
-        if best is not None:
-            ts, cum = best.knots()
-            return best.kind, ts, cum
-        return None
+        if best is None:
+            return None
+        ts, cum = best.knots()
+        if refine and best.kind == BUFFER_W and self.edges.active:
+            ts, cum = self._split_at_edges(ts, cum, a, b)
+        return best.kind, ts, cum
+
+    def _split_at_edges(
+        self, ts: list[float], cum: list[float], a: float, b: float
+    ) -> tuple[list[float], list[float]]:
+        """The knots of the tiles spanning ``[a, b]``, with knots added inside the tiles that
+        hold a step edge (:meth:`EdgeModel.split`)."""
+        n = len(ts)
+        i_lo = max(1, bisect.bisect_left(ts, a))
+        i_hi = min(n - 1, bisect.bisect_left(ts, b))
+        out_t, out_c = [ts[i_lo - 1]], [cum[i_lo - 1]]
+        for i in range(i_lo, i_hi + 1):
+            inner_t, inner_c = self.edges.split(ts, cum, i)
+            out_t.extend(inner_t)
+            out_c.extend(inner_c)
+            out_t.append(ts[i])
+            out_c.append(cum[i])
+        return out_t, out_c
 
     def _power_horizon(self) -> float:
         """How far the best delivering power kind reaches: windows beyond wait for it."""
@@ -306,8 +446,9 @@ class DeviceTimeline:
         for t, e in zip(ts, es, strict=True):
             if self._kt and t <= self._kt[-1]:
                 continue
+            # Rounding in the power integral must not make E(t) dip (by 1e-15 J).
             self._kt.append(t)
-            self._ke.append(e)
+            self._ke.append(max(e, self._ke[-1]) if self._ke else e)
         self.seconds_by_method[method] = self.seconds_by_method.get(method, 0.0) + (b - a)
 
     def _start(self, t: float, anchor: _Anchor | None) -> None:
@@ -392,10 +533,16 @@ class DeviceTimeline:
     def _advance(self, final: bool) -> None:
         # Finalizing moves the knots the provisional tail hangs from (flush adds no reading).
         self._version += 1
+        power_until = math.inf if final else self._power_horizon()
+        if self.edges.active and not final:
+            # A tile's split looks window_s past it, at samples and edges: both must be in.
+            power_until = min(power_until, self.edges.until) - self.edges.window_s - 0.03
+        self._resolve(power_until)
+        anchors = self._anchors
         if self._boundary is None:
             firsts = [s.t[0] for s in self._power.values() if s.t]
-            if self._anchors:
-                first_anchor = self._anchors[0]
+            if self._nres:
+                first_anchor = anchors[0]
                 if firsts and min(firsts) < first_anchor.u:
                     self._start(min(firsts), None)
                 else:
@@ -407,31 +554,37 @@ class DeviceTimeline:
         while True:
             b = self._boundary
             assert b is not None
-            later = [x for x in self._anchors if x.u > b]
-            power_until = math.inf if final else self._power_horizon()
+            n = self._nres
+            head = self._head
+            while head < n and anchors[head].u <= b:
+                head += 1
+            self._head = head
             # Why the stretch to the next anchor is bridged with power alone, if it is.
             bridge = None
-            if self._boundary_anchor is not None and later:
+            if self._boundary_anchor is not None and head < n:
                 series = self._boundary_anchor.series
-                same = [x for x in later if x.series == series]
-                if len(same) < len(later) and same and (final or same[-1].u <= power_until):
+                # Series only grow along the list: the last anchor of this one by bisection.
+                last = bisect.bisect_right(anchors, series, head, n, key=_series) - 1
+                if head <= last < n - 1 and (final or anchors[last].u <= power_until):
                     # A reset follows: close this series at its last anchor.
-                    self._finish_calibrated(same[-1], same)
+                    self._finish_calibrated(last)
                     continue
-                if same:
-                    ready = [x for x in same if x.u <= power_until]
-                    end = next((x for x in ready if x.u - b >= self._window), None)
-                    if end is None and final and ready:
-                        end = ready[-1]
-                    if end is not None:
-                        self._finish_calibrated(end, ready)
+                if last >= head:
+                    ready = bisect.bisect_right(anchors, power_until, head, last + 1, key=_u)
+                    end = head
+                    while end < ready and anchors[end].u - b < self._window:
+                        end += 1
+                    if end == ready:
+                        end = ready - 1 if final and ready > head else -1
+                    if end >= 0:
+                        self._finish_calibrated(end)
                         continue
                 else:  # the first anchor after a reset
                     bridge = "counter reset, no power"
-            elif self._boundary_anchor is None and later:
+            elif self._boundary_anchor is None and head < n:
                 bridge = "no power readings: last power held"
             if bridge is not None:
-                nxt = later[0]
+                nxt = anchors[head]
                 if not final and nxt.u > power_until:
                     break
                 if not self._power_only(b, nxt.u):
@@ -440,13 +593,15 @@ class DeviceTimeline:
                 continue
             # No anchor ahead: power alone, if the counter is absent or has gone quiet.
             newest_power = max((s.last_t for s in self._power.values()), default=-math.inf)
-            last_anchor = self._anchors[-1].u if self._anchors else b
+            last_anchor = anchors[-1].t if anchors else b
             if self._watermarked and COUNTER_J in self._polled:
                 counter_quiet = final or COUNTER_J in self._retired
             else:
                 counter_quiet = (
                     not self._has_counter or final or newest_power - last_anchor > _STALE_S
                 )
+            if self._nres < len(anchors) and not final:
+                counter_quiet = False  # values still waiting for the clock come first
             until = newest_power
             if counter_quiet and until > b and self._power_only(b, until):
                 self._set_boundary(until, None)
@@ -455,19 +610,31 @@ class DeviceTimeline:
         self._find_gaps()
         self._coarsen()
 
-    def _finish_calibrated(self, end: _Anchor, upto: list[_Anchor]) -> None:
+    def _finish_calibrated(self, end: int) -> None:
         start = self._boundary_anchor
         assert start is not None
-        between = [x for x in upto if x.u < end.u]
-        self._calibrated(start, end, between)
-        self._set_boundary(end.u, end)
+        anchors = self._anchors
+        x = anchors[end]
+        self._calibrated(start, x, anchors[self._head : end])
+        self._set_boundary(x.u, x)
 
     def _set_boundary(self, t: float, anchor: _Anchor | None) -> None:
         self._boundary = t
         self._boundary_anchor = anchor
-        self._anchors = [x for x in self._anchors if x.u >= t]
+        anchors = self._anchors
+        head = self._head
+        while head < self._nres and anchors[head].u <= t:
+            head += 1
+        if head > 16 and 2 * head >= len(anchors):
+            # Amortised: a backlog of anchors is not copied once per window.
+            del anchors[:head]
+            self._nres -= head
+            self._scan -= head
+            head = 0
+        self._head = head
         for s in self._power.values():
             s.drop_before(t - 0.25)
+        self.edges.drop_before(t - 0.25)
 
     def _find_gaps(self) -> None:
         b = self._boundary
@@ -541,22 +708,37 @@ class DeviceTimeline:
         es: list[float] = []
         if self._kt:
             b, e0 = self._kt[-1], self._ke[-1]
-            shape = self._shape_for(b, math.inf)
+            shape = self._shape_for(b, math.inf, refine=False)
             if shape is not None:
                 kind, pts, cum = shape
                 i0 = _interp(pts, cum, b)
-                k = 1.0 if kind == ESTIMATE_W else self._scale  # as in _power_only
+                # An estimate is not a sensor the counter calibrates (as in _power_only).
+                scale = 1.0 if kind == ESTIMATE_W else self._pending_scale(pts, cum, b, i0)
                 for t, c in zip(pts, cum, strict=True):
                     if t > b:
                         ts.append(t)
-                        es.append(e0 + k * (c - i0))
+                        es.append(max(e0 + scale * (c - i0), es[-1] if es else e0))
             elif self._boundary_anchor is not None:
-                for x in self._anchors:
+                for x in self._anchors[self._head :]:
                     if x.u > b and x.series == self._boundary_anchor.series:
                         ts.append(x.u)
                         es.append(e0 + x.acc - self._boundary_anchor.acc)
         self._tail_cache = (self._version, ts, es)
         return ts, es
+
+    def _pending_scale(self, pts: list[float], cum: list[float], b: float, i0: float) -> float:
+        """The counter's calibration of the power shape for the provisional tail: from values
+        still waiting to be placed (at their read times) where there are some since the
+        boundary, else the learned one."""
+        start = self._boundary_anchor
+        last = self._anchors[self._scan - 1] if self._scan > self._nres else None
+        if start is None or last is None or last.series != start.series or last.t <= b:
+            return self._scale
+        d_power = _interp(pts, cum, last.t) - i0
+        d_counter = last.acc - start.acc
+        if d_power > 0 and d_counter >= 0:
+            return min(2.0, max(0.5, d_counter / d_power))
+        return self._scale
 
     @property
     def horizon(self) -> float:
@@ -585,8 +767,10 @@ class DeviceTimeline:
         return sorted(found, key=lambda g: g.start)
 
     def memory_bytes(self) -> int:
-        pending = sum(len(s.t) for s in self._power.values()) * 2 + len(self._read_times)
-        return (len(self._kt) + len(self._ke)) * 8 + pending * 8 + len(self._anchors) * 72
+        pending = sum(len(s.t) for s in self._power.values()) * 3 + len(self._read_times)
+        anchors = len(self._anchors) * 88
+        knots = (len(self._kt) + len(self._ke)) * 8
+        return knots + pending * 8 + anchors + self.clock.memory_bytes()
 
     @property
     def methods(self) -> list[str]:
@@ -604,6 +788,8 @@ class EnergyTimeline:
         max_knots: knots kept per device before old ones are thinned (bounds memory).
         coarse_step: spacing (seconds) old knots are thinned to.
         devices: restrict to these device names (readings of others raise ``ValueError``).
+        recover_clock: place each counter value at its recovered update instant
+            (:mod:`~lightning_watt.energy.counter_clock`); ``False`` keeps the read time.
 
     Example:
         >>> from lightning_watt.energy.trace import bundled_trace, load_trace
@@ -621,7 +807,10 @@ class EnergyTimeline:
         max_knots: int = 200_000,
         coarse_step: float = 1.0,
         devices: Iterable[str] | None = None,
+        recover_clock: bool = True,
     ) -> None:
+        if not isinstance(recover_clock, bool):
+            raise TypeError(f"recover_clock must be True or False, got {recover_clock!r}")
         # Keyword arguments for every DeviceTimeline; each value has its parameter's type.
         self._kwargs: dict[str, Any] = {
             "calibration_window": finite_number(
@@ -635,9 +824,13 @@ class EnergyTimeline:
             "max_gap": positive_number("max_gap", max_gap, unit="seconds"),
             "max_knots": integer("max_knots", max_knots, minimum=16),
             "coarse_step": positive_number("coarse_step", coarse_step, unit="seconds"),
+            "recover_clock": recover_clock,
         }
         self._allowed = None if devices is None else frozenset(devices)
         self._devices: dict[str, DeviceTimeline] = {}
+        # Every edge given, for devices whose first reading comes later.
+        self._edges: list[tuple[float, str]] = []
+        self._edges_until = -math.inf
         for name in sorted(self._allowed or ()):
             self._devices[name] = DeviceTimeline(name, **self._kwargs)
 
@@ -649,6 +842,8 @@ class EnergyTimeline:
                     f"device: unknown {name!r}; this timeline has {sorted(self._allowed)}"
                 )
             tl = self._devices[name] = DeviceTimeline(name, **self._kwargs)
+            if self._edges or self._edges_until > -math.inf:
+                tl.add_edges(self._edges, self._edges_until)
         return tl
 
     def add(self, readings: Iterable[Reading]) -> None:
@@ -660,6 +855,35 @@ class EnergyTimeline:
             touched.add(r.device)
         for name in touched:
             self._devices[name].advance()
+
+    def add_edges(self, edges: Iterable[tuple[float, str]], until: float) -> None:
+        """Step edges for every device: ``(t, label)``, from ``t`` on power belongs to a segment
+        ``label`` (a phase at a step start, ``""`` at its end; see
+        :func:`~lightning_watt.energy.segment_fit.edges_from_steps`); every edge up to ``until``
+        has been given. Buffer samples holding an edge are then split by a segment-power fit
+        instead of spread evenly; finalizing waits for edges as it waits for readings.
+
+        Example:
+            >>> tl = EnergyTimeline()
+            >>> tl.add_edges([(0.05, "train"), (0.055, "")], until=1.0)
+            >>> tl.add([Reading(0.02 * i, "gpu0", "buffer_W", 200.0 if i == 3 else 100.0)
+            ...         for i in range(10)])
+            >>> tl.flush()
+            >>> round(tl.energy_between(0.05, 0.055)["gpu0"], 1)  # 5 ms at 500 W, not 200 W
+            2.5
+        """
+        _check_time("until", until)
+        batch = [(float(t), str(label)) for t, label in edges]
+        self._edges.extend(batch)
+        self._edges_until = max(self._edges_until, until)
+        for tl in self._devices.values():
+            tl.add_edges(batch, until)
+            tl.advance()
+        if self._devices:
+            # Kept only for a device whose first reading is still to come.
+            done = min(tl.finalized_until for tl in self._devices.values()) - 1.0
+            if self._edges and self._edges[0][0] < done:
+                self._edges = [e for e in self._edges if e[0] >= done]
 
     def mark_gap(self, device: str, start: float, end: float, reason: str) -> None:
         """Record that ``device`` was not measured over ``[start, end]`` (a source failed)."""
@@ -702,6 +926,8 @@ class EnergyTimeline:
     def energy_between(self, t0: float, t1: float, provisional: bool = True) -> dict[str, float]:
         """Joules per device over ``[t0, t1]``. Parts outside the data count as zero and are
         reported by :meth:`gaps`. ``provisional=False`` uses only finalized energy."""
+        _check_time("t0", t0)
+        _check_time("t1", t1)
         if t1 < t0:
             raise ValueError(f"energy_between: t1 ({t1}) must not be before t0 ({t0})")
         return {
@@ -711,6 +937,7 @@ class EnergyTimeline:
 
     def energy_at(self, t: float, provisional: bool = True) -> dict[str, float]:
         """Cumulative joules per device from its first reading up to ``t``."""
+        _check_time("t", t)
         return {n: tl.energy_at(t, provisional) for n, tl in sorted(self._devices.items())}
 
     def gaps(self, t0: float = -math.inf, t1: float = math.inf) -> list[Gap]:
@@ -736,3 +963,23 @@ class EnergyTimeline:
 
     def memory_bytes(self) -> int:
         return sum(tl.memory_bytes() for tl in self._devices.values())
+
+    def rejected(self) -> dict[str, dict[str, int]]:
+        """Readings dropped as unusable (NaN, infinite, negative power), per device and kind."""
+        return {n: dict(tl.rejected) for n, tl in sorted(self._devices.items()) if tl.rejected}
+
+    def notes(self) -> dict[str, list[str]]:
+        """What each device's energy assumed, for a summary beside :meth:`methods`: how
+        counter values were placed in time (recovered update instants or read times) and
+        readings that were dropped."""
+        out: dict[str, list[str]] = {}
+        for name, tl in sorted(self._devices.items()):
+            notes = []
+            if tl._has_counter:
+                notes.append(tl.clock.describe())
+            if tl.rejected:
+                dropped = ", ".join(f"{n} {k}" for k, n in sorted(tl.rejected.items()))
+                notes.append(f"dropped unusable readings (NaN, infinite or negative): {dropped}")
+            if notes:
+                out[name] = notes
+        return out

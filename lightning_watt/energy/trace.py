@@ -15,7 +15,7 @@ Example:
     >>> from lightning_watt.energy.trace import bundled_trace, load_trace
     >>> trace = load_trace(bundled_trace("h200-mlp-stall"))
     >>> round(sum(trace.timeline().energy_between(*trace.fit_window).values()))
-    8370
+    8362
 """
 
 from __future__ import annotations
@@ -290,12 +290,19 @@ class Trace:
         wanted = frozenset(kinds)
         return (r for r in self.samples if r.kind in wanted)
 
-    def timeline(self, kinds: Collection[str] | None = None, **timeline_kwargs: Any):
+    def timeline(
+        self, kinds: Collection[str] | None = None, edges: bool = False, **timeline_kwargs: Any
+    ):
         """Fuse the samples (optionally only ``kinds``) into an :class:`EnergyTimeline`, through
-        the same code the live meter uses."""
+        the same code the live meter uses. ``edges=True`` also hands it the step edges, so
+        buffer samples holding an edge are split by segment (``EnergyTimeline.add_edges``)."""
         from lightning_watt.energy.timeline import EnergyTimeline
 
         timeline = EnergyTimeline(**timeline_kwargs)
+        if edges:
+            from lightning_watt.energy.segment_fit import edges_from_steps
+
+            timeline.add_edges(edges_from_steps(self.steps), until=math.inf)
         _feed(timeline, self.select(kinds))
         return timeline
 

@@ -27,6 +27,19 @@ semantics the real H100/H200 readers were measured to have:
 Step edges are written with ``t_gpu`` at the exact boundary and ``t_host`` ``host_lead_s``
 earlier (Lightning's hooks run ahead of the GPU).
 
+Harder variants, as a live meter sees real hardware (all off by default):
+
+* ``gap_ms``: every training step is followed by a gap (phase ``"gap"``) at ``gap_W``, as data
+  loading between short steps is; with ``step_ms=(d, d)`` every step lasts ``d`` ms.
+* ``counter_read_interval_s``: the counter is *polled* on the reader's own clock instead of
+  at its updates, so each read returns the last update's value and its staleness drifts over
+  0-100 ms (``1.0`` gives 1 Hz reads).
+* ``jitter_s``: every reading's timestamp (counter reads, buffer samples) is off by up to
+  that much (uniform), while values follow the true instants; ``edge_jitter_s`` does the same
+  to the steps' GPU times (CUDA events are microsecond-exact, so it defaults to 0).
+* ``missed_updates``: that many counter updates do not happen (the next carries both);
+  ``counter_reset_at_s``: the counter restarts from zero at that time (a driver reload).
+
 Example:
     >>> from lightning_watt.testing.synthetic import synthetic_run
     >>> run = synthetic_run(seed=1)
@@ -139,6 +152,8 @@ def _segments(
     steps_per_block: tuple[int, int],
     idle_stretch_prob: float,
     idle_stretch_ms: tuple[int, int],
+    gap_ms: tuple[int, int] | None = None,
+    gap_W: float = 70.0,
 ) -> list[tuple[str, int, int, float]]:
     """``(phase, start_ms, end_ms, level_W)`` segments covering the busy middle of the run."""
     segs: list[tuple[str, int, int, float]] = []
@@ -155,6 +170,11 @@ def _segments(
                 break
             segs.append(("train", t, t + length, level * rng.uniform(0.9, 1.1)))
             t += length
+            if gap_ms is not None:
+                gap = int(rng.integers(gap_ms[0], gap_ms[1] + 1))
+                if gap and t + gap <= busy_end:
+                    segs.append(("gap", t, t + gap, gap_W * rng.uniform(0.9, 1.1)))
+                    t += gap
         else:
             if rng.random() < idle_stretch_prob:
                 length = int(rng.integers(idle_stretch_ms[0], idle_stretch_ms[1] + 1))
@@ -188,6 +208,13 @@ def synthetic_run(
     kinds: Collection[str] | None = None,
     device: str = "gpu0",
     host_lead_s: float = 0.004,
+    gap_ms: tuple[int, int] | None = None,
+    gap_W: float | None = None,
+    counter_read_interval_s: float | None = None,
+    jitter_s: float = 0.0,
+    edge_jitter_s: float = 0.0,
+    missed_updates: int = 0,
+    counter_reset_at_s: float | None = None,
 ) -> SyntheticRun:
     """Build a synthetic run with known per-step energy (see the module docstring).
 
@@ -211,6 +238,14 @@ def synthetic_run(
         kinds: only emit these kinds (default all four).
         device: the device name of the readings.
         host_lead_s: how much earlier than the GPU the host stamps each step edge.
+        gap_ms: range of the gap after each training step (``None``: steps back to back).
+        gap_W: power in those gaps (default ``idle_W``).
+        counter_read_interval_s: poll the counter at this period on the reader's clock
+            (``None``: one read per update, ``counter_delay_s`` after it).
+        jitter_s: every reading's timestamp is off by a uniform error of at most this.
+        edge_jitter_s: the same for the step edges' ``t_gpu``.
+        missed_updates: counter updates that do not happen (chosen at random).
+        counter_reset_at_s: the counter restarts from zero at this time.
 
     Returns:
         A :class:`SyntheticRun`: the trace, the segments with their exact energies, the signal.
@@ -235,6 +270,13 @@ def synthetic_run(
     positive_number("buffer_interval_s", buffer_interval_s, unit="seconds")
     finite_number("counter_delay_s", counter_delay_s, minimum=0.0, unit="seconds")
     finite_number("noise_W", noise_W, minimum=0.0, unit="W")
+    # Jitter must not reorder one kind's samples (buffer samples are 20 ms apart).
+    finite_number("jitter_s", jitter_s, minimum=0.0, maximum=0.005, unit="seconds")
+    finite_number("edge_jitter_s", edge_jitter_s, minimum=0.0, maximum=0.005, unit="seconds")
+    if counter_read_interval_s is not None:
+        positive_number("counter_read_interval_s", counter_read_interval_s, unit="seconds")
+    if gap_ms is not None and not (0 <= gap_ms[0] <= gap_ms[1]):
+        raise ValueError(f"gap_ms must be (lo, hi) with 0 <= lo <= hi, got {gap_ms!r}")
 
     # Every argument goes into the meta, so a recording says how to make it again.
     params = {
@@ -258,6 +300,13 @@ def synthetic_run(
         "kinds": sorted(wanted),
         "device": device,
         "host_lead_s": host_lead_s,
+        "gap_ms": None if gap_ms is None else list(gap_ms),
+        "gap_W": gap_W,
+        "counter_read_interval_s": counter_read_interval_s,
+        "jitter_s": jitter_s,
+        "edge_jitter_s": edge_jitter_s,
+        "missed_updates": missed_updates,
+        "counter_reset_at_s": counter_reset_at_s,
     }
     rng = np.random.default_rng(seed)
     n_ms = round(duration_s / DT)
@@ -272,6 +321,8 @@ def synthetic_run(
         steps_per_block,
         idle_stretch_prob,
         idle_stretch_ms,
+        gap_ms,
+        idle_W if gap_W is None else gap_W,
     )
     level = np.full(n_ms, idle_W)
     for _, a, b, watts in segs:
@@ -287,6 +338,14 @@ def synthetic_run(
         per_phase[phase] = index + 1
         steps.append(SyntheticStep(phase, index, a * DT, b * DT, run.true_energy(a * DT, b * DT)))
     run.steps = steps
+    hostile = _Hostile(
+        np.random.default_rng([seed, 1]),
+        counter_read_interval_s,
+        jitter_s,
+        missed_updates,
+        counter_reset_at_s,
+        edge_jitter_s,
+    )
     run.trace = Trace(
         _readings(
             run,
@@ -297,11 +356,30 @@ def synthetic_run(
             counter_origin_J,
             buffer_interval_s,
             buffer_phase_s,
+            hostile,
         ),
-        _edges(steps, host_lead_s),
+        _edges(steps, host_lead_s, hostile),
         _meta(steps, duration_s, params),
     )
     return run
+
+
+@dataclass
+class _Hostile:
+    """The imperfections of a real reader (see the module docstring); all off by default."""
+
+    rng: np.random.Generator
+    read_interval_s: float | None = None
+    jitter_s: float = 0.0
+    missed_updates: int = 0
+    reset_at_s: float | None = None
+    edge_jitter_s: float = 0.0
+
+    def jitter(self, times: np.ndarray, amount: float | None = None) -> np.ndarray:
+        amount = self.jitter_s if amount is None else amount
+        if amount <= 0:
+            return times
+        return times + self.rng.uniform(-amount, amount, len(times))
 
 
 def _readings(
@@ -313,18 +391,19 @@ def _readings(
     counter_origin_J: float,
     buffer_interval_s: float,
     buffer_phase_s: float,
+    hostile: _Hostile | None = None,
 ) -> list[Reading]:
+    hostile = hostile or _Hostile(np.random.default_rng(0))
     dev, end = run.device, run.duration
     out: list[Reading] = []
     updates = np.arange(counter_phase_s, end + 1e-12, counter_interval_s)
     updates = updates[updates > 0]
     if COUNTER_J in wanted:
-        mj = np.floor(np.asarray(run.energy_at(updates)) * 1000.0 + 1e-9)
-        origin_mj = round(counter_origin_J * 1000.0)
-        for u, m in zip(updates, mj, strict=True):
-            if u + counter_delay_s <= end:
-                value = float(origin_mj + m) / 1000.0
-                out.append(Reading(float(u + counter_delay_s), dev, COUNTER_J, value))
+        out.extend(
+            _counter_reads(
+                run, updates, counter_delay_s, counter_origin_J, counter_phase_s, hostile
+            )
+        )
     if INSTANT_W in wanted:
         # The millisecond that ends at (or contains) the update instant.
         idx = np.clip(np.ceil(updates / DT - 1e-9).astype(np.int64) - 1, 0, len(run.power_W) - 1)
@@ -343,19 +422,67 @@ def _readings(
         stamps = stamps[stamps >= buffer_interval_s]
         before = np.asarray(run.energy_at(stamps - buffer_interval_s))
         means = (np.asarray(run.energy_at(stamps)) - before) / buffer_interval_s
+        recorded = hostile.jitter(stamps)
         out.extend(
-            Reading(float(s), dev, BUFFER_W, float(w)) for s, w in zip(stamps, means, strict=True)
+            Reading(float(s), dev, BUFFER_W, float(w)) for s, w in zip(recorded, means, strict=True)
         )
     # Stable sort: at equal times the kinds keep the order above, so the trace is reproducible.
     out.sort(key=lambda r: r.t)
     return out
 
 
-def _edges(steps: Sequence[SyntheticStep], host_lead_s: float) -> list[StepEdge]:
+def _counter_reads(
+    run: SyntheticRun,
+    updates: np.ndarray,
+    delay_s: float,
+    origin_J: float,
+    phase_s: float,
+    hostile: _Hostile,
+) -> list[Reading]:
+    """The counter's readings: whole millijoules at each update (some missed, maybe a reset),
+    read at each update (plus ``delay_s``) or polled on the reader's own clock."""
+    end = run.duration
+    happened = np.ones(len(updates), dtype=bool)
+    if hostile.missed_updates:
+        # Interior updates only, so the first and last values still bracket the run.
+        k = min(hostile.missed_updates, max(0, len(updates) - 2))
+        happened[1 + hostile.rng.choice(len(updates) - 2, size=k, replace=False)] = False
+    real = updates[happened]
+    energy = np.asarray(run.energy_at(real))
+    origin_mj = np.full(len(real), float(round(origin_J * 1000.0)))
+    if hostile.reset_at_s is not None:
+        # A restart from zero: later values count from the energy at the reset.
+        after = real >= hostile.reset_at_s
+        origin_mj[after] = -math.floor(float(run.energy_at(hostile.reset_at_s)) * 1000.0)
+    values = (origin_mj + np.floor(energy * 1000.0 + 1e-9)) / 1000.0
+    if hostile.read_interval_s is None:
+        reads = real + delay_s
+        shown = np.arange(len(real))
+    else:
+        # The reader's own clock, unlocked from the counter's: reads start mid-period.
+        reads = np.arange(phase_s / 3 + hostile.read_interval_s, end, hostile.read_interval_s)
+        shown = np.searchsorted(real, reads, side="right") - 1
+        reads, shown = reads[shown >= 0], shown[shown >= 0]
+    stamps = hostile.jitter(reads)
+    return [
+        Reading(float(t), run.device, COUNTER_J, float(values[i]))
+        for t, r, i in zip(stamps, reads, shown, strict=True)
+        if r <= end
+    ]
+
+
+def _edges(
+    steps: Sequence[SyntheticStep], host_lead_s: float, hostile: _Hostile | None = None
+) -> list[StepEdge]:
     edges: list[StepEdge] = []
     for s in steps:
         edges.append(StepEdge(s.phase, "start", s.index, s.start - host_lead_s, s.start))
         edges.append(StepEdge(s.phase, "end", s.index, s.end - host_lead_s, s.end))
+    if hostile is not None and hostile.edge_jitter_s > 0:
+        t_gpu = hostile.jitter(
+            np.asarray([e.t_gpu for e in edges], dtype=float), hostile.edge_jitter_s
+        )
+        edges = [e._replace(t_gpu=float(t)) for e, t in zip(edges, t_gpu, strict=True)]
     return edges
 
 

@@ -1,0 +1,367 @@
+"""Recovering when a cumulative energy counter actually updated, from its reads: pure math.
+
+The NVML energy counter updates on its own clock, about every 100 ms; a read returns the value
+of the last update, so a value stamped at its read time is 0-100 ms stale, and the staleness
+drifts when the reader's poll and the counter's clock are not locked. :class:`CounterClock`
+estimates each new value's update instant ``u`` from what the reads themselves say:
+
+* **Bracket.** A value change between two reads brackets the update: it happened in
+  ``(lo, t]`` (``lo`` the previous read, ``t`` this one). A bracket narrower than
+  ``tight_s`` (a reader in a tight loop) pins it: ``u`` is its middle.
+* **Grid aligned with power.** Otherwise the updates are modelled as a regular grid
+  ``phi + k * P`` (period and phase fitted over the last ``window_s`` seconds, refitted every
+  ``refit_every`` updates, so drift is tracked): each read returns the counter at the last grid
+  point before it, and the grid is chosen so that counter increments match the driver buffer's
+  integral between those grid points (L1, over at least 20 updates). Where power varies, a
+  wrong phase moves joules visibly. A fit is used only if read times miss the buffer by over
+  1 % and the fit misses by at most 0.6x that; a refit that jumps the phase must clearly beat
+  the previous grid. A read within a few ms of a grid point is given to the update (this one
+  or the one before) whose power integral matches its increment.
+* **Read time.** Otherwise (no buffer, reads 1 s apart, an irregular counter, flat power, a
+  period far from ``period_s``) ``u`` is the read time, as before; :attr:`CounterClock.counts`
+  and :meth:`CounterClock.describe` say how often.
+
+**Warm-up.** Until the first fit, values read about one update apart with a buffer present
+wait for it (at most ``warmup_s``) and are then placed on the grid it found; otherwise the
+switch from stale read times to the recovered clock would move the lag's joules (up to one
+update of power) into one window and shift every total that starts before it. Meanwhile
+energy is not final past them (the provisional energy uses them at their read times).
+
+A value's ``u`` depends only on reads up to its own read time and buffer samples up to
+``t + lookahead_s``, and values are resolved in order, so a timeline fed live, in any chunking,
+resolves every value as a replay of its recording does. Missed updates, doubled values and
+jittered read times cost accuracy only where they are, and a ``u`` outside its bracket (or
+not after the previous value's) is refused for the read time.
+
+Example:
+    >>> clock = CounterClock()
+    >>> clock.add_read(0.000, 0.0, 0)
+    >>> clock.add_read(0.004, 1.0, 0)  # changed within 4 ms: the update is pinned
+    >>> u, how = clock.resolve(0.004, 0.000)
+    >>> round(u, 3), how
+    (0.002, 'bracket')
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+import numpy as np
+
+from lightning_watt.energy.readings import BUFFER_W
+
+#: Power kinds a grid can be aligned against. Only the driver buffer: the power fields update
+#: on their own 100 ms clock (measured: 0-50 ms off the counter's), so a grid aligned to them
+#: inherits their lag (on thinned ``h100-mlp`` reads it made 100 ms windows worse, 4.2 % vs
+#: 2.9 % at read times).
+ALIGN_KINDS: tuple[str, ...] = (BUFFER_W,)
+#: How an update instant was obtained.
+BRACKET, GRID, READ_TIME = "bracket", "grid", "read time"
+
+#: Relative period offsets searched around the nominal period (counters measured 99.9-100.07 ms).
+_PERIOD_OFFSETS = (-1.5e-3, -0.75e-3, 0.0, 0.75e-3, 1.5e-3)
+#: Phase resolution of the coarse search (seconds) and of the refinement around its best.
+_COARSE_PHASE_S = 0.002
+_FINE_PHASE_S = 0.00025
+#: A fit is used only if its mismatch is at most this fraction of read-time anchoring's ...
+_MAX_RELATIVE_MISMATCH = 0.6
+#: ... and read-time anchoring must miss by this much (else it has nothing to fix) ...
+_MIN_READ_TIME_MISMATCH = 0.01
+#: ... and the increments it explains are this many updates (a second of data at least).
+_MIN_UPDATES = 20
+#: A refit that moves the phase by more than this must clearly beat the previous grid.
+_PHASE_JUMP_S = 0.003
+#: Grid points this close outside a bracket are still candidates for its update.
+_SLACK_S = 0.004
+
+
+class _Cumulative:
+    """The running integral of one power kind at its sample times (a private copy: the
+    timeline drops samples it has finalized, the clock needs a window of them)."""
+
+    __slots__ = ("cum", "interval", "t", "w")
+
+    def __init__(self, interval: bool) -> None:
+        self.interval = interval
+        self.t: list[float] = []
+        self.w: list[float] = []
+        self.cum: list[float] = []
+
+    def append(self, t: float, w: float) -> None:
+        if self.t:
+            if t <= self.t[-1]:
+                return
+            dt = t - self.t[-1]
+            inc = w * dt if self.interval and dt <= 0.1 else 0.5 * (w + self.w[-1]) * dt
+            self.cum.append(self.cum[-1] + inc)
+        else:
+            self.cum.append(0.0)
+        self.t.append(t)
+        self.w.append(w)
+
+    def covers(self, a: float, b: float) -> bool:
+        return bool(self.t) and self.t[0] <= a and self.t[-1] >= b
+
+    def trim(self, t: float) -> None:
+        i = bisect.bisect_left(self.t, t)
+        if i > 16:  # once per fit: a window's worth of data is copied a second at most
+            del self.t[:i], self.w[:i], self.cum[:i]
+
+
+class CounterClock:
+    """Estimates the update instants of one device's cumulative counter. See the module
+    docstring for the method.
+
+    Args:
+        period_s: the nominal update period (NVML: 100 ms).
+        window_s: seconds of reads and power a grid is fitted over.
+        refit_every: updates between two fits (a fit costs about a millisecond).
+        tight_s: a bracket this narrow pins its update without a fit.
+        lookahead_s: power after a read that its resolution may use (one buffer window and
+            some); the timeline resolves a value only once power reaches that far.
+        warmup_s: how long the first values may wait for the first fit (only while power
+            varies, so that one is coming; energy is not final past them meanwhile).
+    """
+
+    def __init__(
+        self,
+        *,
+        period_s: float = 0.1,
+        window_s: float = 10.0,
+        refit_every: int = 8,
+        tight_s: float = 0.012,
+        lookahead_s: float = 0.03,
+        warmup_s: float = 3.0,
+    ) -> None:
+        self.period_s = period_s
+        self.window_s = window_s
+        self.refit_every = refit_every
+        self.tight_s = tight_s
+        self.lookahead_s = lookahead_s
+        self.warmup_s = warmup_s
+        # Reads that carry information: each value change and the read just before it.
+        self._rt: list[float] = []
+        self._racc: list[float] = []
+        self._rseries: list[int] = []
+        self._prev: tuple[float, float, int] | None = None  # the last read, not yet kept
+        self._power: dict[str, _Cumulative] = {}
+        self._fit: tuple[float, float, float] | None = None  # (period, phase, fitted at)
+        self._since_fit = 0
+        self._attempts = 0
+        self._varying = False  # read times miss the power: a fit is worth waiting for
+        self._warm_start: float | None = None
+        self._last: tuple[float, float] | None = None  # (u, acc) of the last value placed
+        self._scale = 1.0  # counter joules per power-integral joule, from the last fit
+        self.counts: dict[str, int] = {BRACKET: 0, GRID: 0, READ_TIME: 0}
+        self.last_fit: dict[str, float] = {}
+        #: Set to a list to keep every ``(read time, update instant, how)`` (diagnostics).
+        self.history: list[tuple[float, float, str]] | None = None
+
+    # ------------------------------------------------------------------ ingest
+    def add_power(self, kind: str, t: float, w: float) -> None:
+        """One power sample (``t`` as the timeline stores it: a buffer sample ends its window)."""
+        if kind not in ALIGN_KINDS:
+            return
+        series = self._power.get(kind)
+        if series is None:
+            series = self._power[kind] = _Cumulative(kind == BUFFER_W)
+        series.append(t, w)
+
+    def add_read(self, t: float, acc: float, series: int) -> None:
+        """One counter read, in time order: ``acc`` is the counter's accumulated joules (resets
+        excluded) and ``series`` increases at each reset."""
+        prev = self._prev
+        if prev is not None and (acc != prev[1] or series != prev[2]):
+            if not self._rt or self._rt[-1] < prev[0]:
+                self._keep(*prev)
+            self._keep(t, acc, series)
+        elif prev is None:
+            self._keep(t, acc, series)
+        self._prev = (t, acc, series)
+
+    def _keep(self, t: float, acc: float, series: int) -> None:
+        self._rt.append(t)
+        self._racc.append(acc)
+        self._rseries.append(series)
+
+    # ------------------------------------------------------------------ resolve
+    def resolve(self, t: float, lo: float) -> tuple[float, str] | None:
+        """The update instant of the value first read at ``t`` (the previous read at ``lo``,
+        ``-inf`` for none), and how it was found; ``None`` while it waits for the first fit
+        (see :meth:`place`). Call in time order, once power has reached ``t + lookahead_s``
+        (or will not)."""
+        if t - lo <= self.tight_s:
+            self.counts[BRACKET] += 1
+            return 0.5 * (lo + t), BRACKET
+        # Until the first fit, every other value is a chance to fit (for a while: flat power
+        # may never fit); then every refit_every.
+        eager = self._fit is None and self._attempts < 4 * _MIN_UPDATES
+        if self._since_fit >= (2 if eager else self.refit_every):
+            self._refit(t)
+            self._attempts += 1
+            self._since_fit = 0
+        self._since_fit += 1
+        placed = self._on_grid(t, lo)
+        if placed is not None:
+            return placed
+        # Before the first fit, while power varies (so a fit is coming), values wait for it
+        # (up to warmup_s) instead of taking their read time: the later switch from stale
+        # read times to the recovered clock would move the lag's joules into one window and
+        # shift every total that starts before it.
+        if self._fit is None and self._power and t - lo < 2 * self.period_s:
+            if self._warm_start is None:
+                self._warm_start = t
+            if t - self._warm_start < self.warmup_s:
+                return None
+        self.counts[READ_TIME] += 1
+        return t, READ_TIME
+
+    def place(self, t: float, lo: float) -> tuple[float, str]:
+        """Place a value that waited for the first fit: on its grid, or at its read time when
+        none came."""
+        placed = self._on_grid(t, lo)
+        if placed is not None:
+            return placed
+        self.counts[READ_TIME] += 1
+        return t, READ_TIME
+
+    def _on_grid(self, t: float, lo: float) -> tuple[float, str] | None:
+        fit = self._fit
+        if fit is None or abs(t - fit[2]) > 3 * self.window_s:
+            return None
+        period, phase, _ = fit
+        # Grid points within a few ms of the bracket count: read stamps and the fitted phase
+        # are that uncertain. Two candidates (a read close to an update) are told apart by
+        # which one makes this increment match the power integral since the last value.
+        top = phase + period * math.floor((t + _SLACK_S - phase) / period)
+        # Without a previous read of the same series (the first value, a reset) the value is
+        # the one of the last update before the read.
+        options = (top, top - period) if math.isfinite(lo) else (top,)
+        candidates = [min(max(c, lo + 1e-6), t) for c in options if lo - _SLACK_S < c]
+        candidates = [c for c in candidates if lo < c <= t]
+        if not candidates:
+            return None
+        u = candidates[0] if len(candidates) == 1 else self._likelier(candidates, t)
+        self.counts[GRID] += 1
+        self._last = (u, self._acc_at(t))
+        return u, GRID
+
+    def _acc_at(self, t: float) -> float:
+        i = bisect.bisect_right(self._rt, t) - 1
+        return self._racc[i] if i >= 0 else 0.0
+
+    def _likelier(self, candidates: list[float], t: float) -> float:
+        """The candidate whose power integral since the previous value best matches the
+        counter's increment (the first when there is nothing to compare)."""
+        last = self._last
+        power = next((s for k in ALIGN_KINDS if (s := self._power.get(k)) and s.t), None)
+        if last is None or power is None or not power.covers(last[0], max(candidates)):
+            return candidates[0]
+        d_counter = self._acc_at(t) - last[1]
+        i_last = float(np.interp(last[0], power.t, power.cum))
+        scale = self._scale
+        errors = [
+            abs(d_counter - scale * (float(np.interp(c, power.t, power.cum)) - i_last))
+            for c in candidates
+        ]
+        return candidates[errors.index(min(errors))]
+
+    def _refit(self, t: float) -> None:
+        self._trim(t - self.window_s - 1.0)
+        # The best power kind reaching this read; early in a run the window is what exists.
+        power = next((s for k in ALIGN_KINDS if (s := self._power.get(k)) and s.covers(t, t)), None)
+        if power is None:
+            return
+        a = max(t - self.window_s, power.t[0] + 0.1)
+        i0 = bisect.bisect_left(self._rt, a)
+        i1 = bisect.bisect_right(self._rt, t)
+        if i1 - i0 < _MIN_UPDATES // 4:
+            return
+        rt = np.asarray(self._rt[i0:i1])
+        same = np.diff(np.asarray(self._rseries[i0:i1])) == 0
+        d_counter = np.diff(np.asarray(self._racc[i0:i1]))[same]
+        total = float(d_counter.sum())
+        if total <= 0:
+            return
+        j1 = bisect.bisect_right(power.t, t + self.lookahead_s)
+        j0 = max(0, bisect.bisect_left(power.t, a - 0.2) - 1)
+        pt, pc = np.asarray(power.t[j0:j1]), np.asarray(power.cum[j0:j1])
+
+        def mismatch(grids: np.ndarray) -> np.ndarray:
+            """L1 mismatch of counter increments vs scaled power integrals, per candidate row."""
+            d_power = np.diff(np.interp(grids, pt, pc), axis=-1)[..., same]
+            scale = total / np.maximum(d_power.sum(axis=-1, keepdims=True), 1e-12)
+            return np.abs(d_counter - scale * d_power).sum(axis=-1) / total
+
+        base = float(mismatch(rt[None, :])[0])
+        # Read times that already explain the increments (flat power, a locked reader) leave
+        # nothing to recover; with a few updates that tells whether a fit is worth waiting for.
+        self._varying = base > _MIN_READ_TIME_MISMATCH
+        if np.count_nonzero(d_counter) < _MIN_UPDATES:
+            return
+        periods = self.period_s * (1.0 + np.asarray(_PERIOD_OFFSETS))
+        phases = np.arange(0.0, self.period_s, _COARSE_PHASE_S)
+        # Phases are measured from t, so a period error moves the far end of the window only.
+        per, pha = np.meshgrid(periods, phases, indexing="ij")
+        per, pha = per.ravel(), pha.ravel()
+        ref = t - pha
+        grids = ref[:, None] + per[:, None] * np.floor((rt[None, :] - ref[:, None]) / per[:, None])
+        scores = mismatch(grids)
+        best = int(np.argmin(scores))
+        p_best = float(per[best])
+        fine = pha[best] + np.arange(-_COARSE_PHASE_S, _COARSE_PHASE_S + 1e-12, _FINE_PHASE_S)
+        ref = t - fine
+        grids = ref[:, None] + p_best * np.floor((rt[None, :] - ref[:, None]) / p_best)
+        fine_scores = mismatch(grids)
+        k = int(np.argmin(fine_scores))
+        score = float(fine_scores[k])
+        self.last_fit = {"period_s": p_best, "mismatch": score, "read_time_mismatch": base}
+        if not (self._varying and score <= _MAX_RELATIVE_MISMATCH * base):
+            return  # a rejected fit leaves the last good one in force (flat power says nothing)
+        previous = self._fit
+        if previous is not None:
+            # Tracking, with hysteresis: a phase that jumps (a regular step pattern can alias a
+            # shifted grid) must clearly beat the previous grid on the same window.
+            p0, ph0, _ = previous
+            old_grid = ph0 + p0 * np.floor((rt - ph0) / p0)
+            jump = (float(ref[k]) - ph0) % p_best
+            jump = min(jump, p_best - jump)
+            if jump > _PHASE_JUMP_S and float(mismatch(old_grid[None, :])[0]) <= 1.2 * score:
+                return
+        self._fit = (p_best, float(ref[k]), t)
+        grid = ref[k] + p_best * np.floor((rt - ref[k]) / p_best)
+        d_power = float(np.diff(np.interp(grid, pt, pc))[same].sum())
+        if d_power > 0:
+            self._scale = min(2.0, max(0.5, total / d_power))
+
+    def _trim(self, t: float) -> None:
+        i = bisect.bisect_left(self._rt, t)
+        if i > 16:
+            del self._rt[:i], self._racc[:i], self._rseries[:i]
+        for s in self._power.values():
+            s.trim(t)
+
+    def memory_bytes(self) -> int:
+        """About what the kept window of reads and power costs (8 bytes a number)."""
+        reads = len(self._rt) * 3
+        power = sum(len(s.t) * 3 for s in self._power.values())
+        return (reads + power) * 8
+
+    # ------------------------------------------------------------------ report
+    def describe(self) -> str:
+        """How the update instants were found, for a summary's method notes.
+
+        Example:
+            >>> CounterClock().describe()
+            'no counter updates'
+        """
+        n = sum(self.counts.values())
+        if n == 0:
+            return "no counter updates"
+        parts = [f"{100 * c / n:.0f} % {how}" for how, c in self.counts.items() if c]
+        note = "counter updates anchored by " + ", ".join(parts)
+        if self.counts[READ_TIME] >= 0.9 * n:
+            note += " (update clock not recovered: values placed at their read time, up to one "
+            note += "update late)"
+        return note
