@@ -251,6 +251,11 @@ class StageBooks:
         self.weights = dict(weights or {})
         self.started_at: float = meter.started_at
         self.ledger = EnergyLedger(start=self.started_at)
+        # The meter splits buffer samples holding a step edge by segment (issue 13): from now
+        # on it finalizes energy only as far as edges have been handed over.
+        self._hand_edges = getattr(meter, "add_edges", None)
+        if self._hand_edges is not None:
+            self._hand_edges([], until=self.started_at)
         # Train steps as their edges arrive, given provisional energy once, never revisited:
         # for log rows (the ledger waits for final energy, up to ~0.5 s behind).
         self._live = StepSpans()
@@ -352,14 +357,21 @@ class StageBooks:
         with self._lock:
             meter, ledger = self.meter, self.ledger
             edges = self.clock.resolve(wait=wait)
+            first_pending = self.clock.first_pending_host()
+            recorded = [e.recorded() for e in edges]
+            if self._hand_edges is not None:
+                # Every edge before the oldest unresolved one's host time is known (its GPU
+                # time comes no earlier).
+                self._hand_edges(
+                    recorded, until=meter.now() if first_pending is None else first_pending
+                )
             if edges:
                 booked = [e.ledger_edge() for e in edges]
                 ledger.add_edges(booked)
                 self._live.add(booked)
                 if meter.recording:
-                    meter.record_steps([e.recorded() for e in edges])
+                    meter.record_steps(recorded)
             until = meter.finalized_until
-            first_pending = self.clock.first_pending_host()
             if first_pending is not None:
                 until = min(until, first_pending)
             while True:
@@ -491,6 +503,8 @@ class StageBooks:
     def _finish(self, epoch: int, meta: Mapping[str, Any] | None) -> StageRecord:
         meter, ledger = self.meter, self.ledger
         edges = self.clock.resolve(wait=True)
+        if self._hand_edges is not None:
+            self._hand_edges([e.recorded() for e in edges], until=math.inf)
         if edges:
             ledger.add_edges(e.ledger_edge() for e in edges)
             meter.record_steps([e.recorded() for e in edges])

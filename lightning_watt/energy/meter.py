@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import math
@@ -53,6 +54,8 @@ _MAX_RESTARTS = 5
 #: The mean power of at most this long before a device stopped being measured is its estimate
 #: for the unmeasured rest.
 _ESTIMATE_WINDOW_S = 30.0
+#: Power readings kept per device for an estimate early in a run (2 s of 20 ms samples).
+_RECENT_POWER = 100
 
 
 class _SyncRequest:
@@ -191,6 +194,9 @@ class EnergyMeter:
         self._abandoned = False
         self._restarts = 0
         self._last_data: dict[str, float] = {}
+        self._first_data: dict[str, float] = {}
+        # The newest power readings per device (t, watts, kind rank): an early estimate.
+        self._recent_power: dict[str, collections.deque[tuple[float, float, int]]] = {}
         self._channels: list[Channel] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -597,15 +603,26 @@ class EnergyMeter:
         # From its newest reading on: everything before it is measured and finalized from it.
         newest = self._last_data.get(device, timeline.horizon)
         since = min(max(newest, self._started_at or now), now)
-        # The mean over energy already final: the newest data may still wait for readings.
+        # The mean over energy already final (the newest data may still wait for readings);
+        # early in a run, before a second of it is final, over the provisional energy.
+        first = self._first_data.get(device, since)
+        watts, basis = 0.0, ""
         end = min(since, timeline.finalized_until)
-        first = timeline.start if math.isfinite(timeline.start) else end
         start = max(self._started_at or end, first, end - _ESTIMATE_WINDOW_S)
-        if end - start > 0.05:
+        if end - start >= 1.0:
             joules = self._timeline.energy_between(start, end, provisional=False).get(device, 0.0)
             watts = joules / (end - start)
             basis = f"its mean power over the {end - start:.1f} s before"
         else:
+            # Early in a run, before a second of energy is final: the mean of its best power
+            # readings of the last seconds (not yet calibrated by the counter).
+            recent = [(w, rank) for t, w, rank in self._recent_power.get(device, ()) if t <= since]
+            if recent:
+                best = min(rank for _, rank in recent)
+                chosen = [w for w, rank in recent if rank == best]
+                watts = sum(chosen) / len(chosen)
+                basis = f"the mean of its last {len(chosen)} power readings"
+        if not basis:
             latest = self._latest_power.get(device)
             watts = latest[1] if latest is not None else 0.0
             basis = "its last power reading" if latest else "nothing measured before: 0 W"
@@ -668,7 +685,9 @@ class EnergyMeter:
                 b = min(t1, self._stopped_at if self._stopped_at is not None else self._clock())
                 if b <= a:
                     continue
-                joules = self._timeline.energy_between(a, b).get(name, 0.0)
+                # The estimate is a constant power by construction: exact before the timeline
+                # has finalized that span (it waits for the other readers and step edges).
+                joules = gone.watts * (b - a)
                 out[name] = {
                     "energy_J": joules,
                     "seconds": b - a,
@@ -685,6 +704,7 @@ class EnergyMeter:
             for r in readings:
                 if r.t > self._last_data.get(r.device, -math.inf):
                     self._last_data[r.device] = r.t
+                self._first_data.setdefault(r.device, r.t)
                 if r.kind == COUNTER_J:
                     prev = self._last_counter.get(r.device)
                     self._last_counter[r.device] = (r.t, r.value)
@@ -735,6 +755,10 @@ class EnergyMeter:
 
     def _note_power(self, device: str, t: float, watts: float, rank: int) -> None:
         """Latest power per device, from the best kind seen recently."""
+        recent = self._recent_power.get(device)
+        if recent is None:
+            recent = self._recent_power[device] = collections.deque(maxlen=_RECENT_POWER)
+        recent.append((t, watts, rank))
         prev = self._latest_power.get(device)
         if prev is None or rank <= prev[2] or t - prev[0] > 1.0:
             self._latest_power[device] = (t, watts, rank)

@@ -28,7 +28,7 @@ def test_a_lost_gpu_is_unmeasured_with_an_estimate_in_the_summary(tmp_path, monk
     assert "GPU is lost" in warning and "unmeasured_J" in warning
     device = summary["devices"][0]
     assert "GPU is lost" in device["unmeasured_reason"]
-    assert "mean power" in device["unmeasured_basis"]
+    assert "mean" in device["unmeasured_basis"]
     # From step 20 of 64 to the end: most of the fit.
     assert 0.4 * summary["duration_s"] < device["unmeasured_s"] < 0.8 * summary["duration_s"]
     assert device["unmeasured_J"] == pytest.approx(300.0 * device["unmeasured_s"], rel=0.05)
