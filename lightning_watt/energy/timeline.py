@@ -63,7 +63,7 @@ from lightning_watt.energy.readings import (
     Reading,
 )
 from lightning_watt.energy.segment_fit import EdgeModel
-from lightning_watt.validate import finite_number, integer, positive_number
+from lightning_watt.validate import finite_number, integer, positive_number, string_collection
 
 #: Trailing-average fields describe the past: shift their samples back by half the window.
 _KIND_SHIFT_S = {AVERAGE_W: 0.5}
@@ -826,7 +826,8 @@ class EnergyTimeline:
             "coarse_step": positive_number("coarse_step", coarse_step, unit="seconds"),
             "recover_clock": recover_clock,
         }
-        self._allowed = None if devices is None else frozenset(devices)
+        names = None if devices is None else string_collection("devices", devices)
+        self._allowed = None if names is None else frozenset(names)
         self._devices: dict[str, DeviceTimeline] = {}
         # Every edge given, for devices whose first reading comes later.
         self._edges: list[tuple[float, str]] = []

@@ -241,6 +241,9 @@ class EstimateSource(EnergySource):
             raise ValueError(f"device must be a non-empty name, got {device!r}")
         cores = positive_int("cores", cores, allow_none=True)
         sockets = positive_int("sockets", sockets, allow_none=True)
+        for name, count in (("cores", cores), ("sockets", sockets)):
+            if count is not None and count > 1_000_000:
+                raise ValueError(f"{name} must be a positive integer <= 1000000, got {count}")
         if tdp_w is None:
             found_cores, found_sockets = cpu_topology()
             cores = cores or found_cores
