@@ -274,9 +274,11 @@ class EnergyMeter:
         if stuck:
             self._warn_once(
                 "stop:stuck",
-                f"lightning-watt: a hardware read did not return within {_STOP_WAIT_S:.0f} s of "
-                "the end; measurement ends at the last reading and the rest is estimated and "
-                "reported as unmeasured.",
+                "lightning-watt: the meter's last reads did not finish within "
+                f"{_STOP_WAIT_S:.0f} s of the end (a read stuck in the driver, or a backlog of "
+                "readings); measurement "
+                "ends at the last reading handled and the rest is estimated and reported as "
+                "unmeasured.",
             )
         with self._lock:
             self._estimate_unmeasured_tails(requested)
