@@ -300,8 +300,10 @@ def test_a_log_tick_never_reads_the_meter_on_the_training_thread(tmp_path):
     """Issue 14: at log_every_n_steps=1 a tick hands cached numbers to the loggers; resolving,
     booking and reading energy happen on the books' own thread."""
     cb = _TickSpy(replay="h200-mlp-stall")
-    trainer = _trainer(tmp_path, [cb], max_epochs=1, log_every_n_steps=1, limit_val_batches=0)
-    trainer.fit(TinyClassifier(step_sleep=0.002))
+    # Long enough (~1.5 s) for readings to reach some steps while they are booked: a step's
+    # provisional energy is given once, and readings arrive up to 0.5 s after the fact.
+    trainer = _trainer(tmp_path, [cb], max_epochs=3, log_every_n_steps=1, limit_val_batches=0)
+    trainer.fit(TinyClassifier(step_sleep=0.02))
     assert cb.armed_ticks >= 10
     assert cb.spy.hits == 0
     with open(f"{trainer.log_dir}/metrics.csv") as fh:

@@ -298,17 +298,18 @@ def test_invalid_arguments_fail_at_construction(make: Callable[[], object]) -> N
 
 # --------------------------------------------------------------------------- recording
 def test_recording_reads_back_as_the_same_readings(tmp_path: Path) -> None:
-    # A meter clock running 10x real time: 1.2 s of wall time records 12 s, longer than the
-    # recorder's reorder hold and its 5 s flush period, so both paths are exercised.
+    # A meter clock running 4x real time: 2 s of wall time records 8 s, longer than the
+    # recorder's 3 s reorder hold and its 2 s flush period, so both paths are exercised. (At
+    # 10x the hold was 0.3 s of wall time: a loaded machine delays the meter thread that much.)
     origin = time.monotonic()
 
     def fast_clock() -> float:
-        return 10.0 * (time.monotonic() - origin)
+        return 4.0 * (time.monotonic() - origin)
 
     spy = FakeSpySource(ReplaySource(bundled_trace(STALL), start=10.0))
     prefix = str(tmp_path / "rec")
     with EnergyMeter([spy], record=prefix, clock=fast_clock) as meter:
-        time.sleep(1.2)
+        time.sleep(2.0)
     recorded = load_trace(prefix)  # sorted by time, or this raises
     assert meter.started_at is not None
     served = [r._replace(t=r.t - meter.started_at) for r in spy.served]
