@@ -356,15 +356,16 @@ class StageBooks:
         and a burst booked in one go holds the GIL from the training thread for milliseconds)."""
         with self._lock:
             meter, ledger = self.meter, self.ledger
+            # Taken first: an edge marked after it has a later time, so every edge before
+            # ``known`` is among those resolved now or still pending.
+            known = meter.now()
             edges = self.clock.resolve(wait=wait)
             first_pending = self.clock.first_pending_host()
             recorded = [e.recorded() for e in edges]
             if self._hand_edges is not None:
-                # Every edge before the oldest unresolved one's host time is known (its GPU
-                # time comes no earlier).
-                self._hand_edges(
-                    recorded, until=meter.now() if first_pending is None else first_pending
-                )
+                # A pending edge's GPU time comes no earlier than its host time.
+                until = known if first_pending is None else min(known, first_pending)
+                self._hand_edges(recorded, until=until)
             if edges:
                 booked = [e.ledger_edge() for e in edges]
                 ledger.add_edges(booked)
