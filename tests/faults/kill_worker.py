@@ -50,7 +50,10 @@ def main(out: Path, mode: str) -> None:
     newest = max((out / "ckpt").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     trainer.fit(TinyClassifier(step_sleep=0.01), ckpt_path=newest)
     (out / "result.json").write_text(
-        json.dumps({"summary": cb.last_summary, "checkpoint": newest.name}, default=str)
+        json.dumps(
+            {"summary": cb.last_summary, "checkpoint": newest.name, "steps": trainer.global_step},
+            default=str,
+        )
     )
 
 

@@ -97,4 +97,6 @@ def test_a_killed_fit_keeps_its_trace_and_resumes_with_its_energy(tmp_path):
     # The checkpoint's energy is in the resumed run's total once, plus 300 W for the new part.
     new_part = summary["energy_J"] - stored["energy_J"]
     assert new_part == pytest.approx(300.0 * summary["duration_s"], abs=60.0, rel=0.02)
-    assert summary["steps"]["train"] == 8 * 16
+    # Lightning 2.4 repeats the batch a mid-epoch checkpoint was saved in (129 steps where 2.6
+    # has 128): the books follow Lightning's own count.
+    assert summary["steps"]["train"] == result["steps"] in (8 * 16, 8 * 16 + 1)
