@@ -520,6 +520,8 @@ class StageBooks:
         methods = meter.methods()
         sources = meter.source_descriptions()
         unmeasured = meter.unmeasured(self.started_at, end)
+        notes_of = getattr(meter, "notes", None)
+        notes = notes_of() if notes_of is not None else {}
         duration = end - self.started_at
         devices = [
             {
@@ -532,6 +534,9 @@ class StageBooks:
                 "peak_power_W": peaks.get(d.name, 0.0),
                 "method": (methods.get(d.name) or ["none"])[0],
                 "methods": methods.get(d.name, []),
+                # What the method assumed: counter values at recovered update instants or at
+                # their read times, and readings dropped as unusable.
+                "method_notes": notes.get(d.name, []),
                 "source": sources.get(d.name, ""),
                 "estimated": d.estimated,
                 # Included in energy_J: the estimate for the span no reader measured.

@@ -182,6 +182,8 @@ def render_summary(summary: dict[str, Any], show_unavailable: bool = True) -> st
                 f"peak {d['peak_power_W']:.1f} W — {d['method']}",
             )
         )
+        for note in d.get("method_notes", []):
+            rows.append(("", f"  {note}"))
     if summary.get("co2e_kg") is not None:
         rows.append(("CO2e", _fmt_sig(summary["co2e_kg"], "kg")))
     if summary.get("cost") is not None:

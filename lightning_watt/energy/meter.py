@@ -867,6 +867,12 @@ class EnergyMeter:
         with self._lock:
             return self._timeline.methods()
 
+    def notes(self) -> dict[str, list[str]]:
+        """What each device's energy assumed (how counter values were placed in time, readings
+        dropped as unusable), from :meth:`EnergyTimeline.notes`."""
+        with self._lock:
+            return self._timeline.notes()
+
     def source_descriptions(self) -> dict[str, str]:
         """What each device's source says about how it measures."""
         return {name: self._describe.get(name, "?") for name in sorted(self._devices)}
