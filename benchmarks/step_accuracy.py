@@ -46,12 +46,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # run from a checkout
 
-import itertools
 
 from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, Reading
 from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
-from lightning_watt.testing.synthetic import SyntheticRun, synthetic_run
+from lightning_watt.testing.synthetic import step_suite_run, thinned_counter_reads
 
 DURATIONS_MS = (5, 10, 20, 50, 100, 200)
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -59,22 +58,6 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "clock": {"recover_clock": True, "edges": False},
     "clock+edges": {"recover_clock": True, "edges": True},
 }
-
-
-def suite_run(step_ms: int, seed: int) -> SyntheticRun:
-    return synthetic_run(
-        seed=seed,
-        duration_s=20.0,
-        step_ms=(step_ms, step_ms),
-        gap_ms=(0, max(30, step_ms)),
-        gap_W=100.0,
-        levels_W=(250.0, 650.0),
-        idle_stretch_prob=0.1,
-        counter_read_interval_s=0.1023,
-        jitter_s=0.002,
-        missed_updates=2,
-        kinds={COUNTER_J, BUFFER_W},
-    )
 
 
 def fuse(trace: Trace, recover_clock: bool, edges: bool) -> EnergyTimeline:
@@ -93,7 +76,7 @@ def synthetic_table(seeds: int) -> None:
     print(header)
     print("-" * len(header))
     for step_ms in DURATIONS_MS:
-        runs = [suite_run(step_ms, s) for s in range(seeds)]
+        runs = [step_suite_run(step_ms, s) for s in range(seeds)]
         for label, options in VARIANTS.items():
             errors, totals = [], []
             got = {"train": 0.0, "gap": 0.0}
@@ -156,22 +139,6 @@ def increment_vs_buffer() -> None:
     print()
 
 
-def _thinned(trace: Trace, every: float = 0.1) -> tuple[list[Reading], list[float]]:
-    counter = [r for r in trace.samples if r.kind == COUNTER_J]
-    updates = [
-        0.5 * (x.t + y.t)
-        for x, y in itertools.pairwise(counter)
-        if y.value != x.value and y.t - x.t < 0.012
-    ]
-    kept, due = [], counter[0].t
-    for r in counter:
-        if r.t >= due:
-            kept.append(r)
-            due += every
-    others = [r for r in trace.samples if r.kind != COUNTER_J]
-    return sorted(kept + others, key=lambda r: r.t), updates
-
-
 def thinned_table() -> None:
     print("3. Real traces, counter reads thinned to one per 100 ms: energy between true updates")
     header = f"{'trace':<18} {'variant':<12} {'100 ms med %':>13} {'1 s med %':>10}  how"
@@ -179,7 +146,7 @@ def thinned_table() -> None:
     print("-" * len(header))
     for name in ("h200-square-wave", "h100-mlp"):
         trace = load_trace(bundled_trace(name))
-        readings, updates = _thinned(trace)
+        readings, updates = thinned_counter_reads(trace)
         counter = [(r.t, r.value) for r in trace.samples if r.kind == COUNTER_J]
         ct = np.asarray([c[0] for c in counter])
         cv = np.asarray([c[1] for c in counter])

@@ -9,7 +9,6 @@ polled on an unlocked clock (staleness drifting over 0-100 ms), and the real
 from __future__ import annotations
 
 import functools
-import itertools
 import statistics
 
 import numpy as np
@@ -18,8 +17,12 @@ import pytest
 from lightning_watt.energy.counter_clock import BRACKET, GRID, READ_TIME, CounterClock
 from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, INSTANT_W, Reading
 from lightning_watt.energy.timeline import EnergyTimeline
-from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
-from lightning_watt.testing.synthetic import SyntheticRun, synthetic_run
+from lightning_watt.energy.trace import bundled_trace, load_trace
+from lightning_watt.testing.synthetic import (
+    SyntheticRun,
+    synthetic_run,
+    thinned_counter_reads,
+)
 
 PHASE, PERIOD = 0.0437, 0.1  # synthetic_run's default counter grid
 
@@ -108,28 +111,9 @@ def test_a_missed_update_and_a_reset_still_load_and_keep_the_counter() -> None:
     assert device.clock.counts[GRID] > 0
 
 
-def thinned(trace: Trace, every: float = 0.1) -> tuple[list[Reading], list[float]]:
-    """The trace with its tight-loop counter reads thinned to one per ``every`` seconds (the
-    first read at or after each poll), and the true update instants (the middle of each
-    tight-loop bracket, 3 ms wide)."""
-    counter = [r for r in trace.samples if r.kind == COUNTER_J]
-    updates = [
-        0.5 * (a.t + b.t)
-        for a, b in itertools.pairwise(counter)
-        if b.value != a.value and b.t - a.t < 0.012
-    ]
-    kept, due = [], counter[0].t
-    for r in counter:
-        if r.t >= due:
-            kept.append(r)
-            due += every
-    others = [r for r in trace.samples if r.kind != COUNTER_J]
-    return sorted(kept + others, key=lambda r: r.t), updates
-
-
 def test_thinned_reads_of_a_real_counter_recover_its_update_instants() -> None:
     trace = load_trace(bundled_trace("h200-square-wave"))
-    readings, updates = thinned(trace)
+    readings, updates = thinned_counter_reads(trace)
     tl = fused(readings)
     history = tl.device("gpu0").clock.history
     assert history is not None

@@ -16,30 +16,17 @@ import statistics
 
 import pytest
 
-from lightning_watt.energy.readings import BUFFER_W, COUNTER_J
 from lightning_watt.energy.segment_fit import edges_from_steps
 from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import bundled_trace, load_trace
-from lightning_watt.testing.synthetic import SyntheticRun, synthetic_run
+from lightning_watt.testing.synthetic import (
+    step_suite_run,
+)
 
 SEEDS = (0, 1, 2)
 
-
-@functools.cache
-def suite_run(step_ms: int, seed: int) -> SyntheticRun:
-    return synthetic_run(
-        seed=seed,
-        duration_s=20.0,
-        step_ms=(step_ms, step_ms),
-        gap_ms=(0, max(30, step_ms)),
-        gap_W=100.0,
-        levels_W=(250.0, 650.0),
-        idle_stretch_prob=0.1,
-        counter_read_interval_s=0.1023,
-        jitter_s=0.002,
-        missed_updates=2,
-        kinds={COUNTER_J, BUFFER_W},
-    )
+# The runs are generated once per test session.
+suite_run = functools.cache(step_suite_run)
 
 
 @functools.cache

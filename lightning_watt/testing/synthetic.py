@@ -54,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -70,7 +71,15 @@ DT = 0.001
 #: The kinds :func:`synthetic_run` can emit.
 GENERATED_KINDS = frozenset({COUNTER_J, BUFFER_W, INSTANT_W, AVERAGE_W})
 
-__all__ = ["DT", "GENERATED_KINDS", "SyntheticRun", "SyntheticStep", "synthetic_run"]
+__all__ = [
+    "DT",
+    "GENERATED_KINDS",
+    "SyntheticRun",
+    "SyntheticStep",
+    "step_suite_run",
+    "synthetic_run",
+    "thinned_counter_reads",
+]
 
 
 @dataclass(frozen=True)
@@ -507,3 +516,59 @@ def _meta(
         },
         "synthetic": params,
     }
+
+
+def step_suite_run(step_ms: int, seed: int) -> SyntheticRun:
+    """One run of the known-truth step-accuracy suite (issue 13): 20 s of ``step_ms`` steps
+    between gaps of 0-30 ms (or up to the step's length) at 100 W, steps at 250-650 W with
+    idle stretches, the counter polled every 102.3 ms (its staleness drifting over 0-100 ms),
+    2 ms of jitter on every reading's timestamp and two missed counter updates. Shared by
+    ``tests/test_step_accuracy.py`` and ``benchmarks/step_accuracy.py``, so both judge the
+    same runs.
+
+    Example:
+        >>> run = step_suite_run(50, seed=0)
+        >>> round(run.trace.span[1] - run.trace.span[0])
+        20
+    """
+    return synthetic_run(
+        seed=seed,
+        duration_s=20.0,
+        step_ms=(step_ms, step_ms),
+        gap_ms=(0, max(30, step_ms)),
+        gap_W=100.0,
+        levels_W=(250.0, 650.0),
+        idle_stretch_prob=0.1,
+        counter_read_interval_s=0.1023,
+        jitter_s=0.002,
+        missed_updates=2,
+        kinds={COUNTER_J, BUFFER_W},
+    )
+
+
+def thinned_counter_reads(trace: Trace, every: float = 0.1) -> tuple[list[Reading], list[float]]:
+    """A trace whose counter was read in a tight loop (``h200-square-wave``: a read every
+    ~3 ms), with the counter reads thinned to one per ``every`` seconds (the first read at or
+    after each poll, as a live meter reads it) and every other reading kept; and the true
+    update instants: the middle of each bracket under 12 ms in which the value changed.
+
+    Example:
+        >>> from lightning_watt.energy.trace import bundled_trace, load_trace
+        >>> readings, updates = thinned_counter_reads(load_trace(bundled_trace("h200-square-wave")))
+        >>> len(updates) > 100
+        True
+    """
+    counter = [r for r in trace.samples if r.kind == COUNTER_J]
+    updates = [
+        0.5 * (a.t + b.t)
+        for a, b in itertools.pairwise(counter)
+        if b.value != a.value and b.t - a.t < 0.012
+    ]
+    kept: list[Reading] = []
+    due = counter[0].t if counter else math.inf
+    for r in counter:
+        if r.t >= due:
+            kept.append(r)
+            due += every
+    others = [r for r in trace.samples if r.kind != COUNTER_J]
+    return sorted(kept + others, key=lambda r: r.t), updates
