@@ -17,7 +17,7 @@ import pytest
 from lightning_watt.energy.counter_clock import BRACKET, GRID, READ_TIME, CounterClock
 from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, INSTANT_W, Reading
 from lightning_watt.energy.timeline import EnergyTimeline
-from lightning_watt.energy.trace import bundled_trace, load_trace
+from lightning_watt.energy.trace import bundled_trace, feed_timeline, load_trace
 from lightning_watt.testing.synthetic import (
     SyntheticRun,
     synthetic_run,
@@ -31,17 +31,7 @@ def fused(readings: list[Reading], **kwargs: object) -> EnergyTimeline:
     """A timeline that keeps the clock's placements, fed in 0.5 s chunks like a live meter."""
     tl = EnergyTimeline(devices=["gpu0"], **kwargs)  # type: ignore[arg-type]
     tl.device("gpu0").clock.history = []
-    chunk: list[Reading] = []
-    end = -np.inf
-    for r in readings:
-        if r.t > end and chunk:
-            tl.add(chunk)
-            chunk = []
-        if not chunk:
-            end = r.t + 0.5
-        chunk.append(r)
-    tl.add(chunk)
-    tl.flush()
+    feed_timeline(tl, readings)
     return tl
 
 

@@ -225,9 +225,18 @@ def _partial(meta: dict[str, Any], samples_truncated: bool) -> tuple[bool, str |
     return (bool(reasons), "; ".join(reasons) or None)
 
 
-def _feed(timeline: Any, readings: Iterable[Reading]) -> None:
-    """Feed readings to an :class:`EnergyTimeline` in half-second chunks, as the live meter
-    does, so pending data stays small; then flush it."""
+def feed_timeline(timeline: Any, readings: Iterable[Reading]) -> None:
+    """Feed time-ordered readings to an :class:`EnergyTimeline` in half-second chunks, as the
+    live meter does (so pending data stays small and the timeline sees what a meter would),
+    then flush it.
+
+    Example:
+        >>> from lightning_watt.energy.timeline import EnergyTimeline
+        >>> tl = EnergyTimeline()
+        >>> feed_timeline(tl, [Reading(t, "gpu0", "instant_W", 100.0) for t in (0.0, 1.0, 2.0)])
+        >>> tl.energy_between(0.0, 2.0)
+        {'gpu0': 200.0}
+    """
     chunk: list[Reading] = []
     chunk_end = -math.inf
     for r in readings:
@@ -303,7 +312,7 @@ class Trace:
             from lightning_watt.energy.segment_fit import edges_from_steps
 
             timeline.add_edges(edges_from_steps(self.steps), until=math.inf)
-        _feed(timeline, self.select(kinds))
+        feed_timeline(timeline, self.select(kinds))
         return timeline
 
     def counter_energy(self, device: str, t0: float, t1: float) -> float:

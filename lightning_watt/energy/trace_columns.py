@@ -533,7 +533,7 @@ class TraceColumns:
         from lightning_watt.energy.timeline import EnergyTimeline
 
         timeline = EnergyTimeline(**timeline_kwargs)
-        _trace._feed(timeline, self.readings(kinds))
+        _trace.feed_timeline(timeline, self.readings(kinds))
         return timeline
 
 
