@@ -219,15 +219,29 @@ def positive_number(
 
 @overload
 def integer(
-    name: str, value: object, *, minimum: int = ..., allow_none: Literal[False] = ...
+    name: str,
+    value: object,
+    *,
+    minimum: int = ...,
+    maximum: int | None = ...,
+    allow_none: Literal[False] = ...,
 ) -> int: ...
 
 
 @overload
-def integer(name: str, value: object, *, minimum: int = ..., allow_none: bool) -> int | None: ...
+def integer(
+    name: str, value: object, *, minimum: int = ..., maximum: int | None = ..., allow_none: bool
+) -> int | None: ...
 
 
-def integer(name: str, value: object, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+def integer(
+    name: str,
+    value: object,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    allow_none: bool = False,
+) -> int | None:
     """``value`` as an int, if it is an integer ``>= minimum`` (not a bool, not ``2.0``).
 
     Example:
@@ -239,10 +253,11 @@ def integer(name: str, value: object, *, minimum: int = 1, allow_none: bool = Fa
     if value is None and allow_none:
         return None
     number = _integral(value)
-    if number is None or number < minimum:
+    if number is None or number < minimum or (maximum is not None and number > maximum):
         accepted = (
             "a positive integer (an int >= 1)" if minimum == 1 else f"an integer >= {minimum}"
         )
+        accepted += f" and <= {maximum}" if maximum is not None else ""
         accepted += " or None" if allow_none else ""
         raise ValueError(f"{name} must be {accepted}, got {_given(value)}")
     return number

@@ -63,7 +63,13 @@ from lightning_watt.energy.readings import (
     Reading,
 )
 from lightning_watt.energy.segment_fit import EdgeModel
-from lightning_watt.validate import finite_number, integer, positive_number, string_collection
+from lightning_watt.validate import (
+    boolean,
+    finite_number,
+    integer,
+    positive_number,
+    string_collection,
+)
 
 #: Trailing-average fields describe the past: shift their samples back by half the window.
 _KIND_SHIFT_S = {AVERAGE_W: 0.5}
@@ -809,8 +815,7 @@ class EnergyTimeline:
         devices: Iterable[str] | None = None,
         recover_clock: bool = True,
     ) -> None:
-        if not isinstance(recover_clock, bool):
-            raise TypeError(f"recover_clock must be True or False, got {recover_clock!r}")
+        recover_clock = boolean("recover_clock", recover_clock)
         # Keyword arguments for every DeviceTimeline; each value has its parameter's type.
         self._kwargs: dict[str, Any] = {
             "calibration_window": finite_number(

@@ -55,7 +55,7 @@ from pathlib import Path
 from lightning_watt.energy.readings import ESTIMATE_W, DeviceInfo, Reading
 from lightning_watt.sources.base import Channel, Clock, EnergySource, SourceUnavailable
 from lightning_watt.sources.rapl import host_id
-from lightning_watt.validate import finite_number, positive_int
+from lightning_watt.validate import finite_number, integer, positive_int
 
 __all__ = [
     "DEFAULT_IDLE_FRACTION",
@@ -239,11 +239,8 @@ class EstimateSource(EnergySource):
         )
         if not (isinstance(device, str) and device):
             raise ValueError(f"device must be a non-empty name, got {device!r}")
-        cores = positive_int("cores", cores, allow_none=True)
-        sockets = positive_int("sockets", sockets, allow_none=True)
-        for name, count in (("cores", cores), ("sockets", sockets)):
-            if count is not None and count > 1_000_000:
-                raise ValueError(f"{name} must be a positive integer <= 1000000, got {count}")
+        cores = integer("cores", cores, maximum=1_000_000, allow_none=True)
+        sockets = integer("sockets", sockets, maximum=1_000_000, allow_none=True)
         if tdp_w is None:
             found_cores, found_sockets = cpu_topology()
             cores = cores or found_cores
