@@ -302,8 +302,9 @@ def test_invalid_arguments_fail_at_construction(make: Callable[[], object]) -> N
 # --------------------------------------------------------------------------- recording
 def test_recording_reads_back_as_the_same_readings(tmp_path: Path) -> None:
     # A meter clock running 4x real time: 2 s of wall time records 8 s, longer than the
-    # recorder's 3 s reorder hold and its 2 s flush period, so both paths are exercised. (At
-    # 10x the hold was 0.3 s of wall time: a loaded machine delays the meter thread that much.)
+    # recorder's 3 s reorder hold (meter clock), so readings are written both while held and at
+    # the end. (At 10x the hold was 0.3 s of wall time: a loaded machine delays the meter
+    # thread that much.) The writer's own 2 s flush is tested in test_trace_partial.
     origin = time.monotonic()
 
     def fast_clock() -> float:

@@ -38,9 +38,6 @@ from lightning_watt.validate import a_callable, path_like, positive_int
 #: time order (the driver buffer is drained every 0.5 s and holds 2.4 s of samples) and
 #: watt-trace rows must be sorted by time.
 _RECORD_HOLD_S = 3.0
-#: The recording is flushed at least this often (meter clock), so a killed run loses at most
-#: this much of its trace.
-_FLUSH_EVERY_S = 2.0
 #: How long :meth:`EnergyMeter.stop` waits for the meter thread's last reads. A read stuck in
 #: the driver longer than this is abandoned (the thread is a daemon): the span after the last
 #: reading is then unmeasured, estimated and reported, and stop() returns.
@@ -153,8 +150,9 @@ class EnergyMeter:
         self._max_errors = max_errors
         self._clock = clock
         self._lock = threading.Lock()
-        # The trace writer's gzip streams are not thread-safe: the meter thread writes and
-        # flushes samples, the books' refresher writes step edges.
+        # The recording's state here (the writer, readings held for ordering) is shared: the
+        # meter thread records samples, the books' refresher step edges, and either may turn
+        # recording off after a failed write.
         self._writer_lock = threading.RLock()
         self._stop_event = threading.Event()
         # Wakes the meter thread early: a sync() request or stop().
@@ -180,7 +178,6 @@ class EnergyMeter:
         self._started_at: float | None = None
         self._stopped_at: float | None = None
         self._peak_power: dict[str, float] = {}
-        self._last_flush = 0.0
         # Readings waiting to be recorded, as a heap of (t, arrival, reading).
         self._record_pending: list[tuple[float, int, Reading]] = []
         self._record_seq = 0
@@ -719,11 +716,8 @@ class EnergyMeter:
             if self._writer is None:
                 return
             try:
+                # The writer flushes itself every 2 s: a killed run loses at most that.
                 self._record_samples(readings, final=False)
-                now = self._clock()
-                if now - self._last_flush > _FLUSH_EVERY_S:
-                    self._last_flush = now
-                    self._writer.flush()
             except OSError as err:
                 self._recording_failed(err)
 
