@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from lightning_watt._files import atomic_write_text
 from lightning_watt.energy.readings import COUNTER_J, KINDS, Reading
 from lightning_watt.energy.timeline import _interp
 from lightning_watt.schema import TRACE_FORMAT
@@ -527,18 +528,13 @@ class TraceWriter:
             self._write_meta()
 
     def _write_meta(self) -> None:
-        # A name of its own per writer: two recordings never share a temporary file.
-        tmp = self._meta_path.with_name(f"{self._meta_path.name}.{os.getpid()}.{id(self)}.tmp")
-        try:
-            # A copy first (one C-level step under the GIL): another thread may add a fact
-            # (set_trace_meta) while this one serialises.
-            meta = dict(self.meta)
-            tmp.write_text(json.dumps(meta, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-            os.replace(tmp, self._meta_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
+        # A copy first (one C-level step under the GIL): another thread may add a fact
+        # (set_trace_meta) while this one serialises.
+        meta = dict(self.meta)
+        # Rewritten at every flush (every 2 s): atomic, not fsynced.
+        atomic_write_text(
+            self._meta_path, json.dumps(meta, indent=1, sort_keys=False) + "\n", durable=False
+        )
 
     def close(self) -> None:
         with self._lock:

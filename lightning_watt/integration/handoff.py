@@ -26,6 +26,7 @@ import tempfile
 import uuid
 from typing import Any
 
+from lightning_watt._files import atomic_write_text
 from lightning_watt.attribution.books import RunBooks, RunTotals
 from lightning_watt.energy.readings import J_PER_KWH
 
@@ -50,10 +51,9 @@ class Handoff:
             "last_summary": summary,
         }
         with contextlib.suppress(OSError):
-            tmp = self.path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump({"pid": os.getpid(), "data": data}, fh)
-            os.replace(tmp, self.path)
+            atomic_write_text(
+                self.path, json.dumps({"pid": os.getpid(), "data": data}), durable=False
+            )
 
     def take(self) -> tuple[RunBooks, dict[str, Any] | None] | None:
         """The books and summary another process left since the last call, or ``None``."""
