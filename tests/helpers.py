@@ -84,3 +84,15 @@ def fit_spawned(trainer: pl.Trainer, model: pl.LightningModule, **kw: Any) -> No
         import warnings
 
         warnings.warn(f"a ddp_spawn worker aborted at exit after its fit: {err}", stacklevel=2)
+
+
+def subprocess_env() -> dict[str, str]:
+    """This process's environment, with the ``lightning_watt`` it imported first on
+    ``PYTHONPATH``: a worker script (and the ranks Lightning starts from it) tests the same
+    code."""
+    import os
+
+    import lightning_watt
+
+    here = str(Path(lightning_watt.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}

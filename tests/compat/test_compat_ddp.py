@@ -4,7 +4,6 @@ plain DDP keeps the invariants, neither warns about sync_dist, a pickled callbac
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -29,10 +28,8 @@ from compat.scenarios import (
     trainer,
     watt,
 )
-from helpers import fit_spawned
+from helpers import fit_spawned, subprocess_env
 from lightning.pytorch.loggers import CSVLogger
-
-import lightning_watt
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -65,11 +62,9 @@ def test_ddp_spawn_hands_the_run_to_the_parent(tmp_path):
 @pytest.mark.slow
 def test_plain_ddp(tmp_path):
     # The workers import the lightning_watt this test imported.
-    here = str(Path(lightning_watt.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, str(WORKER), str(tmp_path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())

@@ -4,25 +4,21 @@ and estimate, the other rank's device stays measured, and the total is right."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-import lightning_watt
+from helpers import subprocess_env
 
 WORKER = Path(__file__).with_name("ddp_lost_worker.py")
 
 
 @pytest.mark.slow
 def test_one_rank_losing_its_gpu_is_estimated_and_reported(tmp_path):
-    here = str(Path(lightning_watt.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, str(WORKER), str(tmp_path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "result.json").read_text())

@@ -16,17 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import subprocess_env
 
-import lightning_watt
 from lightning_watt.energy.trace import load_trace, trace_prefix
 from lightning_watt.report.cli import main as report_main
 
 WORKER = Path(__file__).with_name("kill_worker.py")
-
-
-def _env() -> dict[str, str]:
-    here = str(Path(lightning_watt.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
 
 
 def _rows_before_the_cut(path: Path) -> list[list[str]]:
@@ -47,7 +42,7 @@ def _watt_state(checkpoint: Path) -> dict:
 def test_a_killed_fit_keeps_its_trace_and_resumes_with_its_energy(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(WORKER), str(tmp_path), "train"],
-        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -88,7 +83,7 @@ def test_a_killed_fit_keeps_its_trace_and_resumes_with_its_energy(tmp_path):
 
     resumed = subprocess.run(
         [sys.executable, str(WORKER), str(tmp_path), "resume"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240,
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
