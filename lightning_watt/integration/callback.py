@@ -181,8 +181,6 @@ class WattCallback(Callback):
         summary = boolean("summary", summary)
         if target_accuracy is not None and score_from is None:
             raise ValueError("target_accuracy needs score_from: the logged accuracy to watch")
-        pue = finite_number("pue", pue, minimum=1.0, unit="(power usage effectiveness)")
-        currency = text("currency", currency, example="'USD'")
         self._carbon = self._make_carbon(carbon_intensity, region, pue, price_per_kwh, currency)
         self.prefix = prefix
         self.per_device = per_device
@@ -202,17 +200,19 @@ class WattCallback(Callback):
 
     @staticmethod
     def _make_carbon(intensity, region, pue, price, currency):
-        if intensity is None and region is None and price is None and pue == 1.0:
-            return None
         from lightning_watt.score.carbon import CarbonModel
 
-        return CarbonModel(
+        # Built even when unused, so that its checks refuse bad carbon arguments (pue=True is
+        # not 1.0) here rather than pass unseen.
+        model = CarbonModel(
             carbon_intensity=intensity,
             region=region,
             pue=pue,
             price_per_kwh=price,
             currency=currency,
         )
+        asked = intensity is not None or region is not None or price is not None
+        return model if asked or model.pue != 1.0 else None
 
     def _reset_stage(self) -> None:
         self._run_dir = Path(".")
