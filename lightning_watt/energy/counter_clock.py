@@ -49,6 +49,7 @@ import math
 
 import numpy as np
 
+from lightning_watt.energy.bracket_fit import BracketFit, fit_brackets
 from lightning_watt.energy.readings import BUFFER_W
 
 #: Power kinds a grid can be aligned against. Only the driver buffer: the power fields update
@@ -57,7 +58,7 @@ from lightning_watt.energy.readings import BUFFER_W
 #: 2.9 % at read times).
 ALIGN_KINDS: tuple[str, ...] = (BUFFER_W,)
 #: How an update instant was obtained.
-BRACKET, GRID, READ_TIME = "bracket", "grid", "read time"
+BRACKET, GRID, READ_GRID, READ_TIME = "bracket", "grid", "grid fitted to read brackets", "read time"
 
 #: Relative period offsets searched around the nominal period (counters measured 99.9-100.07 ms).
 _PERIOD_OFFSETS = (-1.5e-3, -0.75e-3, 0.0, 0.75e-3, 1.5e-3)
@@ -133,6 +134,7 @@ class CounterClock:
         tight_s: float = 0.012,
         lookahead_s: float = 0.03,
         warmup_s: float = 3.0,
+        bracket_window_s: float = 30.0,
     ) -> None:
         self.period_s = period_s
         self.window_s = window_s
@@ -140,21 +142,26 @@ class CounterClock:
         self.tight_s = tight_s
         self.lookahead_s = lookahead_s
         self.warmup_s = warmup_s
+        self.bracket_window_s = bracket_window_s
         # Reads that carry information: each value change and the read just before it.
         self._rt: list[float] = []
         self._racc: list[float] = []
         self._rseries: list[int] = []
         self._prev: tuple[float, float, int] | None = None  # the last read, not yet kept
         self._power: dict[str, _Cumulative] = {}
-        self._fit: tuple[float, float, float] | None = None  # (period, phase, fitted at)
+        # (period, phase, fitted at) of the grid aligned with power, and of the one the read
+        # brackets alone pin down; the first is used where both exist.
+        self._fit: tuple[float, float, float] | None = None
+        self._read_fit: tuple[float, float, float] | None = None
         self._since_fit = 0
         self._attempts = 0
         self._varying = False  # read times miss the power: a fit is worth waiting for
         self._warm_start: float | None = None
         self._last: tuple[float, float] | None = None  # (u, acc) of the last value placed
         self._scale = 1.0  # counter joules per power-integral joule, from the last fit
-        self.counts: dict[str, int] = {BRACKET: 0, GRID: 0, READ_TIME: 0}
+        self.counts: dict[str, int] = {BRACKET: 0, GRID: 0, READ_GRID: 0, READ_TIME: 0}
         self.last_fit: dict[str, float] = {}
+        self.last_read_fit: BracketFit | None = None
         #: Set to a list to keep every ``(read time, update instant, how)`` (diagnostics).
         self.history: list[tuple[float, float, str]] | None = None
 
@@ -196,7 +203,7 @@ class CounterClock:
             return 0.5 * (lo + t), BRACKET
         # Until the first fit, every other value is a chance to fit (for a while: flat power
         # may never fit); then every refit_every.
-        eager = self._fit is None and self._attempts < 4 * _MIN_UPDATES
+        eager = (self._fit or self._read_fit) is None and self._attempts < 4 * _MIN_UPDATES
         if self._since_fit >= (2 if eager else self.refit_every):
             self._refit(t)
             self._attempts += 1
@@ -227,7 +234,9 @@ class CounterClock:
         return t, READ_TIME
 
     def _on_grid(self, t: float, lo: float) -> tuple[float, str] | None:
-        fit = self._fit
+        fit, how = self._fit, GRID
+        if fit is None or abs(t - fit[2]) > 3 * self.window_s:
+            fit, how = self._read_fit, READ_GRID
         if fit is None or abs(t - fit[2]) > 3 * self.window_s:
             return None
         period, phase, _ = fit
@@ -243,9 +252,9 @@ class CounterClock:
         if not candidates:
             return None
         u = candidates[0] if len(candidates) == 1 else self._likelier(candidates, t)
-        self.counts[GRID] += 1
+        self.counts[how] += 1
         self._last = (u, self._acc_at(t))
-        return u, GRID
+        return u, how
 
     def _acc_at(self, t: float) -> float:
         i = bisect.bisect_right(self._rt, t) - 1
@@ -268,7 +277,27 @@ class CounterClock:
         return candidates[errors.index(min(errors))]
 
     def _refit(self, t: float) -> None:
-        self._trim(t - self.window_s - 1.0)
+        self._trim(t - max(self.window_s, self.bracket_window_s) - 1.0)
+        self._refit_reads(t)
+        self._refit_power(t)
+
+    def _refit_reads(self, t: float) -> None:
+        """The grid the read brackets of the last ``bracket_window_s`` pin down, if they do
+        (:mod:`~lightning_watt.energy.bracket_fit`); a window that does not keeps the last one."""
+        i0 = bisect.bisect_left(self._rt, t - self.bracket_window_s)
+        i1 = bisect.bisect_right(self._rt, t)
+        fit = fit_brackets(
+            np.asarray(self._rt[i0:i1]),
+            np.asarray(self._racc[i0:i1]),
+            np.asarray(self._rseries[i0:i1]),
+            t,
+            period_s=self.period_s,
+        )
+        if fit is not None:
+            self._read_fit = (fit.period_s, fit.phase_s, t)
+            self.last_read_fit = fit
+
+    def _refit_power(self, t: float) -> None:
         # The best power kind reaching this read; early in a run the window is what exists.
         power = next((s for k in ALIGN_KINDS if (s := self._power.get(k)) and s.covers(t, t)), None)
         if power is None:
@@ -361,6 +390,9 @@ class CounterClock:
             return "no counter updates"
         parts = [f"{100 * c / n:.0f} % {how}" for how, c in self.counts.items() if c]
         note = "counter updates anchored by " + ", ".join(parts)
+        fit = self.last_read_fit
+        if self.counts[READ_GRID] and fit is not None:
+            note += f" (read brackets pin that grid within +-{500 * fit.width_s:.0f} ms)"
         if self.counts[READ_TIME] >= 0.9 * n:
             note += " (update clock not recovered: values placed at their read time, up to one "
             note += "update late)"
