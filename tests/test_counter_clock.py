@@ -13,8 +13,11 @@ import statistics
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lightning_watt.energy.counter_clock import BRACKET, GRID, READ_TIME, CounterClock
+from lightning_watt.energy.bracket_fit import fit_brackets
+from lightning_watt.energy.counter_clock import BRACKET, GRID, READ_GRID, READ_TIME, CounterClock
 from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, INSTANT_W, Reading
 from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import bundled_trace, feed_timeline, load_trace
@@ -190,3 +193,119 @@ def test_recovered_clock_is_reported_in_the_notes() -> None:
     tl = load_trace(bundled_trace("h200-mlp-stall")).timeline()
     (note,) = tl.notes()["gpu0"]
     assert "grid" in note and "counter updates anchored by" in note
+
+
+# ---------------------------------------------------------------- without a power buffer
+def fake_counter_reads(
+    rng: np.random.Generator,
+    *,
+    read_gaps: tuple[float, float],
+    duration_s: float = 20.0,
+    period: float = 0.1,
+    phase: float = 0.0437,
+    update_jitter_s: float = 0.001,
+    stamp_jitter_s: float = 0.001,
+    missed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fake counter, as hostile as the measured ones: updates on a ``period`` grid with
+    jitter (real updates scatter ~2 ms around their grid), ``missed`` updates that never
+    happen, and reads at random gaps whose stamps are off by up to ``stamp_jitter_s``."""
+    updates = phase + period * np.arange(int(duration_s / period))
+    updates = updates + rng.uniform(-update_jitter_s, update_jitter_s, len(updates))
+    if missed:
+        updates = np.delete(updates, rng.choice(len(updates), missed, replace=False))
+    gaps = rng.uniform(*read_gaps, int(2 * duration_s / read_gaps[0]))
+    reads = np.cumsum(gaps)
+    reads = reads[reads < duration_s]
+    value = np.searchsorted(updates, reads, side="right").astype(float)  # one joule each
+    stamps = reads + rng.uniform(-stamp_jitter_s, stamp_jitter_s, len(reads))
+    return np.sort(stamps), value
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    phase=st.floats(0.0, 0.1),
+    period=st.floats(0.0999, 0.1001),
+    missed=st.integers(0, 3),
+)
+def test_brackets_of_a_sweeping_poll_pin_the_grid(
+    seed: int, phase: float, period: float, missed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    t, value = fake_counter_reads(
+        rng, read_gaps=(0.03, 0.097), period=period, phase=phase, missed=missed
+    )
+    fit = fit_brackets(t, value, np.zeros(len(t), dtype=int), end=float(t[-1]))
+    assert fit is not None
+    assert fit.width_s < 0.02 and fit.bits >= 20
+    offset = (fit.phase_s - phase + 0.5 * period) % period - 0.5 * period
+    # Within the arc, widened by the jitter of updates and stamps.
+    assert abs(offset) <= 0.5 * fit.width_s + 0.003
+    assert abs(fit.period_s - period) < 5e-4 * period  # 0.05 %: 2 ms over 40 updates
+
+
+def test_a_locked_poll_or_an_irregular_counter_pins_nothing() -> None:
+    rng = np.random.default_rng(7)
+    # Read 2-8 ms after every update: every phase between the reads is consistent.
+    t = 0.0437 + 0.1 * np.arange(300) + rng.uniform(0.002, 0.008, 300)
+    locked = fit_brackets(t, np.arange(300.0), np.zeros(300, dtype=int), end=float(t[-1]))
+    # Values that change at random, read at random gaps: no grid fits them by chance.
+    t = np.cumsum(rng.uniform(0.01, 0.4, 200))
+    value = np.cumsum(rng.choice([0.0, 0.0, 40.0, 400.0], 200))
+    irregular = fit_brackets(t, value, np.zeros(200, dtype=int), end=float(t[-1]))
+    assert locked is None and irregular is None
+
+
+def test_brackets_across_a_reset_are_ignored() -> None:
+    rng = np.random.default_rng(3)
+    t, value = fake_counter_reads(rng, read_gaps=(0.03, 0.097))
+    series = (t > 10.0).astype(int)
+    value = np.where(series == 1, value - value[series == 1][0], value)  # restarts from 0
+    fit = fit_brackets(t, value, series, end=float(t[-1]))
+    assert fit is not None
+    assert abs((fit.phase_s - 0.0437 + 0.05) % 0.1 - 0.05) <= 0.5 * fit.width_s + 0.003
+
+
+def test_thinned_reads_without_a_buffer_recover_the_clock_from_brackets() -> None:
+    """``h100-mlp`` recorded no buffer: its thinned reads pin the grid by their brackets alone
+    (catch-up reads after the reader stalled land on both sides of updates)."""
+    trace = load_trace(bundled_trace("h100-mlp"))
+    readings, updates = thinned_counter_reads(trace)
+    assert not any(r.kind == BUFFER_W for r in readings)
+    tl = fused(readings)
+    clock = tl.device("gpu0").clock
+    assert clock.counts[READ_GRID] > 0.5 * sum(clock.counts.values())
+    note = tl.notes()["gpu0"][0]
+    assert "grid fitted to read brackets" in note and "read brackets pin that grid" in note
+    counter = [(r.t, r.value) for r in trace.samples if r.kind == COUNTER_J]
+    ct, cv = np.asarray([c[0] for c in counter]), np.asarray([c[1] for c in counter])
+    a, b = trace.fit_window
+    inside = [u for u in updates if a + 2.0 <= u <= b]
+
+    def median_error(tl_: EnergyTimeline, updates_apart: int) -> float:
+        errors = []
+        for x, y in zip(inside, inside[updates_apart:], strict=False):
+            true = float(cv[np.searchsorted(ct, y)] - cv[np.searchsorted(ct, x)])
+            errors.append(abs(tl_.energy_between(x, y)["gpu0"] / true - 1))
+        return statistics.median(errors)
+
+    # Measured 1.77 % (100 ms) and 0.18 % (1 s); read times give 2.9 % and 0.30 %.
+    read_time = fused(readings, recover_clock=False)
+    assert median_error(tl, 1) < 0.025 < median_error(read_time, 1)
+    assert median_error(tl, 10) < 0.003 and median_error(tl, 10) < median_error(read_time, 10)
+    # The counter's total, whatever the anchoring.
+    assert tl.energy_between(a, b)["gpu0"] == pytest.approx(
+        read_time.energy_between(a, b)["gpu0"], rel=1e-3
+    )
+
+
+def test_a_bracket_fitted_clock_resolves_live_as_in_one_batch() -> None:
+    trace = load_trace(bundled_trace("h100-mlp"))
+    readings, _ = thinned_counter_reads(trace)
+    live = fused(readings)
+    batch = EnergyTimeline(devices=["gpu0"])
+    batch.device("gpu0").clock.history = []
+    batch.add(readings)
+    batch.flush()
+    assert live.device("gpu0").clock.history == batch.device("gpu0").clock.history

@@ -76,6 +76,7 @@ def fit_brackets(
     *,
     period_s: float = 0.1,
     resolution_s: float = 0.00025,
+    margin_s: float = 0.002,
     max_width_s: float = 0.03,
     max_violation_share: float = 0.1,
     min_bits: float = 20.0,
@@ -91,6 +92,8 @@ def fit_brackets(
             the window's far end only.
         period_s: the nominal period.
         resolution_s: phase resolution.
+        margin_s: how far a read stamp or an update may stray from where the grid puts it
+            (measured: updates scatter ~2 ms around their grid).
         max_width_s: a wider arc of consistent phases is not an answer (``None``).
         max_violation_share: more violations than this share of the brackets mean the
             counter does not keep to a grid near ``period_s`` (``None``).
@@ -103,12 +106,14 @@ def fit_brackets(
     """
     if len(t) < 3:
         return None
-    a, b = t[:-1], t[1:]
-    same_series = series[1:] == series[:-1]
     changed = acc[1:] != acc[:-1]
+    # Each bracket widened (changed) or narrowed (unchanged) by the margin, so that a stamp
+    # or an update that jitters across its edge does not count against the true grid.
+    pad = np.where(changed, margin_s, -margin_s)
+    a, b = t[:-1] - pad, t[1:] + pad
     width = b - a
     periods = period_s * (1.0 + np.asarray(PERIOD_OFFSETS))
-    useful = same_series & (width > 0) & (width < periods.min())
+    useful = (series[1:] == series[:-1]) & (width > 0) & (width < periods.min())
     n = int(useful.sum())
     if n < 3:
         return None
@@ -131,18 +136,20 @@ def fit_brackets(
     least = float(violations.min())
     if least > max_violation_share * n:
         return None
-    best: tuple[int, int, int] | None = None  # (arc bins, period index, arc's first bin)
-    for row in np.flatnonzero(violations.min(axis=1) <= least):
-        arc = _smallest_arc(violations[row] <= least)
-        if best is None or arc[0] > best[0]:  # the widest: the most robust fit
-            best = (arc[0], int(row), arc[1])
-    assert best is not None
-    arc_bins, k, first_bin = best
-    period = float(periods[k])
+    # The answer is the centroid of every (period, phase) weighted by its odds against the
+    # best (each further violation 2**-_VIOLATION_BITS): a slightly wrong period that stays
+    # consistent by moving the phase, or one lucky cell that dodges a missed update, is not
+    # favoured over the region around the truth. The uncertainty is the arc of phases at most
+    # one violation worse than the best.
+    rows, cells = np.nonzero(violations <= least + 1)
+    arc_bins, first_bin = _smallest_arc(np.bincount(cells, minlength=bins) > 0)
+    odds = np.exp2(-_VIOLATION_BITS * (violations[rows, cells] - least))
+    period = float(np.average(periods[rows], weights=odds))
     arc_s = arc_bins * period / bins
     if arc_s > max_width_s:
         return None
-    grid = end - (first_bin + 0.5 * arc_bins) % bins / bins * period
+    middle = first_bin + float(np.average((cells - first_bin) % bins, weights=odds)) + 0.5
+    grid = end - middle / bins * period
     holds = np.floor((b - grid) / period) > np.floor((a - grid) / period)
     # Evidence that the counter keeps to this grid rather than the reads fitting one by chance:
     # a bracket a random phase would satisfy with probability q gives -log2(q) bits; a violated
@@ -154,7 +161,7 @@ def fit_brackets(
         return None
     return BracketFit(
         period_s=period,
-        phase_s=grid,
+        phase_s=float(grid),
         width_s=arc_s,
         violations=int(least),
         brackets=n,

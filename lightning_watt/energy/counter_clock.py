@@ -247,6 +247,10 @@ class CounterClock:
         # Without a previous read of the same series (the first value, a reset) the value is
         # the one of the last update before the read.
         options = (top, top - period) if math.isfinite(lo) else (top,)
+        if how == READ_GRID:
+            # That grid satisfies the brackets: the grid point inside this one is the update
+            # (no power to tell two candidates apart; a clipped one would be a period off).
+            options = tuple(c for c in options if lo < c <= t) or options
         candidates = [min(max(c, lo + 1e-6), t) for c in options if lo - _SLACK_S < c]
         candidates = [c for c in candidates if lo < c <= t]
         if not candidates:
