@@ -246,7 +246,7 @@ class CounterClock:
         top = phase + period * math.floor((t + _SLACK_S - phase) / period)
         # Without a previous read of the same series (the first value, a reset) the value is
         # the one of the last update before the read.
-        options = (top, top - period) if math.isfinite(lo) else (top,)
+        options: tuple[float, ...] = (top, top - period) if math.isfinite(lo) else (top,)
         if how == READ_GRID:
             # That grid satisfies the brackets: the grid point inside this one is the update
             # (no power to tell two candidates apart; a clipped one would be a period off).
