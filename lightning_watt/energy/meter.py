@@ -431,7 +431,7 @@ class EnergyMeter:
             state.in_flight = None
             state.adopt_spawned(self._clock())
             if replacement is not None:
-                interval = replacement.interval_s
+                interval = replacement.next_interval()  # a pattern: see Channel.pattern
                 if not read_ok and replacement is channel and channel.fallback is None:
                     # Transient errors of a reader with nothing to fall back on (the counter):
                     # back off instead of hammering a busy driver, never give up.

@@ -56,6 +56,8 @@ class Channel:
         kinds: the reading kinds it produces. Declaring them lets the meter wait for this
             reader from the start (before its first reading), instead of finalizing energy with
             whatever other reader happened to speak first.
+        pattern: intervals the meter cycles through between calls instead of ``interval_s``
+            (which stays the nominal one), so that a poll's phase sweeps a clock it reads.
     """
 
     name: str
@@ -66,9 +68,26 @@ class Channel:
     describe: str = ""
     extra: dict[str, object] = field(default_factory=dict)
     kinds: tuple[str, ...] = ()
+    pattern: tuple[float, ...] = ()
+    _turn: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         positive_number("interval_s", self.interval_s, unit="seconds")
+        for gap in self.pattern:
+            positive_number("pattern", gap, unit="seconds")
+
+    def next_interval(self) -> float:
+        """Seconds until the next call: ``interval_s``, or the next step of ``pattern``.
+
+        Example:
+            >>> c = Channel("gpu0/counter", 0.1, list, ("gpu0",), pattern=(0.08, 0.124))
+            >>> [c.next_interval() for _ in range(3)]
+            [0.08, 0.124, 0.08]
+        """
+        if not self.pattern:
+            return self.interval_s
+        self._turn += 1
+        return self.pattern[(self._turn - 1) % len(self.pattern)]
 
 
 class EnergySource(ABC):
