@@ -309,3 +309,26 @@ def test_a_bracket_fitted_clock_resolves_live_as_in_one_batch() -> None:
     batch.add(readings)
     batch.flush()
     assert live.device("gpu0").clock.history == batch.device("gpu0").clock.history
+
+
+def test_a_reset_among_bracket_fitted_values_keeps_each_side_on_the_counter() -> None:
+    trace = load_trace(bundled_trace("h100-mlp"))
+    readings, _ = thinned_counter_reads(trace)
+    drop = next(r.value for r in readings if r.kind == COUNTER_J and r.t >= 25.0) - 5.0
+    reset = [
+        Reading(r.t, r.device, r.kind, r.value - drop) if r.kind == COUNTER_J and r.t >= 25.0 else r
+        for r in readings
+    ]
+    tl = fused(reset)
+    device = tl.device("gpu0")
+    assert device.resets == 1 and device.clock.counts[READ_GRID] > 0
+    counter = [r for r in reset if r.kind == COUNTER_J]
+    before = [r for r in counter if r.t < 25.0]
+    after = [r for r in counter if r.t >= 25.0]
+    placed = {t: u for t, u, _ in device.clock.history or []}
+    for side in (before[10:], after[10:]):  # each side's values, clear of the reset
+        values = [r for r in side if r.t in placed]  # the reads that brought a new value
+        first, last = values[0], values[-1]
+        got = tl.energy_between(placed[first.t], placed[last.t])["gpu0"]
+        # Between two values' update instants, exactly the counter's joules.
+        assert got == pytest.approx(last.value - first.value, rel=1e-9)
