@@ -21,7 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import itertools
 import os
 import statistics
 import sys
@@ -31,11 +30,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # run from a checkout
 
-from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, Reading
+from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, INSTANT_W
 from lightning_watt.energy.timeline import EnergyTimeline
-from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
+from lightning_watt.energy.trace import bundled_trace, load_trace
 from lightning_watt.sources.nvml import COUNTER_PATTERN_S
-from lightning_watt.testing.synthetic import thinned_counter_reads
+from lightning_watt.testing.polling import meter_reads
+from lightning_watt.testing.synthetic import synthetic_run, thinned_counter_reads
 
 SCHEDULES: dict[str, tuple[float, ...]] = {
     "locked 100": (0.1,),
@@ -44,19 +44,6 @@ SCHEDULES: dict[str, tuple[float, ...]] = {
     "75/129": (0.075, 0.129),
     "85/119": (0.085, 0.119),
 }
-
-
-def meter_reads(trace: Trace, schedule: tuple[float, ...]) -> list[Reading]:
-    """The tight-loop counter reads a meter polling on ``schedule`` would have taken."""
-    counter = [r for r in trace.samples if r.kind == COUNTER_J]
-    kept: list[Reading] = []
-    steps = itertools.cycle(schedule)
-    due = counter[0].t
-    for r in counter:
-        if r.t >= due:
-            kept.append(r)
-            due = max(due + next(steps), r.t)
-    return kept
 
 
 def median_error(
@@ -96,7 +83,7 @@ def main() -> None:
         ]
         label = name if keep_buffer else f"{name} (no buffer)"
         for schedule_name, schedule in SCHEDULES.items():
-            reads = meter_reads(trace, schedule)
+            reads = meter_reads(trace.samples, schedule)
             tl = EnergyTimeline()
             tl.add(sorted(reads + others, key=lambda r: r.t))
             tl.flush()
@@ -107,7 +94,53 @@ def main() -> None:
                 f"{label:<29} {schedule_name:<13} {len(reads):>5} {window:13.2f} {second:10.3f}  "
                 f"{how}"
             )
+    print()
+    synthetic_table()
     print(f"\n(measured in one run, {time.perf_counter() - wall:.1f} s)")
+
+
+def synthetic_table(seeds: int = 6) -> None:
+    """No buffer, exact truth: ``synthetic_run`` with its counter read every 3 ms (updates on
+    a 100 ms grid, 2 missed, 1 ms of stamp jitter), thinned as the meter polls."""
+    print(f"Synthetic, no buffer ({seeds} seeds x 30 s): median over seeds of the median error")
+    header = f"{'schedule':<13} {'values at':<10} {'100 ms %':>9} {'worst seed':>11} {'1 s %':>7}"
+    print(header)
+    print("-" * len(header))
+    rows: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    for seed in range(seeds):
+        run = synthetic_run(
+            seed=seed,
+            duration_s=30.0,
+            counter_read_interval_s=0.003,
+            jitter_s=0.001,
+            missed_updates=2,
+            kinds={COUNTER_J, INSTANT_W},
+        )
+        a, b = run.trace.fit_window
+        updates = [u for u in 0.0437 + 0.1 * np.arange(400) if a + 3.0 < u < b]
+        others = [r for r in run.trace.samples if r.kind != COUNTER_J]
+        for schedule_name in ("locked 100", "meter 80/124"):
+            reads = meter_reads(run.trace.samples, SCHEDULES[schedule_name])
+            for recover in (False, True):
+                tl = EnergyTimeline(recover_clock=recover)
+                tl.add(sorted(reads + others, key=lambda r: r.t))
+                tl.flush()
+                errors = [
+                    statistics.median(
+                        abs(tl.energy_between(x, y)["gpu0"] / run.true_energy(x, y) - 1)
+                        for x, y in zip(updates, updates[n:], strict=False)
+                    )
+                    for n in (1, 10)
+                ]
+                rows.setdefault((schedule_name, recover), []).append((errors[0], errors[1]))
+    for (schedule_name, recover), values in rows.items():
+        windows = [100 * v[0] for v in values]
+        seconds = [100 * v[1] for v in values]
+        print(
+            f"{schedule_name:<13} {'recovered' if recover else 'read time':<10} "
+            f"{statistics.median(windows):9.2f} {max(windows):11.2f} "
+            f"{statistics.median(seconds):7.3f}"
+        )
 
 
 if __name__ == "__main__":

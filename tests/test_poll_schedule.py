@@ -1,5 +1,6 @@
 """The counter's poll schedule: gaps that alternate around the period, so brackets sweep the
-counter's update phase (``lightning_watt.energy.bracket_fit``) without reading more often.
+counter's update phase (``lightning_watt.energy.bracket_fit``) without reading more often, and
+what that buys the counter clock where there is no power buffer.
 
 ``PatternSource`` is a fake (no hardware): one device at 50 W whose channel cycles through a
 pattern of intervals and notes when it was read. About a second of wall time.
@@ -11,12 +12,17 @@ import itertools
 import statistics
 import time
 
+import numpy as np
 import pytest
 
 from lightning_watt import EnergyMeter
-from lightning_watt.energy.readings import INSTANT_W, DeviceInfo, Reading
+from lightning_watt.energy.readings import COUNTER_J, INSTANT_W, DeviceInfo, Reading
+from lightning_watt.energy.timeline import EnergyTimeline
+from lightning_watt.energy.trace import feed_timeline
 from lightning_watt.sources.base import Channel, Clock, EnergySource
 from lightning_watt.sources.nvml import COUNTER_INTERVAL_S, COUNTER_PATTERN_S
+from lightning_watt.testing.polling import meter_reads
+from lightning_watt.testing.synthetic import synthetic_run
 
 
 class PatternSource(EnergySource):
@@ -73,3 +79,44 @@ def test_the_counter_is_not_read_more_often_than_its_nominal_period() -> None:
 def test_a_pattern_must_hold_positive_intervals() -> None:
     with pytest.raises(ValueError, match="pattern"):
         Channel("x", 0.1, list, ("x",), pattern=(0.05, 0.0))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_meters_schedule_lets_the_clock_recover_without_a_buffer(seed: int) -> None:
+    """Exact truth: a synthetic counter (100 ms grid, 2 missed updates, 1 ms stamp jitter) read
+    every 3 ms, thinned as the meter polls; power fields only, no buffer."""
+    run = synthetic_run(
+        seed=seed,
+        duration_s=30.0,
+        counter_read_interval_s=0.003,
+        jitter_s=0.001,
+        missed_updates=2,
+        kinds={COUNTER_J, INSTANT_W},
+    )
+    a, b = run.trace.fit_window
+    updates = [u for u in 0.0437 + 0.1 * np.arange(400) if a + 3.0 < u < b]
+    others = [r for r in run.trace.samples if r.kind != COUNTER_J]
+
+    def median_error(schedule: tuple[float, ...], recover: bool) -> float:
+        reads = meter_reads(run.trace.samples, schedule)
+        tl = EnergyTimeline(recover_clock=recover)
+        feed_timeline(tl, sorted(reads + others, key=lambda r: r.t))
+        assert tl.energy_between(a, b)["gpu0"] == pytest.approx(run.true_energy(a, b), rel=5e-3)
+        return statistics.median(
+            abs(tl.energy_between(x, y)["gpu0"] / run.true_energy(x, y) - 1)
+            for x, y in itertools.pairwise(updates)
+        )
+
+    # Measured (6 seeds): 0.06 % recovered; at read times 7.7 % (staleness sweeping 0-100 ms),
+    # and 1.2 % for a poll locked at 100 ms, which leaves the clock unrecoverable.
+    recovered = median_error(COUNTER_PATTERN_S, recover=True)
+    assert recovered < 0.005
+    assert recovered < 0.5 * median_error((COUNTER_INTERVAL_S,), recover=False)
+    assert median_error(COUNTER_PATTERN_S, recover=False) > 5 * recovered
+
+
+def test_meter_reads_rejects_an_empty_or_non_positive_schedule() -> None:
+    with pytest.raises(ValueError, match="schedule"):
+        meter_reads([], ())
+    with pytest.raises(ValueError, match="schedule"):
+        meter_reads([], (0.1, -0.02))

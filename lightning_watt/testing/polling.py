@@ -1,0 +1,42 @@
+"""The counter reads a live meter would have taken from a counter read in a tight loop.
+
+``thinned_counter_reads`` (:mod:`~lightning_watt.testing.synthetic`) keeps the first read at or
+after each 100 ms due time and catches up after the recording loop stalled, which a meter does
+not do; :func:`meter_reads` follows the meter's own rule: the next due time is one schedule step
+later, or now if the read came late, and the schedule may cycle through several gaps
+(``Channel.pattern``).
+
+Example:
+    >>> from lightning_watt.energy.readings import Reading
+    >>> tight = [Reading(0.003 * i, "gpu0", "counter_J", float(i // 33)) for i in range(200)]
+    >>> [round(r.t, 3) for r in meter_reads(tight, (0.08, 0.124))]
+    [0.0, 0.081, 0.204, 0.285, 0.408, 0.489]
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from lightning_watt.energy.readings import COUNTER_J, Reading
+
+
+def meter_reads(readings: Iterable[Reading], schedule: tuple[float, ...]) -> list[Reading]:
+    """The counter reads among time-ordered ``readings`` that a meter polling on ``schedule``
+    (seconds between reads, cycled) would have taken: the first at or after each due time.
+
+    Raises:
+        ValueError: an empty schedule or a gap that is not positive.
+    """
+    if not schedule or any(not gap > 0 for gap in schedule):
+        raise ValueError(f"schedule: positive gaps in seconds expected, got {schedule!r}")
+    gaps = itertools.cycle(schedule)
+    kept: list[Reading] = []
+    due = None
+    for r in readings:
+        if r.kind != COUNTER_J:
+            continue
+        if due is None or r.t >= due:
+            kept.append(r)
+            due = max((r.t if due is None else due) + next(gaps), r.t)
+    return kept
