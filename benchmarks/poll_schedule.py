@@ -30,12 +30,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # run from a checkout
 
-from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, INSTANT_W
+from lightning_watt.energy.readings import BUFFER_W, COUNTER_J
 from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import bundled_trace, load_trace
 from lightning_watt.sources.nvml import COUNTER_PATTERN_S
-from lightning_watt.testing.polling import meter_reads
-from lightning_watt.testing.synthetic import synthetic_run, thinned_counter_reads
+from lightning_watt.testing.polling import meter_reads, tight_counter_run
+from lightning_watt.testing.synthetic import thinned_counter_reads
 
 SCHEDULES: dict[str, tuple[float, ...]] = {
     "locked 100": (0.1,),
@@ -108,16 +108,7 @@ def synthetic_table(seeds: int = 6) -> None:
     print("-" * len(header))
     rows: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     for seed in range(seeds):
-        run = synthetic_run(
-            seed=seed,
-            duration_s=30.0,
-            counter_read_interval_s=0.003,
-            jitter_s=0.001,
-            missed_updates=2,
-            kinds={COUNTER_J, INSTANT_W},
-        )
-        a, b = run.trace.fit_window
-        updates = [u for u in 0.0437 + 0.1 * np.arange(400) if a + 3.0 < u < b]
+        run, updates = tight_counter_run(seed)
         others = [r for r in run.trace.samples if r.kind != COUNTER_J]
         for schedule_name in ("locked 100", "meter 80/124"):
             reads = meter_reads(run.trace.samples, SCHEDULES[schedule_name])

@@ -12,7 +12,6 @@ import itertools
 import statistics
 import time
 
-import numpy as np
 import pytest
 
 from lightning_watt import EnergyMeter
@@ -21,8 +20,7 @@ from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import feed_timeline
 from lightning_watt.sources.base import Channel, Clock, EnergySource
 from lightning_watt.sources.nvml import COUNTER_INTERVAL_S, COUNTER_PATTERN_S
-from lightning_watt.testing.polling import meter_reads
-from lightning_watt.testing.synthetic import synthetic_run
+from lightning_watt.testing.polling import meter_reads, tight_counter_run
 
 
 class PatternSource(EnergySource):
@@ -85,16 +83,8 @@ def test_a_pattern_must_hold_positive_intervals() -> None:
 def test_the_meters_schedule_lets_the_clock_recover_without_a_buffer(seed: int) -> None:
     """Exact truth: a synthetic counter (100 ms grid, 2 missed updates, 1 ms stamp jitter) read
     every 3 ms, thinned as the meter polls; power fields only, no buffer."""
-    run = synthetic_run(
-        seed=seed,
-        duration_s=30.0,
-        counter_read_interval_s=0.003,
-        jitter_s=0.001,
-        missed_updates=2,
-        kinds={COUNTER_J, INSTANT_W},
-    )
+    run, updates = tight_counter_run(seed)
     a, b = run.trace.fit_window
-    updates = [u for u in 0.0437 + 0.1 * np.arange(400) if a + 3.0 < u < b]
     others = [r for r in run.trace.samples if r.kind != COUNTER_J]
 
     def median_error(schedule: tuple[float, ...], recover: bool) -> float:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
-from lightning_watt.energy.readings import COUNTER_J, Reading
+from lightning_watt.energy.readings import COUNTER_J, INSTANT_W, Reading
+from lightning_watt.testing.synthetic import SyntheticRun, synthetic_run
 
 
 def meter_reads(readings: Iterable[Reading], schedule: tuple[float, ...]) -> list[Reading]:
@@ -40,3 +41,28 @@ def meter_reads(readings: Iterable[Reading], schedule: tuple[float, ...]) -> lis
             kept.append(r)
             due = max((r.t if due is None else due) + next(gaps), r.t)
     return kept
+
+
+def tight_counter_run(seed: int) -> tuple[SyntheticRun, list[float]]:
+    """A 30 s ``synthetic_run`` without a power buffer (power fields only) whose counter, on a
+    100 ms grid with 2 missed updates, was read every 3 ms with 1 ms of stamp jitter: thin it
+    with :func:`meter_reads`. Also returns the grid's update instants inside the fit, from 3 s
+    in (the truth for windows between updates).
+
+    Example:
+        >>> run, updates = tight_counter_run(0)
+        >>> len(updates) > 200
+        True
+    """
+    run = synthetic_run(
+        seed=seed,
+        duration_s=30.0,
+        counter_read_interval_s=0.003,
+        jitter_s=0.001,
+        missed_updates=2,
+        kinds={COUNTER_J, INSTANT_W},
+    )
+    a, b = run.trace.fit_window
+    phase = 0.0437  # synthetic_run's default counter phase
+    updates = [phase + 0.1 * k for k in range(int(b / 0.1) + 1) if a + 3.0 < phase + 0.1 * k < b]
+    return run, updates
