@@ -291,7 +291,7 @@ class CounterClock:
         return candidates[errors.index(min(errors))]
 
     def _refit(self, t: float) -> None:
-        self._trim(t - max(self.window_s, self.bracket_window_s) - 1.0)
+        self._trim(t)
         self._refit_power(t)
         if not self._fresh(self._fit, t):  # the read grid is the fallback: fitted when needed
             self._refit_reads(t)
@@ -383,11 +383,13 @@ class CounterClock:
             self._scale = min(2.0, max(0.5, total / d_power))
 
     def _trim(self, t: float) -> None:
-        i = bisect.bisect_left(self._rt, t)
+        """Drop what no fit at ``t`` or later needs: reads beyond the longer window, power
+        beyond the power fit's (50 buffer samples a second: the bulk of the memory)."""
+        i = bisect.bisect_left(self._rt, t - max(self.window_s, self.bracket_window_s) - 1.0)
         if i > 16:
             del self._rt[:i], self._racc[:i], self._rseries[:i]
         for s in self._power.values():
-            s.trim(t)
+            s.trim(t - self.window_s - 1.0)
 
     def memory_bytes(self) -> int:
         """About what the kept window of reads and power costs (8 bytes a number)."""
