@@ -7,17 +7,21 @@ something about the grid only when ``b - a`` is under a period:
 * the value did not: none does.
 
 (Reads a period or more apart always straddle a grid point: a change says nothing, and no
-change means a missed update, which is ignored.) Each such *bracket* admits an arc of phases.
-:func:`fit_brackets` finds, for periods near the nominal one, the phases that violate the
-fewest brackets of a window and, when they form one narrow arc, returns its middle: the grid
-most robustly consistent with every read (a missed update or a jittered stamp costs a
-violation, not the fit).
+change means a missed update, which is ignored.) Each such *bracket*, widened (changed) or
+narrowed (unchanged) by a jitter margin, admits an arc of phases. :func:`fit_brackets` counts,
+for every (period, phase) cell near the nominal period, the brackets it violates, and returns
+the centroid of the cells weighted by their odds against the best (a violation, from a missed
+update or a stamp jittered across an update, costs 5.6 bits), if the cells within one
+violation of the best span one narrow arc of phases and the brackets carry enough evidence
+(``min_bits``) that the counter keeps to that grid rather than irregular reads fitting one by
+chance.
 
 Brackets are informative only where reads land on both sides of updates: a poll that is not
-locked to the counter at exactly one period (a reader faster than the counter, read-time
-jitter around the update, catch-up reads after a stall, a slowly drifting counter period).
-A poll locked at one period a few ms after each update admits every phase between its reads:
-the arc is wide, and :func:`fit_brackets` says so by returning ``None``.
+locked to the counter at exactly one period (the meter's alternating gaps, a reader faster
+than the counter, read-time jitter around the update, catch-up reads after a stall, a slowly
+drifting counter period). A poll locked at one period a few ms after each update admits every
+phase between its reads: the arc is wide, and :func:`fit_brackets` says so by returning
+``None``. Cost: about 0.4 ms for 300 reads (31 periods x 400 phases).
 
 Example:
     >>> import numpy as np
