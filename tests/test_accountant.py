@@ -126,8 +126,12 @@ def test_stage_books_add_up_on_a_replayed_gpu():
     assert sum(totals.epochs[0].values()) == pytest.approx(totals.energy_J, rel=1e-9)
     device_j = sum(d["energy_J"] for d in record.devices)
     assert totals.energy_J == pytest.approx(device_j, rel=1e-9)
-    # The books saved before the end hold no more than the final books (no held-power guess).
-    assert 0 < saved.energy_J <= totals.energy_J * (1 + 1e-3)
+    # The books saved before the end are provisional: counter values not yet placed on the
+    # counter's update clock sit at their read times or where its current fit puts them, and
+    # the newest power is scaled by the calibration so far. They hold no more than the final
+    # books plus one counter update's joules (100 ms of the trace, a quarter of it at 4x).
+    one_update_J = max(meter.peak_power().values()) * 0.1 / 4.0
+    assert 0 < saved.energy_J <= totals.energy_J + one_update_J
 
 
 def _replayed_accountant() -> EnergyAccountant:

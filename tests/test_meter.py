@@ -152,11 +152,12 @@ def test_replayed_energy_matches_the_trace_timeline(tmp_path: Path) -> None:
         expected = full.energy_between(to_trace_time(source, lo), to_trace_time(source, hi))
         assert abs(got - expected["gpu0"]) <= 0.2 * meter.peak_power()["gpu0"]
     # The live total ends at the newest reading (the buffer is drained every 0.5 s, later on a
-    # loaded machine); after stop() the last read brings it up to the stop. Its newest part is
-    # provisional: shaped by the buffer and scaled by counter values not yet placed on the
-    # counter's clock, it can sit up to ~1 % above what the same span finalizes to (+0.8 %
-    # seen once in CI): one 100 ms update's joules over a 2.5 s run.
-    assert 0.5 * meter.total()["gpu0"] <= live <= meter.total()["gpu0"] * 1.02
+    # loaded machine); after stop() the last read brings it up to the stop. At 2.5 s it is all
+    # provisional (the clock's first fit waits up to 3 s): counter values sit at their read
+    # times and the newest power is scaled by the calibration so far, so it may exceed the
+    # same span's final energy by at most one counter update's joules.
+    one_update_J = meter.peak_power()["gpu0"] * 0.1
+    assert 0.5 * meter.total()["gpu0"] <= live <= meter.total()["gpu0"] + one_update_J
     # The latest power is a real H200 reading, and the counter shaped by the buffer was used.
     assert 50.0 < meter.power()["gpu0"] < 800.0
     assert meter.peak_power()["gpu0"] >= meter.power()["gpu0"]

@@ -270,6 +270,17 @@ class CounterClock:
         self._last = (u, self._acc_at(t))
         return u, how
 
+    def estimate(self, t: float, lo: float) -> float | None:
+        """Where the current fit would place a value read at ``t`` (previous read at ``lo``):
+        the newest grid point in ``(lo, t]``, or ``None`` without a fit. Changes nothing, so
+        provisional (live) numbers can use it without moving the final ones."""
+        fit = self._fit
+        if fit is None or abs(t - fit[2]) > 3 * self.window_s:
+            return None
+        period, phase, _ = fit
+        top = phase + period * math.floor((t - phase) / period)
+        return top if lo < top <= t else None
+
     def _acc_at(self, t: float) -> float:
         i = bisect.bisect_right(self._rt, t) - 1
         return self._racc[i] if i >= 0 else 0.0

@@ -707,7 +707,12 @@ class DeviceTimeline:
         return self._kt[0] if self._kt else math.inf
 
     def _tail(self) -> tuple[list[float], list[float]]:
-        """Provisional knots past the finalized part, from the pending power readings."""
+        """Provisional knots past the finalized part: through every counter value already read
+        (at its update instant where resolved, else at its read time), shaped by the pending
+        power between them as finalizing shapes it, then the power past the newest value,
+        scaled by the counter's calibration. So the live total follows the counter as closely
+        as the final one, and differs from it only by where values sit in time and by the power
+        after the newest read."""
         if self._tail_cache is not None and self._tail_cache[0] == self._version:
             return self._tail_cache[1], self._tail_cache[2]
         ts: list[float] = []
@@ -715,36 +720,60 @@ class DeviceTimeline:
         if self._kt:
             b, e0 = self._kt[-1], self._ke[-1]
             shape = self._shape_for(b, math.inf, refine=False)
+            start = self._boundary_anchor
+            values = []
+            if start is not None:
+                values = [
+                    x for x in self._anchors[self._head :] if x.series == start.series and x.u > b
+                ]
+            t0, a0 = b, start.acc if start is not None else 0.0
+            scale = self._scale
+            for x in values:
+                # A value not yet resolved sits where the clock's current fit puts it, else at
+                # its read time (then its joules are late by up to one update: an underestimate).
+                u = x.u if x.how is not None else self._provisional_instant(x)
+                if u <= t0:
+                    continue
+                if shape is not None and shape[1][-1] >= u:
+                    _, pts, cum = shape
+                    i0 = _interp(pts, cum, t0)
+                    d_power = _interp(pts, cum, u) - i0
+                    if d_power > 0:
+                        k = (x.acc - a0) / d_power
+                        for t, c in zip(pts, cum, strict=True):
+                            if t0 < t < u:
+                                ts.append(t)
+                                es.append(e0 + k * (c - i0))
+                ts.append(u)
+                es.append(e0 + x.acc - a0)
+                t0, e0, a0 = u, e0 + x.acc - a0, x.acc
+            if shape is not None and self._sum_power <= 0 and start is not None and t0 > b:
+                # Nothing calibrated yet: the counter against the power since the boundary.
+                _, pts, cum = shape
+                d_power = _interp(pts, cum, t0) - _interp(pts, cum, b)
+                if d_power > 0 and t0 <= pts[-1]:
+                    scale = min(2.0, max(0.5, (a0 - start.acc) / d_power))
             if shape is not None:
                 kind, pts, cum = shape
-                i0 = _interp(pts, cum, b)
+                i0 = _interp(pts, cum, t0)
                 # An estimate is not a sensor the counter calibrates (as in _power_only).
-                scale = 1.0 if kind == ESTIMATE_W else self._pending_scale(pts, cum, b, i0)
+                k = 1.0 if kind == ESTIMATE_W else scale
                 for t, c in zip(pts, cum, strict=True):
-                    if t > b:
+                    if t > t0:
                         ts.append(t)
-                        es.append(max(e0 + scale * (c - i0), es[-1] if es else e0))
-            elif self._boundary_anchor is not None:
-                for x in self._anchors[self._head :]:
-                    if x.u > b and x.series == self._boundary_anchor.series:
-                        ts.append(x.u)
-                        es.append(e0 + x.acc - self._boundary_anchor.acc)
+                        es.append(e0 + k * (c - i0))
+            for i in range(1, len(es)):  # energy never steps back, even provisionally
+                es[i] = max(es[i], es[i - 1])
+            if es:
+                es[0] = max(es[0], self._ke[-1])
         self._tail_cache = (self._version, ts, es)
         return ts, es
 
-    def _pending_scale(self, pts: list[float], cum: list[float], b: float, i0: float) -> float:
-        """The counter's calibration of the power shape for the provisional tail: from values
-        still waiting to be placed (at their read times) where there are some since the
-        boundary, else the learned one."""
-        start = self._boundary_anchor
-        last = self._anchors[self._scan - 1] if self._scan > self._nres else None
-        if start is None or last is None or last.series != start.series or last.t <= b:
-            return self._scale
-        d_power = _interp(pts, cum, last.t) - i0
-        d_counter = last.acc - start.acc
-        if d_power > 0 and d_counter >= 0:
-            return min(2.0, max(0.5, d_counter / d_power))
-        return self._scale
+    def _provisional_instant(self, x: _Anchor) -> float:
+        if not self._recover_clock:
+            return x.t
+        u = self.clock.estimate(x.t, x.lo)
+        return u if u is not None else x.t
 
     @property
     def horizon(self) -> float:
