@@ -243,13 +243,19 @@ class CounterClock:
         self.counts[READ_TIME] += 1
         return t, READ_TIME
 
+    def _current(self, t: float) -> tuple[float, float, str] | None:
+        """``(period, phase, how)`` of the grid in force at ``t``: the one aligned with power,
+        else the one fitted to read brackets; ``None`` while neither is fresh."""
+        for fit, how in ((self._fit, GRID), (self._read_fit, READ_GRID)):
+            if fit is not None and self._fresh(fit, t):
+                return fit[0], fit[1], how
+        return None
+
     def _on_grid(self, t: float, lo: float) -> tuple[float, str] | None:
-        fit, how = self._fit, GRID
-        if not self._fresh(fit, t):
-            fit, how = self._read_fit, READ_GRID
-        if fit is None or not self._fresh(fit, t):
+        current = self._current(t)
+        if current is None:
             return None
-        period, phase, _ = fit
+        period, phase, how = current
         # Grid points within a few ms of the bracket count: read stamps and the fitted phase
         # are that uncertain. Two candidates (a read close to an update) are told apart by
         # which one makes this increment match the power integral since the last value.
@@ -274,10 +280,10 @@ class CounterClock:
         """Where the current fit would place a value read at ``t`` (previous read at ``lo``):
         the newest grid point in ``(lo, t]``, or ``None`` without a fit. Changes nothing, so
         provisional (live) numbers can use it without moving the final ones."""
-        fit = self._fit
-        if fit is None or abs(t - fit[2]) > 3 * self.window_s:
+        current = self._current(t)
+        if current is None:
             return None
-        period, phase, _ = fit
+        period, phase, _ = current
         top = phase + period * math.floor((t - phase) / period)
         return top if lo < top <= t else None
 
@@ -308,6 +314,7 @@ class CounterClock:
             self._refit_reads(t)
 
     def _fresh(self, fit: tuple[float, float, float] | None, t: float) -> bool:
+        """Whether a fit made at ``fit[2]`` still holds at ``t`` (the period drifts)."""
         return fit is not None and abs(t - fit[2]) <= 3 * self.window_s
 
     def _refit_reads(self, t: float) -> None:
