@@ -112,16 +112,17 @@ class SampleGrid:
 
     # ------------------------------------------------------------------ the fit
     def _line(self) -> tuple[float, float]:
-        """``(phase, period)`` by least squares: time of slot 0 (from the origin), spacing."""
+        """``(phase, period)`` by least squares: time of slot 0 (from the origin), spacing.
+        The nominal period until the window is half full: fitted on a few jittered stamps,
+        a slope is off by enough to lock the grid onto a wrong phase a second later."""
         n = len(self._pts)
         sk, st = self._sk, self._st
+        period = self.period_s
         den = n * self._skk - sk * sk
-        if n < 2 or den <= 0:
-            k, x = self._pts[-1]
-            return x - k * self.period_s, self.period_s
-        period = (n * self._skt - sk * st) / den
-        if not 0.9 * self.period_s < period < 1.1 * self.period_s:
-            period = self.period_s
+        if 2 * n >= self.window and den > 0:
+            fitted = (n * self._skt - sk * st) / den
+            if 0.9 * period < fitted < 1.1 * period:
+                period = fitted
         return (st - period * sk) / n, period
 
     def _spread(self) -> float:
@@ -131,7 +132,9 @@ class SampleGrid:
 
     def _gate(self, spread: float) -> float:
         if math.isnan(spread):
-            return self.gate_s
+            # Until the jitter's scale is known: any stamp whose slot is unambiguous, so the
+            # first fit is not biased by a gate around a grid that is not known yet either.
+            return 0.5 * self.period_s
         return min(self.gate_s, max(_MIN_GATE_S, _GATE_SPREADS * spread))
 
     def _add(self, slot: int, x: float, miss: float) -> None:
@@ -187,15 +190,23 @@ class SampleGrid:
         """The stamp ``t`` (seconds), moved onto the grid when the grid is trusted, else ``t``."""
         if not math.isfinite(t):
             return t
-        if t - self._last_t > 1.0 or self._off_run > 16:
-            self._reset()  # a hole or a run off the clock: a restarted clock has a new phase
+        if (
+            t - self._last_t > 1.0
+            or self._off_run > 16
+            or (
+                len(self._recent) == self._recent.maxlen
+                and 4 * self._off_recent > len(self._recent)
+            )
+        ):
+            # A hole, a run off the clock (a restarted clock has a new phase), or a quarter of
+            # the stamps off it (a grid locked on a wrong phase, or no regular clock at all).
+            self._reset()
         self._last_t = max(self._last_t, t)
         if not self._pts:
             self._origin = t
             self._add(0, 0.0, 0.0)
             self._miss.clear()
             self._miss_sum = 0.0
-            self._verdict(False)
             self.kept += 1
             return t
         x = t - self._origin
@@ -204,7 +215,8 @@ class SampleGrid:
         miss = abs(x - phase - slot * period)
         spread = self._spread()
         off = slot <= self._last_slot or miss > self._gate(spread)
-        self._verdict(off)
+        if not math.isnan(spread):
+            self._verdict(off)  # judged against a grid known with its jitter, not the bootstrap
         if off:
             self.off_grid += 1
             return t
@@ -220,9 +232,10 @@ class SampleGrid:
         # Trusted only with enough points, nearly every recent stamp on the grid, and stamps
         # noisy enough around it to be worth moving. The grid is the one fitted before this
         # stamp joined it, so a stamp's own error does not pull its correction.
+        recent = self._recent
         if (
-            len(self._pts) <= self.min_fit
-            or 8 * self._off_recent > len(self._recent)
+            len(recent) < recent.maxlen  # type: ignore[operator]
+            or 8 * self._off_recent > len(recent)
             or not spread >= _MIN_JITTER_S
         ):
             self.kept += 1
