@@ -51,6 +51,9 @@ _MIN_GATE_S = 0.0005
 #: (``h200-mlp-stall``: the clock within 0.1 ms, a sample 2-5 ms late now and then; snapped,
 #: its buffer matched the counter less well). Jitter this small biases nothing measurable.
 _MIN_JITTER_S = 0.00025
+#: Stamps judged against a known grid before it is trusted (h200-square-wave, right after a
+#: re-lock, had stretches that looked regular for a few dozen samples).
+_MIN_JUDGED = 32
 #: The gate in mean distances to the grid: 4 sigma of Gaussian jitter, 2.5x the bound of
 #: uniform jitter.
 _GATE_SPREADS = 5.0
@@ -234,7 +237,7 @@ class SampleGrid:
         # stamp joined it, so a stamp's own error does not pull its correction.
         recent = self._recent
         if (
-            len(recent) < recent.maxlen  # type: ignore[operator]
+            len(recent) < _MIN_JUDGED
             or 8 * self._off_recent > len(recent)
             or not spread >= _MIN_JITTER_S
         ):

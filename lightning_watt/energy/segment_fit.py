@@ -296,13 +296,17 @@ def edges_from_steps(steps: Iterable[object]) -> list[tuple[float, str]]:
             events.append((t, 1 if edge == "start" else -1, str(getattr(e, "phase", ""))))
     events.sort(key=lambda x: x[0])
     out: list[tuple[float, str]] = []
-    active: dict[str, int] = {}
+    # Open phases, oldest first: where two overlap (one phase's start stamped just before the
+    # other's end), the time belongs to the newer one, as a boundary's later stamp says what
+    # follows. (Alphabetical order did: with jittered edges every train step overlapping a
+    # ``gap`` was labelled ``gap``.)
+    opened: list[str] = []
     for t, delta, phase in events:
-        if delta > 0 or active.get(phase, 0) > 0:
-            active[phase] = active.get(phase, 0) + delta
-            if active[phase] <= 0:
-                del active[phase]
-        label = min(active) if active else ""
+        if delta > 0:
+            opened.append(phase)
+        elif phase in opened:
+            del opened[len(opened) - 1 - opened[::-1].index(phase)]
+        label = opened[-1] if opened else ""
         if out and out[-1][0] == t:
             out[-1] = (t, label)
         else:
