@@ -285,8 +285,8 @@ def edges_from_steps(steps: Iterable[object]) -> list[tuple[float, str]]:
     instant, and jittered stamps (a generator's, or a host clock's) overlap as often as they
     leave a hole between them. Once overlaps show that jitter (a tenth of the changes or more,
     at least 8), a hole with nothing open that is no longer than the longest overlap (plus
-    10 %) is closed the same way, at its middle. Exact stamps (CUDA events) do not overlap, so real gaps
-    between steps stay, however short.
+    10 %) is closed the same way, at its middle. Exact stamps (CUDA events) do not overlap,
+    so real gaps between steps stay, however short.
 
     Example:
         >>> from lightning_watt.energy.trace import StepEdge
