@@ -204,7 +204,8 @@ def test_overlapping_phases_go_to_the_newer_one_from_halfway() -> None:
     """Jittered edges overlap: a gap's start stamped before the step's end, the next step's
     start before the gap's end. The time goes to the phase that started last (it was
     alphabetical, so every such step became a ``gap``), from halfway between the two stamps
-    of the one instant; an end with no open start (a batch cut between them) says nothing."""
+    of the one instant. An end whose start came in an earlier batch (a live meter hands edges
+    in batches) still ends its step."""
     edges = [
         StepEdge("train", "start", 0, 1.000),
         StepEdge("gap", "start", 0, 1.0048),
@@ -215,6 +216,8 @@ def test_overlapping_phases_go_to_the_newer_one_from_halfway() -> None:
         StepEdge("val", "end", 0, 1.030),
     ]
     assert boundaries(edges) == [(1.0, "train"), (1.005, "gap"), (1.015, "train"), (1.02, "")]
+    later_batch = [StepEdge("train", "end", 5, 2.0), StepEdge("train", "start", 5, 2.01)]
+    assert boundaries(later_batch) == [(2.0, ""), (2.01, "train")]
 
 
 def jittered_steps(jitter_s: float, seed: int = 0) -> list[StepEdge]:

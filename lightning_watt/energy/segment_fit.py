@@ -278,7 +278,9 @@ def edges_from_steps(steps: Iterable[object]) -> list[tuple[float, str]]:
     edge is the phase of a step covering it, ``""`` outside steps. An end closes the latest
     open start of its phase (indices are not used: Lightning numbers a train step's end with
     the next global step), so one step's end stamped a little after the next one's start does
-    not label the next step as a gap; an end with no open start says nothing.
+    not label the next step as a gap. An end with no open start (its start came in an earlier
+    batch, as a live meter hands them) ends what it can: the time after it has the label of
+    what is still open, ``""`` if nothing.
 
     Where phases overlap (a start stamped before the previous phase's end), the time belongs
     to the newer phase, and the boundary is put halfway between the two stamps: both mark one
@@ -319,10 +321,9 @@ def edges_from_steps(steps: Iterable[object]) -> list[tuple[float, str]]:
             label = phase
         else:
             k = _last_open(opened, phase)
-            if k < 0:
-                continue
-            del opened[k]
-            if k < len(opened):
+            if k >= 0:
+                del opened[k]
+            if 0 <= k < len(opened):
                 # The older phase of an overlap ended: the newer one began halfway between.
                 newer, began = opened[-1]
                 if out and out[-1][0] == began and t - began <= _MAX_OVERLAP_S:
