@@ -62,7 +62,7 @@ def test_per_step_median_error_meets_the_targets(step_ms: int, limit: float) -> 
 
 @pytest.mark.parametrize("step_ms", [5, 10])
 def test_short_steps_keep_their_energy_in_aggregate(step_ms: int) -> None:
-    """The issue's target: +-2 % for steps <= 15 ms (measured -0.4 % at 5 ms and -0.2 % at
+    """The issue's target: +-2 % for steps <= 15 ms (measured -0.67 % at 5 ms and -0.34 % at
     10 ms; -6.4 % and -2.5 % before buffer stamps were snapped to the driver's clock).
     Integrating the buffer without edges gives -53 % and -38 %."""
     _, bias = step_errors(step_ms, edges=True)
