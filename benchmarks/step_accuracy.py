@@ -8,10 +8,16 @@ Four measurements, all in one run:
    runs of 20 s each): median and p90 per-step error, aggregate bias of all steps and of all
    gaps, and the fit's total against the truth, for
 
-   * ``before``: counter values at their read times, buffer samples spread evenly (as
-     ``EnergyTimeline(recover_clock=False)`` still does);
+   * ``before``: counter values at their read times, buffer samples spread evenly at their
+     stamps as read (as ``EnergyTimeline(recover_clock=False)`` without snapping does);
    * ``clock``: values at their recovered update instants;
-   * ``clock+edges``: and buffer samples split at the step edges.
+   * ``clock+edges``: and buffer samples split at the step edges, at their stamps as read;
+   * ``+snap``: and buffer stamps snapped onto the driver's regular clock where they are
+     noisy around it (``energy/sample_grid.py``; the default).
+
+1b. **Generator variants** the suite does not draw: other jitter amounts and distributions,
+   step and gap powers, gap lengths, noise, jitter on the step edges too; the aggregate bias
+   of 5, 10 and 15 ms steps (``--variant-seeds`` runs each), with the default fusion.
 
 2. **Counter increment vs buffer integral** on ``h200-mlp-stall`` (counter polled every
    ~115 ms): the median mismatch of each counter increment with the buffer's integral over the
@@ -36,11 +42,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -48,20 +56,54 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # run fr
 
 
 from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, Reading
+from lightning_watt.energy.segment_fit import edges_from_steps
 from lightning_watt.energy.timeline import EnergyTimeline
-from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
+from lightning_watt.energy.trace import Trace, bundled_trace, feed_timeline, load_trace
 from lightning_watt.testing.synthetic import step_suite_run, thinned_counter_reads
 
 DURATIONS_MS = (5, 10, 20, 50, 100, 200)
 VARIANTS: dict[str, dict[str, bool]] = {
-    "before": {"recover_clock": False, "edges": False},
-    "clock": {"recover_clock": True, "edges": False},
-    "clock+edges": {"recover_clock": True, "edges": True},
+    "before": {"recover_clock": False, "edges": False, "snap": False},
+    "clock": {"recover_clock": True, "edges": False, "snap": False},
+    "clock+edges": {"recover_clock": True, "edges": True, "snap": False},
+    "+snap": {"recover_clock": True, "edges": True, "snap": True},
 }
+#: Generator variants for section 1b: (label, step_suite_run overrides).
+GENERATOR_VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("suite (2 ms uniform stamp jitter)", {}),
+    ("no stamp jitter", {"jitter_s": 0.0}),
+    ("1 ms uniform", {"jitter_s": 0.001}),
+    ("5 ms uniform", {"jitter_s": 0.005}),
+    ("normal, sd 1 ms (2 ms bound)", {"jitter_dist": "normal"}),
+    ("normal, sd 2.5 ms (5 ms bound)", {"jitter_dist": "normal", "jitter_s": 0.005}),
+    ("gaps at 50 W", {"gap_W": 50.0}),
+    ("gaps at 200 W, steps 300-500 W", {"gap_W": 200.0, "levels_W": (300.0, 500.0)}),
+    ("steps 120-250 W, gaps 60 W", {"levels_W": (120.0, 250.0), "gap_W": 60.0}),
+    ("gaps 0-10 ms", {"gap_ms": (0, 10)}),
+    ("gaps 1-3 ms", {"gap_ms": (1, 3)}),
+    ("gaps 5-50 ms", {"gap_ms": (5, 50)}),
+    ("noise 40 W per ms", {"noise_W": 40.0}),
+    (
+        "buffer phase 13.3 ms, polls 97.7 ms",
+        {"buffer_phase_s": 0.0133, "counter_read_interval_s": 0.0977},
+    ),
+    ("edges jittered 0.5 ms (uniform)", {"edge_jitter_s": 0.0005}),
+    ("edges jittered 1 ms (uniform)", {"edge_jitter_s": 0.001}),
+    ("edges jittered 2 ms (uniform)", {"edge_jitter_s": 0.002}),
+]
 
 
-def fuse(trace: Trace, recover_clock: bool, edges: bool) -> EnergyTimeline:
-    return trace.timeline(edges=edges, recover_clock=recover_clock)
+def fuse(trace: Trace, recover_clock: bool, edges: bool, snap: bool = True) -> EnergyTimeline:
+    """The trace fused as ``Trace.timeline`` does, with the buffer stamps snapped or not."""
+    devices = sorted({r.device for r in trace.samples})
+    tl = EnergyTimeline(devices=devices, recover_clock=recover_clock)
+    if not snap:
+        for name in devices:
+            tl.device(name).stamps = None
+    if edges:
+        tl.add_edges(edges_from_steps(trace.steps), until=math.inf)
+    feed_timeline(tl, trace.samples)
+    return tl
 
 
 def synthetic_table(seeds: int) -> None:
@@ -103,6 +145,29 @@ def synthetic_table(seeds: int) -> None:
                 f"{100 * (got['gap'] / true['gap'] - 1):+12.2f} "
                 f"{100 * statistics.median(totals):+9.3f}"
             )
+    print()
+
+
+def variants_table(seeds: int) -> None:
+    print(
+        f"1b. Generator variants ({seeds} seeds x 20 s each): aggregate bias of all steps, "
+        "default fusion"
+    )
+    header = f"{'variant':<38} {'5 ms':>8} {'10 ms':>8} {'15 ms':>8}"
+    print(header)
+    print("-" * len(header))
+    for label, overrides in GENERATOR_VARIANTS:
+        cells = []
+        for step_ms in (5, 10, 15):
+            got = true = 0.0
+            for seed in range(100, 100 + seeds):
+                run = step_suite_run(step_ms, seed, **overrides)
+                tl = fuse(run.trace, recover_clock=True, edges=True)
+                for s in run.train_steps:
+                    got += tl.energy_between(s.start, s.end)["gpu0"]
+                    true += s.energy_J
+            cells.append(f"{100 * (got / true - 1):+7.2f}%")
+        print(f"{label:<38} {' '.join(cells)}")
     print()
 
 
@@ -180,7 +245,8 @@ def thinned_table() -> None:
 
 
 def _live_run(seconds: float, steps_per_s: float) -> tuple[list[Reading], list[tuple[float, str]]]:
-    """One GPU for ``seconds``: counter polled every 102.3 ms, 20 ms buffer samples, steps."""
+    """One GPU for ``seconds``: counter polled every 102.3 ms, 20 ms buffer samples stamped
+    with 2 ms of jitter (so the stamp snapping works as on the suite), steps."""
     rng = np.random.default_rng(0)
     step = 1.0 / steps_per_s
     readings = [
@@ -188,7 +254,12 @@ def _live_run(seconds: float, steps_per_s: float) -> tuple[list[Reading], list[t
         for i in range(int(seconds / 0.1023))
     ]
     readings += [
-        Reading(0.02 * i, "gpu0", BUFFER_W, 450.0 if (0.02 * i) % step < 0.7 * step else 120.0)
+        Reading(
+            0.02 * i + float(rng.uniform(-0.002, 0.002)),
+            "gpu0",
+            BUFFER_W,
+            450.0 if (0.02 * i) % step < 0.7 * step else 120.0,
+        )
         for i in range(int(seconds / 0.02))
     ]
     readings.sort(key=lambda r: r.t)
@@ -200,7 +271,9 @@ def _live_run(seconds: float, steps_per_s: float) -> tuple[list[Reading], list[t
 
 def _cpu_per_hour(options: dict[str, bool], seconds: float = 300.0) -> float:
     readings, edges = _live_run(seconds, steps_per_s=20.0)
-    tl = EnergyTimeline(recover_clock=options["recover_clock"])
+    tl = EnergyTimeline(devices=["gpu0"], recover_clock=options["recover_clock"])
+    if not options["snap"]:
+        tl.device("gpu0").stamps = None
     chunk_s, i, t = 0.5, 0, 0.0
     start = time.process_time()
     if options["edges"]:
@@ -253,10 +326,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="synthetic runs per duration")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the cost runs")
+    parser.add_argument(
+        "--variant-seeds", type=int, default=2, help="runs per generator variant and duration"
+    )
     args = parser.parse_args()
     wall = time.perf_counter()
     sections: list[Callable[[], None]] = [
         lambda: synthetic_table(args.seeds),
+        lambda: variants_table(args.variant_seeds),
         increment_vs_buffer,
         thinned_table,
         lambda: cost_table(args.repeats),

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import random
 import statistics
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from lightning_watt.energy.segment_fit import edges_from_steps
+from lightning_watt.energy.segment_fit import EdgeModel, edges_from_steps
 from lightning_watt.energy.timeline import EnergyTimeline
-from lightning_watt.energy.trace import bundled_trace, load_trace
+from lightning_watt.energy.trace import StepEdge, bundled_trace, load_trace
 from lightning_watt.testing.synthetic import (
     step_suite_run,
 )
@@ -57,15 +60,45 @@ def test_per_step_median_error_meets_the_targets(step_ms: int, limit: float) -> 
     assert statistics.median(abs(e) for e in plain) > statistics.median(abs(e) for e in errors)
 
 
-@pytest.mark.parametrize(("step_ms", "limit"), [(10, 0.03), (5, 0.10)])
-def test_short_steps_keep_their_energy_in_aggregate(step_ms: int, limit: float) -> None:
-    """The issue's target is +-2 % for steps <= 15 ms; measured -1.8 % at 10 ms and -6 % at
-    5 ms (2 ms jitter on 20 ms buffer stamps is as long as half such a step). Integrating the
-    buffer without edges gives -38 % and -53 %."""
+@pytest.mark.parametrize("step_ms", [5, 10])
+def test_short_steps_keep_their_energy_in_aggregate(step_ms: int) -> None:
+    """The issue's target: +-2 % for steps <= 15 ms (measured -0.67 % at 5 ms and -0.34 % at
+    10 ms; -6.4 % and -2.5 % before buffer stamps were snapped to the driver's clock).
+    Integrating the buffer without edges gives -53 % and -38 %."""
     _, bias = step_errors(step_ms, edges=True)
     _, plain = step_errors(step_ms, edges=False)
-    assert abs(bias) <= limit
+    assert abs(bias) <= 0.02
     assert plain < -0.3
+
+
+# Variants the suite's generator does not draw by default: other jitter amounts and
+# distributions, step and gap powers, gap lengths, noise, another buffer phase and poll period.
+VARIANTS = [
+    (5, 11, {"jitter_s": 0.001}),
+    (5, 12, {"jitter_s": 0.0035}),
+    (5, 13, {"jitter_s": 0.004, "jitter_dist": "normal"}),
+    (10, 14, {"jitter_s": 0.005}),
+    (10, 15, {"gap_W": 200.0, "levels_W": (300.0, 500.0)}),
+    (5, 16, {"levels_W": (120.0, 250.0), "gap_W": 60.0}),
+    (15, 17, {"gap_ms": (2, 12), "noise_W": 30.0}),
+    (10, 18, {"buffer_phase_s": 0.0133, "counter_read_interval_s": 0.0977}),
+]
+
+
+@pytest.mark.parametrize(("step_ms", "seed", "overrides"), VARIANTS)
+def test_short_step_bias_holds_across_generator_variants(
+    step_ms: int, seed: int, overrides: dict[str, object]
+) -> None:
+    """Stamp jitter of 1-5 ms, uniform or Gaussian, is removed from the buffer; the bias that
+    is left is the fit's, well within the target on every variant (measured within -1.5 %)."""
+    run = step_suite_run(step_ms, seed, **overrides)
+    tl = run.trace.timeline(edges=True)
+    got = sum(tl.energy_between(s.start, s.end)["gpu0"] for s in run.train_steps)
+    true = sum(s.energy_J for s in run.train_steps)
+    assert len(run.train_steps) >= 50
+    assert abs(got / true - 1) <= 0.02
+    a, b = run.trace.fit_window
+    assert tl.energy_between(a, b)["gpu0"] == pytest.approx(run.true_energy(a, b), rel=3e-3)
 
 
 @pytest.mark.parametrize("step_ms", [5, 50])
@@ -131,6 +164,94 @@ def test_live_feeding_with_late_edges_equals_the_whole_trace(seed: int) -> None:
         assert live.energy_between(s.start, s.end)["gpu0"] == pytest.approx(
             whole.energy_between(s.start, s.end)["gpu0"], rel=1e-9, abs=1e-9
         )
+
+
+@given(
+    st.lists(st.floats(min_value=0.0005, max_value=0.03), min_size=2, max_size=40),
+    st.lists(st.floats(min_value=0.0, max_value=900.0), min_size=12, max_size=12),
+    st.lists(st.floats(min_value=-0.002, max_value=0.002), min_size=12, max_size=12),
+)
+def test_every_tile_keeps_its_joules_split_non_negative(
+    spans: list[float], watts: list[float], jitter: list[float]
+) -> None:
+    """However the edges fall (jittered stamps, sub-millisecond segments, zero power), a
+    split tile's knots lie inside it, in order, with energy rising from its start to its end:
+    the split never moves joules between tiles and never makes power negative."""
+    model = EdgeModel()
+    t, labels, edges = 0.003, ("train", "", "val"), []
+    for i, span in enumerate(spans):
+        edges.append((t, labels[i % 3]))
+        t += span
+    model.add(edges, until=math.inf)
+    ts = [0.02 * i + j for i, j in enumerate(jitter)]
+    cum = [0.0]
+    for i in range(1, len(ts)):
+        cum.append(cum[-1] + watts[i] * (ts[i] - ts[i - 1]))
+    for i in range(1, len(ts)):
+        knots, energy = model.split(ts, cum, i)
+        assert len(knots) == len(energy)
+        points = [ts[i - 1], *knots, ts[i]]
+        values = [cum[i - 1], *energy, cum[i]]
+        assert all(a <= b for a, b in itertools.pairwise(points))
+        assert all(a <= b + 1e-12 for a, b in itertools.pairwise(values))
+
+
+def boundaries(edges: list[StepEdge]) -> list[tuple[float, str]]:
+    return [(round(t, 6), label) for t, label in edges_from_steps(edges)]
+
+
+def test_overlapping_phases_go_to_the_newer_one_from_halfway() -> None:
+    """Jittered edges overlap: a gap's start stamped before the step's end, the next step's
+    start before the gap's end. The time goes to the phase that started last (it was
+    alphabetical, so every such step became a ``gap``), from halfway between the two stamps
+    of the one instant. An end whose start came in an earlier batch (a live meter hands edges
+    in batches) still ends its step."""
+    edges = [
+        StepEdge("train", "start", 0, 1.000),
+        StepEdge("gap", "start", 0, 1.0048),
+        StepEdge("train", "end", 1, 1.0052),
+        StepEdge("train", "start", 1, 1.0149),
+        StepEdge("gap", "end", 0, 1.0151),
+        StepEdge("train", "end", 2, 1.020),
+        StepEdge("val", "end", 0, 1.030),
+    ]
+    assert boundaries(edges) == [(1.0, "train"), (1.005, "gap"), (1.015, "train"), (1.02, "")]
+    later_batch = [StepEdge("train", "end", 5, 2.0), StepEdge("train", "start", 5, 2.01)]
+    assert boundaries(later_batch) == [(2.0, ""), (2.01, "train")]
+
+
+def jittered_steps(jitter_s: float, seed: int = 0) -> list[StepEdge]:
+    """Back-to-back 5 ms steps and 5 ms gaps (explicit ``gap`` phase), every stamp jittered."""
+    rng = random.Random(seed)
+    edges = []
+    for k in range(100):
+        t = 0.01 * k
+        for phase, a, b in (("train", t, t + 0.005), ("gap", t + 0.005, t + 0.01)):
+            edges.append(StepEdge(phase, "start", k, a + rng.uniform(-jitter_s, jitter_s)))
+            edges.append(StepEdge(phase, "end", k, b + rng.uniform(-jitter_s, jitter_s)))
+    return edges
+
+
+def test_jittered_stamps_of_one_instant_become_one_boundary() -> None:
+    """With jitter, the two stamps of each instant (one phase's end, the next one's start)
+    overlap or leave a hole, as often one as the other: both close to one boundary between
+    them, so no phantom ``""`` slivers are fitted, and the boundary is nearer the truth."""
+    out = edges_from_steps(jittered_steps(0.002))
+    assert [label for _, label in out] == ["train", "gap"] * 100 + [""]
+    errors = [abs(t - 0.005 * round(t / 0.005)) for t, _ in out[:-1]]
+    assert max(errors) <= 0.002
+    assert statistics.mean(errors) < 0.002 / 2  # one stamp's mean error is 1 ms
+
+
+def test_exact_stamps_keep_short_real_gaps() -> None:
+    """Without overlaps (CUDA events), a gap of a millisecond between steps is real."""
+    edges = []
+    for k in range(50):
+        t = 0.012 * k
+        edges += [StepEdge("train", "start", k, t), StepEdge("train", "end", k + 1, t + 0.011)]
+    out = edges_from_steps(edges)
+    assert len(out) == 100
+    assert [label for _, label in out] == ["train", ""] * 50
 
 
 def until_seen(tl: EnergyTimeline) -> float:

@@ -130,9 +130,25 @@ def test_invalid_arguments() -> None:
         {"counter_interval_s": 0.0},
         {"buffer_interval_s": -0.02},
         {"counter_delay_s": -0.1},
+        {"jitter_dist": "cauchy"},
     ):
         with pytest.raises(ValueError):
             synthetic_run(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dist", ["uniform", "normal"])
+def test_jitter_moves_stamps_within_its_bound_and_not_the_values(dist: str) -> None:
+    """Buffer values stay the means of the true 20 ms windows; only their stamps move, within
+    ``jitter_s`` (a Gaussian of half that deviation, clipped, for ``"normal"``)."""
+    kw = {"duration_s": 4.0, "kinds": {BUFFER_W}}
+    exact = of_kind(synthetic_run(seed=2, **kw), BUFFER_W)  # type: ignore[arg-type]
+    noisy = of_kind(synthetic_run(seed=2, jitter_s=0.004, jitter_dist=dist, **kw), BUFFER_W)  # type: ignore[arg-type]
+    moved = np.asarray([b[0] - a[0] for a, b in zip(exact, noisy, strict=True)])
+    assert [a[1] for a in exact] == [b[1] for b in noisy]
+    assert np.abs(moved).max() <= 0.004 + 1e-12
+    # Uniform: standard deviation 4/sqrt(3) = 2.3 ms; normal: 2 ms (a little less, clipped).
+    expected = 0.004 / math.sqrt(3) if dist == "uniform" else 0.002
+    assert float(moved.std()) == pytest.approx(expected, rel=0.15)
 
 
 # --------------------------------------------------------------------------- recovery

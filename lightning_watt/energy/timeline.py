@@ -62,6 +62,7 @@ from lightning_watt.energy.readings import (
     POWER_KINDS,
     Reading,
 )
+from lightning_watt.energy.sample_grid import SampleGrid
 from lightning_watt.energy.segment_fit import EdgeModel
 from lightning_watt.validate import (
     boolean,
@@ -237,6 +238,9 @@ class DeviceTimeline:
         self.clock = CounterClock()
         #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
         self.edges = EdgeModel()
+        #: Buffer stamps snapped onto the buffer's regular clock where they are noisy around it
+        #: (:mod:`~lightning_watt.energy.sample_grid`); ``None`` keeps them as read.
+        self.stamps: SampleGrid | None = SampleGrid()
         #: Readings dropped as unusable (NaN or infinite time or value, negative power), by kind.
         self.rejected: dict[str, int] = {}
         self._counter_acc = 0.0
@@ -284,6 +288,8 @@ class DeviceTimeline:
             self._add_counter(t, value)
         else:
             t = t - _KIND_SHIFT_S.get(kind, 0.0)
+            if kind == BUFFER_W and self.stamps is not None:
+                t = self.stamps.snap(t)
             series = self._power.get(kind)
             if series is None:
                 series = self._power[kind] = _PowerSeries(kind)

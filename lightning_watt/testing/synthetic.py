@@ -36,7 +36,9 @@ Harder variants, as a live meter sees real hardware (all off by default):
   0-100 ms (``1.0`` gives 1 Hz reads).
 * ``jitter_s``: every reading's timestamp (counter reads, buffer samples) is off by up to
   that much (uniform), while values follow the true instants; ``edge_jitter_s`` does the same
-  to the steps' GPU times (CUDA events are microsecond-exact, so it defaults to 0).
+  to the steps' GPU times (CUDA events are microsecond-exact, so it defaults to 0);
+  ``jitter_dist="normal"`` draws both from a Gaussian of half that standard deviation instead,
+  clipped at the bound.
 * ``missed_updates``: that many counter updates do not happen (the next carries both);
   ``counter_reset_at_s``: the counter restarts from zero at that time (a driver reload).
 
@@ -68,6 +70,8 @@ from lightning_watt.validate import finite_number, positive_number
 
 #: Resolution of the true power signal (seconds).
 DT = 0.001
+#: Distributions of timestamp jitter :func:`synthetic_run` can draw.
+_JITTER_DISTS = ("uniform", "normal")
 #: The kinds :func:`synthetic_run` can emit.
 GENERATED_KINDS = frozenset({COUNTER_J, BUFFER_W, INSTANT_W, AVERAGE_W})
 
@@ -224,6 +228,7 @@ def synthetic_run(
     edge_jitter_s: float = 0.0,
     missed_updates: int = 0,
     counter_reset_at_s: float | None = None,
+    jitter_dist: str = "uniform",
 ) -> SyntheticRun:
     """Build a synthetic run with known per-step energy (see the module docstring).
 
@@ -255,6 +260,8 @@ def synthetic_run(
         edge_jitter_s: the same for the step edges' ``t_gpu``.
         missed_updates: counter updates that do not happen (chosen at random).
         counter_reset_at_s: the counter restarts from zero at this time.
+        jitter_dist: ``"uniform"`` (within the bound) or ``"normal"`` (standard deviation
+            half the bound, clipped at it) for ``jitter_s`` and ``edge_jitter_s``.
 
     Returns:
         A :class:`SyntheticRun`: the trace, the segments with their exact energies, the signal.
@@ -282,6 +289,8 @@ def synthetic_run(
     # Jitter must not reorder one kind's samples (buffer samples are 20 ms apart).
     finite_number("jitter_s", jitter_s, minimum=0.0, maximum=0.005, unit="seconds")
     finite_number("edge_jitter_s", edge_jitter_s, minimum=0.0, maximum=0.005, unit="seconds")
+    if jitter_dist not in _JITTER_DISTS:
+        raise ValueError(f"jitter_dist: unknown {jitter_dist!r}; accepted: {list(_JITTER_DISTS)}")
     if counter_read_interval_s is not None:
         positive_number("counter_read_interval_s", counter_read_interval_s, unit="seconds")
     if gap_ms is not None and not (0 <= gap_ms[0] <= gap_ms[1]):
@@ -316,6 +325,7 @@ def synthetic_run(
         "edge_jitter_s": edge_jitter_s,
         "missed_updates": missed_updates,
         "counter_reset_at_s": counter_reset_at_s,
+        "jitter_dist": jitter_dist,
     }
     rng = np.random.default_rng(seed)
     n_ms = round(duration_s / DT)
@@ -354,6 +364,7 @@ def synthetic_run(
         missed_updates,
         counter_reset_at_s,
         edge_jitter_s,
+        jitter_dist,
     )
     run.trace = Trace(
         _readings(
@@ -383,11 +394,14 @@ class _Hostile:
     missed_updates: int = 0
     reset_at_s: float | None = None
     edge_jitter_s: float = 0.0
+    jitter_dist: str = "uniform"
 
     def jitter(self, times: np.ndarray, amount: float | None = None) -> np.ndarray:
         amount = self.jitter_s if amount is None else amount
         if amount <= 0:
             return times
+        if self.jitter_dist == "normal":
+            return times + np.clip(self.rng.normal(0.0, amount / 2, len(times)), -amount, amount)
         return times + self.rng.uniform(-amount, amount, len(times))
 
 
@@ -518,32 +532,36 @@ def _meta(
     }
 
 
-def step_suite_run(step_ms: int, seed: int) -> SyntheticRun:
+def step_suite_run(step_ms: int, seed: int, **overrides: Any) -> SyntheticRun:
     """One run of the known-truth step-accuracy suite (issue 13): 20 s of ``step_ms`` steps
     between gaps of 0-30 ms (or up to the step's length) at 100 W, steps at 250-650 W with
     idle stretches, the counter polled every 102.3 ms (its staleness drifting over 0-100 ms),
     2 ms of jitter on every reading's timestamp and two missed counter updates. Shared by
     ``tests/test_step_accuracy.py`` and ``benchmarks/step_accuracy.py``, so both judge the
-    same runs.
+    same runs. ``overrides`` replace any of these :func:`synthetic_run` arguments (other
+    jitter, powers, gaps), for the variants the suite is also checked on.
 
     Example:
         >>> run = step_suite_run(50, seed=0)
         >>> round(run.trace.span[1] - run.trace.span[0])
         20
+        >>> step_suite_run(10, seed=0, jitter_dist="normal").trace.meta["synthetic"]["jitter_dist"]
+        'normal'
     """
-    return synthetic_run(
-        seed=seed,
-        duration_s=20.0,
-        step_ms=(step_ms, step_ms),
-        gap_ms=(0, max(30, step_ms)),
-        gap_W=100.0,
-        levels_W=(250.0, 650.0),
-        idle_stretch_prob=0.1,
-        counter_read_interval_s=0.1023,
-        jitter_s=0.002,
-        missed_updates=2,
-        kinds={COUNTER_J, BUFFER_W},
-    )
+    args: dict[str, Any] = {
+        "duration_s": 20.0,
+        "step_ms": (step_ms, step_ms),
+        "gap_ms": (0, max(30, step_ms)),
+        "gap_W": 100.0,
+        "levels_W": (250.0, 650.0),
+        "idle_stretch_prob": 0.1,
+        "counter_read_interval_s": 0.1023,
+        "jitter_s": 0.002,
+        "missed_updates": 2,
+        "kinds": {COUNTER_J, BUFFER_W},
+    }
+    args.update(overrides)
+    return synthetic_run(seed=seed, **args)
 
 
 def thinned_counter_reads(trace: Trace, every: float = 0.1) -> tuple[list[Reading], list[float]]:
