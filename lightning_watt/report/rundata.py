@@ -108,7 +108,8 @@ class RunData(TraceView):
             listed = (self.summary or {}).get("methods")
             methods = [str(m) for m in listed if m] if isinstance(listed, list) else []
         if not methods and self.has_trace:
-            for per_device in self._timeline.methods().values():
+            numbers = self.trace_numbers()
+            for per_device in (numbers.methods if numbers else {}).values():
                 if per_device and per_device[0] not in methods:
                     # The most used method is the one that describes the run.
                     methods.append(per_device[0])

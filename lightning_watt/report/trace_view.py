@@ -26,6 +26,7 @@ from lightning_watt.energy.readings import COUNTER_J, J_PER_KWH
 from lightning_watt.energy.trace import Trace, TraceFormatError
 from lightning_watt.energy.trace_columns import TraceColumns
 from lightning_watt.report.series import PhaseSpan
+from lightning_watt.report.trace_energy import TraceNumbers, interp_many, trace_numbers
 
 #: Holes in raw power samples up to this long are bridged in plots, as the energy timeline
 #: bridges them (its default ``max_gap``); longer ones stay visible as breaks in the line.
@@ -58,27 +59,6 @@ def _bridge(values: list[float], max_bins: int) -> list[float]:
     return out
 
 
-def interp_many(ts: np.ndarray, ys: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Linear interpolation clamped at both ends, at many points: the vector form of the
-    energy timeline's own interpolation (a repeated knot takes the later value).
-
-    Example:
-        >>> interp_many(np.array([0.0, 1.0, 1.0, 2.0]), np.array([0.0, 1.0, 5.0, 6.0]),
-        ...             np.array([-1.0, 0.5, 1.0, 1.5, 3.0])).tolist()
-        [0.0, 0.5, 5.0, 5.5, 6.0]
-    """
-    x = np.asarray(x, dtype=float)
-    if len(ts) == 0:
-        return np.zeros_like(x)
-    if len(ts) == 1:
-        return np.full_like(x, ys[0])
-    i = np.clip(np.searchsorted(ts, x, side="right"), 1, len(ts) - 1)
-    t0, t1, y0, y1 = ts[i - 1], ts[i], ys[i - 1], ys[i]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mid = np.where(t1 == t0, y1, y0 + (y1 - y0) * (x - t0) / (t1 - t0))
-    return np.where(x <= ts[0], ys[0], np.where(x >= ts[-1], ys[-1], mid))
-
-
 def _counter_cumulative(t: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Joules since the first counter reading, resets skipped (never negative)."""
     steps = np.diff(v)
@@ -94,19 +74,6 @@ def _segmented_cummax(values: np.ndarray, run: np.ndarray) -> np.ndarray:
     rank[order] = np.arange(n)
     best = np.maximum.accumulate(run.astype(np.int64) * n + rank) - run.astype(np.int64) * n
     return values[order][best]
-
-
-def _knots(dev: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """A device timeline's knots, finalized and provisional, as arrays: interpolating them is
-    what its ``energy_at`` does, for one time at a time. ``None`` if its layout changed."""
-    try:
-        kt, ke = np.asarray(dev._kt, dtype=float), np.asarray(dev._ke, dtype=float)
-        tail_t, tail_e = dev._tail()
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if not len(kt):
-        return np.zeros(0), np.zeros(0)
-    return np.r_[kt, tail_t], np.r_[ke, tail_e]
 
 
 def _stable_order(x: np.ndarray) -> np.ndarray | slice:
@@ -126,6 +93,9 @@ class _SpanStream:
         self.host_only = host_only
         self.phases: list[str] = []
         self._ids: dict[str, int] = {}
+        #: The earliest start still waiting for its end: no later span starts before it, nor
+        #: (to within the GPU's lag) before the edges of the chunks still to come.
+        self.oldest_open = math.inf
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         open_at: dict[int, float] = {}
@@ -153,6 +123,7 @@ class _SpanStream:
             last = np.r_[p[1:] != p[:-1], True] if len(p) else np.zeros(0, bool)
             still_open = last & s
             open_at = dict(zip(p[still_open].tolist(), ts[still_open].tolist(), strict=True))
+            self.oldest_open = min(open_at.values(), default=math.inf)
             # As a list sorted by start would be, spans built in end-edge order.
             o = _stable_order(closed_at)
             a, b, ph = a[o], b[o], ph[o]
@@ -202,20 +173,24 @@ class TraceView:
         """Trace time of the fit's start: plots put 0 s there."""
         return self.columns.fit_window[0] if self.columns is not None else 0.0
 
-    def _cumulative(self, x: np.ndarray) -> np.ndarray:
-        """Fused joules summed over devices at many times (the timeline's knots, vectorised)."""
-        total = np.zeros(len(x))
-        for name in self._timeline.devices:
-            dev = self._timeline.device(name)
-            knots = _knots(dev)
-            if knots is not None:
-                total += interp_many(*knots, x)
-            else:  # a timeline that does not share its knots: one lookup per time
-                total += np.array([dev.energy_at(float(t)) for t in x])
-        return total
+    #: ``timeline`` or ``vectorised`` to force an engine for the trace's energy numbers;
+    #: ``None`` chooses by the trace's length (:func:`~lightning_watt.report.trace_energy.
+    #: choose_engine`).
+    energy_engine: str | None = None
 
-    def _trace_energy_J(self, t0: float, t1: float) -> float:
-        return float(sum(self._timeline.energy_between(t0, t1).values()))
+    def trace_numbers(self, points: int = 1000) -> TraceNumbers | None:
+        """The fit's energy from the trace alone (every number no summary gives), in one pass
+        over samples and steps; ``points``: the cumulative-energy grid over the fit."""
+        if not self.has_trace:
+            return None
+        cached = self.__dict__.setdefault("_trace_numbers_by_points", {})
+        if points not in cached:
+            cols = self.columns
+            assert cols is not None
+            fit0, fit1 = cols.fit_window
+            grid = fit0 + (fit1 - fit0) * np.arange(points + 1) / points
+            cached[points] = trace_numbers(cols, _SpanStream(cols), self.energy_engine, grid)
+        return cached[points]
 
     def _span_chunks(
         self, host_only: bool = False
@@ -378,28 +353,15 @@ class TraceView:
             if counter is not None:
                 cum = interp_many(counter[0], counter[1], np.r_[fit0, ts])
             else:
-                dev = self._timeline.device(name)
-                cum = np.array([dev.energy_at(float(t)) for t in np.r_[fit0, ts]])
+                numbers = self.trace_numbers(points)
+                assert numbers is not None
+                cum = np.r_[0.0, numbers.grid_J.get(name, np.zeros(len(ts)))]
             out[name] = ((cum[1:] - cum[0]) / J_PER_KWH).tolist()
         return (ts - fit0).tolist(), out
 
     @cached_property
     def _trace_phases_J(self) -> dict[str, float] | None:
-        if not self.has_trace:
+        numbers = self.trace_numbers()
+        if numbers is None:
             return None
-        assert self.columns is not None
-        fit0, fit1 = self.columns.fit_window
-        total = self._trace_energy_J(fit0, fit1)
-        phases = {"train": 0.0, "val": 0.0}
-        for names, phase, a, b in self._span_chunks():
-            s, e = np.maximum(a, fit0), np.minimum(b, fit1)
-            for name in phases:
-                if name not in names:
-                    continue
-                m = (phase == names.index(name)) & (e > s)
-                if m.any():
-                    phases[name] += float(np.sum(self._cumulative(e[m]) - self._cumulative(s[m])))
-        # Like the callback: anything in the fit but in no train/val step (stalls too) is gap.
-        phases["gap"] = max(0.0, total - phases["train"] - phases["val"])
-        phases["total"] = total
-        return phases
+        return {**numbers.phases_J, "total": numbers.total_J}
