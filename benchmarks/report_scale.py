@@ -15,10 +15,16 @@ directory. Then runs the report on each in a fresh subprocess, in turn:
 and prints wall time and peak RSS (``getrusage`` of the child) against the targets (10 s, 20 s,
 500 MB), and the size of the files. Variants are interleaved per repetition.
 
+``--agreement`` instead compares the report's two engines for a trace alone
+(:mod:`lightning_watt.report.trace_energy`: the fused timeline and the vectorised path) on
+every case of :mod:`lightning_watt.testing.trace_cases` and on a synthetic run of
+``--agreement-hours`` (the same generator), with the time each took.
+
 Usage::
 
     python benchmarks/report_scale.py                 # 6 h and 24 h, 1 repetition
     python benchmarks/report_scale.py --hours 1 6 --repeats 3 --trace-only
+    python benchmarks/report_scale.py --agreement --agreement-hours 6
 """
 
 from __future__ import annotations
@@ -185,13 +191,41 @@ def measure(argv: list[str]) -> tuple[int, float, float]:
     raise RuntimeError(f"report failed: {out.stderr[-2000:]}")
 
 
+def agreement(hours: int) -> None:
+    """The vectorised engine against the fused timeline, case by case (percent)."""
+    from lightning_watt.energy.trace_columns import load_columns
+    from lightning_watt.testing.trace_cases import agreement_cases, compare_engines
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = agreement_cases(tmp)
+        if hours:
+            run = write_run(Path(tmp) / "synthetic", hours)
+            cases[f"synthetic {hours} h (this script's)"] = lambda: load_columns(run / "watt_trace")
+        print(f"{'case':<36} {'total':>9} {'phase':>9} {'curve':>9} {'device':>9} {'s':>6}")
+        for name, make in cases.items():
+            cols = make()
+            t0 = time.perf_counter()
+            got = compare_engines(cols)
+            took = time.perf_counter() - t0
+            print(
+                f"{name:<36} "
+                + " ".join(f"{100 * got[k]:>+8.4f}%" for k in ("total", "phase", "curve", "device"))
+                + f" {took:>6.1f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=int, nargs="+", default=[6, 24])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--trace-only", action="store_true", help="also the trace on its own")
+    parser.add_argument("--agreement", action="store_true", help="compare the two engines")
+    parser.add_argument("--agreement-hours", type=int, default=6)
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} cpus")
+    if args.agreement:
+        agreement(args.agreement_hours)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for hours in args.hours:
             t0 = time.perf_counter()

@@ -199,33 +199,32 @@ class _Fields:
 
 def _ints(f: _Fields, cols: list[int]) -> np.ndarray | None:
     """The integer fields ``cols`` (an optional ``-`` then up to 15 digits), shape
-    ``(rows, len(cols))``: the fields of each length gathered into a byte matrix, digits times
-    their place values, no text parser. ``None`` when any field is anything else (the caller
-    falls back)."""
+    ``(rows, len(cols))``: every field gathered right-aligned into one byte matrix as wide as
+    the longest, digits times their place values, no text parser. ``None`` when any field is
+    anything else (the caller falls back)."""
     starts = np.stack([f.start[k] for k in cols], axis=1).ravel()
     ends = np.stack([f.end[k] for k in cols], axis=1).ravel()
-    values = np.zeros(len(starts), dtype=np.int64)
     if not len(starts):
-        return values.reshape(0, len(cols))
+        return np.zeros((0, len(cols)), dtype=np.int64)
     lengths = ends - starts
     if lengths.min() < 1 or lengths.max() > 16:
         return None
-    for length in np.unique(lengths).tolist():
-        which = np.flatnonzero(lengths == length)
-        digits = f.arr[starts[which][:, None] + np.arange(length)]  # a copy: ours to change
-        negative = digits[:, 0] == 45
-        digits -= 48  # uint8: a byte that is not a digit wraps past 9
-        digits[negative, 0] = 0
-        if (
-            digits.max() > 9
-            or (length == 1 and negative.any())
-            or (length == 16 and not negative.all())
-        ):
+    width = int(lengths.max())
+    # One gather for every field (deltas are a few digits: the matrix stays narrow).
+    pos = ends[:, None] - width + np.arange(width)
+    digits = f.arr[np.maximum(pos, 0)]  # a copy: ours to change
+    digits -= 48  # uint8: a byte that is not a digit wraps past 9
+    digits[pos < starts[:, None]] = 0
+    negative = f.arr[starts] == 45
+    if negative.any():
+        digits[np.flatnonzero(negative), width - lengths[negative]] = 0
+        if ((lengths == 1) & negative).any():
             return None
-        # Float place values through BLAS: exact, as every value is below 10**15 < 2**53.
-        got = (digits.astype(np.float64) @ (10.0 ** np.arange(length - 1, -1, -1))).astype(np.int64)
-        values[which] = np.where(negative, -got, got)
-    return values.reshape(-1, len(cols))
+    if digits.max() > 9 or ((lengths == 16) & ~negative).any():
+        return None
+    # Float place values through BLAS: exact, as every value is below 10**15 < 2**53.
+    got = (digits.astype(np.float64) @ (10.0 ** np.arange(width - 1, -1, -1))).astype(np.int64)
+    return np.where(negative, -got, got).reshape(-1, len(cols))
 
 
 def _fields(data: bytes, ncols: int) -> _Fields | None:

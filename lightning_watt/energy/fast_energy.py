@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,7 @@ from lightning_watt.energy.readings import (
     ESTIMATE_W,
     POWER_KINDS,
 )
+from lightning_watt.validate import integer
 
 #: Rows of the trace processed at once (bounds the working memory whatever the run length).
 BLOCK_ROWS = 1 << 18
@@ -77,9 +79,12 @@ def _power_increments(t: np.ndarray, w: np.ndarray, kind: str, prev: tuple[float
     hold = _HOLD_S.get(kind)
     if hold is None:
         return 0.5 * (w + pw) * dt
-    held = hold / 5
-    bridged = w * held + 0.5 * (w + pw) * (dt - held)
-    return np.where(dt <= hold, w * dt, bridged)
+    inc = w * dt
+    long = dt > hold  # never for an estimate, which speaks for its whole interval
+    if long.any():
+        held = hold / 5
+        inc[long] = (w * held + 0.5 * (w + pw) * (dt - held))[long]
+    return inc
 
 
 @dataclass
@@ -340,12 +345,9 @@ class _Device:
         self.e = float(a[-1])
         lo = max(0, int(np.searchsorted(self.kt, starts[0], side="right")) - 1)
         hi = int(np.searchsorted(self.kt, end, side="left")) + 1
+        k, i0, slope, shaped = (np.concatenate([p[i] for p in parts]) for i in (2, 3, 4, 5))
         block = _Block(
-            u,
-            a[:-1],
-            *(np.concatenate([p[i] for p in parts]) for i in (2, 3, 4, 5)),
-            self.kt[lo:hi].copy(),
-            self.kc[lo:hi].copy(),
+            u, a[:-1], k, i0, slope, shaped, self.kt[lo:hi].copy(), self.kc[lo:hi].copy()
         )
         self.blocks.append(block)
         # Power knots before the new boundary are no longer needed (keep the one before it).
@@ -403,9 +405,12 @@ class TraceEnergy:
         self.finished = False
 
     @classmethod
-    def from_columns(cls, cols, block_rows: int = BLOCK_ROWS) -> TraceEnergy:
+    def from_columns(cls, cols: Any, block_rows: int | None = None) -> TraceEnergy:
         """From a :class:`~lightning_watt.energy.trace_columns.TraceColumns` (its rows in
-        blocks of ``block_rows``)."""
+        blocks of ``block_rows``, default :data:`BLOCK_ROWS`)."""
+        block_rows = integer(
+            "block_rows", BLOCK_ROWS if block_rows is None else block_rows, minimum=1
+        )
         t, code, value = cols.t, cols.code, cols.value
 
         def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -21,6 +21,7 @@ from lightning_watt.energy.trace import Trace
 from lightning_watt.energy.trace_columns import TraceColumns
 from lightning_watt.report.keys import LoggedKeys, resolve_prefix
 from lightning_watt.report.series import EpochRow, ScalarSeries
+from lightning_watt.report.trace_energy import ENGINE_NOTES
 from lightning_watt.report.trace_view import TraceView
 
 
@@ -491,4 +492,11 @@ class RunData(TraceView):
                 for r in self.epochs()
             ],
             "warnings": self.warnings,
+            # Last: every number above is computed by now, so this says whether the trace's
+            # energy engine gave any of them.
+            **self._engine_fields(),
         }
+
+    def _engine_fields(self) -> dict[str, Any]:
+        engine = self.energy_engine
+        return {"energy_engine": engine, "energy_engine_note": ENGINE_NOTES.get(engine or "")}

@@ -52,7 +52,8 @@ _RELEASE_SLACK_S = 1.0
 
 
 class _Energy(Protocol):
-    devices: list[str]
+    @property
+    def devices(self) -> list[str]: ...
 
     def at(self, device: str, x: np.ndarray) -> np.ndarray: ...
 
@@ -64,6 +65,7 @@ class _Energy(Protocol):
 class _Spans(Protocol):
     phases: list[str]
     oldest_open: float
+    latest_edge: float
 
     def __iter__(self) -> Any: ...
 
@@ -165,7 +167,8 @@ def trace_numbers(
 ) -> TraceNumbers:
     """The fit's energy numbers from ``cols`` (a
     :class:`~lightning_watt.energy.trace_columns.TraceColumns`) and its step ``spans`` (a
-    stream of ``(phase codes, starts, ends)`` with ``phases`` and ``oldest_open``), in one
+    stream of ``(phase codes, starts, ends)`` with ``phases``, ``oldest_open`` and
+    ``latest_edge``), in one
     pass over both. ``engine``: ``None`` chooses by length (:func:`choose_engine`)."""
     engine = choose_engine(len(cols.t)) if engine is None else engine
     energy = energy_engine(cols, engine)
@@ -200,7 +203,8 @@ def trace_numbers(
             per_code = np.bincount(code, weights=joules, minlength=len(spans.phases))
             for i, value in enumerate(per_code.tolist()):
                 sums[spans.phases[i]] = sums.get(spans.phases[i], 0.0) + value
-        before = min(float(a.min()), spans.oldest_open) - _RELEASE_SLACK_S
+        # Spans to come start at a start still open or after the edges read so far.
+        before = min(spans.latest_edge, spans.oldest_open) - _RELEASE_SLACK_S
         evaluate_fixed(before)
         energy.release(before)
     evaluate_fixed(math.inf)

@@ -88,21 +88,26 @@ class _SpanStream:
     """Step spans (a ``start`` edge to the next ``end`` edge of its phase) in chunks of
     columns, with global phase codes; an open start carries over to the next chunk."""
 
-    def __init__(self, cols: TraceColumns, host_only: bool = False) -> None:
+    def __init__(
+        self, cols: TraceColumns, host_only: bool = False, times_only: bool = False
+    ) -> None:
         self.cols = cols
         self.host_only = host_only
+        self.times_only = times_only
         self.phases: list[str] = []
         self._ids: dict[str, int] = {}
-        #: The earliest start still waiting for its end: no later span starts before it, nor
-        #: (to within the GPU's lag) before the edges of the chunks still to come.
+        #: Where spans still to come may start: at the earliest start still waiting for its
+        #: end, or (to within the GPU's lag) after the latest edge read so far.
         self.oldest_open = math.inf
+        self.latest_edge = -math.inf
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         open_at: dict[int, float] = {}
-        for chunk in self.cols.step_chunks(self.host_only):
+        for chunk in self.cols.step_chunks(self.host_only, self.times_only):
             gid = np.array([self._ids.setdefault(p, len(self._ids)) for p in chunk.phases])
             self.phases = list(self._ids)
             t = chunk.t
+            self.latest_edge = max(self.latest_edge, float(t.max()))
             order = _stable_order(t)
             phase = np.concatenate((list(open_at), gid[chunk.phase[order]])).astype(np.int64)
             tt = np.concatenate((list(open_at.values()), t[order]))
@@ -176,7 +181,7 @@ class TraceView:
     #: ``timeline`` or ``vectorised`` to force an engine for the trace's energy numbers;
     #: ``None`` chooses by the trace's length (:func:`~lightning_watt.report.trace_energy.
     #: choose_engine`).
-    energy_engine: str | None = None
+    force_engine: str | None = None
 
     def trace_numbers(self, points: int = 1000) -> TraceNumbers | None:
         """The fit's energy from the trace alone (every number no summary gives), in one pass
@@ -189,7 +194,8 @@ class TraceView:
             assert cols is not None
             fit0, fit1 = cols.fit_window
             grid = fit0 + (fit1 - fit0) * np.arange(points + 1) / points
-            cached[points] = trace_numbers(cols, _SpanStream(cols), self.energy_engine, grid)
+            spans = _SpanStream(cols, times_only=True)
+            cached[points] = trace_numbers(cols, spans, self.force_engine, grid)
         return cached[points]
 
     def _span_chunks(
@@ -358,6 +364,14 @@ class TraceView:
                 cum = np.r_[0.0, numbers.grid_J.get(name, np.zeros(len(ts)))]
             out[name] = ((cum[1:] - cum[0]) / J_PER_KWH).tolist()
         return (ts - fit0).tolist(), out
+
+    @property
+    def energy_engine(self) -> str | None:
+        """The engine that fused the trace's energy numbers (``timeline`` or ``vectorised``,
+        see :mod:`~lightning_watt.report.trace_energy`), once any were taken from the trace;
+        ``None`` while every number came from elsewhere (the summary)."""
+        found = self.__dict__.get("_trace_numbers_by_points") or {}
+        return next((n.engine for n in found.values()), None)
 
     @cached_property
     def _trace_phases_J(self) -> dict[str, float] | None:
