@@ -100,7 +100,9 @@ def _samples_hour(rng: np.random.Generator, t0: float, acc0: float) -> tuple[byt
 def _steps_hour(rng: np.random.Generator, first: bool) -> bytes:
     """One hour of 1.7 ms steps as the meter's recorder writes them (compact layout, runs of
     steps within 4 ms merged: spans of 3 steps), with a 30 s validation block every 20 minutes;
-    host times jitter by tens of us, the GPU trails by 4-12 ms, drawn afresh per edge."""
+    host times jitter by tens of us, the GPU trails by 4-12 ms. The lag wanders slowly (a
+    random walk kept in 4-12 ms), so GPU times stay in order, as a GPU finishes work in the
+    order it was queued (lags drawn afresh per edge put ends before their starts)."""
     per_span = 3
     n = int(3600 / (STEP_S * per_span))
     units = COMPACT_PER_S
@@ -108,8 +110,10 @@ def _steps_hour(rng: np.random.Generator, first: bool) -> bytes:
     idle = np.round(np.abs(rng.normal(1e-4, 10e-6, n)) * units).astype(np.int64)
     dh = np.empty(2 * n, dtype=np.int64)
     dh[0::2], dh[1::2] = idle, busy
-    lead = np.round(rng.uniform(0.004, 0.012, 2 * n) * units).astype(np.int64)
-    dg = dh + np.diff(lead, prepend=lead[0])
+    walk = np.cumsum(rng.normal(0.0, 2e-6, 2 * n)) + rng.uniform(0.004, 0.012)
+    walk = 0.008 + np.abs((walk - 0.004) % 0.016 - 0.008) - 0.004  # reflected into 4-12 ms
+    lead = np.round(walk * units).astype(np.int64)
+    dg = np.maximum(dh + np.diff(lead, prepend=lead[0]), 0)
     phase_col = [""] * (2 * n)
     per_block = int(1200 / (STEP_S * per_span))
     for k in range(0, n, per_block):

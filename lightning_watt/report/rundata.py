@@ -16,6 +16,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lightning_watt.energy.readings import ESTIMATE_W, J_PER_KWH
 from lightning_watt.energy.trace import Trace
 from lightning_watt.energy.trace_columns import TraceColumns
@@ -275,10 +277,11 @@ class RunData(TraceView):
             return value
         if self.has_trace:
             _, per_dev, _ = self.power_over_time(bin_s=0.1, max_points=10**7)
-            totals = [sum(ws) for ws in zip(*per_dev.values(), strict=True)]
-            finite = [w for w in totals if math.isfinite(w)]
-            if finite:
-                return max(finite)
+            if per_dev:
+                totals = np.sum([np.asarray(ws, dtype=float) for ws in per_dev.values()], axis=0)
+                finite = totals[np.isfinite(totals)]
+                if len(finite):
+                    return float(finite.max())
         series = self.scalars.get(self.keys.power_W)
         if series and series.values:
             return max(series.values)

@@ -86,14 +86,20 @@ def _stable_order(x: np.ndarray) -> np.ndarray | slice:
 
 class _SpanStream:
     """Step spans (a ``start`` edge to the next ``end`` edge of its phase) in chunks of
-    columns, with global phase codes; an open start carries over to the next chunk."""
+    columns, with global phase codes; an open start carries over to the next chunk. Spans come
+    sorted by start unless ``ordered=False`` (sums over them need no order)."""
 
     def __init__(
-        self, cols: TraceColumns, host_only: bool = False, times_only: bool = False
+        self,
+        cols: TraceColumns,
+        host_only: bool = False,
+        times_only: bool = False,
+        ordered: bool = True,
     ) -> None:
         self.cols = cols
         self.host_only = host_only
         self.times_only = times_only
+        self.ordered = ordered
         self.phases: list[str] = []
         self._ids: dict[str, int] = {}
         #: Where spans still to come may start: at the earliest start still waiting for its
@@ -129,12 +135,14 @@ class _SpanStream:
             still_open = last & s
             open_at = dict(zip(p[still_open].tolist(), ts[still_open].tolist(), strict=True))
             self.oldest_open = min(open_at.values(), default=math.inf)
-            # As a list sorted by start would be, spans built in end-edge order.
-            o = _stable_order(closed_at)
-            a, b, ph = a[o], b[o], ph[o]
-            o = _stable_order(a)
+            if self.ordered:
+                # As a list sorted by start would be, spans built in end-edge order.
+                o = _stable_order(closed_at)
+                a, b, ph = a[o], b[o], ph[o]
+                o = _stable_order(a)
+                a, b, ph = a[o], b[o], ph[o]
             if len(a):
-                yield ph[o], a[o], b[o]
+                yield ph, a, b
 
 
 class TraceView:
@@ -194,7 +202,7 @@ class TraceView:
             assert cols is not None
             fit0, fit1 = cols.fit_window
             grid = fit0 + (fit1 - fit0) * np.arange(points + 1) / points
-            spans = _SpanStream(cols, times_only=True)
+            spans = _SpanStream(cols, times_only=True, ordered=False)
             cached[points] = trace_numbers(cols, spans, self.force_engine, grid)
         return cached[points]
 
@@ -345,8 +353,9 @@ class TraceView:
     def energy_over_time(self, points: int = 1000) -> tuple[list[float], dict[str, list[float]]]:
         """Cumulative kWh per device from the fit start, over the fit window:
         ``(seconds since fit start, {device: kWh})``. Drawn from each device's energy counter
-        (the hardware's own integral, resets skipped) where it has one, else from the fused
-        timeline; at screen resolution the two agree to within one 100 ms counter update."""
+        (the hardware's own integral, resets skipped) where it has one, else from the trace's
+        energy engine (:meth:`trace_numbers`); at screen resolution the two agree to within
+        one 100 ms counter update."""
         if not self.has_trace:
             return [], {}
         cols = self.columns
