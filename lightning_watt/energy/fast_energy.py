@@ -7,19 +7,20 @@ of rows with numpy:
 
 * every new counter value is an anchor; between two anchors of one counter series
   ``E(t) = E(a) + dC * (Ip(t) - Ip(a)) / (Ip(b) - Ip(a))``, with ``Ip`` the integral of the
-  device's best power kind (interval means as steps, point fields as trapezoids, ``average_W``
+  device's power readings (interval means as steps, point fields as trapezoids, ``average_W``
   half a second earlier), so every counter window's total is exact;
+* the best power kind is used throughout; a lesser one fills in where every better one has
+  been silent for over 2 s (a lost GPU's recorded estimate);
 * before the first anchor, across a counter reset and after the last anchor, power alone,
-  scaled by the counter's recent calibration (as the timeline's);
+  scaled by the counter's recent calibration (estimates as they are);
 * no counter: the power integral; no power: the counter, linear between its values.
 
 **Where it differs from the timeline.** Anchors sit at their *read* times: the counter-clock
 recovery (:mod:`~lightning_watt.energy.counter_clock`), which moves each anchor 0-100 ms
-earlier to the counter's update instant, is not run, and a device's best power kind shapes all
-of it (the timeline falls back to another kind across a hole in the best one). Totals agree
-to far better than 0.1 % (both are the counter's sum; only the two ends of the window move);
-energy inside short spans moves by up to one 100 ms update of power at each span edge
-(``tests/test_report_fast_energy.py`` and ``benchmarks/README.md`` give the measured spread).
+earlier to the counter's update instant, is not run; and the timeline switches to a lesser
+power kind across shorter holes of the best one. Totals agree within 0.1 % (both are the
+counter's sum; only the two ends of the window move); energy inside spans moves by up to one
+100 ms update of power at each span edge (``benchmarks/README.md`` has the measured spread).
 
 Memory is bounded: rows are processed ``block_rows`` at a time, each device keeps one block of
 windows per block still needed, and :meth:`TraceEnergy.release` drops those before a time.
@@ -60,6 +61,9 @@ BLOCK_ROWS = 1 << 18
 #: speak for at most this long before their timestamp.
 _SHIFT_S = {AVERAGE_W: 0.5}
 _HOLD_S = {BUFFER_W: 0.1, ESTIMATE_W: math.inf}
+#: A lesser power kind fills in where the better ones have been silent this long (seconds),
+#: as the timeline stops waiting for a reader.
+_STALE_S = 2.0
 #: The timeline's calibration memory: each window's weight decays by this per window; after
 #: this many windows a weight is below 1e-13 and is left out.
 _DECAY = 0.9
@@ -68,22 +72,24 @@ _DECAY_SPAN = 300
 _LINEAR = "counter_J"
 
 
-def _power_increments(t: np.ndarray, w: np.ndarray, kind: str, prev: tuple[float, float] | None):
+def _power_increments(
+    t: np.ndarray, w: np.ndarray, hold: np.ndarray, prev: tuple[float, float] | None
+) -> np.ndarray:
     """Joules between consecutive samples (the first relative to ``prev``), as the timeline's
-    power series integrates them."""
+    power series integrates them: ``hold`` is each sample's interval (NaN for a point field,
+    integrated as a trapezoid)."""
     if prev is None:
         pt, pw = np.r_[t[:1], t[:-1]], np.r_[w[:1], w[:-1]]
     else:
         pt, pw = np.r_[prev[0], t[:-1]], np.r_[prev[1], w[:-1]]
     dt = t - pt
-    hold = _HOLD_S.get(kind)
-    if hold is None:
-        return 0.5 * (w + pw) * dt
-    inc = w * dt
-    long = dt > hold  # never for an estimate, which speaks for its whole interval
+    trapezoid = 0.5 * (w + pw) * dt
+    inc = np.where(np.isnan(hold) | (dt > hold), trapezoid, w * dt)
+    # An interval mean after a longer hole speaks for its own window; the rest is bridged.
+    long = dt > hold
     if long.any():
-        held = hold / 5
-        inc[long] = (w * held + 0.5 * (w + pw) * (dt - held))[long]
+        held = hold[long] / 5
+        inc[long] = w[long] * held + 0.5 * (w[long] + pw[long]) * (dt[long] - held)
     return inc
 
 
@@ -100,6 +106,9 @@ class _Block:
     shaped: np.ndarray
     pt: np.ndarray  # power knots (time, cumulative joules) covering the windows
     pc: np.ndarray
+    k2: np.ndarray  # estimates are not calibrated: E += K2[j] * (Ie(x) - Ie0[j])
+    ie0: np.ndarray
+    pe: np.ndarray  # the estimates' part of pc
 
     @property
     def start(self) -> float:
@@ -114,6 +123,8 @@ class _Block:
         xc = np.clip(x, self.u[j], self.u[j + 1])
         ip = np.interp(xc, self.pt, self.pc) if len(self.pt) else xc
         shaped = self.a[j] + self.k[j] * (ip - self.i0[j])
+        if self.pe.any():
+            shaped = shaped + self.k2[j] * (np.interp(xc, self.pt, self.pe) - self.ie0[j])
         linear = self.a[j] + self.slope[j] * (xc - self.u[j])
         return np.where(self.shaped[j], shaped, linear)
 
@@ -123,13 +134,18 @@ class _Device:
     """The streaming state of one device (what carries from one block of rows to the next)."""
 
     name: str
-    kind: str | None  # the best power kind present, shaping all of it
+    kinds: tuple[str, ...]  # the power kinds present, best first
     has_counter: bool
-    # Power: the last sample and the running integral; knots kept from before the last anchor.
+    # Power: the last sample used and the running integrals (all, estimates only); knots kept
+    # from before the last anchor; each kind's latest sample (a lesser kind fills in only
+    # where the better ones are silent).
     p_last: tuple[float, float] | None = None
     p_cum: float = 0.0
+    e_cum: float = 0.0
     kt: np.ndarray = field(default_factory=lambda: np.zeros(0))
     kc: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ke: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    last_seen: dict[str, float] = field(default_factory=dict)
     # Counter: the last read (t, raw), accumulated joules and series; anchors not yet closed.
     c_last: tuple[float, float] | None = None
     acc: float = 0.0
@@ -151,25 +167,62 @@ class _Device:
     first: _Block | None = None  # the device's first block (queries before it are 0 J)
 
     @property
+    def kind(self) -> str | None:
+        return self.kinds[0] if self.kinds else None
+
+    @property
     def scale(self) -> float:
         return min(2.0, max(0.5, self.sum_c / self.sum_p)) if self.sum_p > 0 else 1.0
 
     # ------------------------------------------------------------------ ingest
-    def add_power(self, t: np.ndarray, w: np.ndarray) -> None:
-        assert self.kind is not None
-        t = t - _SHIFT_S.get(self.kind, 0.0)
-        keep = np.r_[True, t[1:] > t[:-1]] if len(t) else np.zeros(0, bool)
+    def add_power(self, by_kind: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """One block's power samples by kind. The best kind is always used; a lesser one only
+        where every better one has been silent for over 2 s (as the timeline stops waiting
+        for a reader: a lost GPU's estimate after its last measured sample)."""
+        ts, ws, holds, est = [], [], [], []
+        used: list[tuple[str, np.ndarray]] = []
+        for kind in self.kinds:
+            if kind not in by_kind:
+                continue
+            t, w = by_kind[kind]
+            t = t - _SHIFT_S.get(kind, 0.0)
+            keep = np.r_[True, t[1:] > t[:-1]]
+            keep &= t > self.last_seen.get(kind, -math.inf)
+            t, w = t[keep], w[keep]
+            if not len(t):
+                continue
+            take = np.ones(len(t), bool)
+            for better, bt in used:
+                i = np.searchsorted(bt, t, side="right") - 1
+                last = np.where(i >= 0, bt[np.maximum(i, 0)], self.last_seen.get(better, -math.inf))
+                take &= t - last > _STALE_S
+            used.append((kind, t))
+            self.last_seen[kind] = float(t[-1])
+            ts.append(t[take])
+            ws.append(w[take])
+            holds.append(np.full(int(take.sum()), _HOLD_S.get(kind, math.nan)))
+            est.append(np.full(int(take.sum()), kind == ESTIMATE_W))
+        if not ts:
+            return
+        t, w, hold, is_est = (np.concatenate(x) for x in (ts, ws, holds, est))
+        if len(ts) > 1:
+            order = np.argsort(t, kind="stable")
+            t, w, hold, is_est = t[order], w[order], hold[order], is_est[order]
+            keep = np.r_[True, t[1:] > t[:-1]]
+            t, w, hold, is_est = t[keep], w[keep], hold[keep], is_est[keep]
         if self.p_last is not None:
-            keep &= t > self.p_last[0]
-        t, w = t[keep], w[keep]
+            keep = t > self.p_last[0]
+            t, w, hold, is_est = t[keep], w[keep], hold[keep], is_est[keep]
         if not len(t):
             return
-        inc = _power_increments(t, w, self.kind, self.p_last)
+        inc = _power_increments(t, w, hold, self.p_last)
         if self.p_last is None:
             inc[0] = 0.0
         cum = self.p_cum + np.cumsum(inc)
-        self.kt, self.kc = np.r_[self.kt, t], np.r_[self.kc, cum]
-        self.p_last, self.p_cum = (float(t[-1]), float(w[-1])), float(cum[-1])
+        ecum = self.e_cum + np.cumsum(np.where(is_est, inc, 0.0))
+        self.kt, self.kc, self.ke = np.r_[self.kt, t], np.r_[self.kc, cum], np.r_[self.ke, ecum]
+        self.p_last = (float(t[-1]), float(w[-1]))
+        self.p_cum, self.e_cum = float(cum[-1]), float(ecum[-1])
 
     def add_counter(self, t: np.ndarray, raw: np.ndarray) -> None:
         keep = np.r_[True, t[1:] > t[:-1]] if len(t) else np.zeros(0, bool)
@@ -198,6 +251,9 @@ class _Device:
     # ------------------------------------------------------------------ windows
     def _ip(self, x: np.ndarray) -> np.ndarray:
         return np.interp(x, self.kt, self.kc) if len(self.kt) else np.asarray(x, dtype=float)
+
+    def _ie(self, x: np.ndarray) -> np.ndarray:
+        return np.interp(x, self.kt, self.ke) if len(self.kt) else np.zeros(len(x))
 
     def _count(self, method: str, seconds: float) -> None:
         self.seconds_by_method[method] = self.seconds_by_method.get(method, 0.0) + seconds
@@ -241,21 +297,26 @@ class _Device:
         return False
 
     def _power_only(self, end: float) -> tuple[np.ndarray, ...]:
-        """One window from the boundary to ``end`` shaped by power alone."""
+        """One window from the boundary to ``end`` shaped by power alone (measured power scaled
+        by the counter's last calibration, estimates as they are)."""
         assert self.boundary is not None
         a, b = self.boundary, end
-        k = 1.0 if self.kind == ESTIMATE_W else self.scale
-        name = f"{self.kind} (no counter)" if self.has_counter else str(self.kind)
-        self._count(name, b - a)
+        k = self.scale
         ia, ib = self._ip(np.array([a, b]))
+        ea, eb = self._ie(np.array([a, b]))
+        estimated = eb - ea > 0.5 * (ib - ia)
+        kind = ESTIMATE_W if estimated else self.kind
+        self._count(f"{kind} (no counter)" if self.has_counter else str(kind), b - a)
         self.boundary, self.b_anchor = b, None
         return (
             np.array([a]),
-            np.array([k * (ib - ia)]),
+            np.array([k * (ib - ia) + (1 - k) * (eb - ea)]),
             np.array([k]),
             np.array([ia]),
             np.zeros(1),
             np.ones(1, bool),
+            np.array([1 - k]),
+            np.array([ea]),
             np.array([b]),
         )
 
@@ -273,6 +334,7 @@ class _Device:
         calibrated = prev_series == useries
         d_counter = np.where(calibrated, uacc - prev_acc, 0.0)
         ia, ib = self._ip(starts), self._ip(ends)
+        ea, eb = self._ie(starts), self._ie(ends)
         d_power = ib - ia
         has_shape = self.kind is not None and len(self.kt) > 1
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -293,7 +355,9 @@ class _Device:
             last_rate = np.r_[self.rate, rate[:-1]]
             slope[held] = last_rate[held] * self.scale
         self.rate = float(rate[calibrated][-1]) if calibrated.any() else self.rate
-        joules = np.where(shaped, k * d_power, slope * dur)
+        # Estimates are not calibrated by the counter (in power-only windows).
+        k2 = np.where(power_only, 1.0 - k, 0.0)
+        joules = np.where(shaped, k * d_power + k2 * (eb - ea), slope * dur)
         joules[good] = d_counter[good]
         method = np.select([good, power_only, calibrated], [0, 1, 2], 3)
         names = (
@@ -307,7 +371,7 @@ class _Device:
             self._count(names[i], float(seconds[i]))
         self.boundary = float(ut[-1])
         self.b_anchor = (float(uacc[-1]), int(useries[-1]))
-        return starts, joules, k, ia, slope, shaped, ends[-1:]
+        return starts, joules, k, ia, slope, shaped, k2, ea, ends[-1:]
 
     def _scales(
         self, d_counter: np.ndarray, d_power: np.ndarray, good: np.ndarray, wanted: np.ndarray
@@ -330,8 +394,6 @@ class _Device:
             sp = old * self.sum_p + float((w * p[lo:j]).sum())
             if j == n:
                 self.sum_c, self.sum_p = sc, sp
-            elif self.kind == ESTIMATE_W:
-                out.append(1.0)
             else:
                 out.append(min(2.0, max(0.5, sc / sp)) if sp > 0 else 1.0)
         return np.array(out)
@@ -339,20 +401,20 @@ class _Device:
     def _emit(self, parts: list[tuple[np.ndarray, ...]]) -> None:
         starts = np.concatenate([p[0] for p in parts])
         joules = np.concatenate([p[1] for p in parts])
-        end = float(parts[-1][6][0])
+        end = float(parts[-1][8][0])
         a = self.e + np.r_[0.0, np.cumsum(joules)]
         u = np.r_[starts, end]
         self.e = float(a[-1])
         lo = max(0, int(np.searchsorted(self.kt, starts[0], side="right")) - 1)
         hi = int(np.searchsorted(self.kt, end, side="left")) + 1
-        k, i0, slope, shaped = (np.concatenate([p[i] for p in parts]) for i in (2, 3, 4, 5))
-        block = _Block(
-            u, a[:-1], k, i0, slope, shaped, self.kt[lo:hi].copy(), self.kc[lo:hi].copy()
+        k, i0, slope, shaped, k2, ie0 = (
+            np.concatenate([p[i] for p in parts]) for i in (2, 3, 4, 5, 6, 7)
         )
-        self.blocks.append(block)
+        pt, pc, pe = (x[lo:hi].copy() for x in (self.kt, self.kc, self.ke))
+        self.blocks.append(_Block(u, a[:-1], k, i0, slope, shaped, pt, pc, k2, ie0, pe))
         # Power knots before the new boundary are no longer needed (keep the one before it).
         keep = max(0, int(np.searchsorted(self.kt, end, side="right")) - 1)
-        self.kt, self.kc = self.kt[keep:], self.kc[keep:]
+        self.kt, self.kc, self.ke = self.kt[keep:], self.kc[keep:], self.ke[keep:]
 
     # ------------------------------------------------------------------ query
     def at(self, x: np.ndarray) -> np.ndarray:
@@ -397,8 +459,8 @@ class TraceEnergy:
             found.setdefault(device, set()).add(kind)
         self._devices: dict[str, _Device] = {}
         for device, kinds in sorted(found.items()):
-            best = next((k for k in POWER_KINDS if k in kinds), None)
-            self._devices[device] = _Device(device, best, COUNTER_J in kinds)
+            power = tuple(k for k in POWER_KINDS if k in kinds)
+            self._devices[device] = _Device(device, power, COUNTER_J in kinds)
         self._names = list(names)
         self._blocks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]] = iter(blocks)
         self._covered = -math.inf
@@ -439,14 +501,16 @@ class TraceEnergy:
             self._covered = math.inf
             return False
         t, code, value = block
+        power: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         for c in np.unique(code).tolist():
             device, kind = self._names[c]
-            dev = self._devices[device]
             m = code == c
             if kind == COUNTER_J:
-                dev.add_counter(t[m], value[m])
-            elif kind == dev.kind:
-                dev.add_power(t[m], value[m])
+                self._devices[device].add_counter(t[m], value[m])
+            elif kind in POWER_KINDS:
+                power.setdefault(device, {})[kind] = (t[m], value[m])
+        for device, by_kind in power.items():
+            self._devices[device].add_power(by_kind)
         for dev in self._devices.values():
             dev.advance(final=False)
             if dev.blocks and dev.first is None:

@@ -5,7 +5,8 @@
 The cases: the three bundled real GPU traces; a killed run (a recording never closed, its
 samples stream cut mid-way, the counter polled on its own clock so reads are 0-100 ms stale);
 power fields only (the counter rows removed); CPU devices (RAPL package and DRAM counters
-read every 0.5 s, no power, and a CPU estimate); two GPUs replayed side by side (two bundled
+read every 0.5 s, no power, and a CPU estimate); a GPU lost mid-run and estimated from there
+(as the meter records an unmeasured device); two GPUs replayed side by side (two bundled
 traces as ``gpu0`` and ``gpu1``).
 
 Example:
@@ -84,6 +85,18 @@ def cpu_case(seed: int = 5) -> TraceColumns:
     return TraceColumns.from_trace(Trace(samples, steps, meta))
 
 
+def lost_gpu_case(seed: int = 6, lost_at: float = 25.0) -> TraceColumns:
+    """A GPU lost mid-run: its counter and power stop at ``lost_at`` and, as the meter records
+    an unmeasured device, an estimate of its mean power follows every 0.5 s to the end."""
+    run = synthetic_run(seed=seed, duration_s=40.0)
+    kept = [r for r in run.trace.samples if r.t < lost_at]
+    watts = run.true_energy(lost_at - 5.0, lost_at) / 5.0
+    estimates = [
+        Reading(float(t), "gpu0", ESTIMATE_W, watts) for t in np.arange(lost_at + 0.5, 40.0, 0.5)
+    ]
+    return TraceColumns.from_trace(Trace([*kept, *estimates], run.trace.steps, run.trace.meta))
+
+
 def two_gpu_case() -> TraceColumns:
     """``h200-mlp-stall`` as ``gpu0`` and ``h100-mlp`` as ``gpu1``, side by side on one clock
     (what a replay of both records), with the first trace's steps and fit window."""
@@ -102,6 +115,7 @@ def agreement_cases(folder: str | Path | None = None) -> dict[str, Callable[[], 
     cases["killed run"] = lambda: killed_run_case(folder)
     cases["power fields only"] = power_only_case
     cases["CPU: RAPL counters, estimate"] = cpu_case
+    cases["GPU lost, then estimated"] = lost_gpu_case
     cases["two GPUs replayed"] = two_gpu_case
     return cases
 
