@@ -271,9 +271,16 @@ def _compact_chunk_fast(state: _CompactState, data: bytes, mode: str = "all") ->
     pos = np.where(row_phase >= 0, np.arange(len(row_phase)), 0)
     row_phase = row_phase[np.maximum.accumulate(pos)]
     has_gpu = gpu_of
-    index = state.index + np.cumsum(ints[:, 0])
-    host = state.host + np.cumsum(ints[:, 1])
-    gpu = state.gpu + np.cumsum(np.where(has_gpu, ints[:, 2], 0))
+
+    def running(start: int, col: int, decoded: bool) -> np.ndarray:
+        """The column's running total from ``start`` (constant when it was not decoded)."""
+        if not decoded:
+            return np.full(f.rows, start, dtype=np.int64)
+        return start + np.cumsum(ints[:, col] if col != 2 else np.where(has_gpu, ints[:, 2], 0))
+
+    index = running(state.index, 0, 2 in cols)
+    host = running(state.host, 1, 3 in cols)
+    gpu = running(state.gpu, 2, 4 in cols)
     if not (np.abs(host) * COMPACT_UNIT_S <= MAX_ABS_TIME_S).all():
         return None
     if not (np.abs(gpu) * COMPACT_UNIT_S <= MAX_ABS_TIME_S).all():
