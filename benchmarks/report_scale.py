@@ -10,7 +10,9 @@ directory. Then runs the report on each in a fresh subprocess, in turn:
 * ``table``: ``lightning-watt report RUN --no-plots`` (table and report.json),
 * ``plots``: the same with the four per-run plots,
 * ``trace only``: the trace given on its own (no summary: every number comes from the
-  trace, so the fused energy timeline is built; ``--trace-only`` to include it),
+  trace, through the report's energy engine; ``--trace-only`` to include it),
+* ``baseline``: the same with another checkout's code (``--baseline PATH``), for a before and
+  after measured in one run,
 
 and prints wall time and peak RSS (``getrusage`` of the child) against the targets (10 s, 20 s,
 500 MB), and the size of the files. Variants are interleaved per repetition.
@@ -47,7 +49,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout
 from lightning_watt.energy.trace import COMPACT_PER_S, COMPACT_STEPS_HEADER, FORMAT_V1_1  # noqa: E402
 
 STEP_S = 0.0017
-TARGETS = {"table": 10.0, "plots": 20.0, "trace only": 10.0}
+TARGETS = {"table": 10.0, "plots": 20.0, "trace only": 10.0, "baseline": 10.0}
 TARGET_RSS_MB = 500.0
 
 # Peak RSS from /proc (VmHWM): getrusage's ru_maxrss survives exec on Linux, so a child would
@@ -182,9 +184,10 @@ def write_run(directory: Path, hours: int, seed: int = 0) -> Path:
     return directory
 
 
-def measure(argv: list[str]) -> tuple[int, float, float]:
-    """Exit code, wall seconds and peak RSS (MB) of one report in a fresh interpreter."""
-    code = _CHILD.format(repo=str(REPO), argv=argv)
+def measure(argv: list[str], repo: Path = REPO) -> tuple[int, float, float]:
+    """Exit code, wall seconds and peak RSS (MB) of one report in a fresh interpreter, with the
+    package of the checkout ``repo``."""
+    code = _CHILD.format(repo=str(repo), argv=argv)
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=REPO
     )
@@ -223,6 +226,11 @@ def main() -> None:
     parser.add_argument("--hours", type=int, nargs="+", default=[6, 24])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--trace-only", action="store_true", help="also the trace on its own")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout: its report on the trace alone runs too, interleaved (before/after)",
+    )
     parser.add_argument("--agreement", action="store_true", help="compare the two engines")
     parser.add_argument("--agreement-hours", type=int, default=6)
     args = parser.parse_args()
@@ -250,10 +258,13 @@ def main() -> None:
                 for f in run.glob("watt_trace.*"):
                     os.link(f, bare / f.name)
                 variants["trace only"] = ["report", str(bare), "-o", str(out), "--no-plots", "-q"]
+                if args.baseline:
+                    variants["baseline"] = variants["trace only"]
             results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
             for _ in range(args.repeats):
                 for name, argv in variants.items():
-                    rc, wall, rss = measure(argv)
+                    repo = args.baseline if name == "baseline" else REPO
+                    rc, wall, rss = measure(argv, repo)
                     if rc != 0:
                         raise SystemExit(f"{name}: exit status {rc}")
                     results[name].append((wall, rss))
@@ -264,6 +275,13 @@ def main() -> None:
                 print(
                     f"{name:<11} {np.median(walls):>8.1f} ({min(walls):.1f}..{max(walls):.1f})"
                     f" {TARGETS[name]:>7.0f} {rss:>8.0f} / {TARGET_RSS_MB:.0f}"
+                )
+            if "baseline" in results:
+                pairs = zip(results["baseline"], results["trace only"], strict=True)
+                ratios = [b / t for (b, _), (t, _) in pairs]
+                print(
+                    f"trace alone, baseline / this checkout: {np.median(ratios):.1f}x "
+                    f"({min(ratios):.1f}..{max(ratios):.1f}), paired per repetition"
                 )
 
 
