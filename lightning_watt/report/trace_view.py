@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
@@ -169,13 +168,6 @@ class TraceView:
                 found.append(f"trace not read ({err})")
             return None
         return self.trace
-
-    @cached_property
-    def _timeline(self) -> Any:
-        """The fused timeline (built only for numbers no summary gives: it costs about 5 us
-        a reading)."""
-        assert self.columns is not None
-        return self.columns.timeline()
 
     @property
     def has_trace(self) -> bool:
