@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lightning_watt.energy import csv_chunks
+from lightning_watt.energy.csv_chunks import _fields, _ints
 from lightning_watt.energy.trace import TraceWriter, load_trace
 from lightning_watt.energy.trace_columns import load_columns
 from lightning_watt.report.trace_view import TraceView
@@ -62,3 +65,34 @@ def test_small_chunks_are_really_many(recorded: Path, monkeypatch: pytest.Monkey
     chunks = list(load_columns(recorded).step_chunks())
     assert len(chunks) >= 5
     assert [e for c in chunks for e in c.edges()] == load_trace(recorded).steps
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(-(10**15) + 1, 10**15 - 1).map(str),
+            st.text(alphabet="0123456789-+.e a", min_size=0, max_size=17),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_integer_fields_decode_as_int_does(fields: list[str]) -> None:
+    """The vectorised integer decoder gives ``int()``'s values for plain integers of up to 15
+    digits, and gives up (``None``: the caller's per-row parser then names the line) on
+    anything else."""
+    data = "".join(f"x,{text}\n" for text in fields).encode()
+    f = _fields(data, 2)
+    got = _ints(f, [1]) if f is not None else None
+
+    def plain(text: str) -> bool:
+        digits = text[1:] if text.startswith("-") else text
+        return digits.isdigit() and len(digits) <= 15 and digits.isascii()
+
+    assert f is not None  # two plain fields per row: the splitter always takes them
+    if all(plain(t) for t in fields):
+        assert got is not None
+        assert got[:, 0].tolist() == [int(t) for t in fields]
+    else:
+        assert got is None
