@@ -25,6 +25,7 @@ from lightning_watt.testing.synthetic import synthetic_run
 from lightning_watt.testing.trace_cases import (
     agreement_cases,
     compare_engines,
+    counter_lost_case,
     lost_gpu_case,
     power_only_case,
 )
@@ -35,9 +36,9 @@ from lightning_watt.testing.trace_cases import (
 TOTAL_TOL = 1e-3
 PHASE_TOL = 3e-3
 CURVE_TOL = 5e-3
-#: Compared on their own below: power fields alone (against the timeline fed the same kind)
-#: and a lost GPU (against what the meter counted).
-OWN_TESTS = ("power fields only", "GPU lost, then estimated")
+#: Compared on their own below: power fields alone (against the timeline fed the same kind),
+#: a lost GPU (against what the meter counted) and a lost counter (against the truth).
+OWN_TESTS = ("power fields only", "GPU lost, then estimated", "counter lost, power goes on")
 COUNTER_CASES = [c for c in agreement_cases() if c not in OWN_TESTS]
 
 
@@ -92,6 +93,16 @@ def test_a_lost_gpu_counts_its_estimate_from_its_last_reading() -> None:
     got = trace_numbers(cols, _SpanStream(cols), "vectorised")
     assert got.total_J == pytest.approx(expected, rel=1e-3)
     assert "estimate_W (no counter)" in got.methods["gpu0"]
+
+
+def test_a_lost_counter_leaves_power_calibrated_by_it() -> None:
+    """Power alone after the counter stops (two thirds of this run), scaled by the counter's
+    calibration: within 0.2 % of the truth (the timeline, 0.15 % the other way)."""
+    run = synthetic_run(seed=8, duration_s=60.0, counter_read_interval_s=0.1)
+    cols = counter_lost_case(seed=8, lost_at=20.0)
+    got = trace_numbers(cols, _SpanStream(cols), "vectorised")
+    assert got.total_J == pytest.approx(run.true_energy(*cols.fit_window), rel=2e-3)
+    assert got.methods["gpu0"][0] == "buffer_W (no counter)"
 
 
 def test_totals_and_phases_against_exact_truth() -> None:

@@ -64,10 +64,13 @@ _HOLD_S = {BUFFER_W: 0.1, ESTIMATE_W: math.inf}
 #: A lesser power kind fills in where the better ones have been silent this long (seconds),
 #: as the timeline stops waiting for a reader.
 _STALE_S = 2.0
-#: The timeline's calibration memory: each window's weight decays by this per window; after
-#: this many windows a weight is below 1e-13 and is left out.
-_DECAY = 0.9
-_DECAY_SPAN = 300
+#: The counter's calibration of power, carried where the counter is missing: decayed sums of
+#: counter and power joules, each window's weight shrinking by this per later window (a time
+#: constant of 200 windows, 20 s: read-time anchors make single windows 0-100 ms off, which
+#: the timeline's 10-window memory, on recovered update instants, does not have to average
+#: out); windows further back than the span are left out (weight below 1e-6).
+_DECAY = 0.995
+_DECAY_SPAN = 3000
 #: Methods, as the timeline names them.
 _LINEAR = "counter_J"
 
@@ -276,8 +279,15 @@ class _Device:
                 )
                 self.at_t, self.at_acc = self.at_t[ready:], self.at_acc[ready:]
                 self.at_series = self.at_series[ready:]
-        # Power alone past the last counter value: at the end, or all along without a counter.
-        if (final or not self.has_counter) and len(self.kt) and self.kt[-1] > self.boundary:
+        # Power alone past the last counter value: at the end, all along without a counter, or
+        # once the counter has been silent for over 2 s while power goes on (as the timeline).
+        quiet = not self.has_counter or (
+            self.c_last is not None
+            and not len(self.at_t)
+            and len(self.kt) > 0
+            and self.kt[-1] - self.c_last[0] > _STALE_S
+        )
+        if (final or quiet) and len(self.kt) and self.kt[-1] > self.boundary:
             parts.append(self._power_only(float(self.kt[-1])))
         if parts:
             self._emit(parts)

@@ -6,8 +6,8 @@ The cases: the three bundled real GPU traces; a killed run (a recording never cl
 samples stream cut mid-way, the counter polled on its own clock so reads are 0-100 ms stale);
 power fields only (the counter rows removed); CPU devices (RAPL package and DRAM counters
 read every 0.5 s, no power, and a CPU estimate); a GPU lost mid-run and estimated from there
-(as the meter records an unmeasured device); two GPUs replayed side by side (two bundled
-traces as ``gpu0`` and ``gpu1``).
+(as the meter records an unmeasured device); a counter lost while power goes on; two GPUs
+replayed side by side (two bundled traces as ``gpu0`` and ``gpu1``).
 
 Example:
     >>> cols = power_only_case()
@@ -97,6 +97,13 @@ def lost_gpu_case(seed: int = 6, lost_at: float = 25.0) -> TraceColumns:
     return TraceColumns.from_trace(Trace([*kept, *estimates], run.trace.steps, run.trace.meta))
 
 
+def counter_lost_case(seed: int = 8, lost_at: float = 20.0) -> TraceColumns:
+    """The counter stops at ``lost_at`` (its reader failed) while the power readers go on."""
+    run = synthetic_run(seed=seed, duration_s=60.0, counter_read_interval_s=0.1)
+    kept = [r for r in run.trace.samples if r.kind != COUNTER_J or r.t < lost_at]
+    return TraceColumns.from_trace(Trace(kept, run.trace.steps, run.trace.meta))
+
+
 def two_gpu_case() -> TraceColumns:
     """``h200-mlp-stall`` as ``gpu0`` and ``h100-mlp`` as ``gpu1``, side by side on one clock
     (what a replay of both records), with the first trace's steps and fit window."""
@@ -116,6 +123,7 @@ def agreement_cases(folder: str | Path | None = None) -> dict[str, Callable[[], 
     cases["power fields only"] = power_only_case
     cases["CPU: RAPL counters, estimate"] = cpu_case
     cases["GPU lost, then estimated"] = lost_gpu_case
+    cases["counter lost, power goes on"] = counter_lost_case
     cases["two GPUs replayed"] = two_gpu_case
     return cases
 
