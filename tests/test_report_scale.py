@@ -4,6 +4,7 @@ and curves as the same trace held in memory."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from lightning_watt.energy import csv_chunks
 from lightning_watt.energy.csv_chunks import _fields, _ints
 from lightning_watt.energy.trace import TraceWriter, load_trace
-from lightning_watt.energy.trace_columns import load_columns
+from lightning_watt.energy.trace_columns import StepReader, load_columns
 from lightning_watt.report.trace_view import TraceView
 from lightning_watt.testing.synthetic import synthetic_run
 
@@ -96,3 +97,17 @@ def test_integer_fields_decode_as_int_does(fields: list[str]) -> None:
         assert got[:, 0].tolist() == [int(t) for t in fields]
     else:
         assert got is None
+
+
+def test_host_times_survive_a_chunk_the_fast_parser_refuses(tmp_path: Path) -> None:
+    """In host-only mode GPU deltas are not summed; a chunk parsed row by row (here: a quoted
+    phase) must then give host times, not GPU times counted from an unknown base."""
+    rows = ["train,s,0,100000,100400\n"]
+    rows += [f",{'e' if k % 2 else 's'},1,{300 + k},{310 + k}\n" for k in range(40)]
+    rows += ['"train",e,1,500,520\n', ",s,0,30,40\n", ",e,1,400,410\n"]
+    path = tmp_path / "t.steps.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("phase,edge,dindex,dt_host_10us,dt_gpu_10us\n" + "".join(rows))
+    full = np.concatenate([c.t_host for c in StepReader(path, 256)])
+    host = np.concatenate([c.t for c in StepReader(path, 256, host_only=True)])
+    np.testing.assert_array_equal(host, full)

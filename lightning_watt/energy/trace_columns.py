@@ -401,6 +401,9 @@ class StepReader:
                         header,
                         functools.partial(parse_compact_row, state),
                     )
+                    if mode == "host":
+                        # GPU deltas were never summed in this mode: their totals are unknown.
+                        got.t_gpu[:] = math.nan
             else:
                 got = _slow_steps(self.path, lineno, data, header, _trace._parse_step)
             yield got

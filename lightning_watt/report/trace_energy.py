@@ -1,13 +1,14 @@
 """The fit's energy from a trace alone (no summary beside it), in one streamed pass: total and
 per device, per phase, the devices' cumulative energy on a time grid, and how it was fused.
 
-Two engines give the numbers (:attr:`TraceNumbers.engine` says which, and ``report.json`` and
-the printed warning repeat it):
+Two engines give the numbers (:attr:`TraceNumbers.engine` says which; ``report.json`` repeats
+it and the report prints a note for the vectorised one):
 
 * ``timeline``: the fused :class:`~lightning_watt.energy.timeline.EnergyTimeline`, the live
   meter's own code (counter clock recovered), for traces up to :data:`EXACT_MAX_ROWS` rows;
 * ``vectorised``: :class:`~lightning_watt.energy.fast_energy.TraceEnergy`, counter-anchored at
-  read times, streamed in blocks, for longer ones (a day of one GPU in seconds, not 78 s).
+  read times, streamed in blocks, for longer ones (8x faster than the timeline on a day of one
+  GPU: what is left is parsing the files).
 
 Example:
     >>> from lightning_watt.energy.trace import bundled_trace
@@ -41,8 +42,9 @@ ENGINES = ("timeline", "vectorised")
 ENGINE_NOTES = {
     "timeline": "fused energy timeline (the live meter's code)",
     "vectorised": (
-        "vectorised counter-anchored fusion at counter read times (totals within 0.1 % of the "
-        "fused timeline; phase splits move by up to one 100 ms counter update per step edge)"
+        "vectorised counter-anchored fusion at counter read times (counter-anchored totals "
+        "within 0.1 % of the fused timeline; phase splits move by up to one 100 ms counter "
+        "update per step edge)"
     ),
 }
 #: Phases the callback records; a trace's other labels (``stall``, ``load``) count as gap.
