@@ -111,3 +111,27 @@ def test_host_times_survive_a_chunk_the_fast_parser_refuses(tmp_path: Path) -> N
     full = np.concatenate([c.t_host for c in StepReader(path, 256)])
     host = np.concatenate([c.t for c in StepReader(path, 256, host_only=True)])
     np.testing.assert_array_equal(host, full)
+
+
+def test_an_abandoned_reader_stops_its_helper_thread(tmp_path: Path) -> None:
+    """Decompression runs ahead on a helper thread; a reader dropped after its first chunk (a
+    header check) must not leave that thread blocked behind it."""
+    import threading
+    import time
+
+    from lightning_watt.energy.csv_chunks import GzipText
+
+    path = tmp_path / "big.csv.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(b"".join(b"%d,gpu0,buffer_W,1.5\n" % i for i in range(200_000)))
+    it = GzipText(path, 4096).chunks()
+    assert next(it)[0] == 1
+    del it  # closed at once: its helper sees the stop within a put's timeout
+
+    def helpers() -> int:
+        return sum(t.name == "lightning-watt-gunzip" for t in threading.enumerate())
+
+    deadline = time.monotonic() + 5.0
+    while helpers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert helpers() == 0

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import csv
 import io
+import queue
+import threading
 import warnings
 import zlib
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +61,44 @@ class GzipText:
             raise TraceFormatError(f"{self.path}: cannot be read ({err})") from None
 
     def chunks(self) -> Iterator[tuple[int, bytes]]:
-        """``(line number of the chunk's first line, whole lines)`` pairs."""
+        """``(line number of the chunk's first line, whole lines)`` pairs. Reading and
+        decompressing run a chunk or two ahead on a helper thread: zlib releases the GIL, so
+        they overlap the caller's parsing."""
+        items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def put(item: tuple[str, Any]) -> bool:
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False  # the reader was abandoned
+
+        def produce() -> None:
+            try:
+                for chunk in self._read_chunks():
+                    if not put(("chunk", chunk)):
+                        return
+                put(("end", None))
+            except BaseException as err:  # handed to the reader, raised there
+                put(("error", err))
+
+        threading.Thread(target=produce, name="lightning-watt-gunzip", daemon=True).start()
+        try:
+            while True:
+                kind, item = items.get()
+                if kind == "chunk":
+                    yield item
+                elif kind == "error":
+                    raise item
+                else:
+                    return
+        finally:
+            stop.set()
+
+    def _read_chunks(self) -> Iterator[tuple[int, bytes]]:
         lineno, pending = 1, b""
         with self._open() as fh:
             d = zlib.decompressobj(31)
