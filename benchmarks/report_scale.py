@@ -10,15 +10,23 @@ directory. Then runs the report on each in a fresh subprocess, in turn:
 * ``table``: ``lightning-watt report RUN --no-plots`` (table and report.json),
 * ``plots``: the same with the four per-run plots,
 * ``trace only``: the trace given on its own (no summary: every number comes from the
-  trace, so the fused energy timeline is built; ``--trace-only`` to include it),
+  trace, through the report's energy engine; ``--trace-only`` to include it),
+* ``baseline``: the same with another checkout's code (``--baseline PATH``), for a before and
+  after measured in one run,
 
 and prints wall time and peak RSS (``getrusage`` of the child) against the targets (10 s, 20 s,
 500 MB), and the size of the files. Variants are interleaved per repetition.
+
+``--agreement`` instead compares the report's two engines for a trace alone
+(:mod:`lightning_watt.report.trace_energy`: the fused timeline and the vectorised path) on
+every case of :mod:`lightning_watt.testing.trace_cases` and on a synthetic run of
+``--agreement-hours`` (the same generator), with the time each took.
 
 Usage::
 
     python benchmarks/report_scale.py                 # 6 h and 24 h, 1 repetition
     python benchmarks/report_scale.py --hours 1 6 --repeats 3 --trace-only
+    python benchmarks/report_scale.py --agreement --agreement-hours 6
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout
 from lightning_watt.energy.trace import COMPACT_PER_S, COMPACT_STEPS_HEADER, FORMAT_V1_1  # noqa: E402
 
 STEP_S = 0.0017
-TARGETS = {"table": 10.0, "plots": 20.0, "trace only": 10.0}
+TARGETS = {"table": 10.0, "plots": 20.0, "trace only": 10.0, "baseline": 10.0}
 TARGET_RSS_MB = 500.0
 
 # Peak RSS from /proc (VmHWM): getrusage's ru_maxrss survives exec on Linux, so a child would
@@ -94,7 +102,9 @@ def _samples_hour(rng: np.random.Generator, t0: float, acc0: float) -> tuple[byt
 def _steps_hour(rng: np.random.Generator, first: bool) -> bytes:
     """One hour of 1.7 ms steps as the meter's recorder writes them (compact layout, runs of
     steps within 4 ms merged: spans of 3 steps), with a 30 s validation block every 20 minutes;
-    host times jitter by tens of us, the GPU trails by 4-12 ms, drawn afresh per edge."""
+    host times jitter by tens of us, the GPU trails by 4-12 ms. The lag wanders slowly (a
+    random walk kept in 4-12 ms), so GPU times stay in order, as a GPU finishes work in the
+    order it was queued (lags drawn afresh per edge put ends before their starts)."""
     per_span = 3
     n = int(3600 / (STEP_S * per_span))
     units = COMPACT_PER_S
@@ -102,8 +112,10 @@ def _steps_hour(rng: np.random.Generator, first: bool) -> bytes:
     idle = np.round(np.abs(rng.normal(1e-4, 10e-6, n)) * units).astype(np.int64)
     dh = np.empty(2 * n, dtype=np.int64)
     dh[0::2], dh[1::2] = idle, busy
-    lead = np.round(rng.uniform(0.004, 0.012, 2 * n) * units).astype(np.int64)
-    dg = dh + np.diff(lead, prepend=lead[0])
+    walk = np.cumsum(rng.normal(0.0, 2e-6, 2 * n)) + rng.uniform(0.004, 0.012)
+    walk = 0.008 + np.abs((walk - 0.004) % 0.016 - 0.008) - 0.004  # reflected into 4-12 ms
+    lead = np.round(walk * units).astype(np.int64)
+    dg = np.maximum(dh + np.diff(lead, prepend=lead[0]), 0)
     phase_col = [""] * (2 * n)
     per_block = int(1200 / (STEP_S * per_span))
     for k in range(0, n, per_block):
@@ -172,9 +184,10 @@ def write_run(directory: Path, hours: int, seed: int = 0) -> Path:
     return directory
 
 
-def measure(argv: list[str]) -> tuple[int, float, float]:
-    """Exit code, wall seconds and peak RSS (MB) of one report in a fresh interpreter."""
-    code = _CHILD.format(repo=str(REPO), argv=argv)
+def measure(argv: list[str], repo: Path = REPO) -> tuple[int, float, float]:
+    """Exit code, wall seconds and peak RSS (MB) of one report in a fresh interpreter, with the
+    package of the checkout ``repo``."""
+    code = _CHILD.format(repo=str(repo), argv=argv)
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=REPO
     )
@@ -185,13 +198,46 @@ def measure(argv: list[str]) -> tuple[int, float, float]:
     raise RuntimeError(f"report failed: {out.stderr[-2000:]}")
 
 
+def agreement(hours: int) -> None:
+    """The vectorised engine against the fused timeline, case by case (percent)."""
+    from lightning_watt.energy.trace_columns import load_columns
+    from lightning_watt.testing.trace_cases import agreement_cases, compare_engines
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = agreement_cases(tmp)
+        if hours:
+            run = write_run(Path(tmp) / "synthetic", hours)
+            cases[f"synthetic {hours} h (this script's)"] = lambda: load_columns(run / "watt_trace")
+        print(f"{'case':<36} {'total':>9} {'phase':>9} {'curve':>9} {'device':>9} {'s':>6}")
+        for name, make in cases.items():
+            cols = make()
+            t0 = time.perf_counter()
+            got = compare_engines(cols)
+            took = time.perf_counter() - t0
+            print(
+                f"{name:<36} "
+                + " ".join(f"{100 * got[k]:>+8.4f}%" for k in ("total", "phase", "curve", "device"))
+                + f" {took:>6.1f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=int, nargs="+", default=[6, 24])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--trace-only", action="store_true", help="also the trace on its own")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout: its report on the trace alone runs too, interleaved (before/after)",
+    )
+    parser.add_argument("--agreement", action="store_true", help="compare the two engines")
+    parser.add_argument("--agreement-hours", type=int, default=6)
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} cpus")
+    if args.agreement:
+        agreement(args.agreement_hours)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for hours in args.hours:
             t0 = time.perf_counter()
@@ -212,10 +258,13 @@ def main() -> None:
                 for f in run.glob("watt_trace.*"):
                     os.link(f, bare / f.name)
                 variants["trace only"] = ["report", str(bare), "-o", str(out), "--no-plots", "-q"]
+                if args.baseline:
+                    variants["baseline"] = variants["trace only"]
             results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
             for _ in range(args.repeats):
                 for name, argv in variants.items():
-                    rc, wall, rss = measure(argv)
+                    repo = args.baseline if name == "baseline" else REPO
+                    rc, wall, rss = measure(argv, repo)
                     if rc != 0:
                         raise SystemExit(f"{name}: exit status {rc}")
                     results[name].append((wall, rss))
@@ -226,6 +275,13 @@ def main() -> None:
                 print(
                     f"{name:<11} {np.median(walls):>8.1f} ({min(walls):.1f}..{max(walls):.1f})"
                     f" {TARGETS[name]:>7.0f} {rss:>8.0f} / {TARGET_RSS_MB:.0f}"
+                )
+            if "baseline" in results:
+                pairs = zip(results["baseline"], results["trace only"], strict=True)
+                ratios = [b / t for (b, _), (t, _) in pairs]
+                print(
+                    f"trace alone, baseline / this checkout: {np.median(ratios):.1f}x "
+                    f"({min(ratios):.1f}..{max(ratios):.1f}), paired per repetition"
                 )
 
 

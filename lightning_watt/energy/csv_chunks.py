@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import csv
 import io
+import queue
+import threading
 import warnings
 import zlib
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +61,44 @@ class GzipText:
             raise TraceFormatError(f"{self.path}: cannot be read ({err})") from None
 
     def chunks(self) -> Iterator[tuple[int, bytes]]:
-        """``(line number of the chunk's first line, whole lines)`` pairs."""
+        """``(line number of the chunk's first line, whole lines)`` pairs. Reading and
+        decompressing run a chunk or two ahead on a helper thread: zlib releases the GIL, so
+        they overlap the caller's parsing."""
+        items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def put(item: tuple[str, Any]) -> bool:
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False  # the reader was abandoned
+
+        def produce() -> None:
+            try:
+                for chunk in self._read_chunks():
+                    if not put(("chunk", chunk)):
+                        return
+                put(("end", None))
+            except BaseException as err:  # handed to the reader, raised there
+                put(("error", err))
+
+        threading.Thread(target=produce, name="lightning-watt-gunzip", daemon=True).start()
+        try:
+            while True:
+                kind, item = items.get()
+                if kind == "chunk":
+                    yield item
+                elif kind == "error":
+                    raise item
+                else:
+                    return
+        finally:
+            stop.set()
+
+    def _read_chunks(self) -> Iterator[tuple[int, bytes]]:
         lineno, pending = 1, b""
         with self._open() as fh:
             d = zlib.decompressobj(31)
@@ -199,33 +239,30 @@ class _Fields:
 
 def _ints(f: _Fields, cols: list[int]) -> np.ndarray | None:
     """The integer fields ``cols`` (an optional ``-`` then up to 15 digits), shape
-    ``(rows, len(cols))``: the fields of each length gathered into a byte matrix, digits times
-    their place values, no text parser. ``None`` when any field is anything else (the caller
-    falls back)."""
+    ``(rows, len(cols))``: Horner's rule over the fields' digits, right-aligned, one place at a
+    time for every row at once (deltas are a few digits: a few passes), no text parser.
+    ``None`` when any field is anything else (the caller falls back)."""
     starts = np.stack([f.start[k] for k in cols], axis=1).ravel()
     ends = np.stack([f.end[k] for k in cols], axis=1).ravel()
-    values = np.zeros(len(starts), dtype=np.int64)
     if not len(starts):
-        return values.reshape(0, len(cols))
+        return np.zeros((0, len(cols)), dtype=np.int64)
     lengths = ends - starts
     if lengths.min() < 1 or lengths.max() > 16:
         return None
-    for length in np.unique(lengths).tolist():
-        which = np.flatnonzero(lengths == length)
-        digits = f.arr[starts[which][:, None] + np.arange(length)]  # a copy: ours to change
-        negative = digits[:, 0] == 45
-        digits -= 48  # uint8: a byte that is not a digit wraps past 9
-        digits[negative, 0] = 0
-        if (
-            digits.max() > 9
-            or (length == 1 and negative.any())
-            or (length == 16 and not negative.all())
-        ):
-            return None
-        # Float place values through BLAS: exact, as every value is below 10**15 < 2**53.
-        got = (digits.astype(np.float64) @ (10.0 ** np.arange(length - 1, -1, -1))).astype(np.int64)
-        values[which] = np.where(negative, -got, got)
-    return values.reshape(-1, len(cols))
+    negative = f.arr[starts] == 45
+    digits = lengths - negative
+    if digits.min() < 1 or digits.max() > 15:  # below 10**15: exact in int64 and float64
+        return None
+    value = np.zeros(len(starts), dtype=np.int64)
+    bad = np.zeros(len(starts), dtype=bool)
+    for back in range(int(digits.max()), 0, -1):  # the most significant place first
+        has = digits >= back
+        byte = f.arr[np.where(has, ends - back, 0)].astype(np.int64) - 48
+        bad |= has & ((byte < 0) | (byte > 9))
+        value = value * 10 + np.where(has, byte, 0)
+    if bad.any():
+        return None
+    return np.where(negative, -value, value).reshape(-1, len(cols))
 
 
 def _fields(data: bytes, ncols: int) -> _Fields | None:

@@ -217,23 +217,37 @@ class _CompactState:
     index: int = 0
     host: int = 0
     gpu: int = 0
+    #: False once host deltas were skipped (``times`` mode): ``host`` is then unknown.
+    host_known: bool = True
 
 
-def _compact_chunk_fast(
-    state: _CompactState, data: bytes, host_only: bool = False
-) -> StepChunk | None:
+class _HostUnknown(Exception):
+    """A row without a GPU time after host times were skipped: read again in full."""
+
+
+#: What a compact chunk decodes: every column; host times only (plots); each edge's best time
+#: only (the GPU's, and the host's only where a row has no GPU time; indices left 0).
+_MODES = ("all", "host", "times")
+
+
+def _compact_chunk_fast(state: _CompactState, data: bytes, mode: str = "all") -> StepChunk | None:
     f = _fields(data, 5)
-    if f is None:
+    if f is None or np.any(f.end[1] - f.start[1] != 1):
         return None
-    ints = _ints(f, [3]) if host_only else _ints(f, [2, 3, 4])
-    if ints is None or np.any(f.end[1] - f.start[1] != 1):
-        return None
-    if host_only:  # the other columns are neither parsed nor checked: left as 0 / unknown
-        ints = np.concatenate((np.zeros_like(ints), ints, np.zeros_like(ints)), axis=1)
     letter = f.arr[f.start[1]]
     start_of, gpu_of = _LETTER_START[letter], _LETTER_GPU[letter]
     if not _LETTER_OK[letter].all():
         return None
+    skip_host = mode == "times" and bool(gpu_of.all())
+    if mode == "times" and not skip_host and not state.host_known:
+        raise _HostUnknown
+    # Columns not decoded are neither parsed nor checked: left as 0 / unknown.
+    cols = {"all": [2, 3, 4], "host": [3], "times": [4] if skip_host else [3, 4]}[mode]
+    got = _ints(f, cols)
+    if got is None:
+        return None
+    ints = np.zeros((f.rows, 3), dtype=np.int64)
+    ints[:, [c - 2 for c in cols]] = got
     # The phase is written only where it changes: few rows hold one.
     named = np.flatnonzero(f.end[0] > f.start[0])
     phases: list[str] = []
@@ -257,23 +271,32 @@ def _compact_chunk_fast(
     pos = np.where(row_phase >= 0, np.arange(len(row_phase)), 0)
     row_phase = row_phase[np.maximum.accumulate(pos)]
     has_gpu = gpu_of
-    index = state.index + np.cumsum(ints[:, 0])
-    host = state.host + np.cumsum(ints[:, 1])
-    gpu = state.gpu + np.cumsum(np.where(has_gpu, ints[:, 2], 0))
+
+    def running(start: int, col: int, decoded: bool) -> np.ndarray:
+        """The column's running total from ``start`` (constant when it was not decoded)."""
+        if not decoded:
+            return np.full(f.rows, start, dtype=np.int64)
+        return start + np.cumsum(ints[:, col] if col != 2 else np.where(has_gpu, ints[:, 2], 0))
+
+    index = running(state.index, 0, 2 in cols)
+    host = running(state.host, 1, 3 in cols)
+    gpu = running(state.gpu, 2, 4 in cols)
     if not (np.abs(host) * COMPACT_UNIT_S <= MAX_ABS_TIME_S).all():
         return None
     if not (np.abs(gpu) * COMPACT_UNIT_S <= MAX_ABS_TIME_S).all():
         return None
     state.phase = phases[row_phase[-1]]
     state.index, state.host, state.gpu = int(index[-1]), int(host[-1]), int(gpu[-1])
-    if host_only:
+    if mode == "host":
         has_gpu = np.zeros_like(has_gpu)
+    if skip_host:
+        state.host_known = False
     return StepChunk(
         phases,
         row_phase.astype(np.int32),
         start_of,
         index,
-        host / COMPACT_PER_S,
+        np.full(f.rows, math.nan) if skip_host else host / COMPACT_PER_S,
         np.where(has_gpu, gpu / COMPACT_PER_S, math.nan),
     )
 
@@ -326,23 +349,50 @@ def _slow_steps(
 class StepReader:
     """Streams a steps file (either layout) as :class:`StepChunk` s; ``truncated`` is set once
     a cut-off stream has been read to its end. ``host_only``: in the compact layout, decode
-    only the host times (a third of the work; indices 0, GPU times unknown), for plots."""
+    only the host times (a third of the work; indices 0, GPU times unknown), for plots.
+    ``times_only``: decode only what each edge's best time needs (the GPU times, and host
+    times only where a row has none; indices 0, ``t_host`` NaN where not decoded), for the
+    energy per phase; a trace that mixes rows with and without GPU times costs a second read."""
 
-    def __init__(self, path: Path, chunk_bytes: int | None = None, host_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        chunk_bytes: int | None = None,
+        host_only: bool = False,
+        times_only: bool = False,
+    ) -> None:
         self.path = path
         self.chunk_bytes = chunk_bytes
         self.host_only = host_only
+        self.times_only = times_only
         self.truncated = False
 
     def __iter__(self) -> Iterator[StepChunk]:
+        mode = "host" if self.host_only else "times" if self.times_only else "all"
+        yielded = 0
+        while True:
+            try:
+                # After a restart, the chunks already given are decoded again but not given.
+                for n, chunk in enumerate(self._chunks(mode)):
+                    if n >= yielded:
+                        yielded += 1
+                        if len(chunk):
+                            yield chunk
+                return
+            except _HostUnknown:
+                mode = "all"
+
+    def _chunks(self, mode: str) -> Iterator[StepChunk]:
         source = GzipText(self.path, self.chunk_bytes)  # None: csv_chunks.CHUNK_BYTES
         header, chunks = _data_chunks(source, (STEPS_HEADER, COMPACT_STEPS_HEADER))
         state = _CompactState()
         for lineno, data in chunks:
             if header == COMPACT_STEPS_HEADER:
                 saved = _CompactState(**vars(state))
-                got = _compact_chunk_fast(state, data, self.host_only)
+                got = _compact_chunk_fast(state, data, mode)
                 if got is None:
+                    if mode == "times" and not saved.host_known:
+                        raise _HostUnknown
                     state = saved
                     got = _slow_steps(
                         self.path,
@@ -351,10 +401,12 @@ class StepReader:
                         header,
                         functools.partial(parse_compact_row, state),
                     )
+                    if mode == "host":
+                        # GPU deltas were never summed in this mode: their totals are unknown.
+                        got.t_gpu[:] = math.nan
             else:
                 got = _slow_steps(self.path, lineno, data, header, _trace._parse_step)
-            if len(got):
-                yield got
+            yield got
         self.truncated = source.truncated
 
 
@@ -511,16 +563,17 @@ class TraceColumns:
                 found.setdefault(device, []).append(kind)
         return {d: min(ks, key=POWER_KINDS.index) for d, ks in sorted(found.items())}
 
-    def step_chunks(self, host_only: bool = False) -> Iterator[StepChunk]:
+    def step_chunks(self, host_only: bool = False, times_only: bool = False) -> Iterator[StepChunk]:
         """Step edges in chunks (streamed from disk for a loaded trace); ``host_only`` may
-        skip decoding GPU times and indices (see :class:`StepReader`)."""
+        skip decoding GPU times and indices, ``times_only`` everything but each edge's best
+        time (see :class:`StepReader`)."""
         if isinstance(self.steps_source, list):
             if self.steps_source:
                 yield StepChunk.from_edges(self.steps_source)
             return
         source = self.steps_source
-        if host_only:
-            source = StepReader(source.path, source.chunk_bytes, host_only=True)
+        if host_only or times_only:
+            source = StepReader(source.path, source.chunk_bytes, host_only, times_only)
         yield from source
 
     @property

@@ -31,6 +31,7 @@ from lightning_watt.report.errors import ReportError
 from lightning_watt.report.progress import progress_bar, rich_available
 from lightning_watt.report.reading import read_runs
 from lightning_watt.report.rundata import RunData
+from lightning_watt.report.trace_energy import ENGINE_NOTES
 from lightning_watt.schema import SUMMARY_STEM, TRACE_STEM, summary_file
 
 REPORT_FORMAT = "lightning-watt report v1"
@@ -337,6 +338,11 @@ def run_report(args: argparse.Namespace) -> int:
     for run in runs:  # found while drawing (a trace read lazily that turned out unreadable)
         for warning in run.warnings[printed[id(run)] :]:
             sys.stderr.write(f"lightning-watt: warning: {printable(warning)}\n")
+        if run.energy_engine == "vectorised":  # may differ from what the live meter computed
+            sys.stderr.write(
+                f"lightning-watt: note: {printable(run.name)}: energy from the trace alone, by "
+                f"the {ENGINE_NOTES['vectorised']}\n"
+            )
     text = json.dumps(report, indent=1, allow_nan=False)
     (outdir / "report.json").write_text(text + "\n", encoding="utf-8")
     n_png = sum(

@@ -16,11 +16,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lightning_watt.energy.readings import ESTIMATE_W, J_PER_KWH
 from lightning_watt.energy.trace import Trace
 from lightning_watt.energy.trace_columns import TraceColumns
 from lightning_watt.report.keys import LoggedKeys, resolve_prefix
 from lightning_watt.report.series import EpochRow, ScalarSeries
+from lightning_watt.report.trace_energy import ENGINE_NOTES
 from lightning_watt.report.trace_view import TraceView
 
 
@@ -108,7 +111,8 @@ class RunData(TraceView):
             listed = (self.summary or {}).get("methods")
             methods = [str(m) for m in listed if m] if isinstance(listed, list) else []
         if not methods and self.has_trace:
-            for per_device in self._timeline.methods().values():
+            numbers = self.trace_numbers()
+            for per_device in (numbers.methods if numbers else {}).values():
                 if per_device and per_device[0] not in methods:
                     # The most used method is the one that describes the run.
                     methods.append(per_device[0])
@@ -273,10 +277,11 @@ class RunData(TraceView):
             return value
         if self.has_trace:
             _, per_dev, _ = self.power_over_time(bin_s=0.1, max_points=10**7)
-            totals = [sum(ws) for ws in zip(*per_dev.values(), strict=True)]
-            finite = [w for w in totals if math.isfinite(w)]
-            if finite:
-                return max(finite)
+            if per_dev:
+                totals = np.sum([np.asarray(ws, dtype=float) for ws in per_dev.values()], axis=0)
+                finite = totals[np.isfinite(totals)]
+                if len(finite):
+                    return float(finite.max())
         series = self.scalars.get(self.keys.power_W)
         if series and series.values:
             return max(series.values)
@@ -490,4 +495,11 @@ class RunData(TraceView):
                 for r in self.epochs()
             ],
             "warnings": self.warnings,
+            # Last: every number above is computed by now, so this says whether the trace's
+            # energy engine gave any of them.
+            **self._engine_fields(),
         }
+
+    def _engine_fields(self) -> dict[str, Any]:
+        engine = self.energy_engine
+        return {"energy_engine": engine, "energy_engine_note": ENGINE_NOTES.get(engine or "")}

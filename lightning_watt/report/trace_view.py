@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from lightning_watt.energy.readings import COUNTER_J, J_PER_KWH
 from lightning_watt.energy.trace import Trace, TraceFormatError
 from lightning_watt.energy.trace_columns import TraceColumns
 from lightning_watt.report.series import PhaseSpan
+from lightning_watt.report.trace_energy import TraceNumbers, interp_many, trace_numbers
 
 #: Holes in raw power samples up to this long are bridged in plots, as the energy timeline
 #: bridges them (its default ``max_gap``); longer ones stay visible as breaks in the line.
@@ -58,27 +58,6 @@ def _bridge(values: list[float], max_bins: int) -> list[float]:
     return out
 
 
-def interp_many(ts: np.ndarray, ys: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Linear interpolation clamped at both ends, at many points: the vector form of the
-    energy timeline's own interpolation (a repeated knot takes the later value).
-
-    Example:
-        >>> interp_many(np.array([0.0, 1.0, 1.0, 2.0]), np.array([0.0, 1.0, 5.0, 6.0]),
-        ...             np.array([-1.0, 0.5, 1.0, 1.5, 3.0])).tolist()
-        [0.0, 0.5, 5.0, 5.5, 6.0]
-    """
-    x = np.asarray(x, dtype=float)
-    if len(ts) == 0:
-        return np.zeros_like(x)
-    if len(ts) == 1:
-        return np.full_like(x, ys[0])
-    i = np.clip(np.searchsorted(ts, x, side="right"), 1, len(ts) - 1)
-    t0, t1, y0, y1 = ts[i - 1], ts[i], ys[i - 1], ys[i]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mid = np.where(t1 == t0, y1, y0 + (y1 - y0) * (x - t0) / (t1 - t0))
-    return np.where(x <= ts[0], ys[0], np.where(x >= ts[-1], ys[-1], mid))
-
-
 def _counter_cumulative(t: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Joules since the first counter reading, resets skipped (never negative)."""
     steps = np.diff(v)
@@ -96,19 +75,6 @@ def _segmented_cummax(values: np.ndarray, run: np.ndarray) -> np.ndarray:
     return values[order][best]
 
 
-def _knots(dev: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """A device timeline's knots, finalized and provisional, as arrays: interpolating them is
-    what its ``energy_at`` does, for one time at a time. ``None`` if its layout changed."""
-    try:
-        kt, ke = np.asarray(dev._kt, dtype=float), np.asarray(dev._ke, dtype=float)
-        tail_t, tail_e = dev._tail()
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if not len(kt):
-        return np.zeros(0), np.zeros(0)
-    return np.r_[kt, tail_t], np.r_[ke, tail_e]
-
-
 def _stable_order(x: np.ndarray) -> np.ndarray | slice:
     """A stable sorting order of ``x``; a plain slice when it is sorted already (the usual
     case: edges are recorded in time order), saving the sort."""
@@ -119,20 +85,34 @@ def _stable_order(x: np.ndarray) -> np.ndarray | slice:
 
 class _SpanStream:
     """Step spans (a ``start`` edge to the next ``end`` edge of its phase) in chunks of
-    columns, with global phase codes; an open start carries over to the next chunk."""
+    columns, with global phase codes; an open start carries over to the next chunk. Spans come
+    sorted by start unless ``ordered=False`` (sums over them need no order)."""
 
-    def __init__(self, cols: TraceColumns, host_only: bool = False) -> None:
+    def __init__(
+        self,
+        cols: TraceColumns,
+        host_only: bool = False,
+        times_only: bool = False,
+        ordered: bool = True,
+    ) -> None:
         self.cols = cols
         self.host_only = host_only
+        self.times_only = times_only
+        self.ordered = ordered
         self.phases: list[str] = []
         self._ids: dict[str, int] = {}
+        #: Where spans still to come may start: at the earliest start still waiting for its
+        #: end, or (to within the GPU's lag) after the latest edge read so far.
+        self.oldest_open = math.inf
+        self.latest_edge = -math.inf
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         open_at: dict[int, float] = {}
-        for chunk in self.cols.step_chunks(self.host_only):
+        for chunk in self.cols.step_chunks(self.host_only, self.times_only):
             gid = np.array([self._ids.setdefault(p, len(self._ids)) for p in chunk.phases])
             self.phases = list(self._ids)
             t = chunk.t
+            self.latest_edge = max(self.latest_edge, float(t.max()))
             order = _stable_order(t)
             phase = np.concatenate((list(open_at), gid[chunk.phase[order]])).astype(np.int64)
             tt = np.concatenate((list(open_at.values()), t[order]))
@@ -153,12 +133,15 @@ class _SpanStream:
             last = np.r_[p[1:] != p[:-1], True] if len(p) else np.zeros(0, bool)
             still_open = last & s
             open_at = dict(zip(p[still_open].tolist(), ts[still_open].tolist(), strict=True))
-            # As a list sorted by start would be, spans built in end-edge order.
-            o = _stable_order(closed_at)
-            a, b, ph = a[o], b[o], ph[o]
-            o = _stable_order(a)
+            self.oldest_open = min(open_at.values(), default=math.inf)
+            if self.ordered:
+                # As a list sorted by start would be, spans built in end-edge order.
+                o = _stable_order(closed_at)
+                a, b, ph = a[o], b[o], ph[o]
+                o = _stable_order(a)
+                a, b, ph = a[o], b[o], ph[o]
             if len(a):
-                yield ph[o], a[o], b[o]
+                yield ph, a, b
 
 
 class TraceView:
@@ -186,13 +169,6 @@ class TraceView:
             return None
         return self.trace
 
-    @cached_property
-    def _timeline(self) -> Any:
-        """The fused timeline (built only for numbers no summary gives: it costs about 5 us
-        a reading)."""
-        assert self.columns is not None
-        return self.columns.timeline()
-
     @property
     def has_trace(self) -> bool:
         return self.columns is not None and len(self.columns.t) > 0
@@ -202,20 +178,25 @@ class TraceView:
         """Trace time of the fit's start: plots put 0 s there."""
         return self.columns.fit_window[0] if self.columns is not None else 0.0
 
-    def _cumulative(self, x: np.ndarray) -> np.ndarray:
-        """Fused joules summed over devices at many times (the timeline's knots, vectorised)."""
-        total = np.zeros(len(x))
-        for name in self._timeline.devices:
-            dev = self._timeline.device(name)
-            knots = _knots(dev)
-            if knots is not None:
-                total += interp_many(*knots, x)
-            else:  # a timeline that does not share its knots: one lookup per time
-                total += np.array([dev.energy_at(float(t)) for t in x])
-        return total
+    #: ``timeline`` or ``vectorised`` to force an engine for the trace's energy numbers;
+    #: ``None`` chooses by the trace's length (:func:`~lightning_watt.report.trace_energy.
+    #: choose_engine`).
+    force_engine: str | None = None
 
-    def _trace_energy_J(self, t0: float, t1: float) -> float:
-        return float(sum(self._timeline.energy_between(t0, t1).values()))
+    def trace_numbers(self, points: int = 1000) -> TraceNumbers | None:
+        """The fit's energy from the trace alone (every number no summary gives), in one pass
+        over samples and steps; ``points``: the cumulative-energy grid over the fit."""
+        if not self.has_trace:
+            return None
+        cached = self.__dict__.setdefault("_trace_numbers_by_points", {})
+        if points not in cached:
+            cols = self.columns
+            assert cols is not None
+            fit0, fit1 = cols.fit_window
+            grid = fit0 + (fit1 - fit0) * np.arange(points + 1) / points
+            spans = _SpanStream(cols, times_only=True, ordered=False)
+            cached[points] = trace_numbers(cols, spans, self.force_engine, grid)
+        return cached[points]
 
     def _span_chunks(
         self, host_only: bool = False
@@ -364,8 +345,9 @@ class TraceView:
     def energy_over_time(self, points: int = 1000) -> tuple[list[float], dict[str, list[float]]]:
         """Cumulative kWh per device from the fit start, over the fit window:
         ``(seconds since fit start, {device: kWh})``. Drawn from each device's energy counter
-        (the hardware's own integral, resets skipped) where it has one, else from the fused
-        timeline; at screen resolution the two agree to within one 100 ms counter update."""
+        (the hardware's own integral, resets skipped) where it has one, else from the trace's
+        energy engine (:meth:`trace_numbers`); at screen resolution the two agree to within
+        one 100 ms counter update."""
         if not self.has_trace:
             return [], {}
         cols = self.columns
@@ -378,28 +360,23 @@ class TraceView:
             if counter is not None:
                 cum = interp_many(counter[0], counter[1], np.r_[fit0, ts])
             else:
-                dev = self._timeline.device(name)
-                cum = np.array([dev.energy_at(float(t)) for t in np.r_[fit0, ts]])
+                numbers = self.trace_numbers(points)
+                assert numbers is not None
+                cum = np.r_[0.0, numbers.grid_J.get(name, np.zeros(len(ts)))]
             out[name] = ((cum[1:] - cum[0]) / J_PER_KWH).tolist()
         return (ts - fit0).tolist(), out
 
+    @property
+    def energy_engine(self) -> str | None:
+        """The engine that fused the trace's energy numbers (``timeline`` or ``vectorised``,
+        see :mod:`~lightning_watt.report.trace_energy`), once any were taken from the trace;
+        ``None`` while every number came from elsewhere (the summary)."""
+        found = self.__dict__.get("_trace_numbers_by_points") or {}
+        return next((n.engine for n in found.values()), None)
+
     @cached_property
     def _trace_phases_J(self) -> dict[str, float] | None:
-        if not self.has_trace:
+        numbers = self.trace_numbers()
+        if numbers is None:
             return None
-        assert self.columns is not None
-        fit0, fit1 = self.columns.fit_window
-        total = self._trace_energy_J(fit0, fit1)
-        phases = {"train": 0.0, "val": 0.0}
-        for names, phase, a, b in self._span_chunks():
-            s, e = np.maximum(a, fit0), np.minimum(b, fit1)
-            for name in phases:
-                if name not in names:
-                    continue
-                m = (phase == names.index(name)) & (e > s)
-                if m.any():
-                    phases[name] += float(np.sum(self._cumulative(e[m]) - self._cumulative(s[m])))
-        # Like the callback: anything in the fit but in no train/val step (stalls too) is gap.
-        phases["gap"] = max(0.0, total - phases["train"] - phases["val"])
-        phases["total"] = total
-        return phases
+        return {**numbers.phases_J, "total": numbers.total_J}
