@@ -96,3 +96,105 @@ def test_resume_in_ddp_keeps_both_segments(tmp_path):
     carried = second["energy_J"] - second["segment_energy_J"]
     assert 0.5 * first["energy_J"] <= carried <= first["energy_J"] * 1.3
     assert sum(second["phases_J"].values()) == pytest.approx(second["energy_J"], rel=1e-9)
+
+
+# ---------------------------------------------------------------------------- the reduction
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _reduction_worker(rank: int, port: int, gloo_fails: bool, out: str) -> None:
+    """One of two gloo processes posing as an NCCL job: the default group reports ``"nccl"``
+    (a fake: gloo underneath, so the test runs on CPUs), and every collective that would need
+    a tensor on the default group's device is recorded."""
+    import os
+    import warnings
+
+    import torch
+    import torch.distributed as dist
+
+    from lightning_watt.attribution import distributed as d
+    from lightning_watt.attribution.accountant import EnergyAccountant
+    from lightning_watt.energy.meter import EnergyMeter
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    real_backend = dist.get_backend
+    dist.get_backend = lambda group=None: "nccl" if group is None else real_backend(group)  # type: ignore[assignment]
+    on_device: list[str] = []  # collectives whose tensor would sit on the GPU's stream
+
+    def device_tensor_here(device):
+        on_device.append("collective")
+        return None  # the fake's default group lives on the CPU
+
+    d._default_group_device = device_tensor_here  # type: ignore[assignment]
+    if gloo_fails:
+
+        def no_gloo(*args, **kwargs):
+            raise RuntimeError("gloo is not built into this torch")
+
+        dist.new_group = no_gloo  # type: ignore[assignment]
+    source = ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0, uuid_prefix=f"r{rank}")
+    books = EnergyAccountant()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        books.begin("fit", EnergyMeter([source]), torch.device("cpu"), rank=rank, world_size=2)
+        made = len(on_device)
+        group = d.host_group()
+        sums = [d.sum_across_ranks([rank + 1.0, 0.5]) for _ in range(3)]
+        for step in range(3):
+            books.mark("train", "start", step, 0)
+            books.mark("train", "end", step, 0)
+            books.log_values()
+        books.finish()
+    result = {
+        "made": made,
+        "per_row": len(on_device) - made,
+        "separate": group is not None and group is not dist.group.WORLD,
+        "backend": real_backend(group) if group is not None else None,
+        "same": d.host_group() is group,
+        "sums": sums,
+        "warned": [str(w.message) for w in caught if "gloo group" in str(w.message)],
+    }
+    dist.destroy_process_group()
+    with open(f"{out}/rank{rank}.json", "w") as fh:
+        json.dump(result, fh)
+
+
+def _reduce_in_two_processes(tmp_path, gloo_fails: bool) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    mp.start_processes(
+        _reduction_worker,
+        args=(_free_port(), gloo_fails, str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
+    )
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_log_rows_reduce_on_a_host_group_under_nccl(tmp_path):
+    """Under NCCL a log row's sum goes through a gloo group made once at ``begin``: no tensor
+    on the GPU, so no wait for its queue; only the group's creation agrees on the device."""
+    for rank, r in enumerate(_reduce_in_two_processes(tmp_path, gloo_fails=False)):
+        assert r["separate"] and r["backend"] == "gloo" and r["same"], r
+        assert r["made"] == 1, r  # the ranks agreed, once, that every one made the group
+        assert r["per_row"] == 0, r  # 3 sums and 3 log rows, none on the default group
+        assert r["sums"] == [[3.0, 1.0]] * 3
+        assert r["warned"] == [], rank
+
+
+@pytest.mark.slow
+def test_without_gloo_the_rows_fall_back_to_the_default_group_with_a_warning(tmp_path):
+    ranks = _reduce_in_two_processes(tmp_path, gloo_fails=True)
+    for r in ranks:
+        assert r["backend"] is None and r["made"] == 1, r
+        assert r["per_row"] == 6, r  # every sum and log row on the default group
+        assert r["sums"] == [[3.0, 1.0]] * 3
+    assert len(ranks[0]["warned"]) == 1 and "synchronisation per log row" in ranks[0]["warned"][0]
+    assert ranks[1]["warned"] == []  # said once, by rank zero

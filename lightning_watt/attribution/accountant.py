@@ -44,6 +44,7 @@ from lightning_watt.attribution.books import (
 )
 from lightning_watt.attribution.distributed import (
     all_gather_objects,
+    host_group,
     ownership_weights,
     sum_across_ranks,
 )
@@ -138,6 +139,9 @@ class EnergyAccountant:
         cuda = device if device is not None and device.type == "cuda" else None
         keys_by_rank = self.gather([d.key for d in meter.devices])
         weights = ownership_weights(keys_by_rank, rank)
+        if self.reduce is sum_across_ranks:
+            # Under NCCL its gloo group is made here, by every rank together, not in a log row.
+            host_group(device)
         self.stage = StageBooks(
             meter,
             StepClock(meter.now, cuda),
