@@ -321,12 +321,17 @@ class StageBooks:
             return lambda t0, t1: 0.0
         held = self.weighted(meter.power()) if hold and math.isfinite(horizon) else 0.0
 
+        weighted = self.weighted
+
         def batch(ts: list[float]) -> list[float]:
             clamped = [min(t, horizon) for t in ts]
-            values = meter.energy_at_many(clamped, provisional=provisional)
+            # Every time past the newest reading reads that reading: one lookup for them all
+            # (the newest steps mostly lie there: readings arrive up to 0.5 s late).
+            unique = list(dict.fromkeys(clamped))
+            found = meter.energy_at_many(unique, provisional=provisional)
+            at = dict(zip(unique, found, strict=True))
             return [
-                self.weighted(v) + held * max(0.0, t - c)
-                for t, c, v in zip(ts, clamped, values, strict=True)
+                weighted(at[c]) + held * max(0.0, t - c) for t, c in zip(ts, clamped, strict=True)
             ]
 
         known = dict(zip(times, batch(times), strict=True))
