@@ -107,7 +107,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _reduction_worker(rank: int, port: int, gloo_fails: bool, out: str) -> None:
+def _reduction_worker(rank: int, port: int, mode: str, out: str) -> None:
     """One of two gloo processes posing as an NCCL job: the default group reports ``"nccl"``
     (a fake: gloo underneath, so the test runs on CPUs), and every collective that would need
     a tensor on the default group's device is recorded."""
@@ -132,12 +132,18 @@ def _reduction_worker(rank: int, port: int, gloo_fails: bool, out: str) -> None:
         return None  # the fake's default group lives on the CPU
 
     d._default_group_device = device_tensor_here  # type: ignore[assignment]
-    if gloo_fails:
+    tried: list[int] = []
 
-        def no_gloo(*args, **kwargs):
-            raise RuntimeError("gloo is not built into this torch")
+    def no_gloo(*args, **kwargs):
+        tried.append(rank)
+        raise RuntimeError("gloo is not built into this torch")
 
+    if mode == "no gloo":
         dist.new_group = no_gloo  # type: ignore[assignment]
+    elif mode == "opted out on rank 1":
+        dist.new_group = no_gloo  # type: ignore[assignment]  # must not even be tried
+        if rank == 1:
+            os.environ[d.HOST_REDUCE_ENV] = "0"
     source = ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0, uuid_prefix=f"r{rank}")
     books = EnergyAccountant()
     with warnings.catch_warnings(record=True) as caught:
@@ -159,18 +165,19 @@ def _reduction_worker(rank: int, port: int, gloo_fails: bool, out: str) -> None:
         "same": d.host_group() is group,
         "sums": sums,
         "warned": [str(w.message) for w in caught if "gloo group" in str(w.message)],
+        "tried": tried,
     }
     dist.destroy_process_group()
     with open(f"{out}/rank{rank}.json", "w") as fh:
         json.dump(result, fh)
 
 
-def _reduce_in_two_processes(tmp_path, gloo_fails: bool) -> list[dict]:
+def _reduce_in_two_processes(tmp_path, mode: str) -> list[dict]:
     import torch.multiprocessing as mp
 
     mp.start_processes(
         _reduction_worker,
-        args=(_free_port(), gloo_fails, str(tmp_path)),
+        args=(_free_port(), mode, str(tmp_path)),
         nprocs=2,
         start_method="spawn",
     )
@@ -181,20 +188,30 @@ def _reduce_in_two_processes(tmp_path, gloo_fails: bool) -> list[dict]:
 def test_log_rows_reduce_on_a_host_group_under_nccl(tmp_path):
     """Under NCCL a log row's sum goes through a gloo group made once at ``begin``: no tensor
     on the GPU, so no wait for its queue; only the group's creation agrees on the device."""
-    for rank, r in enumerate(_reduce_in_two_processes(tmp_path, gloo_fails=False)):
+    for rank, r in enumerate(_reduce_in_two_processes(tmp_path, "nccl")):
         assert r["separate"] and r["backend"] == "gloo" and r["same"], r
-        assert r["made"] == 1, r  # the ranks agreed, once, that every one made the group
+        assert r["made"] == 2, r  # the ranks agreed to make it, then that every one did
         assert r["per_row"] == 0, r  # 3 sums and 3 log rows, none on the default group
         assert r["sums"] == [[3.0, 1.0]] * 3
         assert r["warned"] == [], rank
 
 
 @pytest.mark.slow
-def test_without_gloo_the_rows_fall_back_to_the_default_group_with_a_warning(tmp_path):
-    ranks = _reduce_in_two_processes(tmp_path, gloo_fails=True)
+@pytest.mark.parametrize(
+    ("mode", "why"), [("no gloo", "RuntimeError: gloo"), ("opted out on rank 1", "HOST_REDUCE=0")]
+)
+def test_without_a_host_group_the_rows_fall_back_with_a_warning(tmp_path, mode, why):
+    """Where gloo fails, or one rank opts out, every rank falls back (never a mix: a rank
+    alone in a collective waits for its timeout) and rank zero says rows now synchronise."""
+    ranks = _reduce_in_two_processes(tmp_path, mode)
     for r in ranks:
-        assert r["backend"] is None and r["made"] == 1, r
+        assert r["backend"] is None, r
         assert r["per_row"] == 6, r  # every sum and log row on the default group
         assert r["sums"] == [[3.0, 1.0]] * 3
-    assert len(ranks[0]["warned"]) == 1 and "synchronisation per log row" in ranks[0]["warned"][0]
+    if mode == "no gloo":
+        assert [r["made"] for r in ranks] == [2, 2] and [r["tried"] for r in ranks] == [[0], [1]]
+    else:  # agreed not to try: nobody waits in a group made by half the ranks
+        assert [r["made"] for r in ranks] == [1, 1] and [r["tried"] for r in ranks] == [[], []]
+    (warning,) = ranks[0]["warned"]
+    assert why in warning and "synchronisation per log row" in warning
     assert ranks[1]["warned"] == []  # said once, by rank zero

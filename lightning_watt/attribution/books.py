@@ -306,16 +306,23 @@ class StageBooks:
             return sum(joules.values())
         return sum(self.weights.get(d, 1.0) * j for d, j in joules.items())
 
-    def energy_fn(self, times: list[float], provisional: bool, hold: bool = True) -> EnergyFn:
+    def energy_fn(
+        self, times: list[float], provisional: bool, hold: bool = True, horizon: float | None = None
+    ) -> EnergyFn:
         """Joules over ``[t0, t1]`` from cumulative energies fetched in one locked batch (the
         ledger asks for back-to-back intervals, all at ``times``).
 
         Final: the meter's finalized energy. Provisional: measured up to the meter's horizon,
         then (``hold``) the latest power held, since readings arrive up to 0.5 s after the fact.
         Differences of one cumulative function keep the attribution exactly additive either way.
+        ``horizon``: the newest reading's time as the caller already read it (provisional only;
+        the meter computes it from every pending reading, ~50 µs).
         """
         meter = self.meter
-        horizon = meter.horizon if provisional else math.inf
+        if not provisional:
+            horizon = math.inf
+        elif horizon is None:
+            horizon = meter.horizon
         if math.isinf(horizon) and horizon < 0:
             # Nothing read yet: no energy known, and no power to hold.
             return lambda t0, t1: 0.0
@@ -411,7 +418,7 @@ class StageBooks:
             # (no held power: equal with or without it there).
             times = [self.started_at, horizon] if measured else []
             times += [t for span in spans for t in span]
-            energy = self.energy_fn(sorted(set(times)), provisional=True)
+            energy = self.energy_fn(sorted(set(times)), provisional=True, horizon=horizon)
             for t0, t1 in spans:
                 self._live_steps_J += energy(t0, t1)
             power = meter.power()

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,10 @@ import torch.distributed as dist
 
 #: Backends whose collectives take CPU tensors: the default group sums a log row on the host.
 HOST_BACKENDS = ("gloo", "mpi", "ucc")
+#: Set to ``0`` (on any rank) to sum log rows on the default group even under NCCL: for a
+#: cluster whose hosts gloo cannot connect (its sockets use the interface the host name
+#: resolves to, or ``GLOO_SOCKET_IFNAME``), where making the group would wait for its timeout.
+HOST_REDUCE_ENV = "LIGHTNING_WATT_HOST_REDUCE"
 
 # (the default group it belongs to, the host group or None where none could be made)
 _host: tuple[Any, Any] | None = None
@@ -78,12 +83,13 @@ def host_group(device: torch.device | None = None) -> Any | None:
     The default group where its backend takes CPU tensors (gloo, MPI, UCC); under a
     device-only backend (NCCL), a gloo group over the same ranks, made on the first call and
     kept for as long as the default group lives. ``None`` outside distributed runs, or when
-    that gloo group could not be made on every rank (the ranks agree; each log row then
-    reduces on the default group, and a warning says that it synchronises).
+    that gloo group could not be made on every rank, or :data:`HOST_REDUCE_ENV` is ``0`` on
+    one (the ranks agree; each log row then reduces on the default group, and a warning says
+    that it synchronises).
 
     The first call under NCCL is a collective: every rank must make it at the same point
     (:meth:`~lightning_watt.attribution.accountant.EnergyAccountant.begin` does, with
-    ``device`` the rank's CUDA device, which the agreement uses once).
+    ``device`` the rank's CUDA device, where the ranks agree: two small all-reduces, once).
     """
     global _host
     if not distributed_ready():
@@ -96,27 +102,35 @@ def host_group(device: torch.device | None = None) -> Any | None:
         _host = (world, world)
         return world
     group: Any = None
-    problem = ""
-    try:
-        group = dist.new_group(backend="gloo")
-    except Exception as err:  # gloo not built in, or its sockets cannot connect the ranks
-        problem = f"{type(err).__name__}: {err}"
-    # A group some ranks could not make is used by none: the ranks' reductions must match.
-    made = torch.tensor([0.0 if group is None else 1.0], device=_default_group_device(device))
-    dist.all_reduce(made, op=dist.ReduceOp.MIN)
-    if made.item() < 1.0:
-        group = None
-        if dist.get_rank() == 0:
-            warnings.warn(
-                "lightning-watt: no gloo group for the log rows' reduction"
-                + (f" ({problem})" if problem else " (a rank could not make it)")
-                + f"; each log row reduces on the {backend} group instead, which waits for the"
-                " GPU's queue (a device synchronisation per log row).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    problem = f"{HOST_REDUCE_ENV}=0 on a rank"
+    # Every rank makes the group or none does (a rank alone in new_group waits for the others
+    # until its timeout), and a group some ranks could not make is used by none.
+    if _every_rank(os.environ.get(HOST_REDUCE_ENV, "1").strip() != "0", device):
+        try:
+            group = dist.new_group(backend="gloo")
+            problem = ""
+        except Exception as err:  # gloo not built in, or its sockets cannot connect the ranks
+            problem = f"{type(err).__name__}: {err}"
+        if not _every_rank(group is not None, device):
+            group = None
+            problem = problem or "a rank could not make it"
+    if group is None and dist.get_rank() == 0:
+        warnings.warn(
+            f"lightning-watt: no gloo group for the log rows' reduction ({problem}); each log "
+            f"row reduces on the {backend} group instead, which waits for the GPU's queue (a "
+            "device synchronisation per log row).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     _host = (world, group)
     return group
+
+
+def _every_rank(ok: bool, device: torch.device | None) -> bool:
+    """Whether ``ok`` holds on every rank (a collective on the default group)."""
+    flag = torch.tensor([1.0 if ok else 0.0], device=_default_group_device(device))
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() >= 1.0)
 
 
 def sum_across_ranks(values: Sequence[float], device: torch.device | None = None) -> list[float]:
