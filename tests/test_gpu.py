@@ -213,11 +213,20 @@ def _reduction_worker(rank: int, backend: str, port: int, out: str) -> None:
     sums = [sum_across_ranks([rank + 1.0, 0.25], device) for _ in range(10)]
     row_s = (time.perf_counter() - t0) / 10
     busy = not stream.query()
+    synced_s = None
+    if backend == "nccl":
+        # The control: the same sum on the GPU, read back as before, waits for the kernel.
+        t0 = time.perf_counter()
+        tensor = torch.tensor([rank + 1.0, 0.25], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        tensor.tolist()
+        synced_s = time.perf_counter() - t0
     torch.cuda.synchronize()
     kernel_s = start.elapsed_time(end) / 1e3
     dist.destroy_process_group()
     with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
-        json.dump({"row_s": row_s, "busy": busy, "kernel_s": kernel_s, "sums": sums}, fh)
+        found = {"row_s": row_s, "busy": busy, "kernel_s": kernel_s, "synced_s": synced_s}
+        json.dump({**found, "sums": sums}, fh)
 
 
 @pytest.mark.parametrize("backend", ["nccl", "cpu:gloo,cuda:nccl"])
@@ -249,3 +258,5 @@ def test_a_log_row_never_waits_for_the_gpu(tmp_path, backend: str) -> None:
         assert r["kernel_s"] > 0.2, r  # the queued work was long enough to tell
         assert r["busy"], r  # the rows returned while the kernel still ran
         assert r["row_s"] < 0.1 * r["kernel_s"], r
+        if r["synced_s"] is not None:  # the control did wait: the test can see a sync
+            assert r["synced_s"] > 0.3 * r["kernel_s"], r
