@@ -20,7 +20,11 @@ Timed per rank and interval:
 * ``bare``: the same all_reduce alone, before the meter and the books start in the process
   (what gloo costs on this machine with nothing of ours around it);
 * once per stage: ``begin`` (an ``all_gather_object`` of device keys) and ``finish`` (the final
-  books of every rank gathered and merged).
+  books of every rank gathered and merged);
+* what a job whose default group is NCCL pays instead: there a log row is summed on a gloo
+  group of the same ranks (no tensor on the GPU, so no wait for its queue), made once per
+  process at the first stage's ``begin``: the time to make that group, and a row's reduction
+  on it (``own``, as above).
 
 With more processes than cores (8 on a 2-core machine) the ranks are descheduled in the middle
 of a collective, and the timed reduction includes that: the numbers are an upper bound for a
@@ -93,6 +97,20 @@ def _rank(rank: int, world: int, port: int, args: dict[str, Any], out: str) -> N
         t0 = perf_counter()
         sum_across_ranks([1.0, 2.0, 3.0, 4.0])
         bare_s.append(perf_counter() - t0)
+    # What a job whose default group is NCCL pays for the log rows' gloo group (made once, at
+    # the stage's begin) and for a row's reduction on it: the same ranks, a group of their own.
+    dist.barrier()
+    t0 = perf_counter()
+    group = dist.new_group(backend="gloo")
+    group_s = perf_counter() - t0
+    group_row_s: list[float] = []
+    for _ in range(args["intervals"]):
+        dist.barrier()
+        t0 = perf_counter()
+        tensor = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+        dist.all_reduce(tensor, group=group)
+        tensor.tolist()
+        group_row_s.append(perf_counter() - t0)
     books = EnergyAccountant(reduce=timed_reduce)
     source = ReplaySource.of_fit(TRACES[rank % len(TRACES)], uuid_prefix=f"rank{rank}")
     dist.barrier()
@@ -124,6 +142,8 @@ def _rank(rank: int, world: int, port: int, args: dict[str, Any], out: str) -> N
                 "log_s": log_s,
                 "begin_s": begin_s,
                 "finish_s": finish_s,
+                "group_s": group_s,
+                "group_row_s": group_row_s,
             },
             fh,
         )
@@ -154,6 +174,7 @@ def _world(world: int, args: argparse.Namespace) -> dict[str, float]:
     own_us = [1e6 * min(row) for row in zip(*(r["reduce_s"] for r in ranks), strict=True)]
     log_us = [1e6 * s for r in ranks for s in r["log_s"]]
     bare_us = [1e6 * min(row) for row in zip(*(r["bare_s"] for r in ranks), strict=True)]
+    group_us = [1e6 * min(row) for row in zip(*(r["group_row_s"] for r in ranks), strict=True)]
     return {
         "bare_p50": _pct(bare_us, 50),
         "world": world,
@@ -165,6 +186,8 @@ def _world(world: int, args: argparse.Namespace) -> dict[str, float]:
         "log_p50": _pct(log_us, 50),
         "log_p99": _pct(log_us, 99),
         "begin_ms": 1e3 * max(r["begin_s"] for r in ranks),
+        "group_ms": 1e3 * max(r["group_s"] for r in ranks),
+        "group_row_p50": _pct(group_us, 50),
         "finish_ms": 1e3 * max(r["finish_s"] for r in ranks),
         "wall_s": wall,
     }
@@ -206,7 +229,9 @@ def main() -> None:
             f"paid p50 {r['reduce_p50']:.0f} µs, p90 "
             f"{r['reduce_p90']:.0f} µs, p99 {r['reduce_p99']:.0f} µs; log_values p50 "
             f"{r['log_p50']:.0f} µs, p99 {r['log_p99']:.0f} µs; once per stage: begin "
-            f"{r['begin_ms']:.1f} ms, finish {r['finish_ms']:.1f} ms  ({r['wall_s']:.0f} s)"
+            f"{r['begin_ms']:.1f} ms, finish {r['finish_ms']:.1f} ms; under NCCL, once per "
+            f"process: the rows' gloo group made in {r['group_ms']:.1f} ms, a row on it p50 "
+            f"{r['group_row_p50']:.0f} µs own  ({r['wall_s']:.0f} s)"
         )
     if len(rows) < 2:
         return

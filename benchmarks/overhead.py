@@ -28,7 +28,7 @@ Reported, per arm against ``off`` at the same cadence:
   included), which resists other tenants' load better than wall time;
 * a log tick on the training thread (``perf_counter`` around ``_log_tick``, every tick of
   every repetition): p50 / p99 / max, split into the books' part (``log_values``: the cached
-  numbers and the all-rank reduction) and the loggers' (``_publish``: Lightning's
+  numbers and the all-rank reduction) and the loggers' (``_deliver``: Lightning's
   ``log_metrics``, ``callback_metrics``), against the targets p50 <= 100 µs, p99 <= 1 ms;
 * the training thread's CPU time in a tick (``time.thread_time``): where the wall time's p99
   is far above it, the tick waited (for the GIL, or for a core of a loaded machine);
@@ -110,6 +110,7 @@ ARMS = (
     Arm("on", 10),
     Arm("on", 10, record=False),
     Arm("off", 1),
+    Arm("null", 1),
     Arm("on", 1),
     Arm("on", 1, record=False),
 )
@@ -205,7 +206,7 @@ class TimedWattCallback(WattCallback):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plain: list[float] = []  # start + end hooks of steps without a tick
-        # per tick: whole tick, log_values, _publish, the loggers' own log_metrics (and save),
+        # per tick: whole tick, log_values, _deliver, the loggers' own log_metrics (and save),
         # the training thread's CPU time in the tick
         self.ticks: list[tuple[float, float, float, float, float]] = []
         self.refreshes: list[float] = []
@@ -297,9 +298,9 @@ class TimedWattCallback(WattCallback):
         t1 = perf_counter()
         self.ticks.append((t1 - t0, *self._parts, time.thread_time() - c0))
 
-    def _publish(self, trainer, values, save=False) -> None:
+    def _deliver(self, trainer, keyed, step, epoch, save) -> None:
         t0 = perf_counter()
-        super()._publish(trainer, values, save)
+        super()._deliver(trainer, keyed, step, epoch, save)
         self._parts[1] = perf_counter() - t0
 
 
@@ -434,14 +435,14 @@ def _report_ticks(variant: Variant) -> None:
     us = 1e6
     print(
         "  on the training thread (µs, all repetitions): a tick is log_values (books: cached "
-        "numbers, reduction) + _publish (rows to the loggers, callback_metrics, progress bar); "
+        "numbers, reduction) + _deliver (rows to the loggers, callback_metrics); "
         "'ours' is the tick less the loggers' own log_metrics (which the CSV logger's flush of "
         "every buffered row, each 100th step, falls in); 'CPU' is the training thread's CPU "
         "time in the whole tick: wall time above it is waiting (for the GIL, or descheduled)"
     )
     print(
         f"  {'arm':18} {'ticks':>6} {'tick p50':>9} {'p99':>7} {'max':>7} {'books p50':>10}"
-        f" {'publish p50':>12} {'log_metrics p50/p99':>20} {'ours p50/p99':>14}"
+        f" {'deliver p50':>12} {'log_metrics p50/p99':>20} {'ours p50/p99':>14}"
         f" {'CPU p50/p99':>13}"
         f" {'plain step hooks p50/p99':>25}"
     )
@@ -491,6 +492,201 @@ def _report_ticks(variant: Variant) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- the thread alone
+BLOCK = 8  # steps per block of the in-fit comparison
+
+
+class _Blocks(Callback):
+    """Swaps the callbacks the Trainer dispatches to every ``BLOCK`` steps, cycling through
+    ``arms``, and records the training thread's CPU time (``time.thread_time``) of each step
+    by arm. One fit: the model's memory, the machine's load and the background threads (the
+    meter's and the books', running throughout) are the same for every arm, which separate
+    fits are not (their CPU time per step differed by ±100 µs on this machine). The first step
+    of each block is dropped. Must be the last callback."""
+
+    def __init__(self, arms: dict[str, list[Callback]], skip: int) -> None:
+        self.arms, self.names, self.skip = arms, list(arms), skip
+        self.per_step: dict[str, list[float]] = {name: [] for name in arms}
+        self.segment: dict[str, list[int]] = {name: [] for name in arms}  # which third of the fit
+        self._others = [cb for cbs in arms.values() for cb in cbs]
+        self._arm: str | None = None
+        self._i = 0
+        self._last = math.nan
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.thread_time()
+        if self._arm is not None and trainer.global_step > self.skip and self._i % BLOCK != 1:
+            self.per_step[self._arm].append(now - self._last)
+            self.segment[self._arm].append(3 * trainer.global_step // (self.steps + 1))
+        if self._i % BLOCK == 0:
+            self._arm = self.names[(self._i // BLOCK) % len(self.names)]
+            kept = [cb for cb in trainer.callbacks if cb is not self and cb not in self._others]
+            trainer.callbacks = [*kept, *self.arms[self._arm], self]
+        self._i += 1
+        self._last = time.thread_time()  # this hook's own bookkeeping is no arm's
+
+
+def _dispatch_us(trainer: pl.Trainer, arms: dict[str, list[Callback]]) -> dict[str, float]:
+    """CPU µs of one ``_call_callback_hooks`` (a hook no callback here overrides) with each
+    arm's callbacks, and of its parts for one callback."""
+    from lightning.pytorch.trainer import call
+
+    def per_call(fn: Callable[[], object], n: int = 2000) -> float:
+        best = math.inf
+        for _ in range(5):
+            t0 = time.thread_time()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.thread_time() - t0) / n)
+        return 1e6 * best
+
+    saved = trainer.callbacks
+    out = {}
+    try:
+        for name, callbacks in arms.items():
+            trainer.callbacks = list(callbacks)
+            out[name] = per_call(
+                lambda: call._call_callback_hooks(trainer, "on_before_zero_grad", None)
+            )
+    finally:
+        trainer.callbacks = saved
+    watt = arms["WattCallback"][0]
+    profiler = trainer.profiler
+
+    def profiled() -> None:
+        with profiler.profile("[Callback]x.on_before_zero_grad"):
+            pass
+
+    out["profiler context"] = per_call(profiled)
+    out["state_key"] = per_call(lambda: watt.state_key)
+    hook = "on_before_zero_grad"  # Lightning looks each hook up by name
+    out["getattr"] = per_call(lambda: getattr(watt, hook))
+    return out
+
+
+class _HookCount(Callback):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("on_") and name.endswith(("_start", "_end", "backward", "step", "grad")):
+            object.__setattr__(self, "calls", object.__getattribute__(self, "calls") + 1)
+        return object.__getattribute__(self, name)
+
+
+def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
+    """The training thread's CPU per step with ``WattCallback``, a do-nothing callback and
+    none, in blocks of one fit at ``log_every_n_steps=1``; Lightning's dispatch measured apart;
+    the background threads' CPU per step."""
+    steps, skip = args.block_steps, args.skip
+    watt = WattCallback(replay="h200-mlp-stall")
+    hooks = {"start": 0.0}
+    direct: list[float] = []
+    start, end = watt.on_train_batch_start, watt.on_train_batch_end
+
+    def timed_start(*a: Any) -> None:
+        t0 = time.thread_time()
+        start(*a)
+        hooks["start"] = time.thread_time() - t0
+
+    def timed_end(*a: Any) -> None:
+        t0 = time.thread_time()
+        end(*a)
+        direct.append(hooks["start"] + time.thread_time() - t0)
+
+    watt.on_train_batch_start = timed_start  # type: ignore[method-assign]
+    watt.on_train_batch_end = timed_end  # type: ignore[method-assign]
+    arms: dict[str, list[Callback]] = {"WattCallback": [watt], "do-nothing": [_Null()], "none": []}
+    blocks = _Blocks(arms, skip)
+    blocks.steps = steps
+    counter = _HookCount()
+    dispatch: dict[str, float] = {}
+    threads: dict[str, float] = {}
+
+    class Probe(Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            books = watt._books.stage
+            assert books is not None and books._refresher is not None
+            self.ids = (books._refresher._thread.native_id, books.meter._thread.native_id)  # type: ignore[union-attr]
+            self.cpu0 = [_thread_cpu_s(i) for i in self.ids]
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == skip:
+                counter.calls = 0
+            elif trainer.global_step == skip + 1:
+                dispatch["hooks a step"] = counter.calls
+                dispatch.update(_dispatch_us(trainer, {"none": [], **arms}))
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            done = trainer.global_step
+            for name, i, c0 in zip(("refresher", "meter"), self.ids, self.cpu0, strict=True):
+                threads[name] = (_thread_cpu_s(i) - c0) / done
+
+    model = _MLP(variant.width, variant.depth)
+    data = DataLoader(
+        _SameBatch(variant.width, variant.batch, steps + 1, variant.device), batch_size=None
+    )
+    with tempfile.TemporaryDirectory(prefix="watt-overhead-") as tmp:
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0,
+            num_sanity_val_steps=0, log_every_n_steps=1, logger=CSVLogger(tmp, name="run"),
+            default_root_dir=tmp, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[Probe(), counter, watt, blocks],
+        )  # fmt: skip
+        gc.collect()
+        trainer.fit(model, data)
+    us = 1e6
+    base = statistics.median(blocks.per_step["none"])
+
+    def added(name: str) -> str:
+        values, segment = blocks.per_step[name], blocks.segment[name]
+        none, none_seg = blocks.per_step["none"], blocks.segment["none"]
+        thirds = [
+            statistics.median(v for v, g in zip(values, segment, strict=True) if g == k)
+            - statistics.median(v for v, g in zip(none, none_seg, strict=True) if g == k)
+            for k in range(3)
+            if k in segment and k in none_seg
+        ]
+        return (
+            f"{us * (statistics.median(values) - base):+.1f} µs [thirds of the fit: "
+            + ", ".join(f"{us * t:+.1f}" for t in thirds)
+            + "]"
+        )
+
+    n = dispatch.get("hooks a step", math.nan)
+    step_ms = 1e3 * base
+    print(
+        f"  the training thread alone: one fit of {steps} steps at log_every_n_steps=1, blocks of "
+        f"{BLOCK} steps cycling through the arms; CPU time (time.thread_time) per step, median "
+        f"of ~{len(blocks.per_step['none'])} steps an arm"
+    )
+    print(f"    no callback           {us * base:8.1f} µs a step")
+    print(f"    do-nothing callback   {added('do-nothing')}")
+    print(
+        f"    WattCallback          {added('WattCallback')}; in its two batch hooks (the tick "
+        f"included) p50 {us * _pct(direct, 50):.1f} µs, mean {us * statistics.mean(direct):.1f} µs"
+    )
+    print(
+        f"    Lightning's dispatch, measured apart (CPU µs per hook call, warm): no callback "
+        f"{dispatch['none']:.2f}, do-nothing {dispatch['do-nothing']:.2f}, WattCallback "
+        f"{dispatch['WattCallback']:.2f}; of one callback's share its profiler context "
+        f"{dispatch['profiler context']:.2f}, state_key {dispatch['state_key']:.2f}, getattr "
+        f"{dispatch['getattr']:.2f}; {n:.0f} hooks a step: "
+        f"{n * (dispatch['do-nothing'] - dispatch['none']):.1f} µs a step for any callback"
+    )
+    print(
+        f"    background threads' CPU per step: books' refresher {us * threads['refresher']:.1f} µs"
+        f", meter {us * threads['meter']:.1f} µs (each holds the GIL that long; a training "
+        "thread that wants it meanwhile waits: wall time, not in the CPU times above)"
+    )
+    print(
+        f"    the target (0.97x at these {step_ms:.2f} ms steps) leaves "
+        f"{0.03 / 0.97 * step_ms * 1e3:.0f} µs a step for everything the callback adds, on "
+        "the training thread and off it"
+    )
+
+
 # ---------------------------------------------------------------------------- main
 def _machine() -> str:
     model = platform.processor() or "?"
@@ -524,6 +720,8 @@ def _run_variant(variant: Variant, args: argparse.Namespace, target_s: float) ->
             variant.fits.append(_fit(variant, variant.batch, args.steps, args.skip, arm))
     _report_throughput(variant)
     _report_ticks(variant)
+    if variant.device.type == "cpu" and args.block_steps:
+        _thread_alone(variant, args)
     print(f"  ({time.monotonic() - t_start:.0f} s)")
 
 
@@ -538,6 +736,9 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch intra-op threads (1: least noisy)"
     )
     parser.add_argument("--no-gpu", action="store_true", help="skip the CUDA variant")
+    parser.add_argument(
+        "--block-steps", type=int, default=3000, help="steps of the in-fit blocks (0: skip them)"
+    )
     args = parser.parse_args()
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")

@@ -315,3 +315,45 @@ def test_a_log_tick_never_reads_the_meter_on_the_training_thread(tmp_path):
     summary = cb.last_summary
     assert summary["steps"]["train"] == trainer.global_step
     assert math.isclose(sum(summary["phases_J"].values()), summary["energy_J"], rel_tol=1e-9)
+
+
+class _RowsAndMonitors(WattCallback):
+    """Records, after each tick, the row the loggers got and what ``callback_metrics`` holds
+    for its keys (the tensors themselves, as a monitor would keep them)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.ticks: list[tuple[dict, int, int, dict]] = []
+        self.kept: list[tuple[torch.Tensor, float]] = []
+
+    def _deliver(self, trainer, keyed, step, epoch, save) -> None:
+        super()._deliver(trainer, keyed, step, epoch, save)
+        metrics = trainer.callback_metrics
+        self.ticks.append((dict(keyed), step, epoch, {k: metrics[k] for k in keyed}))
+        key = self.prefix + "energy_kWh"
+        self.kept.append((metrics[key], float(metrics[key])))  # as EarlyStopping keeps its best
+
+
+def test_tick_rows_reach_loggers_and_monitors_alike_at_every_step(tmp_path):
+    """At log_every_n_steps=1 each row carries the step and epoch Lightning logs at; monitors
+    see exactly the row's values; a value that did not change keeps its tensor (rows at every
+    step mostly repeat the last refresh's numbers) and no tensor a monitor kept ever changes."""
+    cb = _RowsAndMonitors(replay="h200-mlp-stall", record=False, carbon_intensity=400.0)
+    trainer = _trainer(tmp_path, [cb], max_epochs=2, log_every_n_steps=1, limit_val_batches=0)
+    trainer.fit(TinyClassifier(step_sleep=0.005))
+    ticks = [t for t in cb.ticks if "watt/power_W" in t[0]]
+    assert len(ticks) >= trainer.global_step  # one row a step, then the final one
+    with open(f"{trainer.log_dir}/metrics.csv") as fh:
+        logged = [r for r in csv.DictReader(fh) if r["watt/power_W"]]
+    for (keyed, step, epoch, seen), row in zip(ticks, logged, strict=False):
+        assert int(row["step"]) == step and int(row["epoch"]) == epoch
+        assert all(float(row[k]) == pytest.approx(v, rel=1e-12) for k, v in keyed.items())
+        assert {k: float(t) for k, t in seen.items()} == keyed
+        assert all(t.dtype == torch.float64 for t in seen.values())
+        assert all(isinstance(v, float) for v in keyed.values())
+    steps = [step for _, step, _, _ in ticks[: trainer.global_step]]
+    assert steps == list(range(trainer.global_step))
+    for (a, _, _, seen_a), (b, _, _, seen_b) in itertools.pairwise(ticks):
+        for key in a.keys() & b.keys():
+            assert (seen_a[key] is seen_b[key]) == (a[key] == b[key]), key
+    assert all(float(t) == value for t, value in cb.kept)

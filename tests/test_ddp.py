@@ -96,3 +96,122 @@ def test_resume_in_ddp_keeps_both_segments(tmp_path):
     carried = second["energy_J"] - second["segment_energy_J"]
     assert 0.5 * first["energy_J"] <= carried <= first["energy_J"] * 1.3
     assert sum(second["phases_J"].values()) == pytest.approx(second["energy_J"], rel=1e-9)
+
+
+# ---------------------------------------------------------------------------- the reduction
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _reduction_worker(rank: int, port: int, mode: str, out: str) -> None:
+    """One of two gloo processes posing as an NCCL job: the default group reports ``"nccl"``
+    (a fake: gloo underneath, so the test runs on CPUs), and every collective that would need
+    a tensor on the default group's device is recorded."""
+    import os
+    import warnings
+
+    import torch
+    import torch.distributed as dist
+
+    from lightning_watt.attribution import distributed as d
+    from lightning_watt.attribution.accountant import EnergyAccountant
+    from lightning_watt.energy.meter import EnergyMeter
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    real_backend = dist.get_backend
+    dist.get_backend = lambda group=None: "nccl" if group is None else real_backend(group)  # type: ignore[assignment]
+    on_device: list[str] = []  # collectives whose tensor would sit on the GPU's stream
+
+    def device_tensor_here(device):
+        on_device.append("collective")
+        return None  # the fake's default group lives on the CPU
+
+    d._default_group_device = device_tensor_here  # type: ignore[assignment]
+    tried: list[int] = []
+
+    def no_gloo(*args, **kwargs):
+        tried.append(rank)
+        raise RuntimeError("gloo is not built into this torch")
+
+    if mode == "no gloo":
+        dist.new_group = no_gloo  # type: ignore[assignment]
+    elif mode == "opted out on rank 1":
+        dist.new_group = no_gloo  # type: ignore[assignment]  # must not even be tried
+        if rank == 1:
+            os.environ[d.HOST_REDUCE_ENV] = "0"
+    source = ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0, uuid_prefix=f"r{rank}")
+    books = EnergyAccountant()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        books.begin("fit", EnergyMeter([source]), torch.device("cpu"), rank=rank, world_size=2)
+        made = len(on_device)
+        group = d.host_group()
+        sums = [d.sum_across_ranks([rank + 1.0, 0.5]) for _ in range(3)]
+        for step in range(3):
+            books.mark("train", "start", step, 0)
+            books.mark("train", "end", step, 0)
+            books.log_values()
+        books.finish()
+    result = {
+        "made": made,
+        "per_row": len(on_device) - made,
+        "separate": group is not None and group is not dist.group.WORLD,
+        "backend": real_backend(group) if group is not None else None,
+        "same": d.host_group() is group,
+        "sums": sums,
+        "warned": [str(w.message) for w in caught if "gloo group" in str(w.message)],
+        "tried": tried,
+    }
+    dist.destroy_process_group()
+    with open(f"{out}/rank{rank}.json", "w") as fh:
+        json.dump(result, fh)
+
+
+def _reduce_in_two_processes(tmp_path, mode: str) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    mp.start_processes(
+        _reduction_worker,
+        args=(_free_port(), mode, str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
+    )
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_log_rows_reduce_on_a_host_group_under_nccl(tmp_path):
+    """Under NCCL a log row's sum goes through a gloo group made once at ``begin``: no tensor
+    on the GPU, so no wait for its queue; only the group's creation agrees on the device."""
+    for rank, r in enumerate(_reduce_in_two_processes(tmp_path, "nccl")):
+        assert r["separate"] and r["backend"] == "gloo" and r["same"], r
+        assert r["made"] == 2, r  # the ranks agreed to make it, then that every one did
+        assert r["per_row"] == 0, r  # 3 sums and 3 log rows, none on the default group
+        assert r["sums"] == [[3.0, 1.0]] * 3
+        assert r["warned"] == [], rank
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "why"), [("no gloo", "RuntimeError: gloo"), ("opted out on rank 1", "HOST_REDUCE=0")]
+)
+def test_without_a_host_group_the_rows_fall_back_with_a_warning(tmp_path, mode, why):
+    """Where gloo fails, or one rank opts out, every rank falls back (never a mix: a rank
+    alone in a collective waits for its timeout) and rank zero says rows now synchronise."""
+    ranks = _reduce_in_two_processes(tmp_path, mode)
+    for r in ranks:
+        assert r["backend"] is None, r
+        assert r["per_row"] == 6, r  # every sum and log row on the default group
+        assert r["sums"] == [[3.0, 1.0]] * 3
+    if mode == "no gloo":
+        assert [r["made"] for r in ranks] == [2, 2] and [r["tried"] for r in ranks] == [[0], [1]]
+    else:  # agreed not to try: nobody waits in a group made by half the ranks
+        assert [r["made"] for r in ranks] == [1, 1] and [r["tried"] for r in ranks] == [[], []]
+    (warning,) = ranks[0]["warned"]
+    assert why in warning and "synchronisation per log row" in warning
+    assert ranks[1]["warned"] == []  # said once, by rank zero

@@ -183,3 +183,80 @@ def test_source_maps_the_current_device_by_uuid() -> None:
         print(f"\n{source.describe()}")
     finally:
         source.close()
+
+
+# ---------------------------------------------------------------------------- the reduction
+def _reduction_worker(rank: int, backend: str, port: int, out: str) -> None:
+    """Queue ~1 s of GPU work, then sum a log row across the ranks: it must return while
+    the work still runs (no wait for the stream), on the gloo group made for NCCL jobs."""
+    import json
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from lightning_watt.attribution.distributed import host_group, sum_across_ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    index = rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    device = torch.device("cuda", index)
+    dist.init_process_group(backend, rank=rank, world_size=2)
+    host_group(device)  # made at the stage's begin, before any log row
+    torch.ones(1, device=device).sum().item()  # the context is up
+    stream = torch.cuda.current_stream()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(2_000_000_000)  # ~1 s of spinning at ~2 GHz, no allocation
+    end.record()
+    t0 = time.perf_counter()
+    sums = [sum_across_ranks([rank + 1.0, 0.25], device) for _ in range(10)]
+    row_s = (time.perf_counter() - t0) / 10
+    busy = not stream.query()
+    synced_s = None
+    if backend == "nccl":
+        # The control: the same sum on the GPU, read back as before, waits for the kernel.
+        t0 = time.perf_counter()
+        tensor = torch.tensor([rank + 1.0, 0.25], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        tensor.tolist()
+        synced_s = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    kernel_s = start.elapsed_time(end) / 1e3
+    dist.destroy_process_group()
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
+        found = {"row_s": row_s, "busy": busy, "kernel_s": kernel_s, "synced_s": synced_s}
+        json.dump({**found, "sums": sums}, fh)
+
+
+@pytest.mark.parametrize("backend", ["nccl", "cpu:gloo,cuda:nccl"])
+def test_a_log_row_never_waits_for_the_gpu(tmp_path, backend: str) -> None:
+    import json
+    import socket
+
+    import torch
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_nccl_available():
+        pytest.skip("this torch has no NCCL")
+    if backend == "nccl" and torch.cuda.device_count() < 2:
+        pytest.skip("two NCCL ranks need two GPUs (NCCL refuses two ranks on one device)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    mp.start_processes(
+        _reduction_worker, args=(backend, port, str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    print(f"\n{backend}: " + "; ".join(
+        f"rank {r}: a row {1e3 * x['row_s']:.2f} ms behind a {x['kernel_s']:.2f} s kernel"
+        for r, x in enumerate(ranks)
+    ))  # fmt: skip
+    for r in ranks:
+        assert r["sums"] == [[3.0, 0.5]] * 10
+        assert r["kernel_s"] > 0.2, r  # the queued work was long enough to tell
+        assert r["busy"], r  # the rows returned while the kernel still ran
+        assert r["row_s"] < 0.1 * r["kernel_s"], r
+        if r["synced_s"] is not None:  # the control did wait: the test can see a sync
+            assert r["synced_s"] > 0.3 * r["kernel_s"], r

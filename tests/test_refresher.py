@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -165,3 +166,44 @@ def test_books_with_and_without_the_refresher_close_the_same_way():
         device_j = sum(d["energy_J"] for d in record.devices)
         assert totals.energy_J == pytest.approx(device_j, rel=1e-9)
         assert books._refresher is None or not books._refresher.running
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(-0.5, 0.6), min_size=1, max_size=12),
+    st.sampled_from([None, 0.5]),
+    st.booleans(),
+)
+def test_energy_fn_reads_each_time_as_the_meter_gives_it(offsets, weight, hold):
+    """The books read a time past the newest reading once for all such times; each interval's
+    joules are still exactly those of the meter's own cumulative energy at each time (held
+    power past the newest reading), weighted per device."""
+    books = _BOOKS[0]
+    meter = books.meter
+    books.weights = {d.name: weight for d in meter.devices} if weight is not None else {}
+    books._all_counted = weight is None
+    horizon = meter.horizon
+    assert math.isfinite(horizon) and not meter.running
+    times = sorted({horizon + o for o in offsets} | {books.started_at})
+    fn = books.energy_fn(times, provisional=True, hold=hold, horizon=horizon)
+    held = books.weighted(meter.power()) if hold else 0.0
+    expected = [
+        books.weighted(meter.energy_at_many([min(t, horizon)])[0]) + held * max(0.0, t - horizon)
+        for t in times
+    ]
+    for (t0, e0), (t1, e1) in itertools.pairwise(zip(times, expected, strict=True)):
+        assert fn(t0, t1) == e1 - e0
+
+
+_BOOKS: list[StageBooks] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shared_books():
+    """Books over a meter that read for a while and stopped: its readings no longer move."""
+    books = _books(refresh_s=None)
+    time.sleep(0.3)
+    books.meter.stop()
+    _BOOKS.append(books)
+    yield
+    _BOOKS.pop()

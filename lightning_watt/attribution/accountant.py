@@ -44,6 +44,8 @@ from lightning_watt.attribution.books import (
 )
 from lightning_watt.attribution.distributed import (
     all_gather_objects,
+    distributed_ready,
+    host_group,
     ownership_weights,
     sum_across_ranks,
 )
@@ -114,6 +116,7 @@ class EnergyAccountant:
         self.world_size = 1
         self.rank = 0
         self._device: torch.device | None = None
+        self._local = True  # one process and the default reduction: a sum is the values
         self._reduced_epochs: dict[int, dict[str, float]] = {}
         self._epoch_kwh: tuple[int, float] | None = None  # (epoch, kWh) measured at its end
 
@@ -138,6 +141,11 @@ class EnergyAccountant:
         cuda = device if device is not None and device.type == "cuda" else None
         keys_by_rank = self.gather([d.key for d in meter.devices])
         weights = ownership_weights(keys_by_rank, rank)
+        self._local = world_size == 1 and self.reduce is sum_across_ranks
+        self._local = self._local and not distributed_ready()
+        if self.reduce is sum_across_ranks:
+            # Under NCCL its gloo group is made here, by every rank together, not in a log row.
+            host_group(device)
         self.stage = StageBooks(
             meter,
             StepClock(meter.now, cuda),
@@ -209,6 +217,9 @@ class EnergyAccountant:
         stage = self.stage
         assert stage is not None, "log_values: no stage begun"
         tick = stage.tick()
+        if self._local:  # called at every step at log_every_n_steps=1: no reduction to make
+            step = float(tick.step_J) if tick.steps else None
+            return LogValues(self.run.note(float(tick.energy_J)), float(tick.power_W), step)
         stage_j, power, step_j, ranks_with_steps = self._sum(
             [tick.energy_J, tick.power_W, tick.step_J if tick.steps else 0.0, float(tick.steps > 0)]
         )

@@ -249,6 +249,9 @@ class StageBooks:
         self.meter = meter
         self.clock = clock
         self.weights = dict(weights or {})
+        # Every device counted in full (one rank, or no device shared): a weighted sum is the
+        # plain sum, asked ~2 times per step edge by the refresher.
+        self._all_counted = all(w == 1.0 for w in self.weights.values())
         self.started_at: float = meter.started_at
         self.ledger = EnergyLedger(start=self.started_at)
         # The meter splits buffer samples holding a step edge by segment (issue 13): from now
@@ -299,29 +302,43 @@ class StageBooks:
             time.sleep(0.02)
 
     def weighted(self, joules: Mapping[str, float]) -> float:
+        if self._all_counted:
+            return sum(joules.values())
         return sum(self.weights.get(d, 1.0) * j for d, j in joules.items())
 
-    def energy_fn(self, times: list[float], provisional: bool, hold: bool = True) -> EnergyFn:
+    def energy_fn(
+        self, times: list[float], provisional: bool, hold: bool = True, horizon: float | None = None
+    ) -> EnergyFn:
         """Joules over ``[t0, t1]`` from cumulative energies fetched in one locked batch (the
         ledger asks for back-to-back intervals, all at ``times``).
 
         Final: the meter's finalized energy. Provisional: measured up to the meter's horizon,
         then (``hold``) the latest power held, since readings arrive up to 0.5 s after the fact.
         Differences of one cumulative function keep the attribution exactly additive either way.
+        ``horizon``: the newest reading's time as the caller already read it (provisional only;
+        the meter computes it from every pending reading, ~50 µs).
         """
         meter = self.meter
-        horizon = meter.horizon if provisional else math.inf
+        if not provisional:
+            horizon = math.inf
+        elif horizon is None:
+            horizon = meter.horizon
         if math.isinf(horizon) and horizon < 0:
             # Nothing read yet: no energy known, and no power to hold.
             return lambda t0, t1: 0.0
         held = self.weighted(meter.power()) if hold and math.isfinite(horizon) else 0.0
 
+        weighted = self.weighted
+
         def batch(ts: list[float]) -> list[float]:
             clamped = [min(t, horizon) for t in ts]
-            values = meter.energy_at_many(clamped, provisional=provisional)
+            # Every time past the newest reading reads that reading: one lookup for them all
+            # (the newest steps mostly lie there: readings arrive up to 0.5 s late).
+            unique = list(dict.fromkeys(clamped))
+            found = meter.energy_at_many(unique, provisional=provisional)
+            at = dict(zip(unique, found, strict=True))
             return [
-                self.weighted(v) + held * max(0.0, t - c)
-                for t, c, v in zip(ts, clamped, values, strict=True)
+                weighted(at[c]) + held * max(0.0, t - c) for t, c in zip(ts, clamped, strict=True)
             ]
 
         known = dict(zip(times, batch(times), strict=True))
@@ -401,7 +418,7 @@ class StageBooks:
             # (no held power: equal with or without it there).
             times = [self.started_at, horizon] if measured else []
             times += [t for span in spans for t in span]
-            energy = self.energy_fn(sorted(set(times)), provisional=True)
+            energy = self.energy_fn(sorted(set(times)), provisional=True, horizon=horizon)
             for t0, t1 in spans:
                 self._live_steps_J += energy(t0, t1)
             power = meter.power()

@@ -85,9 +85,18 @@ class EnergyLedger:
         if epoch is None:
             self.unassigned[label] = self.unassigned.get(label, 0.0) + joules
             return
-        self.assign_unassigned(epoch)
-        ep = self.epochs.setdefault(epoch, EpochEnergy(epoch))
+        if self.unassigned:
+            self.assign_unassigned(epoch)
+        ep = self._epoch_energy(epoch)
         ep.phases[label] = ep.phases.get(label, 0.0) + joules
+
+    def _epoch_energy(self, epoch: int) -> EpochEnergy:
+        # Booked twice per step edge by the books' thread: no record built just to be dropped,
+        # as setdefault(epoch, EpochEnergy(epoch)) would.
+        ep = self.epochs.get(epoch)
+        if ep is None:
+            ep = self.epochs[epoch] = EpochEnergy(epoch)
+        return ep
 
     def assign_unassigned(self, epoch: int) -> None:
         """Give energy still waiting for an epoch to ``epoch`` (the first epoch named, or the
@@ -137,7 +146,7 @@ class EnergyLedger:
                     self.steps[phase] = self.steps.get(phase, 0) + 1
                     if phase == "train":
                         if epoch is not None:
-                            self.epochs.setdefault(epoch, EpochEnergy(epoch)).train_steps += 1
+                            self._epoch_energy(epoch).train_steps += 1
                         self.step_energies.append((index, self._open_energy))
                 self._open_phase = None
                 self._epoch = epoch

@@ -196,6 +196,8 @@ class WattCallback(Callback):
         self._pending_state: dict[str, Any] | None = None
         self._said_unavailable = False
         self._handoff: Handoff | None = None  # made when first pickled (ddp_spawn)
+        self._names: dict[str, str] = {}  # a tick's logged keys, spelled once per stage
+        self._monitored = private.CallbackMetrics()
         self._reset_stage()
 
     @staticmethod
@@ -221,6 +223,8 @@ class WattCallback(Callback):
         self._epoch = 0
         self._step_of: Callable[[], int] | None = None  # cheap global step, per epoch
         self._log_now: Callable[[], bool] | None = None  # Lightning's log rule, per epoch
+        self._step_axis: Callable[[], int] | None = None  # the loggers' x-axis, per epoch
+        self._bar = False  # show power and kWh in a progress bar the Trainer has, per epoch
         self._window: int | None = None  # global step when the open optimizer step began
         self._tuning = False  # a tuner's trial steps are running (phase "tune")
         self._warned: set[str] = set()
@@ -246,8 +250,10 @@ class WattCallback(Callback):
             self._handoff = Handoff()
         state = dict(self.__dict__)
         state["_books"] = self._books.run
-        state["_step_of"] = state["_log_now"] = None  # closures over this process's loop
+        # closures over this process's loop
+        state["_step_of"] = state["_log_now"] = state["_step_axis"] = None
         state["_provider_pushed"] = False
+        state["_monitored"] = private.CallbackMetrics()  # its tensors are this process's
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -285,6 +291,8 @@ class WattCallback(Callback):
         name = stage_name(stage)
         if name == "fit":
             self._metrics_by_epoch = {}
+        tick_keys = (keys.ENERGY_KWH, keys.POWER_W, keys.STEP_J, keys.CO2E_KG, keys.COST)
+        self._names = {k: self.prefix + k for k in tick_keys}
         # Lightning writes no logs in fast_dev_run: no files of ours either.
         self._write_files = not getattr(trainer, "fast_dev_run", False)
         self._run_dir = run_directory(trainer)
@@ -375,6 +383,9 @@ class WattCallback(Callback):
         self._epoch = trainer.current_epoch
         self._step_of = private.step_counter(trainer)
         self._log_now = private.log_rule(trainer)
+        self._step_axis = private.step_axis(trainer)
+        # Trainer.progress_bar_callback searches the callbacks on every call.
+        self._bar = self.progress_bar and trainer.progress_bar_callback is not None
         self._window = None
 
     def _global_step(self, trainer: pl.Trainer) -> int:
@@ -507,34 +518,51 @@ class WattCallback(Callback):
             # The logged curve of one run never steps back, across stages too.
             held = self._books.run.logged(values[keys.ENERGY_KWH])
             values = {**values, keys.ENERGY_KWH: held}
-        keyed = {self.prefix + k: float(v) for k, v in values.items()}
-        step = private.stepped_batches(trainer)
+        prefix = self.prefix
+        keyed = {prefix + k: float(v) for k, v in values.items()}
+        self._deliver(trainer, keyed, private.stepped_batches(trainer), trainer.current_epoch, save)
+
+    def _deliver(
+        self, trainer: pl.Trainer, keyed: dict[str, float], step: int, epoch: int, save: bool
+    ) -> None:
         # Lightning adds the epoch to every row it logs; rows of ours carry it too.
-        row = {**keyed, "epoch": trainer.current_epoch}
+        row = {**keyed, "epoch": epoch}
         for logger in trainer.loggers:
             logger.log_metrics(row, step=step)
             if save:
                 logger.save()
-        private.set_callback_metrics(trainer, keyed)
+        self._monitored(trainer, keyed)
 
     def _log_tick(self, trainer: pl.Trainer) -> None:
+        """A log row of every train step's tick, on the training thread: the books' cached
+        numbers (:meth:`EnergyAccountant.log_values`) with the keys spelled once per stage,
+        what :meth:`_publish` logs for them without its general path's copies and lookups."""
         tick = self._books.log_values()
-        values = {keys.ENERGY_KWH: tick.energy_kWh, keys.POWER_W: tick.power_W}
+        names = self._names
+        kwh = tick.energy_kWh
+        keyed = {
+            names[keys.ENERGY_KWH]: self._books.run.logged(kwh),
+            names[keys.POWER_W]: tick.power_W,
+        }
         if tick.step_J is not None:
-            values[keys.STEP_J] = tick.step_J
-        values.update(self._carbon_values(tick.energy_kWh))
+            keyed[names[keys.STEP_J]] = tick.step_J
+        if self._carbon is not None:
+            keyed.update({names[k]: float(v) for k, v in self._carbon_values(kwh).items()})
         stage = self._books.stage
         if self.per_device and trainer.is_global_zero and stage is not None:
             snapshot = stage.snapshot  # the newest readings, as the tick's own numbers
             power = snapshot.device_power_W if snapshot is not None else stage.meter.power()
-            values.update({keys.DEVICE_POWER_W + name: w for name, w in power.items()})
-        self._publish(trainer, values)
-        if self.progress_bar and trainer.progress_bar_callback is not None:
+            prefix = self.prefix + keys.DEVICE_POWER_W
+            keyed.update({prefix + name: float(w) for name, w in power.items()})
+        axis = self._step_axis
+        step = axis() if axis is not None else private.stepped_batches(trainer)
+        self._deliver(trainer, keyed, step, self._epoch, save=False)
+        if self._bar:
             private.set_progress_bar_values(
                 trainer,
                 {
                     keys.BAR_POWER: round(tick.power_W, 1),
-                    keys.BAR_ENERGY: float(f"{tick.energy_kWh:.4g}"),
+                    keys.BAR_ENERGY: float(f"{kwh:.4g}"),
                 },
             )
 
