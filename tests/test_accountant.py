@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lightning_watt.attribution.accountant import EnergyAccountant
+from lightning_watt.attribution.accountant import EnergyAccountant, _rank_record
 from lightning_watt.attribution.books import RunBooks, RunTotals, StageBooks
 from lightning_watt.attribution.ledger import EnergyLedger
 from lightning_watt.attribution.step_clock import StepClock
@@ -168,3 +168,46 @@ def test_unusable_checkpoints_are_refused_with_a_reason():
     assert "energy_J must be a finite number" in (books.load_state_dict(bad) or "")
     assert books.run.offset.energy_J == 0.0
     books.abort()
+
+
+def _stage_on(trace: str, rank: int, gather, reduce) -> EnergyAccountant:
+    books = EnergyAccountant(reduce=reduce, gather=gather)
+    meter = EnergyMeter([ReplaySource(bundled_trace(trace), start=5.0)])
+    books.begin("fit", meter, rank=rank, world_size=2)
+    books.mark("train", "start", 0, 0)
+    time.sleep(0.05)
+    books.mark("train", "end", 0, 0)
+    return books
+
+
+def test_a_rank_whose_books_fail_to_close_still_joins_the_gather():
+    """A failure closing one rank's books must not leave the other ranks waiting in the
+    gather (a deadlock at the end of training): the failing rank sends nothing and warns, and
+    the summary holds the other ranks' devices."""
+    sent: list = []
+    peer_record: dict = {}
+
+    def gather(local):
+        if isinstance(local, list):  # begin: each rank's device keys (distinct GPUs here)
+            return [local, ["another-gpu"]] if local != ["another-gpu"] else [["gpu-x"], local]
+        sent.append(local)
+        return [local, peer_record]
+
+    def reduce(values, device=None):
+        return list(values)
+
+    peer = _stage_on("h100-mlp", 1, gather, reduce)
+    assert peer.stage is not None
+    peer_record.update(_rank_record(peer.stage.finish(epoch=0), 1, {}))
+    failing = _stage_on("h200-mlp-stall", 0, gather, reduce)
+    assert failing.stage is not None
+
+    def broken(**kwargs):
+        raise RuntimeError("a disk vanished")
+
+    failing.stage.finish = broken  # type: ignore[method-assign]
+    with pytest.warns(RuntimeWarning, match=r"rank 0 could not close its energy books"):
+        summary = failing.finish(epoch=0)
+    assert sent == [None]  # it took part in the gather, with nothing
+    assert {d["rank"] for d in summary["devices"]} == {1}
+    assert summary["energy_J"] == pytest.approx(sum(peer_record["phases_J"].values()), rel=1e-9)

@@ -31,10 +31,13 @@ from lightning_watt.testing.trace_cases import (
 )
 
 #: Measured (``benchmarks/report_scale.py --agreement``): totals at most 0.095 % apart, one
-#: phase's joules at most 0.2 % of the total, the cumulative curve at most 0.4 %; with a little
-#: room. Power fields alone are compared below, against the timeline fed the same kind.
+#: phase's joules at most 0.61 % of the total, the cumulative curve at most 0.4 %; with a
+#: little room. Power fields alone are compared below, against the timeline fed the same kind.
 TOTAL_TOL = 1e-3
-PHASE_TOL = 3e-3
+#: Phases: the vectorised engine keeps counter values at their read times; where the timeline
+#: recovers the update clock (h100-mlp, from its reads' brackets), up to one 100 ms update's
+#: joules move across each span edge: 0.61 % of the total measured there, 0.2 % elsewhere.
+PHASE_TOL = 1e-2
 CURVE_TOL = 5e-3
 #: Compared on their own below: power fields alone (against the timeline fed the same kind),
 #: a lost GPU (against what the meter counted) and a lost counter (against the truth).
@@ -81,9 +84,7 @@ def test_power_fields_alone_are_the_best_kinds_integral() -> None:
 
 def test_a_lost_gpu_counts_its_estimate_from_its_last_reading() -> None:
     """Measured energy up to the GPU's last sample, then its estimate to the end, as the live
-    meter counts it. (The timeline fed the recording leaves out the half second before the
-    first recorded estimate: the meter's own first estimate, at the last reading, is not
-    recorded; -1.7 % here.)"""
+    meter counts and records it (its first estimate at the last reading)."""
     run = synthetic_run(seed=6, duration_s=40.0)
     cols = lost_gpu_case(seed=6, lost_at=25.0)
     t0, t1 = cols.fit_window

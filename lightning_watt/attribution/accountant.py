@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -315,9 +316,11 @@ class EnergyAccountant:
         assert books is not None, "finish: no stage begun"
         self.stage = None
         label = stage or self.stage_name or "fit"
-        record = books.finish(epoch=epoch, meta={"stage": label})
-        local = _rank_record(record, self.rank, dict(unavailable or {}))
-        gathered = [local] if interrupted else self.gather(local)
+        if interrupted or self.world_size == 1:
+            record = books.finish(epoch=epoch, meta={"stage": label})
+            gathered = [_rank_record(record, self.rank, dict(unavailable or {}))]
+        else:
+            gathered = self._gather_closed(books, epoch, label, dict(unavailable or {}))
         offset = self.run.offset if self.stage_name == "fit" else None
         merged = build_summary(
             gathered,
@@ -329,6 +332,32 @@ class EnergyAccountant:
         )
         merged["run_energy_J"] = self.run.end(label, merged["segment_energy_J"])
         return merged
+
+    def _gather_closed(
+        self, books: StageBooks, epoch: int, label: str, unavailable: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """Every rank's closed books. A rank whose books fail to close still takes part in the
+        gather, with nothing, so the other ranks are not left waiting in it (a deadlock); its
+        devices are missing from the summary, and it says so."""
+        error: Exception | None = None
+        local: dict[str, Any] | None = None
+        try:
+            local = _rank_record(
+                books.finish(epoch=epoch, meta={"stage": label}), self.rank, unavailable
+            )
+        except Exception as err:
+            error = err
+            warnings.warn(
+                f"lightning-watt: rank {self.rank} could not close its energy books ({err!r}); "
+                "its devices are left out of the stage's summary.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        gathered = [g for g in self.gather(local) if g is not None]
+        if not gathered:
+            assert error is not None
+            raise error
+        return gathered
 
 
 def _rank_record(record: StageRecord, rank: int, unavailable: dict[str, str]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,8 +34,10 @@ HOST_BACKENDS = ("gloo", "mpi", "ucc")
 #: resolves to, or ``GLOO_SOCKET_IFNAME``), where making the group would wait for its timeout.
 HOST_REDUCE_ENV = "LIGHTNING_WATT_HOST_REDUCE"
 
-# (the default group it belongs to, the host group or None where none could be made)
-_host: tuple[Any, Any] | None = None
+# Weak references to (the default group it was made for, the host group, or None where none
+# could be made): a module-level strong reference kept a destroyed process group alive until
+# interpreter exit, where its destructor's threads aborted the process now and then.
+_host: tuple[weakref.ref[Any], weakref.ref[Any] | None] | None = None
 
 
 def distributed_ready() -> bool:
@@ -95,11 +98,11 @@ def host_group(device: torch.device | None = None) -> Any | None:
     if not distributed_ready():
         return None
     world = dist.group.WORLD
-    if _host is not None and _host[0] is world:
-        return _host[1]
+    if _host is not None and _host[0]() is world:
+        # Made (or refused) once per default group: never a second, one-rank collective.
+        return _host[1]() if _host[1] is not None else None
     backend = str(dist.get_backend())
     if _takes_cpu_tensors(backend):
-        _host = (world, world)
         return world
     group: Any = None
     problem = f"{HOST_REDUCE_ENV}=0 on a rank"
@@ -122,7 +125,7 @@ def host_group(device: torch.device | None = None) -> Any | None:
             RuntimeWarning,
             stacklevel=2,
         )
-    _host = (world, group)
+    _host = (weakref.ref(world), weakref.ref(group) if group is not None else None)
     return group
 
 

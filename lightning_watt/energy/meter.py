@@ -185,6 +185,8 @@ class EnergyMeter:
         self._record_late = 0
         # Devices no reader measures any more: since when, at what estimated power, and why.
         self._unmeasured: dict[str, _Unmeasured] = {}
+        # Estimates the meter made itself, not yet handed to the recording (see _add_estimate).
+        self._estimates_unrecorded: list[Reading] = []
         # Channels still read per device; a device with none left is unmeasured.
         self._live: dict[str, set[str]] = {}
         # Set once stop() stopped waiting for the thread: its late readings are dropped.
@@ -292,7 +294,10 @@ class EnergyMeter:
     def _close_recording(self, stopped_at: float) -> None:
         if self._writer is not None:
             try:
-                self._record_samples([], final=True)
+                with self._lock:
+                    estimates = list(self._estimates_unrecorded)
+                    self._estimates_unrecorded.clear()
+                self._record_samples(estimates, final=True)
                 self._writer.meta.update(self._trace_meta())
                 # The recording's own window is the meter's: [0, stop] on the trace clock. A
                 # fit window opened with set_trace_meta(fit_start=...) closes here too, so the
@@ -628,7 +633,7 @@ class EnergyMeter:
         self._unmeasured[device] = _Unmeasured(since, max(watts, 0.0), reason, basis)
         self._timeline.mark_gap(device, since, max(now, since), f"unmeasured: {reason}")
         # The estimate starts where the data ends, so no second of the run is left out.
-        self._timeline.add([Reading(since, device, ESTIMATE_W, self._unmeasured[device].watts)])
+        self._add_estimate(Reading(since, device, ESTIMATE_W, self._unmeasured[device].watts))
         self._warn_once(
             f"unmeasured:{device}",
             f"lightning-watt: {device} is no longer measured ({reason}); its energy from here "
@@ -663,7 +668,13 @@ class EnergyMeter:
                     continue
                 self._mark_unmeasured(name, end, "no readings reached the end of the measurement")
             gone = self._unmeasured[name]
-            self._timeline.add([Reading(max(end, gone.since), name, ESTIMATE_W, gone.watts)])
+            self._add_estimate(Reading(max(end, gone.since), name, ESTIMATE_W, gone.watts))
+
+    def _add_estimate(self, reading: Reading) -> None:
+        """An estimate the meter makes itself (under the lock): into the timeline, and queued
+        for the recording, so a report of the trace alone counts what the meter counted."""
+        self._timeline.add([reading])
+        self._estimates_unrecorded.append(reading)
 
     def unmeasured(
         self, t0: float = -math.inf, t1: float = math.inf
@@ -712,6 +723,9 @@ class EnergyMeter:
                         self._note_power(r.device, r.t, (r.value - prev[1]) / (r.t - prev[0]), 99)
                 else:
                     self._note_power(r.device, r.t, r.value, POWER_KINDS.index(r.kind))
+            if self._estimates_unrecorded:
+                readings = [*readings, *self._estimates_unrecorded]
+                self._estimates_unrecorded.clear()
         with self._writer_lock:
             if self._writer is None:
                 return

@@ -87,12 +87,15 @@ def cpu_case(seed: int = 5) -> TraceColumns:
 
 def lost_gpu_case(seed: int = 6, lost_at: float = 25.0) -> TraceColumns:
     """A GPU lost mid-run: its counter and power stop at ``lost_at`` and, as the meter records
-    an unmeasured device, an estimate of its mean power follows every 0.5 s to the end."""
+    an unmeasured device, an estimate of its mean power follows from its last reading, then
+    every 0.5 s to the end."""
     run = synthetic_run(seed=seed, duration_s=40.0)
     kept = [r for r in run.trace.samples if r.t < lost_at]
     watts = run.true_energy(lost_at - 5.0, lost_at) / 5.0
+    last = max(r.t for r in kept)
     estimates = [
-        Reading(float(t), "gpu0", ESTIMATE_W, watts) for t in np.arange(lost_at + 0.5, 40.0, 0.5)
+        Reading(float(t), "gpu0", ESTIMATE_W, watts)
+        for t in (last, *np.arange(lost_at + 0.5, 40.0, 0.5))
     ]
     return TraceColumns.from_trace(Trace([*kept, *estimates], run.trace.steps, run.trace.meta))
 

@@ -12,6 +12,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_watt import WattCallback
 from lightning_watt.attribution.summary import render_summary
+from lightning_watt.energy.readings import ESTIMATE_W
+from lightning_watt.energy.trace import load_trace
 from lightning_watt.report.cli import main as report_main
 
 
@@ -53,3 +55,20 @@ def test_a_lost_gpu_is_unmeasured_with_an_estimate_in_the_summary(tmp_path, monk
     assert row["unmeasured_kWh"] * 3.6e6 == pytest.approx(summary["unmeasured_J"])
     assert "GPU is lost" in row["unmeasured"][0]
     assert "estimate for devices that stopped being measured" in capsys.readouterr().err
+
+
+def test_the_recording_of_a_lost_gpu_holds_the_estimate_the_meter_counted(tmp_path, monkeypatch):
+    """A report of the trace alone (a run killed before its summary) counts what the meter
+    counted: the meter's own estimates, from the last reading on, are in the recording."""
+    fake = install_fake_gpu(monkeypatch)
+    cb = WattCallback(sources=[nvml_source(fake)])
+    summary, _ = fit(tmp_path, cb, FaultAt(20, lambda: fake.lose(0)))
+    metas = list(tmp_path.rglob("watt_trace*.meta.json"))
+    assert len(metas) == 1, metas
+    trace = load_trace(str(metas[0]).removesuffix(".meta.json"))
+    estimates = [r for r in trace.samples if r.kind == ESTIMATE_W]
+    last_measured = max(r.t for r in trace.samples if r.kind != ESTIMATE_W)
+    assert estimates and min(r.t for r in estimates) <= last_measured + 1e-6
+    t0, t1 = trace.meta["fit_start"], trace.meta["fit_end"]
+    fused = trace.timeline().energy_between(t0, t1)
+    assert sum(fused.values()) == pytest.approx(summary["energy_J"], rel=5e-3)
