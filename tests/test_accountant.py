@@ -201,6 +201,7 @@ def test_a_rank_whose_books_fail_to_close_still_joins_the_gather():
     peer_record.update(_rank_record(peer.stage.finish(epoch=0), 1, {}))
     failing = _stage_on("h200-mlp-stall", 0, gather, reduce)
     assert failing.stage is not None
+    failing_meter = failing.stage.meter
 
     def broken(**kwargs):
         raise RuntimeError("a disk vanished")
@@ -209,5 +210,6 @@ def test_a_rank_whose_books_fail_to_close_still_joins_the_gather():
     with pytest.warns(RuntimeWarning, match=r"rank 0 could not close its energy books"):
         summary = failing.finish(epoch=0)
     assert sent == [None]  # it took part in the gather, with nothing
+    assert not failing_meter.running  # its threads did not outlive the stage
     assert {d["rank"] for d in summary["devices"]} == {1}
     assert summary["energy_J"] == pytest.approx(sum(peer_record["phases_J"].values()), rel=1e-9)

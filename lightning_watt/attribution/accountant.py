@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -347,6 +348,10 @@ class EnergyAccountant:
             )
         except Exception as err:
             error = err
+            # Its meter and refresher threads must not outlive the stage; the warning below
+            # says what failed.
+            with contextlib.suppress(Exception):
+                books.abort()
             warnings.warn(
                 f"lightning-watt: rank {self.rank} could not close its energy books ({err!r}); "
                 "its devices are left out of the stage's summary.",
