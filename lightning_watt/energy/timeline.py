@@ -746,10 +746,10 @@ class DeviceTimeline:
                     d_power = _interp(pts, cum, u) - i0
                     if d_power > 0:
                         k = (x.acc - a0) / d_power
-                        for t, c in zip(pts, cum, strict=True):
-                            if t0 < t < u:
-                                ts.append(t)
-                                es.append(e0 + k * (c - i0))
+                        # Indexed, not scanned: a backlog holds thousands of values and samples.
+                        for j in range(bisect.bisect_right(pts, t0), bisect.bisect_left(pts, u)):
+                            ts.append(pts[j])
+                            es.append(e0 + k * (cum[j] - i0))
                 ts.append(u)
                 es.append(e0 + x.acc - a0)
                 t0, e0, a0 = u, e0 + x.acc - a0, x.acc
@@ -764,10 +764,9 @@ class DeviceTimeline:
                 i0 = _interp(pts, cum, t0)
                 # An estimate is not a sensor the counter calibrates (as in _power_only).
                 k = 1.0 if kind == ESTIMATE_W else scale
-                for t, c in zip(pts, cum, strict=True):
-                    if t > t0:
-                        ts.append(t)
-                        es.append(e0 + k * (c - i0))
+                for j in range(bisect.bisect_right(pts, t0), len(pts)):
+                    ts.append(pts[j])
+                    es.append(e0 + k * (cum[j] - i0))
             for i in range(1, len(es)):  # energy never steps back, even provisionally
                 es[i] = max(es[i], es[i - 1])
             if es:
