@@ -117,6 +117,11 @@ class _Cumulative:
             del self.t[:i], self.w[:i], self.cum[:i]
 
 
+def _grid_point_before(t: float, period: float, phase: float) -> float:
+    """The newest point of the grid ``phase + k * period`` at or before ``t``."""
+    return phase + period * math.floor((t - phase) / period)
+
+
 class CounterClock:
     """Estimates the update instants of one device's cumulative counter. See the module
     docstring for the method.
@@ -259,7 +264,7 @@ class CounterClock:
         # Grid points within a few ms of the bracket count: read stamps and the fitted phase
         # are that uncertain. Two candidates (a read close to an update) are told apart by
         # which one makes this increment match the power integral since the last value.
-        top = phase + period * math.floor((t + _SLACK_S - phase) / period)
+        top = _grid_point_before(t + _SLACK_S, period, phase)
         # Without a previous read of the same series (the first value, a reset) the value is
         # the one of the last update before the read.
         options: tuple[float, ...] = (top, top - period) if math.isfinite(lo) else (top,)
@@ -284,7 +289,7 @@ class CounterClock:
         if current is None:
             return None
         period, phase, _ = current
-        top = phase + period * math.floor((t - phase) / period)
+        top = _grid_point_before(t, period, phase)
         return top if lo < top <= t else None
 
     def _acc_at(self, t: float) -> float:

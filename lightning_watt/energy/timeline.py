@@ -203,6 +203,24 @@ def _interp(ts: Sequence[float], ys: Sequence[float], t: float) -> float:
     return ys[i - 1] + (ys[i] - ys[i - 1]) * (t - t0) / (t1 - t0)
 
 
+def _shaped(
+    ts: Sequence[float], cum: Sequence[float], a: float, b: float, e0: float, k: float
+) -> tuple[Sequence[float], list[float]]:
+    """The knots strictly inside ``(a, b)`` of an energy that is ``e0`` at ``a`` and follows
+    the power integral ``cum`` (at ``ts``) scaled by ``k``."""
+    i0 = _interp(ts, cum, a)
+    lo, hi = bisect.bisect_right(ts, a), bisect.bisect_left(ts, b)
+    return ts[lo:hi], [e0 + k * (c - i0) for c in cum[lo:hi]]
+
+
+def _window_scale(d_counter: float, d_power: float) -> float | None:
+    """Counter joules per power-integral joule over one counter window; ``None`` where the
+    power integral cannot shape it (zero, or so small the ratio overflows)."""
+    if d_power > 0 and math.isfinite(d_counter / d_power):
+        return d_counter / d_power
+    return None
+
+
 class DeviceTimeline:
     """The fused cumulative energy of one device. See the module docstring for the rules."""
 
@@ -475,20 +493,11 @@ class DeviceTimeline:
         shape = self._shape_for(a.u, b.u)
         if shape is not None:
             kind, ts, cum = shape
-            i0 = _interp(ts, cum, a.u)
-            d_power = _interp(ts, cum, b.u) - i0
-            # A vanishing power integral (subnormal watts) cannot shape anything: k = inf.
-            if d_power > 0 and math.isfinite(d_counter / d_power):
-                k = d_counter / d_power
-                lo, hi = bisect.bisect_right(ts, a.u), bisect.bisect_left(ts, b.u)
-                inner = ts[lo:hi]
-                self._emit(
-                    [*inner, b.u],
-                    [*(e0 + k * (c - i0) for c in cum[lo:hi]), e0 + d_counter],
-                    f"counter+{kind}",
-                    a.u,
-                    b.u,
-                )
+            d_power = _interp(ts, cum, b.u) - _interp(ts, cum, a.u)
+            k = _window_scale(d_counter, d_power)
+            if k is not None:
+                inner, energies = _shaped(ts, cum, a.u, b.u, e0, k)
+                self._emit([*inner, b.u], [*energies, e0 + d_counter], f"counter+{kind}", a.u, b.u)
                 self._learn_scale(d_counter, d_power)
                 return
         self._emit(
@@ -531,11 +540,11 @@ class DeviceTimeline:
         # its counter-calibrated mean power): the counter's calibration of a sensor is not
         # applied to it again.
         k = 1.0 if kind == ESTIMATE_W else self._scale
-        e0, i0 = self._ke[-1], _interp(ts, cum, a)
-        lo, hi = bisect.bisect_right(ts, a), bisect.bisect_left(ts, b)
+        e0 = self._ke[-1]
+        inner, energies = _shaped(ts, cum, a, b, e0, k)
         self._emit(
-            [*ts[lo:hi], b],
-            [*(e0 + k * (c - i0) for c in cum[lo:hi]), e0 + k * (_interp(ts, cum, b) - i0)],
+            [*inner, b],
+            [*energies, e0 + k * (_interp(ts, cum, b) - _interp(ts, cum, a))],
             kind if not self._has_counter else f"{kind} (no counter)",
             a,
             b,
@@ -742,35 +751,31 @@ class DeviceTimeline:
                     continue
                 if shape is not None and shape[1][-1] >= u:
                     _, pts, cum = shape
-                    i0 = _interp(pts, cum, t0)
-                    d_power = _interp(pts, cum, u) - i0
-                    if d_power > 0:
-                        k = (x.acc - a0) / d_power
-                        # Indexed, not scanned: a backlog holds thousands of values and samples.
-                        for j in range(bisect.bisect_right(pts, t0), bisect.bisect_left(pts, u)):
-                            ts.append(pts[j])
-                            es.append(e0 + k * (cum[j] - i0))
+                    d_power = _interp(pts, cum, u) - _interp(pts, cum, t0)
+                    k = _window_scale(x.acc - a0, d_power)
+                    if k is not None:
+                        inner, energies = _shaped(pts, cum, t0, u, e0, k)
+                        ts.extend(inner)
+                        es.extend(energies)
                 ts.append(u)
                 es.append(e0 + x.acc - a0)
                 t0, e0, a0 = u, e0 + x.acc - a0, x.acc
             if shape is not None and self._sum_power <= 0 and start is not None and t0 > b:
                 # Nothing calibrated yet: the counter against the power since the boundary.
                 _, pts, cum = shape
-                d_power = _interp(pts, cum, t0) - _interp(pts, cum, b)
-                if d_power > 0 and t0 <= pts[-1]:
-                    scale = min(2.0, max(0.5, (a0 - start.acc) / d_power))
+                k = _window_scale(a0 - start.acc, _interp(pts, cum, t0) - _interp(pts, cum, b))
+                if k is not None and t0 <= pts[-1]:
+                    scale = min(2.0, max(0.5, k))
             if shape is not None:
                 kind, pts, cum = shape
-                i0 = _interp(pts, cum, t0)
                 # An estimate is not a sensor the counter calibrates (as in _power_only).
                 k = 1.0 if kind == ESTIMATE_W else scale
-                for j in range(bisect.bisect_right(pts, t0), len(pts)):
-                    ts.append(pts[j])
-                    es.append(e0 + k * (cum[j] - i0))
-            for i in range(1, len(es)):  # energy never steps back, even provisionally
-                es[i] = max(es[i], es[i - 1])
-            if es:
-                es[0] = max(es[0], self._ke[-1])
+                inner, energies = _shaped(pts, cum, t0, math.inf, e0, k)
+                ts.extend(inner)
+                es.extend(energies)
+            floor = self._ke[-1]
+            for i, e in enumerate(es):  # energy never steps back, even provisionally
+                es[i] = floor = max(e, floor)
         self._tail_cache = (self._version, ts, es)
         return ts, es
 
