@@ -143,8 +143,9 @@ class EnergyAccountant:
         cuda = device if device is not None and device.type == "cuda" else None
         keys_by_rank = self.gather([d.key for d in meter.devices])
         weights = ownership_weights(keys_by_rank, rank)
-        self._local = world_size == 1 and self.reduce is sum_across_ranks
-        self._local = self._local and not distributed_ready()
+        self._local = (
+            world_size == 1 and self.reduce is sum_across_ranks and not distributed_ready()
+        )
         if self.reduce is sum_across_ranks:
             # Under NCCL its gloo group is made here, by every rank together, not in a log row.
             host_group(device)
@@ -317,11 +318,15 @@ class EnergyAccountant:
         assert books is not None, "finish: no stage begun"
         self.stage = None
         label = stage or self.stage_name or "fit"
-        if interrupted or self.world_size == 1:
-            record = books.finish(epoch=epoch, meta={"stage": label})
-            gathered = [_rank_record(record, self.rank, dict(unavailable or {}))]
-        else:
-            gathered = self._gather_closed(books, epoch, label, dict(unavailable or {}))
+        alone = interrupted or self.world_size == 1
+        local, error = self._close(books, epoch, label, dict(unavailable or {}), alone)
+        # A rank whose books failed still joins the gather, with nothing: the other ranks wait
+        # in it, and a rank that skipped it would leave them there (a deadlock).
+        sent = [local] if interrupted else self.gather(local)
+        gathered: list[dict[str, Any]] = [g for g in sent if g is not None]
+        if not gathered:
+            assert error is not None
+            raise error
         offset = self.run.offset if self.stage_name == "fit" else None
         merged = build_summary(
             gathered,
@@ -334,20 +339,17 @@ class EnergyAccountant:
         merged["run_energy_J"] = self.run.end(label, merged["segment_energy_J"])
         return merged
 
-    def _gather_closed(
-        self, books: StageBooks, epoch: int, label: str, unavailable: dict[str, str]
-    ) -> list[dict[str, Any]]:
-        """Every rank's closed books. A rank whose books fail to close still takes part in the
-        gather, with nothing, so the other ranks are not left waiting in it (a deadlock); its
-        devices are missing from the summary, and it says so."""
-        error: Exception | None = None
-        local: dict[str, Any] | None = None
+    def _close(
+        self, books: StageBooks, epoch: int, label: str, unavailable: dict[str, str], alone: bool
+    ) -> tuple[dict[str, Any] | None, Exception | None]:
+        """This rank's closed books; with other ranks to gather with (not ``alone``), a failure
+        to close them is warned about and returned instead of raised (see :meth:`finish`)."""
         try:
-            local = _rank_record(
-                books.finish(epoch=epoch, meta={"stage": label}), self.rank, unavailable
-            )
+            record = books.finish(epoch=epoch, meta={"stage": label})
+            return _rank_record(record, self.rank, unavailable), None
         except Exception as err:
-            error = err
+            if alone:
+                raise
             # Its meter and refresher threads must not outlive the stage; the warning below
             # says what failed.
             with contextlib.suppress(Exception):
@@ -358,11 +360,7 @@ class EnergyAccountant:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        gathered = [g for g in self.gather(local) if g is not None]
-        if not gathered:
-            assert error is not None
-            raise error
-        return gathered
+            return None, err
 
 
 def _rank_record(record: StageRecord, rank: int, unavailable: dict[str, str]) -> dict[str, Any]:
