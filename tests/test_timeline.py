@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 
@@ -498,3 +499,25 @@ def test_a_retired_counter_lets_power_carry_on() -> None:
     tl.retire("gpu0", "counter_J")
     assert tl.finalized_until == pytest.approx(5.0)
     assert tl.energy_between(0.0, 5.0)["gpu0"] == pytest.approx(500.0)
+
+
+@pytest.mark.parametrize("flushed", [False, True], ids=["provisional tail", "final"])
+def test_knots_interpolate_to_energy_at(flushed: bool) -> None:
+    """``knots()`` is what ``energy_at`` interpolates: a report evaluates it at many times."""
+    tr = trace("h200-mlp-stall")
+    tl = EnergyTimeline()
+    tl.add(r for r in tr.samples if r.t < tr.span[0] + 8.0)  # part of it: a tail is pending
+    if flushed:
+        tl.flush()
+    device = tl.device("gpu0")
+    ts, es = device.knots()
+    assert ts == sorted(ts) and es == sorted(es)
+    assert flushed or ts[-1] > device.finalized_until
+    grid = [ts[0] - 1.0 + (ts[-1] - ts[0] + 2.0) * k / 500 for k in range(501)]
+    for t in grid:
+        i = bisect.bisect_right(ts, t)
+        if 0 < i < len(ts) and ts[i] > ts[i - 1]:
+            between = es[i - 1] + (es[i] - es[i - 1]) * (t - ts[i - 1]) / (ts[i] - ts[i - 1])
+        else:
+            between = es[min(max(i - 1, 0), len(es) - 1)]
+        assert device.energy_at(t) == pytest.approx(between, rel=1e-12, abs=1e-9)

@@ -791,6 +791,13 @@ class DeviceTimeline:
         ts, _ = self._tail()
         return ts[-1] if ts else self.finalized_until
 
+    def knots(self) -> tuple[list[float], list[float]]:
+        """The times and cumulative joules that :meth:`energy_at` interpolates linearly
+        between (clamped at both ends), finalized and provisional: for evaluating it at many
+        times at once (a repeated time takes the later value)."""
+        ts, es = self._tail()
+        return [*self._kt, *ts], [*self._ke, *es]
+
     def energy_at(self, t: float, provisional: bool = True) -> float:
         """Cumulative joules from the first reading to ``t`` (clamped to the data)."""
         if not self._kt:

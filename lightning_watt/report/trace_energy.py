@@ -78,14 +78,13 @@ class TimelineEnergy:
     def __init__(self, timeline: Any) -> None:
         self.timeline = timeline
         self.devices: list[str] = list(timeline.devices)
-        self._knots = {name: _knots(timeline.device(name)) for name in self.devices}
+        self._knots = {}
+        for name in self.devices:
+            ts, es = timeline.device(name).knots()
+            self._knots[name] = (np.asarray(ts, dtype=float), np.asarray(es, dtype=float))
 
     def at(self, device: str, x: np.ndarray) -> np.ndarray:
-        knots = self._knots[device]
-        if knots is not None:
-            return interp_many(*knots, x)
-        dev = self.timeline.device(device)  # one that does not share its knots
-        return np.array([dev.energy_at(float(t)) for t in x])
+        return interp_many(*self._knots[device], x)
 
     def release(self, before: float) -> None:
         """Nothing to release: the timeline is held whole."""
@@ -113,19 +112,6 @@ def interp_many(ts: np.ndarray, ys: np.ndarray, x: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         mid = np.where(t1 == t0, y1, y0 + (y1 - y0) * (x - t0) / (t1 - t0))
     return np.where(x <= ts[0], ys[0], np.where(x >= ts[-1], ys[-1], mid))
-
-
-def _knots(dev: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """A device timeline's knots, finalized and provisional, as arrays: interpolating them is
-    what its ``energy_at`` does, for one time at a time. ``None`` if its layout changed."""
-    try:
-        kt, ke = np.asarray(dev._kt, dtype=float), np.asarray(dev._ke, dtype=float)
-        tail_t, tail_e = dev._tail()
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if not len(kt):
-        return np.zeros(0), np.zeros(0)
-    return np.r_[kt, tail_t], np.r_[ke, tail_e]
 
 
 @dataclass
