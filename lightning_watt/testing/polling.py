@@ -54,15 +54,18 @@ def tight_counter_run(seed: int) -> tuple[SyntheticRun, list[float]]:
         >>> len(updates) > 200
         True
     """
+    phase, period = 0.0437, 0.1
     run = synthetic_run(
         seed=seed,
         duration_s=30.0,
+        counter_interval_s=period,
+        counter_phase_s=phase,
         counter_read_interval_s=0.003,
         jitter_s=0.001,
         missed_updates=2,
         kinds={COUNTER_J, INSTANT_W},
     )
     a, b = run.trace.fit_window
-    phase = 0.0437  # synthetic_run's default counter phase
-    updates = [phase + 0.1 * k for k in range(int(b / 0.1) + 1) if a + 3.0 < phase + 0.1 * k < b]
+    grid = (phase + period * k for k in range(int(b / period) + 1))
+    updates = [u for u in grid if a + 3.0 < u < b]
     return run, updates
