@@ -15,9 +15,11 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from lightning_watt.energy import arrow_chunks
 from lightning_watt.energy import trace as trace_mod
 from lightning_watt.energy.trace import (
     FORMAT,
@@ -41,6 +43,9 @@ _number_text = st.one_of(
     st.floats(min_value=-1e12, max_value=1e12).map(lambda x: f"{x:.6f}"),
     st.integers(-(10**20), 10**20).map(str),
     st.sampled_from(["", "-", ".", "1e", "1.2.3", "+5", " 1", "1 ", "0x10", "1_0", "nan", "-0"]),
+    # Texts Arrow's reader treats as null or reads its own way (the fast path must refuse
+    # them or read them as Python's float does).
+    st.sampled_from(["NA", "null", "N/A", "NaN", "inf", "Infinity", "1E5", "+.5", ".5", "5."]),
 )
 _field = st.one_of(
     _number_text,
@@ -50,6 +55,16 @@ _field = st.one_of(
     st.text(max_size=6),
 )
 _row = st.lists(_field, min_size=0, max_size=6).map(lambda cells: ",".join(cells))
+
+
+@pytest.fixture(params=["arrow", "numpy"])
+def sample_reader(request: Any, monkeypatch: Any) -> str:
+    """Samples read by pyarrow's reader (where installed) or by the numpy fallback: both
+    must read exactly what the reference parser reads."""
+    if request.param == "arrow" and not arrow_chunks.available():
+        pytest.skip("pyarrow is not installed")
+    monkeypatch.setattr(arrow_chunks, "ENABLED", request.param == "arrow")
+    return str(request.param)
 
 
 def _reference_samples(text: str, path: Path) -> list[tuple[float, str, str, float]]:
@@ -107,7 +122,7 @@ def _columns_rows(prefix: Path) -> list[tuple[float, str, str, float]]:
 @SETTINGS
 @given(rows=st.lists(_row, max_size=8))
 def test_random_sample_rows_read_as_the_reference_parser_reads_them(
-    tmp_path: Path, rows: list[str]
+    tmp_path: Path, rows: list[str], sample_reader: str
 ) -> None:
     text = GOOD_SAMPLES + "".join(r + "\n" for r in rows)
     _write(tmp_path / "r", gzip.compress(text.encode()))
@@ -257,7 +272,7 @@ _valid_row = st.tuples(
     bad=st.one_of(st.none(), st.tuples(st.integers(0, 30), _row)),
 )
 def test_valid_rows_read_exactly_and_a_bad_one_is_named(
-    tmp_path: Path, rows: list[Any], bad: tuple[int, str] | None
+    tmp_path: Path, rows: list[Any], bad: tuple[int, str] | None, sample_reader: str
 ) -> None:
     rows = sorted(rows, key=lambda r: r[0])
     lines = [f"{fmt(t)},{d},{k},{fmt(v)}" for t, d, k, v, fmt in rows]
@@ -277,7 +292,9 @@ def test_valid_rows_read_exactly_and_a_bad_one_is_named(
         assert got == expected and cols == expected
 
 
-def test_real_and_recorded_files_take_the_vectorised_path(tmp_path: Path, monkeypatch: Any) -> None:
+def test_real_and_recorded_files_take_the_vectorised_path(
+    tmp_path: Path, monkeypatch: Any, sample_reader: str
+) -> None:
     from lightning_watt.energy import trace_columns
     from lightning_watt.energy.trace import bundled_trace
     from lightning_watt.testing.synthetic import synthetic_run
@@ -291,6 +308,11 @@ def test_real_and_recorded_files_take_the_vectorised_path(tmp_path: Path, monkey
             [StepEdge("train", "start", 0, 0.25, 0.26), StepEdge("train", "end", 1, 0.5)]
         )
     monkeypatch.setattr(trace_columns, "_sample_chunk_slow", refuse)
+    if sample_reader == "arrow":  # Arrow vouches for every chunk: numpy is never asked
+        split = trace_columns._fields
+        monkeypatch.setattr(
+            trace_columns, "_fields", lambda data, n: refuse() if n == 4 else split(data, n)
+        )
     monkeypatch.setattr(
         trace_columns,
         "_slow_steps",

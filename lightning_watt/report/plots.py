@@ -20,14 +20,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
-
-import numpy as np
 
 from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.report.pareto import pareto_front, pareto_points
@@ -172,35 +169,6 @@ def _joule_unit(max_J: float) -> tuple[str, float]:
     return "J", 1.0
 
 
-def _envelope(
-    ts: Sequence[float] | np.ndarray, ws: Sequence[float] | np.ndarray, bins: int
-) -> tuple[list[float], list[float], list[float]]:
-    """Min and max of raw samples per bin (one bin per pixel column or so): spikes stay
-    visible however many samples there are, and a day of samples draws as ``bins`` points."""
-    t = np.asarray(ts, dtype=float)
-    w = np.asarray(ws, dtype=float)
-    if not len(t):
-        return [], [], []
-    t0, t1 = t[0], t[-1]
-    width = (t1 - t0) / bins or 1.0
-    x = t - t0
-    x /= width  # in place: a day of samples is tens of MB per array
-    i = x.astype(np.int64)
-    del x
-    np.minimum(i, bins - 1, out=i)
-    if np.all(i[1:] >= i[:-1]):  # samples in time order: each bin is one run of them
-        first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
-        keep = i[first]
-        lo, hi = np.minimum.reduceat(w, first), np.maximum.reduceat(w, first)
-        return (t0 + (keep + 0.5) * width).tolist(), lo.tolist(), hi.tolist()
-    lo = np.full(bins, math.inf)
-    hi = np.full(bins, -math.inf)
-    np.minimum.at(lo, i, w)
-    np.maximum.at(hi, i, w)
-    keep = np.flatnonzero(lo <= hi)
-    return (t0 + (keep + 0.5) * width).tolist(), lo[keep].tolist(), hi[keep].tolist()
-
-
 def _legend_below(fig: Figure, ax: Axes, handles: list[Any] | None = None) -> None:
     handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
     if handles:
@@ -264,10 +232,9 @@ def plot_power(run: RunData, max_points: int = 2000) -> Figure:
                     label=phase,
                 )
             bins = min(max_points, max(50, int((t1 - t0) / 0.1)))
-            raw = run.raw_power()
-            raw_kinds = sorted({kind for kind, _, _ in raw.values()})
-            for i, (device, (kind, raw_t, raw_w)) in enumerate(raw.items()):
-                et, lo, hi = _envelope(raw_t, raw_w, bins)
+            raw = run.power_envelope(bins)
+            raw_kinds = sorted({kind for kind, _, _, _ in raw.values()})
+            for i, (device, (kind, et, lo, hi)) in enumerate(raw.items()):
                 ax.fill_between(
                     [t / scale for t in et],
                     lo,

@@ -276,9 +276,9 @@ class RunData(TraceView):
         if value is not None:
             return value
         if self.has_trace:
-            _, per_dev, _ = self.power_over_time(bin_s=0.1, max_points=10**7)
+            _, per_dev, _ = self.power_bins(bin_s=0.1, max_points=10**7)
             if per_dev:
-                totals = np.sum([np.asarray(ws, dtype=float) for ws in per_dev.values()], axis=0)
+                totals = np.sum(list(per_dev.values()), axis=0)
                 finite = totals[np.isfinite(totals)]
                 if len(finite):
                     return float(finite.max())

@@ -32,29 +32,29 @@ from lightning_watt.report.trace_energy import TraceNumbers, interp_many, trace_
 _BRIDGE_S = 1.0
 
 
-def _bridge(values: list[float], max_bins: int) -> list[float]:
+def _bridge(values: np.ndarray, max_bins: int) -> np.ndarray:
     """Fill runs of NaN no longer than ``max_bins`` by linear interpolation between their
     neighbours (a poller that paused for 300 ms did not see zero or unknown power).
 
     Example:
         >>> nan = float("nan")
-        >>> _bridge([1.0, nan, 3.0, nan, nan, nan, 7.0], max_bins=2)[:3]
+        >>> _bridge(np.array([1.0, nan, 3.0, nan, nan, nan, 7.0]), max_bins=2)[:3].tolist()
         [1.0, 2.0, 3.0]
     """
-    out = list(values)
-    i, n = 0, len(out)
-    while i < n:
-        if not math.isnan(out[i]):
-            i += 1
-            continue
-        j = i
-        while j < n and math.isnan(out[j]):
-            j += 1
-        if i > 0 and j < n and j - i <= max_bins:
-            a, b = out[i - 1], out[j]
-            for k in range(i, j):
-                out[k] = a + (b - a) * (k - i + 1) / (j - i + 1)
-        i = j
+    out = np.array(values, dtype=float)
+    gap = np.isnan(out)
+    if gap.all() or not gap.any():
+        return out
+    change = np.diff(np.r_[0, gap.astype(np.int8), 0])
+    starts, ends = np.flatnonzero(change == 1), np.flatnonzero(change == -1)
+    fill = (starts > 0) & (ends < len(out)) & (ends - starts <= max_bins)
+    if fill.any():
+        inside = np.zeros(len(out) + 1, dtype=np.int64)
+        np.add.at(inside, starts[fill], 1)
+        np.add.at(inside, ends[fill], -1)
+        where = np.flatnonzero(np.cumsum(inside[:-1]) > 0)
+        known = np.flatnonzero(~gap)
+        out[where] = np.interp(where, known, out[known])
     return out
 
 
@@ -263,6 +263,13 @@ class TraceView:
     def power_over_time(
         self, bin_s: float | None = None, max_points: int = 2000
     ) -> tuple[list[float], dict[str, list[float]], dict[str, str]]:
+        """:meth:`power_bins` as lists (what the plots draw)."""
+        centres, watts, sources = self.power_bins(bin_s, max_points)
+        return centres.tolist(), {d: w.tolist() for d, w in watts.items()}, sources
+
+    def power_bins(
+        self, bin_s: float | None = None, max_points: int = 2000
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, str]]:
         """Mean power (W) per device in equal bins over the whole trace:
         ``(bin centres relative to the fit start, {device: watts}, {device: source})``.
 
@@ -275,7 +282,7 @@ class TraceView:
         Bins default to 1/``max_points`` of the trace, at least 100 ms.
         """
         if not self.has_trace:
-            return [], {}, {}
+            return np.zeros(0), {}, {}
         cols = self.columns
         assert cols is not None
         t0, t1 = cols.span
@@ -284,32 +291,36 @@ class TraceView:
         n = max(1, math.ceil((t1 - t0) / bin_s))
         origin = self.time_origin
         edges = t0 + np.arange(n + 1) * bin_s
-        centres = (t0 + (np.arange(n) + 0.5) * bin_s - origin).tolist()
-        raw = self.raw_power()
-        out: dict[str, list[float]] = {}
+        centres = t0 + (np.arange(n) + 0.5) * bin_s - origin
+        kinds = cols.power_kinds()
+        out: dict[str, np.ndarray] = {}
         sources: dict[str, str] = {}
         for name in cols.devices:
-            if name in raw:
-                kind, ts, ws = raw[name]
+            if name in kinds:
+                kind = kinds[name]
                 # Trailing averages describe the past, as the timeline reads them.
                 shift = 0.5 if kind == "average_W" else 0.0
-                # In place, in the order the scalar code used: the same bins, less memory.
-                pos = ts - shift
-                pos += origin
-                pos -= t0
-                pos /= bin_s
-                np.trunc(pos, out=pos)
-                ok = (pos >= 0) & (pos < n)
-                if ok.all():  # the usual case: no filtered copies of a day of samples
-                    i, weights = pos.astype(np.int64), ws
-                else:
-                    i, weights = pos[ok].astype(np.int64), ws[ok]
-                del pos, ok
-                sums = np.bincount(i, weights=weights, minlength=n)
-                counts = np.bincount(i, minlength=n)
+                sums = np.zeros(n)
+                counts = np.zeros(n, dtype=np.int64)
+                # A piece of the series at a time: a day of samples is never copied whole.
+                for ts, ws in cols.series_blocks(name, kind):
+                    # In place, in the order the scalar code used: the same bins.
+                    pos = ts - origin
+                    pos -= shift
+                    pos += origin
+                    pos -= t0
+                    pos /= bin_s
+                    np.trunc(pos, out=pos)
+                    ok = (pos >= 0) & (pos < n)
+                    if ok.all():
+                        i, weights = pos.astype(np.int64), ws
+                    else:
+                        i, weights = pos[ok].astype(np.int64), ws[ok]
+                    sums += np.bincount(i, weights=weights, minlength=n)
+                    counts += np.bincount(i, minlength=n)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     means = np.where(counts > 0, sums / np.maximum(counts, 1), math.nan)
-                out[name] = _bridge(means.tolist(), max_bins=int(_BRIDGE_S / bin_s))
+                out[name] = _bridge(means, max_bins=int(_BRIDGE_S / bin_s))
                 sources[name] = kind
             else:
                 counter = self._counter_series(name)
@@ -319,17 +330,14 @@ class TraceView:
                 cum = interp_many(ct, acc, edges)
                 # Outside the counter's readings the energy is unknown, not zero watts.
                 known = (edges[:-1] >= ct[0]) & (edges[1:] <= ct[-1])
-                out[name] = np.where(known, np.diff(cum) / bin_s, math.nan).tolist()
+                out[name] = np.where(known, np.diff(cum) / bin_s, math.nan)
                 sources[name] = COUNTER_J
         return centres, out, sources
 
     def raw_power(self) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
         """The best raw power kind per device, as recorded: ``{device: (kind, t, watts)}`` with
-        ``t`` relative to the fit start (numpy arrays)."""
-        return self._raw_power
-
-    @cached_property
-    def _raw_power(self) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+        ``t`` relative to the fit start (numpy arrays, copies: a day of one GPU's buffer
+        samples is about 90 MB; :meth:`power_envelope` draws them in bounded memory)."""
         if not self.has_trace:
             return {}
         cols = self.columns
@@ -340,6 +348,54 @@ class TraceView:
             t, w = cols.series(device, kind)  # copies: shifted in place, no third array
             t -= origin
             out[device] = (kind, t, w)
+        return out
+
+    def power_envelope(
+        self, bins: int
+    ) -> dict[str, tuple[str, list[float], list[float], list[float]]]:
+        """Min and max of the raw power samples per bin, ``bins`` equal bins between each
+        device's first and last sample: ``{device: (kind, bin centres relative to the fit
+        start, lows, highs)}``, bins without a sample left out. Spikes stay visible however
+        many samples there are; the series is read a piece at a time, never copied whole.
+
+        Example:
+            >>> from lightning_watt.energy.trace import bundled_trace
+            >>> from lightning_watt.energy.trace_columns import load_columns
+            >>> view = TraceView(load_columns(bundled_trace("h200-mlp-stall")))
+            >>> kind, t, lo, hi = view.power_envelope(bins=100)["gpu0"]
+            >>> kind, len(t) <= 100, all(a <= b for a, b in zip(lo, hi))
+            ('buffer_W', True, True)
+        """
+        if not self.has_trace:
+            return {}
+        cols = self.columns
+        assert cols is not None
+        origin = self.time_origin
+        out: dict[str, tuple[str, list[float], list[float], list[float]]] = {}
+        for device, kind in cols.power_kinds().items():
+            span = cols.series_span(device, kind)
+            if span is None:
+                continue
+            t0, t1 = span[0] - origin, span[1] - origin
+            width = (t1 - t0) / bins or 1.0
+            keeps, los, his = [], [], []
+            for ts, ws in cols.series_blocks(device, kind):
+                x = ts - origin
+                x -= t0
+                x /= width
+                i = x.astype(np.int64)
+                np.minimum(i, bins - 1, out=i)
+                # Time-ordered rows: each bin is one run of samples (a bin cut by a piece
+                # boundary is joined below).
+                first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
+                keeps.append(i[first])
+                los.append(np.minimum.reduceat(ws, first))
+                his.append(np.maximum.reduceat(ws, first))
+            keep, lo, hi = np.concatenate(keeps), np.concatenate(los), np.concatenate(his)
+            first = np.flatnonzero(np.r_[True, keep[1:] != keep[:-1]])
+            lo, hi = np.minimum.reduceat(lo, first), np.maximum.reduceat(hi, first)
+            keep = keep[first]
+            out[device] = (kind, (t0 + (keep + 0.5) * width).tolist(), lo.tolist(), hi.tolist())
         return out
 
     def energy_over_time(self, points: int = 1000) -> tuple[list[float], dict[str, list[float]]]:
