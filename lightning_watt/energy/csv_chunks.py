@@ -269,13 +269,14 @@ def _fields(data: bytes, ncols: int) -> _Fields | None:
     """Split a chunk of whole lines into fields; ``None`` when it is not plain CSV with
     ``ncols`` columns on every line (quotes, a lone carriage return, a wrong count). Lines
     may end in ``\\r\\n`` (the bundled traces do), as the csv module reads them."""
-    arr = np.frombuffer(data, dtype=np.uint8)
     # Quotes need the csv module; NUL would vanish from the fixed-width texts of strings().
-    if np.any(arr == 34) or np.any(arr == 0):
+    # (Byte membership is a memchr: a tenth of an array comparison.)
+    if b'"' in data or b"\0" in data:
         return None
+    arr = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)
     line_end = newlines
-    returns = np.flatnonzero(arr == 13)
+    returns = np.flatnonzero(arr == 13) if b"\r" in data else newlines[:0]
     if len(returns):
         if len(returns) != len(newlines) or np.any(returns + 1 != newlines):
             return None
