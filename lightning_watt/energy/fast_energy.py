@@ -483,17 +483,7 @@ class TraceEnergy:
         block_rows = integer(
             "block_rows", BLOCK_ROWS if block_rows is None else block_rows, minimum=1
         )
-        t, code, value = cols.t, cols.code, cols.value
-
-        def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-            for lo in range(0, len(t), block_rows):
-                yield (
-                    t[lo : lo + block_rows],
-                    code[lo : lo + block_rows],
-                    value[lo : lo + block_rows],
-                )
-
-        return cls(cols.names, blocks())
+        return cls(cols.names, cols.sample_blocks(block_rows))
 
     @property
     def devices(self) -> list[str]:

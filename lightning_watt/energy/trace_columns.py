@@ -36,6 +36,7 @@ from lightning_watt.energy.csv_chunks import (
     _ints,
 )
 from lightning_watt.energy.readings import COUNTER_J, KINDS, POWER_KINDS, Reading
+from lightning_watt.energy.sample_store import SPILL_ROWS, SampleStore
 from lightning_watt.energy.trace import (
     COMPACT_PER_S,
     COMPACT_STEPS_HEADER,
@@ -173,30 +174,29 @@ def _sample_chunk_slow(
     return np.array(ts, dtype=float), np.array(codes, dtype=np.int32), np.array(values, float)
 
 
+def read_sample_store(
+    path: Path, spill_rows: int | None = None
+) -> tuple[list[tuple[str, str]], SampleStore, bool]:
+    """``(names, store, truncated)``: the samples' columns in a :class:`SampleStore` (moved to
+    temporary files past ``spill_rows`` rows), ``names[code]`` each code's (device, kind)."""
+    source = GzipText(path)
+    _, chunks = _data_chunks(source, [SAMPLES_HEADER])
+    state = _SampleState()
+    store = SampleStore(SPILL_ROWS if spill_rows is None else spill_rows)
+    for lineno, data in chunks:
+        got = _sample_chunk_fast(state, data)
+        store.append(*(got if got is not None else _sample_chunk_slow(state, path, lineno, data)))
+    store.finish()
+    return state.names, store, source.truncated
+
+
 def read_sample_columns(
     path: Path,
 ) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray, bool]:
     """``(names, t, code, value, truncated)``: ``names[code[i]]`` is row i's (device, kind)."""
-    source = GzipText(path)
-    _, chunks = _data_chunks(source, [SAMPLES_HEADER])
-    state = _SampleState()
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for lineno, data in chunks:
-        got = _sample_chunk_fast(state, data)
-        parts.append(got if got is not None else _sample_chunk_slow(state, path, lineno, data))
-    if not parts:
-        empty = np.zeros(0)
-        return state.names, empty, np.zeros(0, dtype=np.int32), empty, source.truncated
-    # Column by column, freeing each column's pieces: the peak is one column over the total.
-    columns = [list(col) for col in zip(*parts, strict=True)]
-    del parts
-    t = np.concatenate(columns[0])
-    columns[0] = []
-    # Codes index the (device, kind) names: a few dozen at most in any real trace.
-    code = np.concatenate(columns[1]).astype(np.int16 if len(state.names) < 2**15 else np.int32)
-    columns[1] = []
-    value = np.concatenate(columns[2])
-    return state.names, t, code, value, source.truncated
+    names, store, truncated = read_sample_store(path, spill_rows=2**62)
+    t, code, value = store.arrays()
+    return names, t, code, value, truncated
 
 
 # --------------------------------------------------------------------------- steps
@@ -452,12 +452,15 @@ class StepReader:
 # --------------------------------------------------------------------------- the trace
 #: Rows of a trace one pass over a series holds at a time (:meth:`TraceColumns.series_blocks`).
 SERIES_BLOCK_ROWS = 1 << 20
-_Samples = tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray]
+_Samples = tuple[list[tuple[str, str]], SampleStore]
 
 
 class TraceColumns:
-    """A watt-trace held as columns: samples as numpy arrays (about 20 bytes a row), step
-    edges streamed from disk on demand (:meth:`step_chunks`), never all held at once.
+    """A watt-trace held as columns: samples in a :class:`SampleStore` (numpy arrays, about 18
+    bytes a row; past :data:`SPILL_ROWS` rows in temporary files, read back a block at a time
+    by :meth:`sample_blocks`), step edges streamed from disk on demand (:meth:`step_chunks`),
+    never all held at once. ``t``, ``code`` and ``value`` give the whole columns (read into
+    memory on first use); passes over a long trace use :meth:`sample_blocks`.
 
     ``partial`` (with ``partial_reason``) says the recording was cut off: a killed run, a
     stream that stops mid-way, a recording never closed. ``loader``: read the samples on
@@ -477,7 +480,7 @@ class TraceColumns:
         partial_reason: str | None = None,
         loader: Callable[[], tuple[_Samples, bool]] | None = None,
     ) -> None:
-        self._samples: _Samples = (names, t, code, value)
+        self._samples: _Samples = (names, SampleStore.from_arrays(t, code, value))
         self.meta = meta
         self.steps_source: StepReader | list[StepEdge] = (
             steps_source if steps_source is not None else []
@@ -506,15 +509,27 @@ class TraceColumns:
 
     @property
     def t(self) -> np.ndarray:
-        return self._loaded()[1]
+        return self._loaded()[1].arrays()[0]
 
     @property
     def code(self) -> np.ndarray:
-        return self._loaded()[2]
+        return self._loaded()[1].arrays()[1]
 
     @property
     def value(self) -> np.ndarray:
-        return self._loaded()[3]
+        return self._loaded()[1].arrays()[2]
+
+    @property
+    def rows(self) -> int:
+        """How many sample rows the trace holds."""
+        return self._loaded()[1].rows
+
+    def sample_blocks(
+        self, rows: int = SERIES_BLOCK_ROWS
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(t, code, value)`` of ``rows`` sample rows at a time, in order: a pass that holds
+        one block whatever the run's length."""
+        return self._loaded()[1].blocks(rows)
 
     @property
     def partial(self) -> bool:
@@ -554,29 +569,16 @@ class TraceColumns:
         return list(self.readings())
 
     def readings(self, kinds: Collection[str] | None = None) -> Iterator[Reading]:
-        wanted = [i for i, (_, k) in enumerate(self.names) if kinds is None or k in kinds]
-        mask = np.isin(self.code, wanted)
-        for lo in range(0, len(self.t), 100_000):
-            m = mask[lo : lo + 100_000]
-            names = self.names
-            for t, c, v in zip(
-                self.t[lo : lo + 100_000][m].tolist(),
-                self.code[lo : lo + 100_000][m].tolist(),
-                self.value[lo : lo + 100_000][m].tolist(),
-                strict=True,
-            ):
-                yield Reading(t, names[c][0], names[c][1], v)
+        names = self.names
+        wanted = [i for i, (_, k) in enumerate(names) if kinds is None or k in kinds]
+        for t, code, value in self.sample_blocks(100_000):
+            m = np.isin(code, wanted)
+            for tt, c, v in zip(t[m].tolist(), code[m].tolist(), value[m].tolist(), strict=True):
+                yield Reading(tt, names[c][0], names[c][1], v)
 
     def _used(self) -> list[int]:
-        """The codes any row holds (a count per code: linear, where a sort is not), counted
-        once per loaded column (a day of samples: 0.07 s a count)."""
-        code = self.code
-        cached = getattr(self, "_used_codes", None)
-        if cached is not None and cached[0] is code:
-            return list(cached[1])
-        used = np.flatnonzero(np.bincount(code, minlength=len(self.names))).tolist()
-        self._used_codes = (code, used)
-        return list(used)
+        """The codes any row holds (counted as the rows were read)."""
+        return self._loaded()[1].used_codes()
 
     @property
     def devices(self) -> list[str]:
@@ -588,9 +590,8 @@ class TraceColumns:
 
     @property
     def span(self) -> tuple[float, float]:
-        if not len(self.t):
-            return (0.0, 0.0)
-        return (float(self.t[0]), float(self.t[-1]))
+        """Times of the first and last sample (``(0.0, 0.0)`` without samples)."""
+        return self._loaded()[1].span
 
     @property
     def fit_window(self) -> tuple[float, float]:
@@ -599,10 +600,10 @@ class TraceColumns:
 
     def series(self, device: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """``(t, value)`` of one device and kind."""
-        if (device, kind) not in self.names:
+        pieces = list(self.series_blocks(device, kind))
+        if not pieces:
             return np.zeros(0), np.zeros(0)
-        mask = self.code == self.names.index((device, kind))
-        return self.t[mask], self.value[mask]
+        return np.concatenate([t for t, _ in pieces]), np.concatenate([v for _, v in pieces])
 
     def series_blocks(
         self, device: str, kind: str, rows: int = SERIES_BLOCK_ROWS
@@ -612,25 +613,20 @@ class TraceColumns:
         if (device, kind) not in self.names:
             return
         c = self.names.index((device, kind))
-        for lo in range(0, len(self.t), rows):
-            mask = self.code[lo : lo + rows] == c
+        for t, code, value in self.sample_blocks(rows):
+            mask = code == c
             if mask.any():
-                yield self.t[lo : lo + rows][mask], self.value[lo : lo + rows][mask]
+                yield t[mask], value[mask]
 
     def series_span(self, device: str, kind: str) -> tuple[float, float] | None:
         """Times of the first and last row of one device and kind (``None``: no such row)."""
         if (device, kind) not in self.names:
             return None
-        c = self.names.index((device, kind))
-        starts = range(0, len(self.t), SERIES_BLOCK_ROWS)
-        ends: list[float] = []
-        for order, pick in ((starts, 0), (reversed(starts), -1)):
-            for lo in order:
-                rows = np.flatnonzero(self.code[lo : lo + SERIES_BLOCK_ROWS] == c)
-                if len(rows):
-                    ends.append(float(self.t[lo + rows[pick]]))
-                    break
-        return (ends[0], ends[1]) if ends else None
+        first = last = None
+        for t, _ in self.series_blocks(device, kind):
+            first = float(t[0]) if first is None else first
+            last = float(t[-1])
+        return None if first is None or last is None else (first, last)
 
     def power_kinds(self) -> dict[str, str]:
         """The best raw power kind per device (``{device: kind}``), as the report draws it."""
@@ -687,8 +683,8 @@ def load_columns(prefix: str | os.PathLike[str], lazy: bool = False) -> TraceCol
     partial, reason = _trace._partial(meta, samples_truncated=False)
 
     def load() -> tuple[_Samples, bool]:
-        names, t, code, value, truncated = read_sample_columns(samples_path)
-        return (names, t, code, value), truncated
+        names, store, truncated = read_sample_store(samples_path)
+        return (names, store), truncated
 
     empty = np.zeros(0)
     cols = TraceColumns(

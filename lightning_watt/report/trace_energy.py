@@ -158,7 +158,7 @@ def trace_numbers(
     stream of ``(phase codes, starts, ends)`` with ``phases``, ``oldest_open`` and
     ``latest_edge``), in one
     pass over both. ``engine``: ``None`` chooses by length (:func:`choose_engine`)."""
-    engine = choose_engine(len(cols.t)) if engine is None else engine
+    engine = choose_engine(cols.rows) if engine is None else engine
     energy = energy_engine(cols, engine)
     fit0, fit1 = cols.fit_window
     grid_t = np.asarray(list(grid) if grid is not None else [], dtype=float)

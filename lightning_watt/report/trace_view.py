@@ -171,7 +171,7 @@ class TraceView:
 
     @property
     def has_trace(self) -> bool:
-        return self.columns is not None and len(self.columns.t) > 0
+        return self.columns is not None and self.columns.rows > 0
 
     @property
     def time_origin(self) -> float:
