@@ -102,3 +102,27 @@ def test_a_spilled_trace_reports_the_same_numbers_as_one_in_memory(monkeypatch: 
 def test_spill_rows_default_keeps_short_traces_in_memory() -> None:
     cols = load_columns(bundled_trace("h100-mlp"))
     assert cols.rows < store_mod.SPILL_ROWS and not cols._loaded()[1].spilled
+
+
+def test_a_disk_that_fills_up_while_spilling_keeps_every_row(monkeypatch: Any) -> None:
+    store = SampleStore(spill_rows=3)
+    store.append(np.arange(4.0), np.zeros(4, np.int32), np.arange(4.0))
+    assert store.spilled
+    real = store._write
+    calls = []
+
+    def fill_up(part: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the first column of this part is written, then the disk is full
+            store._files[0].write(part[0].tobytes())
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(part)
+
+    monkeypatch.setattr(store, "_write", fill_up)
+    with pytest.warns(RuntimeWarning, match="cannot write temporary files"):
+        for lo in range(4, 12, 4):
+            store.append(np.arange(lo, lo + 4.0), np.ones(4, np.int32), np.arange(lo, lo + 4.0))
+    store.finish()
+    assert not store.spilled and store.rows == 12 and store.used_codes() == [0, 1]
+    np.testing.assert_array_equal(store.arrays()[0], np.arange(12.0))
+    np.testing.assert_array_equal(store.arrays()[1], [0] * 4 + [1] * 8)

@@ -91,7 +91,11 @@ class SampleStore:
             self._counts[: len(counts)] += counts
         part = (t, code, value)
         if self._files is not None:
-            self._write(part)
+            try:
+                self._write(part)
+            except OSError as err:  # the disk filled up: what was written comes back
+                self._parts = [self._read(0, self.rows - len(t)), part]
+                self._stay_in_memory(err)
             return
         self._parts.append(part)
         if self.rows > self.spill_rows:
@@ -106,16 +110,19 @@ class SampleStore:
             for part in self._parts:
                 self._write(part)
         except OSError as err:
-            self._close()
-            self.spill_rows = 2**62  # never try again
-            warnings.warn(
-                f"lightning-watt: cannot write temporary files ({err}); the trace's samples "
-                "stay in memory (about 18 bytes a row).",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            self._stay_in_memory(err)
             return
         self._parts = []
+
+    def _stay_in_memory(self, err: OSError) -> None:
+        self._close()
+        self.spill_rows = 2**62  # never try again
+        warnings.warn(
+            f"lightning-watt: cannot write temporary files ({err}); the trace's samples stay "
+            "in memory (about 18 bytes a row).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _write(self, part: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         assert self._files is not None
