@@ -328,18 +328,25 @@ class StageBooks:
             return lambda t0, t1: 0.0
         held = self.weighted(meter.power()) if hold and math.isfinite(horizon) else 0.0
 
-        weighted = self.weighted
+        weights = None if self._all_counted else self.weights
 
         def batch(ts: list[float]) -> list[float]:
-            clamped = [min(t, horizon) for t in ts]
-            # Every time past the newest reading reads that reading: one lookup for them all
-            # (the newest steps mostly lie there: readings arrive up to 0.5 s late).
-            unique = list(dict.fromkeys(clamped))
-            found = meter.energy_at_many(unique, provisional=provisional)
-            at = dict(zip(unique, found, strict=True))
-            return [
-                weighted(at[c]) + held * max(0.0, t - c) for t, c in zip(ts, clamped, strict=True)
-            ]
+            # Per device one lookup of all the times, combined as :meth:`weighted` combines
+            # one time's joules (the same operations in the same order: the same floats).
+            clamped = [t if t < horizon else horizon for t in ts]
+            total: list[float] | None = None
+            for device, joules in meter.energy_columns(clamped, provisional).items():
+                if weights is not None:
+                    w = weights.get(device, 1.0)
+                    joules = [w * j for j in joules]
+                total = (
+                    joules if total is None else [a + b for a, b in zip(total, joules, strict=True)]
+                )
+            if total is None:
+                total = [0.0] * len(ts)
+            if held:
+                return [e + held * (t - c) for e, t, c in zip(total, ts, clamped, strict=True)]
+            return total
 
         known = dict(zip(times, batch(times), strict=True))
 

@@ -807,8 +807,17 @@ class EnergyMeter:
         self, times: Sequence[float], provisional: bool = True
     ) -> list[dict[str, float]]:
         """Cumulative joules per device at each of ``times``, under one lock acquisition."""
+        columns = self.energy_columns(times, provisional)
+        return [{d: e[i] for d, e in columns.items()} for i in range(len(times))]
+
+    def energy_columns(
+        self, times: Sequence[float], provisional: bool = True
+    ) -> dict[str, list[float]]:
+        """:meth:`energy_at_many` as one list per device (each device's knots looked up once
+        for all the times: :meth:`EnergyTimeline.energy_at_many`), for callers that combine
+        the devices themselves."""
         with self._lock:
-            return [self._timeline.energy_at(t, provisional) for t in times]
+            return self._timeline.energy_at_many(times, provisional)
 
     @property
     def recording(self) -> bool:
