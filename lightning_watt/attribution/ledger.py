@@ -87,7 +87,7 @@ class EnergyLedger:
             return
         if self.unassigned:
             self.assign_unassigned(epoch)
-        ep = self._epoch_energy(epoch)
+        ep = self.epochs.get(epoch) or self._epoch_energy(epoch)
         ep.phases[label] = ep.phases.get(label, 0.0) + joules
 
     def _epoch_energy(self, epoch: int) -> EpochEnergy:

@@ -908,9 +908,13 @@ class EnergyMeter:
             origin = self._started_at or 0.0
             try:
                 self._writer.write_steps(
-                    e._replace(
-                        t_host=e.t_host - origin,
-                        t_gpu=None if e.t_gpu is None else e.t_gpu - origin,
+                    # Built directly: NamedTuple._replace costs ~1.5 µs an edge.
+                    StepEdge(
+                        e.phase,
+                        e.edge,
+                        e.index,
+                        e.t_host - origin,
+                        None if e.t_gpu is None else e.t_gpu - origin,
                     )
                     for e in edges
                 )

@@ -1116,8 +1116,8 @@ class EnergyTimeline:
             if times.dtype.kind not in "fiu" or (times.dtype.kind == "f" and np.isnan(times).any()):
                 raise ValueError("times must be times in seconds (numbers, not NaN)")
             times = times.astype(np.float64).reshape(-1).tolist()
-        else:
-            for t in times:
+        elif not all(type(t) is float for t in times) or any(t != t for t in times):
+            for t in times:  # the exact complaint, for the first bad time
                 _check_time("times", t)
         return {n: tl.energy_at_many(times, provisional) for n, tl in sorted(self._devices.items())}
 
