@@ -207,3 +207,44 @@ def _shared_books():
     _BOOKS.append(books)
     yield
     _BOOKS.pop()
+
+
+def test_a_refresh_counts_new_steps_at_once_and_hands_edges_over_every_sync_s():
+    """Between hand-overs (``sync_s``) a refresh still counts a new step and gives it energy;
+    the ledger and the meter get its edges at the next hand-over, and the books close the same."""
+    books = _books(refresh_s=None)
+    try:
+        books.refresh()  # a hand-over: the books are current
+        books.mark("train", "start", 0, 0)
+        time.sleep(0.01)
+        books.mark("train", "end", 0, 0)
+        snap = books.refresh(sync_s=60.0)
+        assert snap.steps == 1 and snap.steps_J > 0
+        assert len(books._unsynced) == 2 and not books.ledger._edges  # not handed over yet
+        books.refresh()  # sync_s=0: hands them over
+        assert not books._unsynced and not books._unsynced_booked
+        record = books.finish(epoch=0)
+        assert record.totals.steps == {"train": 1}
+        assert sum(record.totals.phases_J.values()) == pytest.approx(
+            record.totals.energy_J, rel=1e-12
+        )
+    finally:
+        books.abort()
+
+
+def test_a_refresh_with_nothing_new_reuses_the_last_numbers():
+    books = _books(refresh_s=None)
+    meter = books.meter
+    try:
+        meter.stop()  # no reading, no poll from here on: the meter's version stands still
+        first = books.refresh()  # hands edges over (none): the meter's version moves once
+        version = meter.version
+        assert books.refresh(sync_s=60.0) is first and meter.version == version
+        books.mark("train", "start", 0, 0)
+        books.mark("train", "end", 0, 0)
+        counted = books.refresh(sync_s=60.0)  # a new step: new numbers
+        assert counted is not first and counted.steps == first.steps + 1
+        assert books.refresh(sync_s=60.0) is counted
+        assert books.refresh() is not counted  # a hand-over always refreshes
+    finally:
+        books.abort()

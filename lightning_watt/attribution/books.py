@@ -275,6 +275,7 @@ class StageBooks:
         self._unsynced: list[Edge] = []
         self._unsynced_booked: list[LedgerEdge] = []  # the same, as the ledger books them
         self._synced_at = -math.inf
+        self._snapshot_version: int | None = None  # the meter's version the snapshot saw
         self._lock = threading.RLock()
         self._snapshot: Snapshot | None = None
         self._steps_reported = 0
@@ -448,10 +449,22 @@ class StageBooks:
         with self._lock:
             meter = self.meter
             if meter.now() - self._synced_at >= sync_s:
-                self.sync_edges(pause_s=pause_s)
+                self.sync_edges(pause_s=pause_s)  # hands edges to the meter: a new version
+                version = getattr(meter, "version", None)
             else:
+                version = getattr(meter, "version", None)  # read before what it vouches for
                 self._resolve()
-            horizon = min(meter.horizon, meter.now())
+                if (
+                    not self._live.waiting
+                    and version is not None
+                    and version == self._snapshot_version
+                    and self._snapshot is not None
+                ):
+                    return self._snapshot  # no new step, reading or poll: nothing would change
+            newest, now = meter.horizon, meter.now()
+            horizon = min(newest, now)
+            # A horizon cut at now moves with the clock, not with the meter's version.
+            self._snapshot_version = version if newest <= now else None
             measured = math.isfinite(horizon)
             spans = self._live.take()
             # One locked lookup: the new steps (held power past the newest reading, as a row

@@ -218,6 +218,11 @@ class StepSpans:
                 self._spans.append((opened[1], t))
                 self.count += 1
 
+    @property
+    def waiting(self) -> bool:
+        """Whether spans wait to be taken."""
+        return bool(self._spans)
+
     def take(self) -> list[tuple[float, float]]:
         """The spans of steps completed since the last call."""
         out, self._spans = self._spans, []

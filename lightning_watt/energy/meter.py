@@ -854,6 +854,14 @@ class EnergyMeter:
         with self._lock:
             return self._timeline.horizon
 
+    @property
+    def version(self) -> int:
+        """Changes whenever the energies or the power readings may have (see
+        :attr:`EnergyTimeline.version`): the books' refresher skips a refresh that would find
+        nothing new."""
+        with self._lock:
+            return self._timeline.version
+
     def gaps(self, t0: float = -math.inf, t1: float = math.inf) -> list[Gap]:
         with self._lock:
             return self._timeline.gaps(t0, t1)

@@ -1138,6 +1138,12 @@ class EnergyTimeline:
         """Energy of every device is known (provisionally) up to this time."""
         return min((tl.horizon for tl in self._devices.values()), default=-math.inf)
 
+    @property
+    def version(self) -> int:
+        """Changes whenever anything a query could return may have changed (a reading, an
+        edge, a poll's watermark): a caller that saw the same version may reuse its answers."""
+        return sum(tl._version for tl in self._devices.values()) + len(self._devices)
+
     def methods(self) -> dict[str, list[str]]:
         """How each device's energy was obtained, most-used first (e.g. ``counter+buffer_W``)."""
         return {n: tl.methods for n, tl in sorted(self._devices.items())}
