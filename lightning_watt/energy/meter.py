@@ -807,7 +807,8 @@ class EnergyMeter:
         self, times: Sequence[float], provisional: bool = True
     ) -> list[dict[str, float]]:
         """Cumulative joules per device at each of ``times``, under one lock acquisition."""
-        columns = self.energy_columns(times, provisional)
+        with self._lock:
+            columns = self._timeline.energy_at_many(times, provisional)
         return [{d: e[i] for d, e in columns.items()} for i in range(len(times))]
 
     def energy_columns(
@@ -815,9 +816,9 @@ class EnergyMeter:
     ) -> dict[str, list[float]]:
         """:meth:`energy_at_many` as one list per device (each device's knots looked up once
         for all the times: :meth:`EnergyTimeline.energy_at_many`), for callers that combine
-        the devices themselves."""
+        the devices themselves. ``times``: numbers on the meter clock, none NaN (unchecked)."""
         with self._lock:
-            return self._timeline.energy_at_many(times, provisional)
+            return self._timeline.columns(times, provisional)
 
     @property
     def recording(self) -> bool:

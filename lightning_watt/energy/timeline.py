@@ -1119,6 +1119,11 @@ class EnergyTimeline:
         elif not all(type(t) is float for t in times) or any(t != t for t in times):
             for t in times:  # the exact complaint, for the first bad time
                 _check_time("times", t)
+        return self.columns(times, provisional)
+
+    def columns(self, times: Sequence[float], provisional: bool = True) -> dict[str, list[float]]:
+        """:meth:`energy_at_many` for times already known to be numbers, not NaN (the meter's
+        own, ~35 a call 40 times a second: checking each cost ~7 % of the books' refresher)."""
         return {n: tl.energy_at_many(times, provisional) for n, tl in sorted(self._devices.items())}
 
     def gaps(self, t0: float = -math.inf, t1: float = math.inf) -> list[Gap]:
