@@ -248,3 +248,37 @@ def test_a_refresh_with_nothing_new_reuses_the_last_numbers():
         assert books.refresh() is not counted  # a hand-over always refreshes
     finally:
         books.abort()
+
+
+def test_ticks_of_one_snapshot_repeat_its_numbers_without_recomputing():
+    """At log_every_n_steps=1 most rows read the snapshot the previous row read: the same
+    energy and power, no new step, and the same objects (nothing rebuilt on the training
+    thread); a new snapshot gives new numbers."""
+    from lightning_watt.attribution.accountant import EnergyAccountant
+
+    books = _books(refresh_s=3600.0)  # a refresher that never comes: snapshots as we make them
+    accountant = EnergyAccountant()
+    accountant.stage, accountant.stage_name = books, "fit"
+    accountant.run.begin("fit")
+    try:
+        books.mark("train", "start", 0, 0)
+        time.sleep(0.01)
+        books.mark("train", "end", 0, 0)
+        first = accountant.log_values()  # the stage's first step: the tick refreshes itself
+        assert first.step_J is not None and first.step_J > 0
+        idle = books.tick()
+        assert idle.steps == 0 and math.isnan(idle.step_J) and books.tick() is idle
+        again = accountant.log_values()
+        assert again.step_J is None and again.energy_kWh == first.energy_kWh
+        assert again.power_W == first.power_W and accountant.log_values() is again
+        accountant.run.kwh += 1.0  # the run's books moved (a restored checkpoint): recomputed
+        moved = accountant.log_values()
+        assert moved is not again and moved.energy_kWh == accountant.run.kwh
+        books.mark("train", "start", 1, 0)
+        time.sleep(0.01)
+        books.mark("train", "end", 1, 0)
+        books.refresh()
+        fresh = accountant.log_values()
+        assert fresh.step_J is not None and fresh.step_J > 0
+    finally:
+        books.finish(epoch=0)

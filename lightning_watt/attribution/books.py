@@ -281,6 +281,8 @@ class StageBooks:
         self._steps_reported = 0
         self._steps_J_reported = 0.0
         self._last_power: tuple[float, float, float] | None = None  # (t, measured J, W)
+        self._ticked: Snapshot | None = None  # the snapshot the last tick read
+        self._idle_tick = Tick(0.0, 0.0, math.nan, 0)  # a tick of it again: nothing new
         self._refresher: Refresher | None = None
         if refresh_s is not None:
             self._refresher = Refresher(self._refresh_in_background, refresh_s).start()
@@ -509,6 +511,10 @@ class StageBooks:
         snap = self._snapshot
         if snap is None or self._refresher is None or (snap.steps == 0 == self._steps_reported):
             snap = self.refresh()
+        if snap is self._ticked:
+            # Ticked already (at log_every_n_steps=1, ~15 of 16 rows between refreshes): no new
+            # step, no newer reading; the power and energy of that tick again.
+            return self._idle_tick
         # Power over the interval since the previous tick's newest reading (none new: the
         # last value).
         horizon, cumulative = snap.horizon, snap.energy_J
@@ -526,6 +532,7 @@ class StageBooks:
         if new > 0:
             step_j = (snap.steps_J - self._steps_J_reported) / new
             self._steps_reported, self._steps_J_reported = snap.steps, snap.steps_J
+        self._ticked, self._idle_tick = snap, Tick(cumulative, power, math.nan, 0)
         return Tick(cumulative, power, step_j, max(new, 0))
 
     def step_counts(self) -> tuple[dict[str, int], dict[int, int]]:
