@@ -5,7 +5,7 @@ machine's load swamp differences of a few microseconds. This script drives an
 ``EnergyAccountant`` directly: a replayed H200 trace (``h200-mlp-stall``, recorded to a
 temporary watt-trace unless ``--no-record``), a step marked every ``--step-ms`` by a busy loop
 on the main thread (which holds the GIL as a training loop does) and a log row read at every
-step (``log_every_n_steps=1``). Reported per step: the CPU time of the books' refresher thread
+step (``--log-every``, default 1). Reported per step: the CPU time of the books' refresher thread
 and of the meter thread (``/proc/self/task/<id>/schedstat``, Linux), and of an idle refresh
 (no steps, every 25 ms: cold caches, as the refresher meets them). CPU time is what other
 tenants of a shared machine disturb least; run it a few times, or alternate two checkouts
@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/books_threads.py                  # 6 s of 1.5 ms steps, recording on
     python benchmarks/books_threads.py --seconds 20 --no-record
+    python benchmarks/books_threads.py --log-every 50      # a row every 50 steps
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _thread_cpu_s(native_id: int | None) -> float:
         return int(fh.read().split()[0]) / 1e9
 
 
-def _steps(seconds: float, step_s: float, record: bool) -> tuple[int, float, float]:
+def _steps(seconds: float, step_s: float, record: bool, every: int) -> tuple[int, float, float]:
     """Steps marked, and the refresher's and the meter's CPU seconds while marking them."""
     with tempfile.TemporaryDirectory(prefix="watt-books-") as tmp:
         books = EnergyAccountant()
@@ -61,7 +62,8 @@ def _steps(seconds: float, step_s: float, record: bool) -> tuple[int, float, flo
             while time.perf_counter() < due:  # the step: Python holding the GIL
                 pass
             books.mark("train", "end", n, 0)
-            books.log_values()
+            if (n + 1) % every == 0:
+                books.log_values()
             n += 1
         cpu1 = [_thread_cpu_s(i) for i in ids]
         books.finish()
@@ -90,13 +92,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds of steps")
     parser.add_argument("--step-ms", type=float, default=1.5, help="step time (busy loop)")
     parser.add_argument("--no-record", action="store_true", help="no watt-trace written")
+    parser.add_argument("--log-every", type=int, default=1, help="steps between log rows")
     args = parser.parse_args()
-    if not args.seconds > 0 or not args.step_ms > 0:
-        parser.error("--seconds and --step-ms must be positive")
-    n, refresher_s, meter_s = _steps(args.seconds, args.step_ms / 1e3, not args.no_record)
+    if not args.seconds > 0 or not args.step_ms > 0 or args.log_every < 1:
+        parser.error("--seconds, --step-ms and --log-every must be positive")
+    n, refresher_s, meter_s = _steps(
+        args.seconds, args.step_ms / 1e3, not args.no_record, args.log_every
+    )
     us = 1e6
     print(
-        f"{n} steps of {args.step_ms} ms, log_every_n_steps=1, recording "
+        f"{n} steps of {args.step_ms} ms, log_every_n_steps={args.log_every}, recording "
         f"{'off' if args.no_record else 'on'}; CPU per step: books' refresher "
         f"{us * refresher_s / n:.1f} µs, meter {us * meter_s / n:.1f} µs"
     )
