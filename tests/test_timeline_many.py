@@ -118,7 +118,9 @@ def test_bad_times_are_refused_naming_the_argument() -> None:
         tl.energy_at_many(np.array([0.0, np.nan]))
     with pytest.raises(TypeError, match="times"):
         tl.energy_at_many([0.0, "1.0"])  # type: ignore[list-item]
-    with pytest.raises(ValueError, match="times"):
+    with pytest.raises(TypeError, match="times"):
         tl.energy_at_many(np.array(["1.0"]))
+    with pytest.raises(TypeError, match="times"):
+        tl.energy_at_many(np.array([True]))
     assert tl.energy_at_many([]) == {"gpu0": []}
     assert EnergyTimeline().energy_at_many([1.0]) == {}

@@ -1113,8 +1113,10 @@ class EnergyTimeline:
             [0.0, 1.0, 4.0]
         """
         if isinstance(times, np.ndarray):
-            if times.dtype.kind not in "fiu" or (times.dtype.kind == "f" and np.isnan(times).any()):
-                raise ValueError("times must be times in seconds (numbers, not NaN)")
+            if times.dtype.kind not in "fiu":
+                raise TypeError(f"times must be times in seconds (numbers), got {times.dtype}")
+            if times.dtype.kind == "f" and np.isnan(times).any():
+                raise ValueError("times must be times in seconds, got NaN")
             times = times.astype(np.float64).reshape(-1).tolist()
         elif not all(type(t) is float for t in times) or any(t != t for t in times):
             for t in times:  # the exact complaint, for the first bad time
