@@ -45,6 +45,7 @@ Usage::
 
     python benchmarks/overhead.py                 # 6 repetitions of 300 steps per arm
     python benchmarks/overhead.py --repeats 10    # more repetitions, tighter ratios
+    python benchmarks/overhead.py --cadences 1    # only the arms at log_every_n_steps=1
 """
 
 from __future__ import annotations
@@ -423,9 +424,9 @@ def _report_throughput(variant: Variant) -> None:
             f"[{min(ratios):.3f}, {max(ratios):.3f}] best {best:.3f}x {1e3 * cpu:6.3f} ms "
             f"{1e6 * d_cpu:+6.1f} µs{verdict}"
         )
-    off50 = by_arm[Arm("off", 50)]
+    off = by_arm[next(a for a in variant.arms if a.kind == "off")]
     print(
-        f"  a step takes {1e3 * statistics.median(f.step_s for f in off50):.2f} ms without the "
+        f"  a step takes {1e3 * statistics.median(f.step_s for f in off):.2f} ms without the "
         "callback; 'null' and the off runs' span are the noise: ratios within them are not "
         "resolved by this run"
     )
@@ -709,10 +710,11 @@ def _machine() -> str:
 def _run_variant(variant: Variant, args: argparse.Namespace, target_s: float) -> None:
     t_start = time.monotonic()
     print(f"\n== {variant.name}")
-    variant.batch = _calibrate(variant, target_s, args.skip)
+    variant.batch = args.batch or _calibrate(variant, target_s, args.skip)
     print(
         f"  model: MLP {variant.width} x {variant.depth} hidden + 10 out, batch {variant.batch} "
-        f"(calibrated for {1e3 * target_s:.1f} ms/step); {args.steps} steps a fit, timed after "
+        f"({'given' if args.batch else f'calibrated for {1e3 * target_s:.1f} ms/step'}); "
+        f"{args.steps} steps a fit, timed after "
         f"{args.skip}; {args.repeats} interleaved repetitions of {len(variant.arms)} arms"
     )
     for _ in range(args.repeats):
@@ -739,7 +741,27 @@ def main() -> None:
     parser.add_argument(
         "--block-steps", type=int, default=3000, help="steps of the in-fit blocks (0: skip them)"
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="batch size instead of calibrating one (the same steps across runs to compare)",
+    )
+    parser.add_argument(
+        "--cadences",
+        default="50,10,1",
+        help="log_every_n_steps values whose arms run (comma-separated; of 50, 10, 1)",
+    )
     args = parser.parse_args()
+    try:
+        cadences = {int(c) for c in args.cadences.split(",")}
+    except ValueError:
+        cadences = set()
+    if not cadences or not cadences <= {a.every for a in ARMS}:
+        parser.error(f"--cadences must name some of 50, 10, 1, got {args.cadences!r}")
+    arms = tuple(a for a in ARMS if a.every in cadences)
+    if args.batch < 0:
+        parser.error(f"--batch must be 0 (calibrate) or a batch size, got {args.batch}")
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")
     if args.steps < args.skip + 50:
@@ -763,7 +785,7 @@ def main() -> None:
             torch.device("cpu"),
             WIDTH["cpu"],
             DEPTH["cpu"],
-            ARMS,
+            arms,
             replayed,
         ),
         args,
@@ -777,7 +799,7 @@ def main() -> None:
                 device,
                 WIDTH["cuda"],
                 DEPTH["cuda"],
-                tuple(a for a in ARMS if a.every in (1, 50)),
+                tuple(a for a in arms if a.every in (1, 50)),
                 lambda arm: TimedWattCallback(record=arm.record),
             ),
             args,

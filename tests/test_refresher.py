@@ -207,3 +207,78 @@ def _shared_books():
     _BOOKS.append(books)
     yield
     _BOOKS.pop()
+
+
+def test_a_refresh_counts_new_steps_at_once_and_hands_edges_over_every_sync_s():
+    """Between hand-overs (``sync_s``) a refresh still counts a new step and gives it energy;
+    the ledger and the meter get its edges at the next hand-over, and the books close the same."""
+    books = _books(refresh_s=None)
+    try:
+        books.refresh()  # a hand-over: the books are current
+        books.mark("train", "start", 0, 0)
+        time.sleep(0.01)
+        books.mark("train", "end", 0, 0)
+        snap = books.refresh(sync_s=60.0)
+        assert snap.steps == 1 and snap.steps_J > 0
+        assert len(books._unsynced) == 2 and not books.ledger._edges  # not handed over yet
+        books.refresh()  # sync_s=0: hands them over
+        assert not books._unsynced and not books._unsynced_booked
+        record = books.finish(epoch=0)
+        assert record.totals.steps == {"train": 1}
+        assert sum(record.totals.phases_J.values()) == pytest.approx(
+            record.totals.energy_J, rel=1e-12
+        )
+    finally:
+        books.abort()
+
+
+def test_a_refresh_with_nothing_new_reuses_the_last_numbers():
+    books = _books(refresh_s=None)
+    meter = books.meter
+    try:
+        meter.stop()  # no reading, no poll from here on: the meter's version stands still
+        first = books.refresh()  # hands edges over (none): the meter's version moves once
+        version = meter.version
+        assert books.refresh(sync_s=60.0) is first and meter.version == version
+        books.mark("train", "start", 0, 0)
+        books.mark("train", "end", 0, 0)
+        counted = books.refresh(sync_s=60.0)  # a new step: new numbers
+        assert counted is not first and counted.steps == first.steps + 1
+        assert books.refresh(sync_s=60.0) is counted
+        assert books.refresh() is not counted  # a hand-over always refreshes
+    finally:
+        books.abort()
+
+
+def test_ticks_of_one_snapshot_repeat_its_numbers_without_recomputing():
+    """At log_every_n_steps=1 most rows read the snapshot the previous row read: the same
+    energy and power, no new step, and the same objects (nothing rebuilt on the training
+    thread); a new snapshot gives new numbers."""
+    from lightning_watt.attribution.accountant import EnergyAccountant
+
+    books = _books(refresh_s=3600.0)  # a refresher that never comes: snapshots as we make them
+    accountant = EnergyAccountant()
+    accountant.stage, accountant.stage_name = books, "fit"
+    accountant.run.begin("fit")
+    try:
+        books.mark("train", "start", 0, 0)
+        time.sleep(0.01)
+        books.mark("train", "end", 0, 0)
+        first = accountant.log_values()  # the stage's first step: the tick refreshes itself
+        assert first.step_J is not None and first.step_J > 0
+        idle = books.tick()
+        assert idle.steps == 0 and math.isnan(idle.step_J) and books.tick() is idle
+        again = accountant.log_values()
+        assert again.step_J is None and again.energy_kWh == first.energy_kWh
+        assert again.power_W == first.power_W and accountant.log_values() is again
+        accountant.run.kwh += 1.0  # the run's books moved (a restored checkpoint): recomputed
+        moved = accountant.log_values()
+        assert moved is not again and moved.energy_kWh == accountant.run.kwh
+        books.mark("train", "start", 1, 0)
+        time.sleep(0.01)
+        books.mark("train", "end", 1, 0)
+        books.refresh()
+        fresh = accountant.log_values()
+        assert fresh.step_J is not None and fresh.step_J > 0
+    finally:
+        books.finish(epoch=0)

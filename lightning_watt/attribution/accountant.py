@@ -121,6 +121,8 @@ class EnergyAccountant:
         self._local = True  # one process and the default reduction: a sum is the values
         self._reduced_epochs: dict[int, dict[str, float]] = {}
         self._epoch_kwh: tuple[int, float] | None = None  # (epoch, kWh) measured at its end
+        # The last row of one process: (tick, run's kWh, run's energy before the stage), values.
+        self._last_values: tuple[tuple[Any, float, float], LogValues] | None = None
 
     # ------------------------------------------------------------------ a stage
     def begin(
@@ -221,8 +223,15 @@ class EnergyAccountant:
         assert stage is not None, "log_values: no stage begun"
         tick = stage.tick()
         if self._local:  # called at every step at log_every_n_steps=1: no reduction to make
+            run = self.run
+            key = (tick, run.kwh, run.before_stage_J)
+            last = self._last_values
+            if last is not None and last[0][0] is tick and last[0][1:] == key[1:]:
+                return last[1]  # the same tick on the same run's books: the same row
             step = float(tick.step_J) if tick.steps else None
-            return LogValues(self.run.note(float(tick.energy_J)), float(tick.power_W), step)
+            values = LogValues(run.note(float(tick.energy_J)), float(tick.power_W), step)
+            self._last_values = (key, values)
+            return values
         stage_j, power, step_j, ranks_with_steps = self._sum(
             [tick.energy_J, tick.power_W, tick.step_J if tick.steps else 0.0, float(tick.steps > 0)]
         )

@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger, StepSpans
+from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger, LedgerEdge, StepSpans
 from lightning_watt.attribution.refresher import DEFAULT_INTERVAL_S, Refresher
-from lightning_watt.attribution.step_clock import StepClock
+from lightning_watt.attribution.step_clock import Edge, StepClock
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.validate import finite_number
@@ -43,6 +43,13 @@ STATE_VERSION = 2
 #: between such chunks, long enough for a waiting training thread to take the GIL.
 CHUNK_EDGES = 64
 CHUNK_PAUSE_S = 0.0002
+#: Seconds between the refresher's hand-overs of new edges to the meter, the recording and
+#: the ledger (final energy). Each hand-over has a fixed cost (~200 µs of CPU from cold caches,
+#: taking the meter's lock three times), which at every 25 ms refresh was ~12 µs a step at
+#: 1.5 ms steps. The rows' numbers are still refreshed every refresh: a new step is counted
+#: and given provisional energy at once; only the ledger (and the trace file) lag, by this
+#: much more than the ~0.5 s final energy lags anyway.
+SYNC_S = 0.1
 
 
 @dataclass
@@ -263,11 +270,19 @@ class StageBooks:
         # for log rows (the ledger waits for final energy, up to ~0.5 s behind).
         self._live = StepSpans()
         self._live_steps_J = 0.0
+        # Edges resolved (and counted in the live spans) but not handed over yet; when the
+        # last hand-over was (meter clock).
+        self._unsynced: list[Edge] = []
+        self._unsynced_booked: list[LedgerEdge] = []  # the same, as the ledger books them
+        self._synced_at = -math.inf
+        self._snapshot_version: int | None = None  # the meter's version the snapshot saw
         self._lock = threading.RLock()
         self._snapshot: Snapshot | None = None
         self._steps_reported = 0
         self._steps_J_reported = 0.0
         self._last_power: tuple[float, float, float] | None = None  # (t, measured J, W)
+        self._ticked: Snapshot | None = None  # the snapshot the last tick read
+        self._idle_tick = Tick(0.0, 0.0, math.nan, 0)  # a tick of it again: nothing new
         self._refresher: Refresher | None = None
         if refresh_s is not None:
             self._refresher = Refresher(self._refresh_in_background, refresh_s).start()
@@ -328,18 +343,25 @@ class StageBooks:
             return lambda t0, t1: 0.0
         held = self.weighted(meter.power()) if hold and math.isfinite(horizon) else 0.0
 
-        weighted = self.weighted
+        weights = None if self._all_counted else self.weights
 
         def batch(ts: list[float]) -> list[float]:
-            clamped = [min(t, horizon) for t in ts]
-            # Every time past the newest reading reads that reading: one lookup for them all
-            # (the newest steps mostly lie there: readings arrive up to 0.5 s late).
-            unique = list(dict.fromkeys(clamped))
-            found = meter.energy_at_many(unique, provisional=provisional)
-            at = dict(zip(unique, found, strict=True))
-            return [
-                weighted(at[c]) + held * max(0.0, t - c) for t, c in zip(ts, clamped, strict=True)
-            ]
+            # Per device one lookup of all the times, combined as :meth:`weighted` combines
+            # one time's joules (the same operations in the same order: the same floats).
+            clamped = [t if t < horizon else horizon for t in ts]
+            total: list[float] | None = None
+            for device, joules in meter.energy_columns(clamped, provisional).items():
+                if weights is not None:
+                    w = weights.get(device, 1.0)
+                    joules = [w * j for j in joules]
+                total = (
+                    joules if total is None else [a + b for a, b in zip(total, joules, strict=True)]
+                )
+            if total is None:
+                total = [0.0] * len(ts)
+            if held:
+                return [e + held * (t - c) for e, t, c in zip(total, ts, clamped, strict=True)]
+            return total
 
         known = dict(zip(times, batch(times), strict=True))
 
@@ -349,7 +371,13 @@ class StageBooks:
                 e = known[t] = batch([t])[0]
             return e
 
-        return lambda t0, t1: cumulative(t1) - cumulative(t0)
+        def energy(t0: float, t1: float) -> float:
+            try:  # the ledger asks at the times given: no call per lookup
+                return known[t1] - known[t0]
+            except KeyError:
+                return cumulative(t1) - cumulative(t0)
+
+        return energy
 
     def energy_j(self, until: float | None = None) -> float:
         """This process's (weighted) joules since the stage began, as measured up to the newest
@@ -376,7 +404,10 @@ class StageBooks:
             # Taken first: an edge marked after it has a later time, so every edge before
             # ``known`` is among those resolved now or still pending.
             known = meter.now()
-            edges = self.clock.resolve(wait=wait)
+            self._resolve(wait)
+            edges, self._unsynced = self._unsynced, []
+            booked, self._unsynced_booked = self._unsynced_booked, []
+            self._synced_at = known
             first_pending = self.clock.first_pending_host()
             recorded = [e.recorded() for e in edges]
             if self._hand_edges is not None:
@@ -384,9 +415,7 @@ class StageBooks:
                 until = known if first_pending is None else min(known, first_pending)
                 self._hand_edges(recorded, until=until)
             if edges:
-                booked = [e.ledger_edge() for e in edges]
                 ledger.add_edges(booked)
-                self._live.add(booked)
                 if meter.recording:
                     meter.record_steps(recorded)
             until = meter.finalized_until
@@ -400,17 +429,44 @@ class StageBooks:
                 time.sleep(pause_s)
             ledger.step_energies.clear()  # log rows take theirs from the live spans
 
-    def _refresh_in_background(self) -> Snapshot:
-        return self.refresh(pause_s=CHUNK_PAUSE_S)
+    def _resolve(self, wait: bool = False) -> None:
+        """Take the edges resolved since the last call: counted in the live spans at once,
+        handed over by the next :meth:`sync_edges`."""
+        edges = self.clock.resolve(wait=wait)
+        if edges:
+            booked = [e.ledger_edge() for e in edges]
+            self._live.add(booked)
+            self._unsynced += edges
+            self._unsynced_booked += booked
 
-    def refresh(self, pause_s: float = 0.0) -> Snapshot:
+    def _refresh_in_background(self) -> Snapshot:
+        return self.refresh(pause_s=CHUNK_PAUSE_S, sync_s=SYNC_S)
+
+    def refresh(self, pause_s: float = 0.0, sync_s: float = 0.0) -> Snapshot:
         """Bring the books up to now and leave the numbers a log tick reads (the refresher's
         work; also run at once by :meth:`measure_now`). Costs what arrived since the last
-        refresh: the new edges, booked with final energy, and their steps' provisional energy."""
+        refresh: the new edges, booked with final energy, and their steps' provisional energy.
+        ``sync_s``: hand edges over (:meth:`sync_edges`) only if the last hand-over is at least
+        this old; the new steps are counted either way."""
         with self._lock:
-            self.sync_edges(pause_s=pause_s)
             meter = self.meter
-            horizon = min(meter.horizon, meter.now())
+            if meter.now() - self._synced_at >= sync_s:
+                self.sync_edges(pause_s=pause_s)  # hands edges to the meter: a new version
+                version = getattr(meter, "version", None)
+            else:
+                version = getattr(meter, "version", None)  # read before what it vouches for
+                self._resolve()
+                if (
+                    not self._live.waiting
+                    and version is not None
+                    and version == self._snapshot_version
+                    and self._snapshot is not None
+                ):
+                    return self._snapshot  # no new step, reading or poll: nothing would change
+            newest, now = meter.horizon, meter.now()
+            horizon = min(newest, now)
+            # A horizon cut at now moves with the clock, not with the meter's version.
+            self._snapshot_version = version if newest <= now else None
             measured = math.isfinite(horizon)
             spans = self._live.take()
             # One locked lookup: the new steps (held power past the newest reading, as a row
@@ -455,6 +511,10 @@ class StageBooks:
         snap = self._snapshot
         if snap is None or self._refresher is None or (snap.steps == 0 == self._steps_reported):
             snap = self.refresh()
+        if snap is self._ticked:
+            # Ticked already (at log_every_n_steps=1, ~15 of 16 rows between refreshes): no new
+            # step, no newer reading; the power and energy of that tick again.
+            return self._idle_tick
         # Power over the interval since the previous tick's newest reading (none new: the
         # last value).
         horizon, cumulative = snap.horizon, snap.energy_J
@@ -472,6 +532,7 @@ class StageBooks:
         if new > 0:
             step_j = (snap.steps_J - self._steps_J_reported) / new
             self._steps_reported, self._steps_J_reported = snap.steps, snap.steps_J
+        self._ticked, self._idle_tick = snap, Tick(cumulative, power, math.nan, 0)
         return Tick(cumulative, power, step_j, max(new, 0))
 
     def step_counts(self) -> tuple[dict[str, int], dict[int, int]]:
@@ -520,7 +581,8 @@ class StageBooks:
 
     def _finish(self, epoch: int, meta: Mapping[str, Any] | None) -> StageRecord:
         meter, ledger = self.meter, self.ledger
-        edges = self.clock.resolve(wait=True)
+        edges, self._unsynced = self._unsynced + self.clock.resolve(wait=True), []
+        self._unsynced_booked = []
         if self._hand_edges is not None:
             self._hand_edges([e.recorded() for e in edges], until=math.inf)
         if edges:

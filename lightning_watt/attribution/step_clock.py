@@ -97,6 +97,14 @@ class StepClock:
         """Edges whose GPU time is known, in order. ``wait=True`` (end of a stage only) blocks
         until every recorded event has completed."""
         out: list[Edge] = []
+        if not self._cuda:
+            # Host time: every edge is resolved. Only as many as there are now are taken (the
+            # training thread may append meanwhile; a deque's ends are thread-safe).
+            popleft = self._pending.popleft
+            for _ in range(len(self._pending)):
+                phase, edge, index, epoch, t_host, _, _ = popleft()
+                out.append(Edge(phase, edge, index, epoch, t_host, None))
+            return out
         while self._pending:
             phase, edge, index, epoch, t_host, event, (ref, ref_t) = self._pending[0]
             t_gpu = None

@@ -38,7 +38,7 @@ from typing_extensions import override
 from lightning_watt import _compat as private
 from lightning_watt import schema as keys
 from lightning_watt._files import atomic_write_text
-from lightning_watt.attribution.accountant import EnergyAccountant
+from lightning_watt.attribution.accountant import EnergyAccountant, LogValues
 from lightning_watt.attribution.context import pop_energy_provider, push_energy_provider
 from lightning_watt.attribution.distributed import barrier
 from lightning_watt.attribution.summary import render_summary
@@ -229,6 +229,8 @@ class WattCallback(Callback):
         self._tuning = False  # a tuner's trial steps are running (phase "tune")
         self._warned: set[str] = set()
         self._provider_pushed = False
+        # The last tick's row: (the books' values, the run's logged kWh then, keyed values).
+        self._last_row: tuple[LogValues, float, dict[str, float]] | None = None
 
     @property
     def _live(self) -> bool:
@@ -538,6 +540,30 @@ class WattCallback(Callback):
         numbers (:meth:`EnergyAccountant.log_values`) with the keys spelled once per stage,
         what :meth:`_publish` logs for them without its general path's copies and lookups."""
         tick = self._books.log_values()
+        kwh = tick.energy_kWh
+        run = self._books.run
+        last = self._last_row
+        if last is not None and last[0] is tick and last[1] == run.logged_kwh:
+            # The books' same numbers as the last row (most rows between two refreshes): the
+            # same keyed values (every logger copies a row; none is changed in place).
+            keyed = last[2]
+        else:
+            keyed = self._keyed(trainer, tick)
+            self._last_row = (tick, run.logged_kwh, keyed)
+        axis = self._step_axis
+        step = axis() if axis is not None else private.stepped_batches(trainer)
+        self._deliver(trainer, keyed, step, self._epoch, save=False)
+        if self._bar:
+            private.set_progress_bar_values(
+                trainer,
+                {
+                    keys.BAR_POWER: round(tick.power_W, 1),
+                    keys.BAR_ENERGY: float(f"{kwh:.4g}"),
+                },
+            )
+
+    def _keyed(self, trainer: pl.Trainer, tick: LogValues) -> dict[str, float]:
+        """A tick's row, keyed as logged."""
         names = self._names
         kwh = tick.energy_kWh
         keyed = {
@@ -554,17 +580,7 @@ class WattCallback(Callback):
             power = snapshot.device_power_W if snapshot is not None else stage.meter.power()
             prefix = self.prefix + keys.DEVICE_POWER_W
             keyed.update({prefix + name: float(w) for name, w in power.items()})
-        axis = self._step_axis
-        step = axis() if axis is not None else private.stepped_batches(trainer)
-        self._deliver(trainer, keyed, step, self._epoch, save=False)
-        if self._bar:
-            private.set_progress_bar_values(
-                trainer,
-                {
-                    keys.BAR_POWER: round(tick.power_W, 1),
-                    keys.BAR_ENERGY: float(f"{kwh:.4g}"),
-                },
-            )
+        return keyed
 
     def _carbon_values(self, kwh: float) -> dict[str, float]:
         if self._carbon is None:

@@ -1,0 +1,114 @@
+"""CPU time of the books' refresher and the meter threads per train step, without Lightning.
+
+``overhead.py`` measures the callback inside ``Trainer.fit``, where the steps' own time and the
+machine's load swamp differences of a few microseconds. This script drives an
+``EnergyAccountant`` directly: a replayed H200 trace (``h200-mlp-stall``, recorded to a
+temporary watt-trace unless ``--no-record``), a step marked every ``--step-ms`` by a busy loop
+on the main thread (which holds the GIL as a training loop does) and a log row read at every
+step (``--log-every``, default 1). Reported per step: the CPU time of the books' refresher thread
+and of the meter thread (``/proc/self/task/<id>/schedstat``, Linux), and of an idle refresh
+(no steps, every 25 ms: cold caches, as the refresher meets them). CPU time is what other
+tenants of a shared machine disturb least; run it a few times, or alternate two checkouts
+(``PYTHONPATH=...``), to see the spread.
+
+Usage::
+
+    python benchmarks/books_threads.py                  # 6 s of 1.5 ms steps, recording on
+    python benchmarks/books_threads.py --seconds 20 --no-record
+    python benchmarks/books_threads.py --log-every 50      # a row every 50 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # run from a checkout
+
+from lightning_watt.attribution.accountant import EnergyAccountant
+from lightning_watt.attribution.books import StageBooks
+from lightning_watt.attribution.step_clock import StepClock
+from lightning_watt.energy.meter import EnergyMeter
+from lightning_watt.sources.replay import ReplaySource
+
+TRACE = "h200-mlp-stall"
+
+
+def _thread_cpu_s(native_id: int | None) -> float:
+    with open(f"/proc/self/task/{native_id}/schedstat") as fh:
+        return int(fh.read().split()[0]) / 1e9
+
+
+def _steps(seconds: float, step_s: float, record: bool, every: int) -> tuple[int, float, float]:
+    """Steps marked, and the refresher's and the meter's CPU seconds while marking them."""
+    with tempfile.TemporaryDirectory(prefix="watt-books-") as tmp:
+        books = EnergyAccountant()
+        path = os.path.join(tmp, "run") if record else None
+        books.begin("fit", EnergyMeter([ReplaySource.of_fit(TRACE)], record=path))
+        stage = books.stage
+        assert stage is not None and stage._refresher is not None
+        time.sleep(0.2)  # the threads started
+        ids = (stage._refresher._thread.native_id, stage.meter._thread.native_id)  # type: ignore[union-attr]
+        cpu0 = [_thread_cpu_s(i) for i in ids]
+        n, end = 0, time.perf_counter() + seconds
+        due = time.perf_counter()
+        while time.perf_counter() < end:
+            books.mark("train", "start", n, 0)
+            due += step_s
+            while time.perf_counter() < due:  # the step: Python holding the GIL
+                pass
+            books.mark("train", "end", n, 0)
+            if (n + 1) % every == 0:
+                books.log_values()
+            n += 1
+        cpu1 = [_thread_cpu_s(i) for i in ids]
+        books.finish()
+    return n, cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+
+
+def _idle_refresh_s(seconds: float) -> float:
+    """Median CPU seconds of a background refresh with no steps, 25 ms apart."""
+    meter = EnergyMeter([ReplaySource.of_fit(TRACE)]).start()
+    stage = StageBooks(meter, StepClock(meter.now, device=None), refresh_s=None)
+    costs = []
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            time.sleep(0.025)
+            t0 = time.thread_time()
+            stage._refresh_in_background()
+            costs.append(time.thread_time() - t0)
+    finally:
+        stage.abort()
+    return statistics.median(costs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=6.0, help="seconds of steps")
+    parser.add_argument("--step-ms", type=float, default=1.5, help="step time (busy loop)")
+    parser.add_argument("--no-record", action="store_true", help="no watt-trace written")
+    parser.add_argument("--log-every", type=int, default=1, help="steps between log rows")
+    args = parser.parse_args()
+    if not args.seconds > 0 or not args.step_ms > 0 or args.log_every < 1:
+        parser.error("--seconds, --step-ms and --log-every must be positive")
+    n, refresher_s, meter_s = _steps(
+        args.seconds, args.step_ms / 1e3, not args.no_record, args.log_every
+    )
+    us = 1e6
+    print(
+        f"{n} steps of {args.step_ms} ms, log_every_n_steps={args.log_every}, recording "
+        f"{'off' if args.no_record else 'on'}; CPU per step: books' refresher "
+        f"{us * refresher_s / n:.1f} µs, meter {us * meter_s / n:.1f} µs"
+    )
+    print(
+        f"an idle refresh (no steps, 25 ms apart): {us * _idle_refresh_s(2.0):.0f} µs CPU, median"
+    )
+
+
+if __name__ == "__main__":
+    main()
