@@ -67,6 +67,32 @@ _MIN_SEGMENT_S = 0.0005
 _LEVEL_PRIOR = 1e-3
 
 
+def _ridge_solve(
+    a: np.ndarray, means: np.ndarray, one_hot: np.ndarray, per_level: np.ndarray, ridge: float
+) -> np.ndarray:
+    """Segment powers ``s`` minimising ``|a s - means|^2 + ridge * sum_k (s_k - L_level(k))^2
+    + ridge * (segments pinned at zero) * L^2 + prior * sum_l (L_l - mean(means))^2`` over
+    ``s`` and the levels ``L`` (``one_hot``: each free segment's level; ``per_level``: every
+    segment of each level, pinned ones too; ``prior = ridge * _LEVEL_PRIOR**2``): the least
+    squares the tiles, ridges and priors pose, in closed form.
+
+    A window has a few tiles and many segments, so ``a a^T + ridge`` (tiles x tiles) is what
+    gets solved (Woodbury), then the few levels; a dense least-squares solve of the whole
+    system took 340 µs per tile at 1.5 ms steps, this takes a tenth.
+    """
+    prior = ridge * _LEVEL_PRIOR**2
+    gram = a @ a.T
+    gram[np.diag_indices_from(gram)] += ridge
+    # One factorisation for the two right-hand sides: the tile means and a's level sums.
+    a_levels = a @ one_hot
+    solved = np.linalg.solve(gram, np.column_stack((means, a_levels)))
+    base = a.T @ solved[:, 0]  # the segment powers with every level at zero
+    coupling = one_hot - a.T @ solved[:, 1:]  # how they move per unit of each level
+    system = np.diag(ridge * per_level + prior) - ridge * (one_hot.T @ coupling)
+    levels = np.linalg.solve(system, prior * float(means.mean()) + ridge * (one_hot.T @ base))
+    return base + coupling @ levels
+
+
 class EdgeModel:
     """Step edges of one device and the local fit that splits buffer tiles at them.
 
@@ -216,9 +242,9 @@ class EdgeModel:
         each segment pulled to its label's level, each level very weakly to the mean power; a
         negative power is pinned at zero and the rest refitted (a small active-set NNLS)."""
         n_seg = len(bounds) - 1
-        levels = sorted(set(seg_labels))
-        level_of = np.asarray([levels.index(x) for x in seg_labels])
-        n_lev, n_tiles = len(levels), hi - lo + 1
+        index = {label: k for k, label in enumerate(sorted(set(seg_labels)))}
+        level_of = np.asarray([index[x] for x in seg_labels])
+        n_lev = len(index)
         bnd = np.asarray(bounds)
         t_arr = np.asarray(ts[lo - 1 : hi + 1])
         c_arr = np.asarray(cum[lo - 1 : hi + 1])
@@ -226,28 +252,19 @@ class EdgeModel:
         dt = t1 - t0
         overlap = np.clip(np.minimum(bnd[None, 1:], t1) - np.maximum(bnd[None, :-1], t0), 0, None)
         means = np.diff(c_arr) / dt[:, 0]
-        # Rows: tiles, then segment-to-level ridges, then level-to-mean priors.
-        rows = np.zeros((n_tiles + n_seg + n_lev, n_seg + n_lev))
-        rhs = np.zeros(len(rows))
-        rows[:n_tiles, :n_seg] = overlap / dt
-        rhs[:n_tiles] = means
-        ridge = math.sqrt(self.ridge)
-        k = np.arange(n_seg)
-        rows[n_tiles + k, k] = ridge
-        rows[n_tiles + k, n_seg + level_of] = -ridge
-        prior = math.sqrt(self.ridge) * _LEVEL_PRIOR
-        rows[n_tiles + n_seg + np.arange(n_lev), n_seg + np.arange(n_lev)] = prior
-        rhs[n_tiles + n_seg :] = prior * float(means.mean())
-        free = np.ones(n_seg + n_lev, dtype=bool)
+        one_hot = np.zeros((n_seg, n_lev))
+        one_hot[np.arange(n_seg), level_of] = 1.0
+        free = np.ones(n_seg, dtype=bool)
         power = np.zeros(n_seg)
         for _ in range(4):
-            solution = np.zeros(n_seg + n_lev)
-            solution[free] = np.linalg.lstsq(rows[:, free], rhs, rcond=None)[0]
-            power = solution[:n_seg]
+            power = np.zeros(n_seg)
+            power[free] = _ridge_solve(
+                overlap[:, free] / dt, means, one_hot[free], one_hot.sum(axis=0), self.ridge
+            )
             negative = power < 0
             if not negative.any():
                 break
-            free[:n_seg] &= ~negative
+            free &= ~negative
         return [max(0.0, float(p)) for p in power]
 
     def _measure_delay(self, ts: Sequence[float], cum: Sequence[float], i: int) -> None:
