@@ -213,11 +213,14 @@ class EdgeModel:
         # Split this tile's measured joules by fitted power x overlap.
         e0, energy = cum[i - 1], cum[i] - cum[i - 1]
         pieces, weights = [], []
-        for k in range(len(bounds) - 1):
+        # Only the segments that overlap this tile (the window holds a hundred at 1 ms steps).
+        k_first = max(0, bisect.bisect_right(bounds, t0) - 1)
+        k_last = min(len(bounds) - 1, bisect.bisect_left(bounds, t1))
+        for k in range(k_first, k_last):
             x0, x1 = max(bounds[k], t0), min(bounds[k + 1], t1)
             if x1 > x0:
                 pieces.append(x1)
-                weights.append(power[k] * (x1 - x0))
+                weights.append(float(power[k]) * (x1 - x0))
         total = sum(weights)
         if total <= 0 or energy < 0 or not math.isfinite(total):
             return [], []
@@ -237,7 +240,7 @@ class EdgeModel:
         hi: int,
         bounds: list[float],
         seg_labels: list[str],
-    ) -> list[float]:
+    ) -> np.ndarray:
         """Non-negative segment powers for tiles ``lo..hi``: least squares on the tile means,
         each segment pulled to its label's level, each level very weakly to the mean power; a
         negative power is pinned at zero and the rest refitted (a small active-set NNLS)."""
@@ -265,7 +268,7 @@ class EdgeModel:
             if not negative.any():
                 break
             free &= ~negative
-        return [max(0.0, float(p)) for p in power]
+        return np.maximum(power, 0.0)
 
     def _measure_delay(self, ts: Sequence[float], cum: Sequence[float], i: int) -> None:
         """One edge-response sample from tile ``i`` if it holds one recorded edge between two
