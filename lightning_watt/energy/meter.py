@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_watt.energy.readings import COUNTER_J, ESTIMATE_W, POWER_KINDS, DeviceInfo, Reading
+from lightning_watt.energy.segment_fit import StepBoundaries
 from lightning_watt.energy.timeline import EnergyTimeline, Gap
 from lightning_watt.energy.trace import StepEdge, TraceWriter
 from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
@@ -197,6 +198,7 @@ class EnergyMeter:
         # The newest power readings per device (t, watts, kind rank): an early estimate.
         self._recent_power: dict[str, collections.deque[tuple[float, float, int]]] = {}
         self._channels: list[Channel] = []
+        self._boundaries = StepBoundaries()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> EnergyMeter:
@@ -914,10 +916,11 @@ class EnergyMeter:
         one are split by segment (:meth:`EnergyTimeline.add_edges`). Once called, energy is
         finalized only as far as edges have come, so call it from the start of a run (an empty
         list is fine) and at each edge sync."""
-        from lightning_watt.energy.segment_fit import edges_from_steps
-
         with self._lock:
-            self._timeline.add_edges(edges_from_steps(edges), until)
+            # One converter for the run: phases open at a batch's cut, an overlap or hole
+            # straddling it and the stamps' jitter carry over to the next batch.
+            boundaries, known = self._boundaries.add(edges, until)
+            self._timeline.add_edges(boundaries, known)
 
     def _recording_failed(self, err: OSError) -> None:
         """A full or read-only disk: recording stops (with one warning), measuring goes on."""
