@@ -16,9 +16,9 @@ import random
 import statistics
 
 import pytest
-from helpers import feed_live
 from hypothesis import given
 from hypothesis import strategies as st
+from live_feed import feed_live
 
 from lightning_watt.energy.segment_fit import EdgeModel, edges_from_steps
 from lightning_watt.energy.timeline import EnergyTimeline

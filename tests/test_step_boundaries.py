@@ -11,9 +11,9 @@ import math
 import random
 
 import pytest
-from helpers import feed_live
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from live_feed import feed_live
 
 from lightning_watt.energy.segment_fit import StepBoundaries, edges_from_steps
 from lightning_watt.energy.timeline import EnergyTimeline
