@@ -87,11 +87,13 @@ def test_a_read_stuck_in_the_driver_does_not_hold_the_end_of_the_fit(tmp_path, m
 def test_a_backlog_of_readings_does_not_hold_the_end_of_the_fit(tmp_path):
     # A replay at x1000 delivers a thousand seconds of readings per second: the meter thread
     # falls behind. Before: stop() gave up after 10 s and flushed beside the running thread;
-    # the fit did not end in 4 minutes.
+    # the fit did not end in 4 minutes. Two epochs (32 steps) build a backlog that still keeps
+    # stop() waiting its 5 s (four took 22 s here, two 11 s).
     cb = WattCallback(replay="h200-mlp-stall", replay_speed=1000, record=False)
     started = time.monotonic()
-    summary, messages = fit(tmp_path, cb, TinyClassifier(step_sleep=0.03))
+    summary, messages = fit(tmp_path, cb, TinyClassifier(step_sleep=0.03), max_epochs=2)
     took = time.monotonic() - started
     assert took < summary["duration_s"] + 12.0  # the 5 s stop() waits, and the final flush
     assert summary["energy_J"] > 0
     assert len([m for m in messages if "did not finish within" in m]) <= 1
+
