@@ -97,12 +97,18 @@ class _PollState:
 @dataclass
 class _Unmeasured:
     """A device no reader measures any more, from ``since``: its energy from there on is
-    ``watts`` (its mean power before), an estimate."""
+    ``watts`` (its mean power before), an estimate. A device whose data began late is
+    unmeasured from the start ``since`` ``until`` its data begins, at its mean power after."""
 
     since: float
     watts: float
     reason: str
     basis: str
+    until: float = math.inf
+
+    def joules(self, t: float) -> float:
+        """The estimate's joules from ``since`` to ``t``."""
+        return self.watts * (min(max(t, self.since), self.until) - self.since)
 
 
 class EnergyMeter:
@@ -186,6 +192,12 @@ class EnergyMeter:
         self._record_late = 0
         # Devices no reader measures any more: since when, at what estimated power, and why.
         self._unmeasured: dict[str, _Unmeasured] = {}
+        # Devices whose data began late (their first reads stuck, the thread stalled from the
+        # start): unmeasured from the start until then. Energies the timeline gives are zero
+        # before a device's first reading, so this estimate is added on top of them.
+        self._late_start: dict[str, _Unmeasured] = {}
+        # Devices whose start is settled: measured from the start, or estimated until then.
+        self._start_settled: set[str] = set()
         # Estimates the meter made itself, not yet handed to the recording (see _add_estimate).
         self._estimates_unrecorded: list[Reading] = []
         # Channels still read per device; a device with none left is unmeasured.
@@ -284,6 +296,7 @@ class EnergyMeter:
         with self._lock:
             self._estimate_unmeasured_tails(requested)
             self._timeline.flush()
+            self._check_late_starts(final=True)
         # Closing a source whose read is stuck in the driver could hang or crash it.
         for source in [] if stuck else self._sources:
             try:
@@ -681,8 +694,9 @@ class EnergyMeter:
     def unmeasured(
         self, t0: float = -math.inf, t1: float = math.inf
     ) -> dict[str, dict[str, float | str]]:
-        """Devices that stopped being measured: per device, the estimated joules and the
-        seconds of ``[t0, t1]`` after that, and why (``{}`` when every device was measured
+        """Devices that stopped being measured, or whose data began late (their first reads
+        stuck, the meter stalled from the start): per device, the estimated joules and the
+        seconds of ``[t0, t1]`` not measured (``{}`` when every device was measured
         throughout), why, and what the estimate rests on. The estimate is included in every
         energy the meter returns.
 
@@ -692,21 +706,92 @@ class EnergyMeter:
         """
         out: dict[str, dict[str, float | str]] = {}
         with self._lock:
-            for name, gone in sorted(self._unmeasured.items()):
+            end = self._stopped_at if self._stopped_at is not None else self._clock()
+            spans = [*self._late_start.items(), *self._unmeasured.items()]
+            for name, gone in sorted(spans, key=lambda x: (x[0], x[1].since)):
                 a = max(t0, gone.since)
-                b = min(t1, self._stopped_at if self._stopped_at is not None else self._clock())
+                b = min(t1, end, gone.until)
                 if b <= a:
                     continue
                 # The estimate is a constant power by construction: exact before the timeline
                 # has finalized that span (it waits for the other readers and step edges).
-                joules = gone.watts * (b - a)
-                out[name] = {
-                    "energy_J": joules,
+                span: dict[str, float | str] = {
+                    "energy_J": gone.watts * (b - a),
                     "seconds": b - a,
                     "reason": gone.reason,
                     "basis": gone.basis,
                 }
+                seen = out.get(name)
+                if seen is not None:  # unmeasured at the start and again at the end
+                    span = {
+                        k: f"{seen[k]}; {v}" if isinstance(v, str) else float(seen[k]) + v
+                        for k, v in span.items()
+                    }
+                out[name] = span
         return out
+
+    def _check_late_starts(self, final: bool) -> None:
+        """(Under the lock.) A device whose data begins more than a gap after the start, as a
+        device whose data stops short of the end (:meth:`_estimate_unmeasured_tails`), is
+        unmeasured over that span: estimated at its mean power over the first seconds after it
+        (decided once a second of energy after it is final, or at ``final``), reported and
+        warned about, never a silent zero. Until decided, :attr:`finalized_until` stays at the
+        start, so no step there is booked without it."""
+        started = self._started_at
+        if started is None:
+            return
+        limit = max(float(self._timeline_kwargs["max_gap"]), 1.0)
+        for name in self._devices:
+            if name in self._start_settled:
+                continue
+            timeline = self._timeline.device(name)
+            begins = timeline.start
+            if not begins - started > limit:  # measured from the start (or not yet at all)
+                if math.isfinite(begins) or final:
+                    self._start_settled.add(name)
+                continue
+            end = min(timeline.finalized_until, begins + _ESTIMATE_WINDOW_S)
+            if end - begins < 1.0 and not final:
+                continue
+            self._start_settled.add(name)
+            watts, basis = 0.0, "nothing measured after: 0 W"
+            if end > begins:
+                joules = self._timeline.energy_between(begins, end, provisional=False)[name]
+                watts = joules / (end - begins)
+                basis = f"its mean power over the {end - begins:.1f} s after"
+            elif self._recent_power.get(name):
+                chosen = [w for _, w, _ in self._recent_power[name]]
+                watts = sum(chosen) / len(chosen)
+                basis = f"the mean of its first {len(chosen)} power readings"
+            reason = f"no readings for the first {begins - started:.1f} s of the measurement"
+            gone = _Unmeasured(started, max(watts, 0.0), reason, basis, until=begins)
+            self._late_start[name] = gone
+            self._timeline.mark_gap(name, started, begins, f"unmeasured: {reason}")
+            self._warn_once(
+                f"unmeasured-start:{name}",
+                f"lightning-watt: {name} was not measured at the start ({reason}); its energy "
+                f"there is estimated at {gone.watts:.1f} W ({basis}) and reported as "
+                "unmeasured_J.",
+            )
+
+    def _late_start_pending(self) -> bool:
+        """(Under the lock.) Whether a device's data began late and its estimate is not yet
+        decided (see :meth:`_check_late_starts`)."""
+        if len(self._start_settled) == len(self._devices) or self._started_at is None:
+            return False
+        limit = max(float(self._timeline_kwargs["max_gap"]), 1.0)
+        return any(
+            self._timeline.device(name).start - self._started_at > limit
+            for name in self._devices
+            if name not in self._start_settled
+        )
+
+    def _with_late_starts(self, energies: dict[str, float], t: float) -> dict[str, float]:
+        """(Under the lock.) Cumulative energies at ``t`` with the late starts' estimates."""
+        for name, gone in self._late_start.items():
+            if name in energies:
+                energies[name] += gone.joules(t)
+        return energies
 
     def _ingest(self, readings: list[Reading]) -> None:
         with self._lock:
@@ -725,6 +810,8 @@ class EnergyMeter:
                         self._note_power(r.device, r.t, (r.value - prev[1]) / (r.t - prev[0]), 99)
                 else:
                     self._note_power(r.device, r.t, r.value, POWER_KINDS.index(r.kind))
+            if len(self._start_settled) < len(self._devices):
+                self._check_late_starts(final=False)
             if self._estimates_unrecorded:
                 readings = [*readings, *self._estimates_unrecorded]
                 self._estimates_unrecorded.clear()
@@ -798,19 +885,25 @@ class EnergyMeter:
     def energy_between(self, t0: float, t1: float, provisional: bool = True) -> dict[str, float]:
         """Joules per device over ``[t0, t1]`` (meter clock)."""
         with self._lock:
-            return self._timeline.energy_between(t0, t1, provisional)
+            out = self._timeline.energy_between(t0, t1, provisional)
+            for name, gone in self._late_start.items():
+                if name in out:
+                    out[name] += gone.joules(t1) - gone.joules(t0)
+            return out
 
     def energy_at(self, t: float, provisional: bool = True) -> dict[str, float]:
         """Cumulative joules per device from the first reading to ``t``."""
         with self._lock:
-            return self._timeline.energy_at(t, provisional)
+            return self._with_late_starts(self._timeline.energy_at(t, provisional), t)
 
     def energy_at_many(
         self, times: Sequence[float], provisional: bool = True
     ) -> list[dict[str, float]]:
         """Cumulative joules per device at each of ``times``, under one lock acquisition."""
         with self._lock:
-            return [self._timeline.energy_at(t, provisional) for t in times]
+            return [
+                self._with_late_starts(self._timeline.energy_at(t, provisional), t) for t in times
+            ]
 
     @property
     def recording(self) -> bool:
@@ -839,6 +932,9 @@ class EnergyMeter:
     def finalized_until(self) -> float:
         """Energies up to this time will not change any more."""
         with self._lock:
+            if self._late_start_pending():
+                # The estimate for a late start is not decided yet: nothing after it is final.
+                return min(self._timeline.finalized_until, self._started_at or -math.inf)
             return self._timeline.finalized_until
 
     @property
