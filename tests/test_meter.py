@@ -327,6 +327,17 @@ def test_a_device_measured_from_the_start_has_no_estimate() -> None:
     assert meter.finalized_until > meter.started_at + 1.0
 
 
+def test_a_device_never_measured_is_one_unmeasured_span() -> None:
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        meter = EnergyMeter([FakeLateSource(late_s=100.0)]).start()
+        time.sleep(1.5)
+        meter.stop()
+    (gone,) = meter.unmeasured().values()
+    assert gone["seconds"] == pytest.approx(meter.stopped_at - meter.started_at, abs=1e-6)
+    assert "first" not in str(gone["reason"])  # the end's estimate, not a late start too
+
+
 # --------------------------------------------------------------------------- lifecycle
 def test_start_stop_and_context_manager() -> None:
     meter = EnergyMeter([FakeFlakySource(ok_reads=10**6)])

@@ -746,9 +746,12 @@ class EnergyMeter:
                 continue
             timeline = self._timeline.device(name)
             begins = timeline.start
-            if not begins - started > limit:  # measured from the start (or not yet at all)
-                if math.isfinite(begins) or final:
+            if not math.isfinite(begins):  # nothing yet; never anything: a tail's estimate
+                if final:
                     self._start_settled.add(name)
+                continue
+            if begins - started <= limit:  # measured from the start
+                self._start_settled.add(name)
                 continue
             end = min(timeline.finalized_until, begins + _ESTIMATE_WINDOW_S)
             if end - begins < 1.0 and not final:
@@ -780,11 +783,11 @@ class EnergyMeter:
         if len(self._start_settled) == len(self._devices) or self._started_at is None:
             return False
         limit = max(float(self._timeline_kwargs["max_gap"]), 1.0)
-        return any(
-            self._timeline.device(name).start - self._started_at > limit
-            for name in self._devices
-            if name not in self._start_settled
-        )
+        for name in self._devices:
+            begins = self._timeline.device(name).start
+            if name not in self._start_settled and limit < begins - self._started_at < math.inf:
+                return True
+        return False
 
     def _with_late_starts(self, energies: dict[str, float], t: float) -> dict[str, float]:
         """(Under the lock.) Cumulative energies at ``t`` with the late starts' estimates."""
