@@ -111,17 +111,23 @@ def hostile_run():
     return step_suite_run(10, 0, edge_jitter_s=0.002)
 
 
-def live_timeline(per_batch) -> EnergyTimeline:
-    """The hostile run fed as a live meter gets it, each batch of step edges turned into
-    boundaries by ``per_batch(batch, until)``."""
-    trace = hostile_run().trace
+@functools.cache
+def short_run():
+    """The same, 4 s long."""
+    return step_suite_run(10, 1, edge_jitter_s=0.002, duration_s=4.0)
+
+
+def live_timeline(per_batch, run=None, seed: int = 1) -> EnergyTimeline:
+    """A run (the hostile one) fed as a live meter gets it (drains and edge ticks drawn from
+    ``seed``), each batch of step edges turned into boundaries by ``per_batch(batch, until)``."""
+    trace = (run or hostile_run()).trace
     live = EnergyTimeline()
     edges = sorted(trace.steps, key=lambda e: e.t)
 
     def hand(batch: list[StepEdge], until: float) -> None:
         live.add_edges(*per_batch(batch, until))
 
-    feed_live(trace.samples, edges, hand, lambda e: e.t, 1, live.add)
+    feed_live(trace.samples, edges, hand, lambda e: e.t, seed, live.add)
     live.flush()
     return live
 
@@ -147,3 +153,15 @@ def test_live_edges_in_batches_give_the_energies_of_the_whole_recording() -> Non
         for s in steps
     ]
     assert max(moved) > 0.01
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10**6))
+def test_any_live_batching_gives_the_energies_of_one_batch(seed: int) -> None:
+    run = short_run()
+    whole = run.trace.timeline(edges=True)
+    live = live_timeline(StepBoundaries().add, run, seed)
+    for s in run.train_steps:
+        assert live.energy_between(s.start, s.end)["gpu0"] == pytest.approx(
+            whole.energy_between(s.start, s.end)["gpu0"], rel=1e-9, abs=1e-9
+        )
