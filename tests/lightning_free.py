@@ -21,6 +21,7 @@ MODULES = frozenset(
         "test_meter.py",
         "test_meter_estimate.py",
         "test_meter_sync.py",
+        "test_metrics_distributed.py",
         "test_nvml_source.py",
         "test_poll_schedule.py",
         "test_rapl.py",
