@@ -676,7 +676,7 @@ class EnergyMeter:
         stops short of it by more than a gap (a lost GPU, a read stuck in the driver, a meter
         thread that gave up) is unmeasured from its last data on, and its estimate is carried to
         ``end``."""
-        limit = max(float(self._timeline_kwargs["max_gap"]), 1.0)
+        limit = self._silence_limit()
         for name in self._devices:
             if name not in self._unmeasured:
                 if self._timeline.device(name).horizon >= end - limit:
@@ -684,6 +684,11 @@ class EnergyMeter:
                 self._mark_unmeasured(name, end, "no readings reached the end of the measurement")
             gone = self._unmeasured[name]
             self._add_estimate(Reading(max(end, gone.since), name, ESTIMATE_W, gone.watts))
+
+    def _silence_limit(self) -> float:
+        """How long a device may go without data at the start or the end of the measurement
+        before that span is unmeasured (a gap, at least a second)."""
+        return max(float(self._timeline_kwargs["max_gap"]), 1.0)
 
     def _add_estimate(self, reading: Reading) -> None:
         """An estimate the meter makes itself (under the lock): into the timeline, and queued
@@ -740,7 +745,7 @@ class EnergyMeter:
         started = self._started_at
         if started is None:
             return
-        limit = max(float(self._timeline_kwargs["max_gap"]), 1.0)
+        limit = self._silence_limit()
         for name in self._devices:
             if name in self._start_settled:
                 continue
@@ -765,7 +770,7 @@ class EnergyMeter:
             elif self._recent_power.get(name):
                 chosen = [w for _, w, _ in self._recent_power[name]]
                 watts = sum(chosen) / len(chosen)
-                basis = f"the mean of its first {len(chosen)} power readings"
+                basis = f"the mean of its {len(chosen)} power readings"
             reason = f"no readings for the first {begins - started:.1f} s of the measurement"
             gone = _Unmeasured(started, max(watts, 0.0), reason, basis, until=begins)
             self._late_start[name] = gone
@@ -782,7 +787,7 @@ class EnergyMeter:
         decided (see :meth:`_check_late_starts`)."""
         if len(self._start_settled) == len(self._devices) or self._started_at is None:
             return False
-        limit = max(float(self._timeline_kwargs["max_gap"]), 1.0)
+        limit = self._silence_limit()
         for name in self._devices:
             begins = self._timeline.device(name).start
             if name not in self._start_settled and limit < begins - self._started_at < math.inf:
