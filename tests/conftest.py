@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -26,6 +27,12 @@ def _gpu_available() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from lightning_free import MODULES
+
+    free = pytest.mark.lightning_free
+    for item in items:
+        if item.path.name in MODULES and item.path.parent == Path(__file__).parent:
+            item.add_marker(free)
     if not any("gpu" in item.keywords for item in items) or _gpu_available():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU with NVML (none on this machine)")

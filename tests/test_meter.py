@@ -258,6 +258,86 @@ def test_an_unavailable_source_is_listed_and_the_others_measure() -> None:
     assert meter.errors == {}
 
 
+class FakeLateSource(EnergySource):
+    """A fake (no hardware): ``fake0`` at a constant 200 W whose reader delivers nothing for
+    the first ``late_s`` seconds after it opens (a read stuck at the start), then a reading
+    every 50 ms."""
+
+    name = "fake-late"
+
+    def __init__(self, late_s: float) -> None:
+        self.late_s = late_s
+        self._clock: Clock = time.monotonic
+        self._opened = 0.0
+
+    def open(self, clock: Clock) -> None:
+        self._clock = clock
+        self._opened = clock()
+
+    def devices(self) -> list[DeviceInfo]:
+        return [DeviceInfo("fake0", label="a fake device")]
+
+    def _read(self) -> list[Reading]:
+        now = self._clock()
+        return [] if now - self._opened < self.late_s else [Reading(now, "fake0", INSTANT_W, 200.0)]
+
+    def channels(self) -> list[Channel]:
+        return [Channel("fake0/late", 0.05, self._read, ("fake0",))]
+
+
+def test_a_device_measured_only_after_a_stall_at_the_start_is_estimated_there() -> None:
+    """No reading for the first 1.2 s: that span is unmeasured, estimated at the power measured
+    after it, reported with its reason and warned about once, as a stall that lasts to the end
+    is. Before: it counted as zero joules (and nothing said so)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meter = EnergyMeter([FakeLateSource(late_s=1.2)]).start()
+        time.sleep(2.6)
+        meter.stop()
+    start, end = meter.started_at, meter.stopped_at
+    assert start is not None and end is not None
+    total = meter.energy_between(start, end)["fake0"]
+    assert total == pytest.approx(200.0 * (end - start), rel=0.03)
+    (gone,) = meter.unmeasured().values()
+    assert 1.2 <= float(gone["seconds"]) < 1.4
+    assert gone["energy_J"] == pytest.approx(200.0 * float(gone["seconds"]), rel=1e-9)
+    assert "first" in str(gone["reason"]) and "after" in str(gone["basis"])
+    said = [str(w.message) for w in caught if "was not measured at the start" in str(w.message)]
+    assert len(said) == 1 and "200.0 W" in said[0]
+    assert any("unmeasured" in g.reason and g.start == start for g in meter.gaps())
+    # Additive and the same through every way of asking, inside the estimated span too.
+    times = [start, start + 0.5, start + float(gone["seconds"]), end]
+    at = meter.energy_at_many(times)
+    for t, e in zip(times, at, strict=True):
+        assert e == meter.energy_at(t)
+    for a, b in itertools.pairwise(times):
+        assert meter.energy_between(a, b)["fake0"] == pytest.approx(
+            at[times.index(b)]["fake0"] - at[times.index(a)]["fake0"], abs=1e-9
+        )
+    assert at[1]["fake0"] == pytest.approx(200.0 * 0.5, rel=1e-9)
+    assert meter.unmeasured(start + float(gone["seconds"]), end) == {}
+    assert meter.finalized_until > start + 1.2
+
+
+def test_a_device_measured_from_the_start_has_no_estimate() -> None:
+    meter = EnergyMeter([FakeLateSource(late_s=0.0)]).start()
+    time.sleep(1.5)
+    meter.stop()
+    assert meter.unmeasured() == {}
+    assert meter.finalized_until > meter.started_at + 1.0
+
+
+def test_a_device_never_measured_is_one_unmeasured_span() -> None:
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        meter = EnergyMeter([FakeLateSource(late_s=100.0)]).start()
+        time.sleep(1.5)
+        meter.stop()
+    (gone,) = meter.unmeasured().values()
+    assert gone["seconds"] == pytest.approx(meter.stopped_at - meter.started_at, abs=1e-6)
+    assert "first" not in str(gone["reason"])  # the end's estimate, not a late start too
+
+
 # --------------------------------------------------------------------------- lifecycle
 def test_start_stop_and_context_manager() -> None:
     meter = EnergyMeter([FakeFlakySource(ok_reads=10**6)])

@@ -18,6 +18,7 @@ import statistics
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from live_feed import feed_live
 
 from lightning_watt.energy.segment_fit import EdgeModel, edges_from_steps
 from lightning_watt.energy.timeline import EnergyTimeline
@@ -136,29 +137,21 @@ def test_live_feeding_with_late_edges_equals_the_whole_trace(seed: int) -> None:
     run = suite_run(10, seed)
     trace = run.trace
     whole = trace.timeline(edges=True)
-    rng = random.Random(seed)
-    edges = edges_from_steps(trace.steps)
     live = EnergyTimeline()
-    samples, k, e = trace.samples, 0, 0
-    t = samples[0].t
-    live.add_edges([], until=t)  # a meter that will hand edges says so before any reading
-    while k < len(samples) or e < len(edges):
-        t += rng.uniform(0.05, 0.6)
-        chunk = []
-        while k < len(samples) and samples[k].t <= t:
-            chunk.append(samples[k])
-            k += 1
-        live.add(chunk)
-        if rng.random() < 0.5:  # edges arrive at ticks, a little behind the readings
-            until = t - rng.uniform(0.0, 0.4)
-            batch = []
-            while e < len(edges) and edges[e][0] <= until:
-                batch.append(edges[e])
-                e += 1
-            live.add_edges(batch, until=until)
+
+    def check() -> None:
         if live.devices:
             assert live.finalized_until <= until_seen(live)
-    live.add_edges([], until=float("inf"))
+
+    feed_live(
+        trace.samples,
+        edges_from_steps(trace.steps),
+        live.add_edges,
+        lambda edge: edge[0],
+        seed,
+        live.add,
+        check,
+    )
     live.flush()
     for s in run.train_steps[::7]:
         assert live.energy_between(s.start, s.end)["gpu0"] == pytest.approx(

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_watt.energy.readings import COUNTER_J, ESTIMATE_W, POWER_KINDS, DeviceInfo, Reading
+from lightning_watt.energy.segment_fit import StepBoundaries
 from lightning_watt.energy.timeline import EnergyTimeline, Gap
 from lightning_watt.energy.trace import StepEdge, TraceWriter
 from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
@@ -96,12 +97,18 @@ class _PollState:
 @dataclass
 class _Unmeasured:
     """A device no reader measures any more, from ``since``: its energy from there on is
-    ``watts`` (its mean power before), an estimate."""
+    ``watts`` (its mean power before), an estimate. A device whose data began late is
+    unmeasured from the start ``since`` ``until`` its data begins, at its mean power after."""
 
     since: float
     watts: float
     reason: str
     basis: str
+    until: float = math.inf
+
+    def joules(self, t: float) -> float:
+        """The estimate's joules from ``since`` to ``t``."""
+        return self.watts * (min(max(t, self.since), self.until) - self.since)
 
 
 class EnergyMeter:
@@ -185,6 +192,12 @@ class EnergyMeter:
         self._record_late = 0
         # Devices no reader measures any more: since when, at what estimated power, and why.
         self._unmeasured: dict[str, _Unmeasured] = {}
+        # Devices whose data began late (their first reads stuck, the thread stalled from the
+        # start): unmeasured from the start until then. Energies the timeline gives are zero
+        # before a device's first reading, so this estimate is added on top of them.
+        self._late_start: dict[str, _Unmeasured] = {}
+        # Devices whose start is settled: measured from the start, or estimated until then.
+        self._start_settled: set[str] = set()
         # Estimates the meter made itself, not yet handed to the recording (see _add_estimate).
         self._estimates_unrecorded: list[Reading] = []
         # Channels still read per device; a device with none left is unmeasured.
@@ -197,6 +210,7 @@ class EnergyMeter:
         # The newest power readings per device (t, watts, kind rank): an early estimate.
         self._recent_power: dict[str, collections.deque[tuple[float, float, int]]] = {}
         self._channels: list[Channel] = []
+        self._boundaries = StepBoundaries()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> EnergyMeter:
@@ -282,6 +296,7 @@ class EnergyMeter:
         with self._lock:
             self._estimate_unmeasured_tails(requested)
             self._timeline.flush()
+            self._check_late_starts(final=True)
         # Closing a source whose read is stuck in the driver could hang or crash it.
         for source in [] if stuck else self._sources:
             try:
@@ -661,7 +676,7 @@ class EnergyMeter:
         stops short of it by more than a gap (a lost GPU, a read stuck in the driver, a meter
         thread that gave up) is unmeasured from its last data on, and its estimate is carried to
         ``end``."""
-        limit = max(float(self._timeline_kwargs["max_gap"]), 1.0)
+        limit = self._silence_limit()
         for name in self._devices:
             if name not in self._unmeasured:
                 if self._timeline.device(name).horizon >= end - limit:
@@ -669,6 +684,11 @@ class EnergyMeter:
                 self._mark_unmeasured(name, end, "no readings reached the end of the measurement")
             gone = self._unmeasured[name]
             self._add_estimate(Reading(max(end, gone.since), name, ESTIMATE_W, gone.watts))
+
+    def _silence_limit(self) -> float:
+        """How long a device may go without data at the start or the end of the measurement
+        before that span is unmeasured (a gap, at least a second)."""
+        return max(float(self._timeline_kwargs["max_gap"]), 1.0)
 
     def _add_estimate(self, reading: Reading) -> None:
         """An estimate the meter makes itself (under the lock): into the timeline, and queued
@@ -679,8 +699,9 @@ class EnergyMeter:
     def unmeasured(
         self, t0: float = -math.inf, t1: float = math.inf
     ) -> dict[str, dict[str, float | str]]:
-        """Devices that stopped being measured: per device, the estimated joules and the
-        seconds of ``[t0, t1]`` after that, and why (``{}`` when every device was measured
+        """Devices that stopped being measured, or whose data began late (their first reads
+        stuck, the meter stalled from the start): per device, the estimated joules and the
+        seconds of ``[t0, t1]`` not measured (``{}`` when every device was measured
         throughout), why, and what the estimate rests on. The estimate is included in every
         energy the meter returns.
 
@@ -690,21 +711,95 @@ class EnergyMeter:
         """
         out: dict[str, dict[str, float | str]] = {}
         with self._lock:
-            for name, gone in sorted(self._unmeasured.items()):
+            end = self._stopped_at if self._stopped_at is not None else self._clock()
+            spans = [*self._late_start.items(), *self._unmeasured.items()]
+            for name, gone in sorted(spans, key=lambda x: (x[0], x[1].since)):
                 a = max(t0, gone.since)
-                b = min(t1, self._stopped_at if self._stopped_at is not None else self._clock())
+                b = min(t1, end, gone.until)
                 if b <= a:
                     continue
                 # The estimate is a constant power by construction: exact before the timeline
                 # has finalized that span (it waits for the other readers and step edges).
-                joules = gone.watts * (b - a)
-                out[name] = {
-                    "energy_J": joules,
+                span: dict[str, float | str] = {
+                    "energy_J": gone.watts * (b - a),
                     "seconds": b - a,
                     "reason": gone.reason,
                     "basis": gone.basis,
                 }
+                seen = out.get(name)
+                if seen is not None:  # unmeasured at the start and again at the end
+                    span = {
+                        k: f"{seen[k]}; {v}" if isinstance(v, str) else float(seen[k]) + v
+                        for k, v in span.items()
+                    }
+                out[name] = span
         return out
+
+    def _check_late_starts(self, final: bool) -> None:
+        """(Under the lock.) A device whose data begins more than a gap after the start, as a
+        device whose data stops short of the end (:meth:`_estimate_unmeasured_tails`), is
+        unmeasured over that span: estimated at its mean power over the first seconds after it
+        (decided once a second of energy after it is final, or at ``final``), reported and
+        warned about, never a silent zero. Until decided, :attr:`finalized_until` stays at the
+        start, so no step there is booked without it."""
+        started = self._started_at
+        if started is None:
+            return
+        limit = self._silence_limit()
+        for name in self._devices:
+            if name in self._start_settled:
+                continue
+            timeline = self._timeline.device(name)
+            begins = timeline.start
+            if not math.isfinite(begins):  # nothing yet; never anything: a tail's estimate
+                if final:
+                    self._start_settled.add(name)
+                continue
+            if begins - started <= limit:  # measured from the start
+                self._start_settled.add(name)
+                continue
+            end = min(timeline.finalized_until, begins + _ESTIMATE_WINDOW_S)
+            if end - begins < 1.0 and not final:
+                continue
+            self._start_settled.add(name)
+            watts, basis = 0.0, "nothing measured after: 0 W"
+            if end > begins:
+                joules = self._timeline.energy_between(begins, end, provisional=False)[name]
+                watts = joules / (end - begins)
+                basis = f"its mean power over the {end - begins:.1f} s after"
+            elif self._recent_power.get(name):
+                chosen = [w for _, w, _ in self._recent_power[name]]
+                watts = sum(chosen) / len(chosen)
+                basis = f"the mean of its {len(chosen)} power readings"
+            reason = f"no readings for the first {begins - started:.1f} s of the measurement"
+            gone = _Unmeasured(started, max(watts, 0.0), reason, basis, until=begins)
+            self._late_start[name] = gone
+            self._timeline.mark_gap(name, started, begins, f"unmeasured: {reason}")
+            self._warn_once(
+                f"unmeasured-start:{name}",
+                f"lightning-watt: {name} was not measured at the start ({reason}); its energy "
+                f"there is estimated at {gone.watts:.1f} W ({basis}) and reported as "
+                "unmeasured_J.",
+            )
+
+    def _late_start_pending(self) -> bool:
+        """(Under the lock.) Whether a device's data began late and its estimate is not yet
+        decided (see :meth:`_check_late_starts`)."""
+        if len(self._start_settled) == len(self._devices) or self._started_at is None:
+            return False
+        limit = self._silence_limit()
+        for name in self._devices:
+            begins = self._timeline.device(name).start
+            if name not in self._start_settled and limit < begins - self._started_at < math.inf:
+                return True
+        return False
+
+    def _with_late_starts(self, energies: dict[str, float], t: float) -> dict[str, float]:
+        """(Under the lock.) Cumulative energies at ``t`` with the late starts' estimates."""
+        for name, gone in self._late_start.items():
+            if name in energies:
+                energies[name] += gone.joules(t)
+        return energies
 
     def _ingest(self, readings: list[Reading]) -> None:
         with self._lock:
@@ -723,6 +818,8 @@ class EnergyMeter:
                         self._note_power(r.device, r.t, (r.value - prev[1]) / (r.t - prev[0]), 99)
                 else:
                     self._note_power(r.device, r.t, r.value, POWER_KINDS.index(r.kind))
+            if len(self._start_settled) < len(self._devices):
+                self._check_late_starts(final=False)
             if self._estimates_unrecorded:
                 readings = [*readings, *self._estimates_unrecorded]
                 self._estimates_unrecorded.clear()
@@ -796,12 +893,16 @@ class EnergyMeter:
     def energy_between(self, t0: float, t1: float, provisional: bool = True) -> dict[str, float]:
         """Joules per device over ``[t0, t1]`` (meter clock)."""
         with self._lock:
-            return self._timeline.energy_between(t0, t1, provisional)
+            out = self._timeline.energy_between(t0, t1, provisional)
+            for name, gone in self._late_start.items():
+                if name in out:
+                    out[name] += gone.joules(t1) - gone.joules(t0)
+            return out
 
     def energy_at(self, t: float, provisional: bool = True) -> dict[str, float]:
         """Cumulative joules per device from the first reading to ``t``."""
         with self._lock:
-            return self._timeline.energy_at(t, provisional)
+            return self._with_late_starts(self._timeline.energy_at(t, provisional), t)
 
     def energy_at_many(
         self, times: Sequence[float], provisional: bool = True
@@ -809,6 +910,7 @@ class EnergyMeter:
         """Cumulative joules per device at each of ``times``, under one lock acquisition."""
         with self._lock:
             columns = self._timeline.energy_at_many(times, provisional)
+            self._add_late_starts(columns, times)
         return [{d: e[i] for d, e in columns.items()} for i in range(len(times))]
 
     def energy_columns(
@@ -818,7 +920,17 @@ class EnergyMeter:
         for all the times: :meth:`EnergyTimeline.energy_at_many`), for callers that combine
         the devices themselves. ``times``: numbers on the meter clock, none NaN (unchecked)."""
         with self._lock:
-            return self._timeline.columns(times, provisional)
+            columns = self._timeline.columns(times, provisional)
+            self._add_late_starts(columns, times)
+            return columns
+
+    def _add_late_starts(self, columns: dict[str, list[float]], times: Sequence[float]) -> None:
+        """(Under the lock.) :meth:`_with_late_starts` for per-device columns at ``times``."""
+        for name, gone in self._late_start.items():
+            column = columns.get(name)
+            if column is not None:
+                for i, t in enumerate(times):
+                    column[i] += gone.joules(t)
 
     @property
     def recording(self) -> bool:
@@ -847,6 +959,9 @@ class EnergyMeter:
     def finalized_until(self) -> float:
         """Energies up to this time will not change any more."""
         with self._lock:
+            if self._late_start_pending():
+                # The estimate for a late start is not decided yet: nothing after it is final.
+                return min(self._timeline.finalized_until, self._started_at or -math.inf)
             return self._timeline.finalized_until
 
     @property
@@ -861,7 +976,8 @@ class EnergyMeter:
         :attr:`EnergyTimeline.version`): the books' refresher skips a refresh that would find
         nothing new."""
         with self._lock:
-            return self._timeline.version
+            # A late start decided adds an estimate without a new reading: it counts too.
+            return self._timeline.version + (len(self._late_start) << 40)
 
     def gaps(self, t0: float = -math.inf, t1: float = math.inf) -> list[Gap]:
         with self._lock:
@@ -936,10 +1052,11 @@ class EnergyMeter:
         one are split by segment (:meth:`EnergyTimeline.add_edges`). Once called, energy is
         finalized only as far as edges have come, so call it from the start of a run (an empty
         list is fine) and at each edge sync."""
-        from lightning_watt.energy.segment_fit import edges_from_steps
-
         with self._lock:
-            self._timeline.add_edges(edges_from_steps(edges), until)
+            # One converter for the run: phases open at a batch's cut, an overlap or hole
+            # straddling it and the stamps' jitter carry over to the next batch.
+            boundaries, known = self._boundaries.add(edges, until)
+            self._timeline.add_edges(boundaries, known)
 
     def _recording_failed(self, err: OSError) -> None:
         """A full or read-only disk: recording stops (with one warning), measuring goes on."""
