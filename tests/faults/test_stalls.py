@@ -3,12 +3,22 @@ stuck in the driver cannot hold the end of a fit."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
 import pynvml as real
 import pytest
-from harness import FaultAt, assert_energy_right, fit, install_fake_gpu, nvml_source, once
+from harness import (
+    WATTS,
+    FaultAt,
+    assert_energy_right,
+    fit,
+    install_fake_gpu,
+    nvml_source,
+    once,
+    tolerance_j,
+)
 from helpers import TinyClassifier
 
 import lightning_watt.energy.meter as meter_module
@@ -135,9 +145,16 @@ def test_a_meter_stalled_at_the_start_is_reported_as_unmeasured(tmp_path, monkey
     summary, messages = fit(tmp_path, cb, TinyClassifier(step_sleep=0.03))
     assert stalled
     warning = once(messages, "was not measured at the start")
-    assert "estimated at 300.0 W" in warning  # the fake's constant power, measured after
     device = summary["devices"][0]
-    assert 1.0 < device["unmeasured_s"] < 2.5
+    assert 1.0 < device["unmeasured_s"] < 3.5
     assert "first" in device["unmeasured_reason"]
-    assert summary["unmeasured_J"] == pytest.approx(300.0 * device["unmeasured_s"], rel=0.02)
-    assert_energy_right(summary)
+    # The estimate is the fake's 300 W measured over the first second or so after the stall
+    # (counter-anchored: within an update's 30 J of it), and it is what the span is charged.
+    watts = float(re.search(r"estimated at ([0-9.]+) W", warning).group(1))
+    assert watts == pytest.approx(WATTS, rel=0.15)
+    assert summary["unmeasured_J"] == pytest.approx(watts * device["unmeasured_s"], rel=1e-3)
+    # The measured rest is right, as in every fault test.
+    measured = summary["energy_J"] - summary["unmeasured_J"]
+    truth = WATTS * (summary["duration_s"] - device["unmeasured_s"])
+    assert abs(measured - truth) <= tolerance_j(summary), (measured, truth)
+    assert sum(summary["phases_J"].values()) == pytest.approx(summary["energy_J"], rel=1e-9)
