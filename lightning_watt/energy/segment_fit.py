@@ -76,11 +76,25 @@ def _ridge_solve(
     segment of each level, pinned ones too; ``prior = ridge * _LEVEL_PRIOR**2``): the least
     squares the tiles, ridges and priors pose, in closed form.
 
-    A window has a few tiles and many segments, so ``a a^T + ridge`` (tiles x tiles) is what
-    gets solved (Woodbury), then the few levels; a dense least-squares solve of the whole
-    system took 340 µs per tile at 1.5 ms steps, this takes a tenth.
+    A window usually has a few tiles and many segments, so ``a a^T + ridge`` (tiles x tiles)
+    is what gets solved (Woodbury), then the few levels; a dense least-squares solve of the
+    whole system took 340 µs per tile at 1.5 ms steps, this a fraction. Where tiles outnumber
+    segments, the normal equations in segments and levels are solved instead.
     """
     prior = ridge * _LEVEL_PRIOR**2
+    n_tiles, n_free = a.shape
+    if n_tiles > n_free + len(per_level):
+        # More tiles than unknowns (a replay faster than real time packs thousands of tiles
+        # into a window): the normal equations in the segments and levels are the smaller.
+        n_lev = len(per_level)
+        system = np.zeros((n_free + n_lev, n_free + n_lev))
+        system[:n_free, :n_free] = a.T @ a
+        system[np.arange(n_free), np.arange(n_free)] += ridge
+        system[:n_free, n_free:] = -ridge * one_hot
+        system[n_free:, :n_free] = -ridge * one_hot.T
+        system[n_free:, n_free:] = np.diag(ridge * per_level + prior)
+        rhs = np.concatenate((a.T @ means, np.full(n_lev, prior * float(means.mean()))))
+        return np.linalg.solve(system, rhs)[:n_free]
     gram = a @ a.T
     gram[np.diag_indices_from(gram)] += ridge
     # One factorisation for the two right-hand sides: the tile means and a's level sums.
