@@ -38,6 +38,12 @@ def main(out: Path) -> None:
             "log_dir": log_dir,
         }
         (out / "result.json").write_text(json.dumps(result, default=str))
+    # Torn down here, not by the interpreter's exit: gloo's teardown at exit aborts now and
+    # then ("terminate called without an active exception") after everything is written.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -66,7 +66,16 @@ def test_plain_ddp(tmp_path):
         [sys.executable, str(WORKER), str(tmp_path)],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # The one known harness fault, as fit_spawned tolerates it: a worker that wrote everything
+    # (rank 0's result, every rank's warnings) dying with SIGABRT in gloo's teardown at exit.
+    finished = all(
+        (tmp_path / name).exists()
+        for name in ("result.json", "warnings.rank0.json", "warnings.rank1.json")
+    )
+    aborted_at_exit = (
+        proc.returncode == -6 and "terminate called without an active exception" in proc.stderr
+    )
+    assert proc.returncode == 0 or (finished and aborted_at_exit), proc.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["energy_kwh"] > 0
     assert result["stage_type"] == "str"
