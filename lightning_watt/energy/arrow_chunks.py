@@ -3,9 +3,9 @@
 
 Why a library here: Arrow's reader parses and converts a chunk's floats (correctly rounded,
 the same values Python's ``float`` gives) and dictionary-encodes its labels in C++, about
-4x faster than the numpy field splitting of :mod:`lightning_watt.energy.csv_chunks` plus
-``numpy.fromstring`` (a day of one GPU's samples: 1.6 s against 5.8 s, 2 cores), which stays
-as the fallback where pyarrow is missing.
+2.5x faster than the numpy field splitting of :mod:`lightning_watt.energy.csv_chunks` plus
+``numpy.fromstring`` (6 h of one GPU's samples: 0.6 s of CPU against 1.5 s), which stays as
+the fallback where pyarrow is missing.
 
 The reader is only asked what the reference parser would read the same way: a chunk with a
 quote, a NUL, a lone carriage return, a blank line, an empty field or any row Arrow rejects
@@ -56,12 +56,11 @@ def available() -> bool:
 
 @dataclass
 class Chunk:
-    """A chunk's columns: ``floats[name]`` / ``ints[name]`` as numpy arrays, and
+    """A chunk's columns: ``floats[name]`` as numpy arrays, and
     ``labels[name] = (distinct texts, each row's index into them)``."""
 
     rows: int
     floats: dict[str, np.ndarray]
-    ints: dict[str, np.ndarray]
     labels: dict[str, tuple[list[str], np.ndarray]]
 
 
@@ -80,19 +79,17 @@ def read_chunk(
     data: bytes,
     names: Sequence[str],
     floats: Sequence[str] = (),
-    ints: Sequence[str] = (),
     labels: Sequence[str] = (),
 ) -> Chunk | None:
     """Columns ``names`` of a chunk of whole lines (no header), or ``None`` when pyarrow is
     not available or the chunk is not one it reads as the reference parser would. Columns
-    not named in ``floats``, ``ints`` or ``labels`` are skipped; an empty field in any of
-    them gives ``None`` too."""
+    not named in ``floats`` or ``labels`` are skipped; an empty field in any of them gives
+    ``None`` too."""
     if not data or not available() or not _plain(data):
         return None
     pa, csv = _pa, _csv
     dictionary = pa.dictionary(pa.int32(), pa.string())
     types = {n: pa.float64() for n in floats}
-    types.update({n: pa.int64() for n in ints})
     types.update({n: dictionary for n in labels})
     try:
         table = csv.read_csv(
@@ -115,7 +112,7 @@ def read_chunk(
     lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))
     if rows != lines + (not data.endswith(b"\n")):
         return None
-    out = Chunk(rows, {}, {}, {})
+    out = Chunk(rows, {}, {})
     for name in floats:
         column = table.column(name)
         if column.null_count:
@@ -123,11 +120,6 @@ def read_chunk(
         # Copies: memory of Arrow buffers kept past the table was not given back once freed
         # (+125 MB after a day's samples), numpy's own is.
         out.floats[name] = np.array(column.to_numpy())
-    for name in ints:
-        column = table.column(name)
-        if column.null_count:
-            return None
-        out.ints[name] = np.array(column.to_numpy())
     for name in labels:
         got = _label_column(table.column(name))
         if got is None:

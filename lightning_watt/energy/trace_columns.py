@@ -174,29 +174,18 @@ def _sample_chunk_slow(
     return np.array(ts, dtype=float), np.array(codes, dtype=np.int32), np.array(values, float)
 
 
-def read_sample_store(
-    path: Path, spill_rows: int | None = None
-) -> tuple[list[tuple[str, str]], SampleStore, bool]:
+def read_sample_store(path: Path) -> tuple[list[tuple[str, str]], SampleStore, bool]:
     """``(names, store, truncated)``: the samples' columns in a :class:`SampleStore` (moved to
-    temporary files past ``spill_rows`` rows), ``names[code]`` each code's (device, kind)."""
+    temporary files past :data:`SPILL_ROWS` rows), ``names[code]`` each code's (device, kind)."""
     source = GzipText(path)
     _, chunks = _data_chunks(source, [SAMPLES_HEADER])
     state = _SampleState()
-    store = SampleStore(SPILL_ROWS if spill_rows is None else spill_rows)
+    store = SampleStore(SPILL_ROWS)
     for lineno, data in chunks:
         got = _sample_chunk_fast(state, data)
         store.append(*(got if got is not None else _sample_chunk_slow(state, path, lineno, data)))
     store.finish()
     return state.names, store, source.truncated
-
-
-def read_sample_columns(
-    path: Path,
-) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray, bool]:
-    """``(names, t, code, value, truncated)``: ``names[code[i]]`` is row i's (device, kind)."""
-    names, store, truncated = read_sample_store(path, spill_rows=2**62)
-    t, code, value = store.arrays()
-    return names, t, code, value, truncated
 
 
 # --------------------------------------------------------------------------- steps

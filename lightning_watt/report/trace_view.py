@@ -334,22 +334,6 @@ class TraceView:
                 sources[name] = COUNTER_J
         return centres, out, sources
 
-    def raw_power(self) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
-        """The best raw power kind per device, as recorded: ``{device: (kind, t, watts)}`` with
-        ``t`` relative to the fit start (numpy arrays, copies: a day of one GPU's buffer
-        samples is about 90 MB; :meth:`power_envelope` draws them in bounded memory)."""
-        if not self.has_trace:
-            return {}
-        cols = self.columns
-        assert cols is not None
-        origin = self.time_origin
-        out: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
-        for device, kind in cols.power_kinds().items():
-            t, w = cols.series(device, kind)  # copies: shifted in place, no third array
-            t -= origin
-            out[device] = (kind, t, w)
-        return out
-
     def power_envelope(
         self, bins: int
     ) -> dict[str, tuple[str, list[float], list[float], list[float]]]:
