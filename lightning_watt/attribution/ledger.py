@@ -109,13 +109,16 @@ class EnergyLedger:
 
     def times_until(self, until: float) -> list[float]:
         """The times :meth:`advance` would evaluate energy at, to fetch them in one batch."""
-        times = [self.cursor]
-        for *_, t in self._edges:
+        last = self.cursor
+        times = [last]
+        for edge in self._edges:
+            t = edge[4]
             if t > until:
                 break
-            if t > times[-1]:
+            if t > last:
                 times.append(t)
-        if until > times[-1]:
+                last = t
+        if until > last:
             times.append(until)
         return times if len(times) > 1 else []
 
@@ -130,37 +133,57 @@ class EnergyLedger:
 
     def advance(self, until: float, energy: EnergyFn) -> None:
         """Attribute everything up to ``until`` (edges past it wait for the next call)."""
+        # Run for every step edge by the books' thread: the cursor and the open phase live in
+        # locals while the edges are booked (written back at the end), and _book is inlined
+        # for the common case (an epoch named, nothing unassigned).
+        phases, steps, epochs = self.phases, self.steps, self.epochs
+        cursor, open_phase, open_epoch = self.cursor, self._open_phase, self._epoch
+        open_energy = self._open_energy
+        ep_key: int | None = None
+        ep_phases: dict[str, float] = {}
         i = 0
-        for phase, edge, index, epoch, t in self._edges:
-            if t > until:
-                break
-            i += 1
-            cursor = self.cursor
-            if t > cursor:  # _close, inlined: run twice per step edge by the books' thread
-                joules = energy(cursor, t)
-                open_phase = self._open_phase
-                if open_phase:
-                    self._book(open_phase, joules, self._epoch)
-                    self._open_energy += joules
+        try:
+            for phase, edge, index, epoch, t in self._edges:
+                if t > until:
+                    break
+                if t > cursor:  # _close, inlined
+                    joules = energy(cursor, t)
+                    label, book_epoch = (open_phase, open_epoch) if open_phase else (GAP, epoch)
+                    if open_phase:
+                        open_energy += joules
+                    if book_epoch is None or self.unassigned:
+                        self._book(label, joules, book_epoch)
+                        ep_key = None  # assign_unassigned may have made an epoch's record
+                    else:
+                        phases[label] = phases.get(label, 0.0) + joules
+                        if book_epoch != ep_key:
+                            ep_key = book_epoch
+                            ep_phases = (
+                                epochs.get(book_epoch) or self._epoch_energy(book_epoch)
+                            ).phases
+                        ep_phases[label] = ep_phases.get(label, 0.0) + joules
+                    cursor = t
+                if edge == "start":
+                    open_phase = phase
+                    open_epoch = epoch
+                    open_energy = 0.0
                 else:
-                    self._book(GAP, joules, epoch)
-                self.cursor = t
-            if edge == "start":
-                self._open_phase = phase
-                self._epoch = epoch
-                self._open_energy = 0.0
-            else:
-                if self._open_phase == phase:
-                    self.steps[phase] = self.steps.get(phase, 0) + 1
-                    if phase == "train":
-                        if epoch is not None:
-                            (self.epochs.get(epoch) or self._epoch_energy(epoch)).train_steps += 1
-                        self.step_energies.append((index, self._open_energy))
-                self._open_phase = None
-                self._epoch = epoch
-        del self._edges[:i]
-        if until > self.cursor:
-            self._close(until, energy, self._epoch)
+                    if open_phase == phase:
+                        steps[phase] = steps.get(phase, 0) + 1
+                        if phase == "train":
+                            if epoch is not None:
+                                (epochs.get(epoch) or self._epoch_energy(epoch)).train_steps += 1
+                            self.step_energies.append((index, open_energy))
+                    open_phase = None
+                    open_epoch = epoch
+                i += 1
+        finally:
+            # Written back even if a lookup failed: what was booked stays booked, once.
+            del self._edges[:i]
+            self.cursor, self._open_phase, self._epoch = cursor, open_phase, open_epoch
+            self._open_energy = open_energy
+        if until > cursor:
+            self._close(until, energy, open_epoch)
 
     def _close(self, t: float, energy: EnergyFn, epoch: int | None) -> None:
         if t <= self.cursor:
