@@ -22,8 +22,13 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+import itertools
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import reduce
+
+from lightning_watt.energy.edge_rows import EPOCH, INDEX, EdgeRow, paired_times
 
 GAP = "gap"
 
@@ -39,8 +44,10 @@ def gap_joules(phases: dict[str, float]) -> float:
     return sum(v for k, v in phases.items() if k not in STEP_PHASES)
 
 
-#: ``(phase, edge, index, epoch, t)``: ``epoch`` ``None`` where the loop has not said it yet.
-LedgerEdge = tuple[str, str, int, "int | None", float]
+#: ``(phase, edge, index, epoch, t)``: ``epoch`` ``None`` where the loop has not said it yet
+#: (:data:`~lightning_watt.energy.edge_rows.EdgeRow`).
+LedgerEdge = EdgeRow
+_OPENED = (0.0).__add__
 
 
 @dataclass
@@ -133,6 +140,59 @@ class EnergyLedger:
 
     def advance(self, until: float, energy: EnergyFn) -> None:
         """Attribute everything up to ``until`` (edges past it wait for the next call)."""
+        n = 0
+        for row in self._edges:
+            if row[4] > until:
+                break
+            n += 1
+        if n and self._open_phase is not None and self._edges[0][1] != "start":
+            self._book_each(1, energy)  # the end of a step an earlier call left open
+            n -= 1
+        if not self._book_steps(n, energy):
+            self._book_each(n, energy)
+        if until > self.cursor:
+            self._close(until, energy, self._epoch)
+
+    def _book_steps(self, n: int, energy: EnergyFn) -> bool:
+        """:meth:`_book_each` in bulk for the common case, if it is one (returns whether):
+        nothing open or unassigned, and the next ``n`` edges are steps of one phase and one
+        epoch that each start and end in turn, after the cursor (the books' refresher meets
+        ~80 of them a hand-over). The same joules in the same order (``reduce`` adds left to
+        right, as the loop does), so the same floats."""
+        if n < 2 or self._open_phase is not None or self.unassigned:
+            return False
+        rows = self._edges[:n]
+        times = paired_times(rows)
+        epoch = rows[0][3]
+        if (
+            times is None
+            or not times[0] > self.cursor
+            or epoch is None
+            or list(map(EPOCH, rows)).count(epoch) != n
+        ):
+            return False
+        phase = rows[0][0]
+        joules = list(map(energy, [self.cursor, *times[:-1]], times))
+        gaps, steps = joules[0::2], joules[1::2]
+        ep = self._epoch_energy(epoch)
+        for booked in (self.phases, ep.phases):
+            booked[GAP] = reduce(operator.add, gaps, booked.get(GAP, 0.0))
+            booked[phase] = reduce(operator.add, steps, booked.get(phase, 0.0))
+        self.steps[phase] = self.steps.get(phase, 0) + len(steps)
+        opened = list(map(_OPENED, steps))  # what a step's energy is: 0.0 + its joules
+        if phase == "train":
+            ep.train_steps += len(steps)
+            self.step_energies.extend(zip(map(INDEX, rows[1::2]), opened, strict=True))
+        self.cursor, self._epoch = times[-1], epoch
+        if n % 2:
+            self._open_phase, self._open_energy = phase, 0.0
+        else:
+            self._open_phase, self._open_energy = None, opened[-1]
+        del self._edges[:n]
+        return True
+
+    def _book_each(self, n: int, energy: EnergyFn) -> None:
+        """Book the next ``n`` edges one by one."""
         # Run for every step edge by the books' thread: the cursor and the open phase live in
         # locals while the edges are booked (written back at the end), and _book is inlined
         # for the common case (an epoch named, nothing unassigned).
@@ -143,9 +203,7 @@ class EnergyLedger:
         ep_phases: dict[str, float] = {}
         i = 0
         try:
-            for phase, edge, index, epoch, t in self._edges:
-                if t > until:
-                    break
+            for phase, edge, index, epoch, t in itertools.islice(self._edges, n):
                 if t > cursor:  # _close, inlined
                     joules = energy(cursor, t)
                     label, book_epoch = (open_phase, open_epoch) if open_phase else (GAP, epoch)
@@ -182,8 +240,6 @@ class EnergyLedger:
             del self._edges[:i]
             self.cursor, self._open_phase, self._epoch = cursor, open_phase, open_epoch
             self._open_energy = open_energy
-        if until > cursor:
-            self._close(until, energy, open_epoch)
 
     def _close(self, t: float, energy: EnergyFn, epoch: int | None) -> None:
         if t <= self.cursor:
@@ -239,7 +295,24 @@ class StepSpans:
         self._open: tuple[str, float] | None = None
         self._spans: list[tuple[float, float]] = []
 
-    def add(self, edges: Iterable[LedgerEdge]) -> None:
+    def add(self, edges: Sequence[LedgerEdge]) -> None:
+        start = 0
+        if edges and self._open is not None and edges[0][1] != "start":
+            self._add_each(edges[:1])  # the end of a step an earlier call left open
+            start = 1
+        rest = edges[start:]
+        times = paired_times(rest)
+        if times is None:
+            self._add_each(rest)
+            return
+        # Steps of one phase, each starting and ending in turn (the usual batch): in bulk.
+        phase = rest[0][0]
+        if phase == "train":
+            self._spans.extend(zip(times[0::2], times[1::2], strict=False))  # odd: one open
+            self.count += len(times) // 2
+        self._open = (phase, times[-1]) if len(times) % 2 else None
+
+    def _add_each(self, edges: Iterable[LedgerEdge]) -> None:
         for phase, edge, _, _, t in edges:
             if edge == "start":
                 self._open = (phase, t)

@@ -28,8 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_watt.energy.edge_rows import EdgeRow, edge_rows
 from lightning_watt.energy.readings import COUNTER_J, ESTIMATE_W, POWER_KINDS, DeviceInfo, Reading
-from lightning_watt.energy.segment_fit import EdgeRow, StepBoundaries, edge_rows
+from lightning_watt.energy.segment_fit import StepBoundaries
 from lightning_watt.energy.timeline import EnergyTimeline, Gap
 from lightning_watt.energy.trace import StepEdge, StepRow, TraceWriter
 from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
@@ -1059,13 +1060,13 @@ class EnergyMeter:
         self.add_edge_rows(edge_rows(edges), until)
 
     def add_edge_rows(self, rows: Sequence[EdgeRow], until: float) -> None:
-        """:meth:`add_edges` for edges as :data:`~lightning_watt.energy.segment_fit.EdgeRow`
+        """:meth:`add_edges` for edges as :data:`~lightning_watt.energy.edge_rows.EdgeRow`
         tuples ``(phase, edge, index, epoch, t)``, in which the books hold them."""
         with self._lock:
             # One converter for the run: phases open at a batch's cut, an overlap or hole
             # straddling it and the stamps' jitter carry over to the next batch.
             boundaries, known = self._boundaries.add_rows(rows, until)
-            self._timeline.add_edges(boundaries, known)
+            self._timeline.add_boundaries(boundaries, known)
 
     def _recording_failed(self, err: OSError) -> None:
         """A full or read-only disk: recording stops (with one warning), measuring goes on."""

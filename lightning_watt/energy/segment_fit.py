@@ -52,6 +52,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from lightning_watt.energy.edge_rows import TIME, EdgeRow, edge_rows, paired_times
+
 #: A tile longer than this is a hole the timeline bridges, not a 20 ms mean: never split.
 _MAX_TILE_S = 0.1
 #: Edge-response samples kept, and how many are needed before the delay is applied.
@@ -316,28 +318,8 @@ class EdgeModel:
         self._delays.append((spans[1][1] - edge) - x * (spans[1][1] - spans[1][0]))
 
 
-#: A step edge as the books hold it: ``(phase, edge, index, epoch, t)``, ``t`` the edge's
-#: time on the meter clock (the GPU's where known); :class:`StepBoundaries` reads the phase,
-#: whether ``edge`` is ``"start"``, and ``t``.
-EdgeRow = tuple[str, str, int, "int | None", float]
-_ROW_T = operator.itemgetter(4)
-
-
 def _row_order(row: EdgeRow) -> tuple[float, bool]:
     return row[4], row[1] == "start"
-
-
-def edge_rows(steps: Iterable[object]) -> list[EdgeRow]:
-    """Step edges (objects with ``phase``, ``edge`` and ``t``, such as
-    :class:`~lightning_watt.energy.trace.StepEdge`) as :data:`EdgeRow` tuples, those at a time
-    that is not finite left out."""
-    rows: list[EdgeRow] = []
-    for e in steps:
-        t = float(getattr(e, "t"))  # noqa: B009
-        if math.isfinite(t):
-            edge = "start" if getattr(e, "edge", "") == "start" else "end"
-            rows.append((str(getattr(e, "phase", "")), edge, 0, None, t))
-    return rows
 
 
 def edges_from_steps(steps: Iterable[object]) -> list[tuple[float, str]]:
@@ -436,7 +418,7 @@ class StepBoundaries:
         edge, and no sort when they come in order, as they do)."""
         if until > self.until:
             self.until = until
-        times = list(map(_ROW_T, rows))
+        times = list(map(TIME, rows))
         if (
             not self._later
             and times
@@ -447,12 +429,17 @@ class StepBoundaries:
             # In order, no tie, nothing held over: sorting would change nothing.
             cut = bisect.bisect_right(times, self.until)
             self._later = list(rows[cut:])
-            self._take(rows[:cut] if cut < len(rows) else rows)
+            taken = rows[:cut] if cut < len(rows) else rows
+            if taken and taken[0][1] != "start" and self._stamp_open:
+                self._take(taken[:1])  # the end of a step a batch cut left open
+                taken = taken[1:]
+            if not self._take_steps(taken):
+                self._take(taken)
         else:
             events = self._later + [r for r in rows if math.isfinite(r[4])]
             # At one instant an end comes first (whichever batch brought it), then a start.
             events.sort(key=_row_order)
-            cut = bisect.bisect_right(events, self.until, key=_ROW_T)
+            cut = bisect.bisect_right(events, self.until, key=TIME)
             self._later = events[cut:]
             self._take(events[:cut])
         final = math.isinf(self.until) and self.until > 0
@@ -478,6 +465,27 @@ class StepBoundaries:
         if self._held:
             complete = min(complete, math.nextafter(self._held[0][0], -math.inf))
         return new, complete
+
+    def _take_steps(self, rows: Sequence[EdgeRow]) -> bool:
+        """:meth:`_take` in bulk for the common case, if it is one (returns whether): nothing
+        open, no overlap ever seen (so no jitter, no hole to close), and steps of one phase
+        that each start and end in turn (:func:`paired_times`). Each edge is then a boundary,
+        labelled the phase at a start and ``""`` at an end, as :meth:`_place` would make it."""
+        if self._overlaps or self._stamp_open or self._opened:
+            return False
+        times = paired_times(rows)
+        out = self._out
+        if times is None or (out and (out[-1][0] >= times[0] or out[-1][1] != "")):
+            return False
+        phase = rows[0][0]
+        labels = [phase, ""] * (len(rows) // 2)
+        if len(rows) % 2:
+            labels.append(phase)
+            self._stamp_open.append((phase, times[-1]))
+            self._opened.append((phase, times[-1]))
+        out.extend(zip(times, labels, strict=True))
+        self._changes += len(rows)
+        return True
 
     def _take(self, rows: Sequence[EdgeRow]) -> None:
         """Count and place edges up to ``until``, in order."""
