@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
 from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger, LedgerEdge, StepSpans
@@ -40,6 +41,8 @@ from lightning_watt.validate import finite_number
 
 #: An edge row as the recording takes it: ``(phase, edge, index, t_host, t_gpu)``.
 _RECORDED = operator.itemgetter(0, 1, 2, 4, 5)
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
 
 #: Version of :meth:`RunTotals.to_state`, stored in checkpoints.
 STATE_VERSION = 2
@@ -356,26 +359,8 @@ class StageBooks:
         if hold and math.isfinite(horizon):
             held = self.weighted(meter.power() if power is None else power)
 
-        weights = None if self._all_counted else self.weights
-
         def batch(ts: list[float]) -> list[float]:
-            # Per device one lookup of all the times, combined as :meth:`weighted` combines
-            # one time's joules (the same operations in the same order: the same floats).
-            # Nothing to clamp for final energy (an edge's time is finite).
-            clamped = ts if horizon == math.inf else [t if t < horizon else horizon for t in ts]
-            total: list[float] | None = None
-            for device, joules in meter.energy_columns(clamped, provisional).items():
-                if weights is not None:
-                    w = weights.get(device, 1.0)
-                    joules = [w * j for j in joules]
-                total = (
-                    joules if total is None else [a + b for a, b in zip(total, joules, strict=True)]
-                )
-            if total is None:
-                total = [0.0] * len(ts)
-            if held:
-                return [e + held * (t - c) for e, t, c in zip(total, ts, clamped, strict=True)]
-            return total
+            return self._cumulative(ts, provisional, horizon, held)
 
         known = dict(zip(times, batch(times), strict=True))
 
@@ -392,6 +377,29 @@ class StageBooks:
                 return cumulative(t1) - cumulative(t0)
 
         return energy
+
+    def _cumulative(
+        self, ts: list[float], provisional: bool, horizon: float, held: float
+    ) -> list[float]:
+        """This process's (weighted) cumulative joules at each of ``ts`` (any order, repeats
+        allowed: each time is looked up on its own), as :meth:`energy_fn` gives them: clamped
+        to ``horizon``, then ``held`` watts past it."""
+        # Per device one lookup of all the times, combined as :meth:`weighted` combines one
+        # time's joules (the same operations in the same order: the same floats). Nothing to
+        # clamp for final energy (an edge's time is finite).
+        clamped = ts if horizon == math.inf else [t if t < horizon else horizon for t in ts]
+        weights = None if self._all_counted else self.weights
+        total: list[float] | None = None
+        for device, joules in self.meter.energy_columns(clamped, provisional).items():
+            if weights is not None:
+                w = weights.get(device, 1.0)
+                joules = [w * j for j in joules]
+            total = joules if total is None else [a + b for a, b in zip(total, joules, strict=True)]
+        if total is None:
+            total = [0.0] * len(ts)
+        if held:
+            return [e + held * (t - c) for e, t, c in zip(total, ts, clamped, strict=True)]
+        return total
 
     def energy_j(self, until: float | None = None) -> float:
         """This process's (weighted) joules since the stage began, as measured up to the newest
@@ -484,17 +492,23 @@ class StageBooks:
             spans = self._live.take()
             # One locked lookup: the new steps (held power past the newest reading, as a row
             # can't wait ~0.5 s for readings) and the stage's energy up to the newest reading
-            # (no held power: equal with or without it there).
-            times = [self.started_at, horizon] if measured else []
-            times += [t for span in spans for t in span]
-            energy = self.energy_fn(
-                sorted(set(times)), provisional=True, horizon=horizon, power=power
-            )
-            for t0, t1 in spans:
-                self._live_steps_J += energy(t0, t1)
+            # (no held power: equal with or without it there). What energy_fn would give for
+            # the same times, without its dictionary and closures (~35 times, 40 times a
+            # second).
+            k = len(spans)
+            energy_j = 0.0
+            if measured:
+                times = [*map(_FIRST, spans), *map(_SECOND, spans), self.started_at, horizon]
+                cum = self._cumulative(times, True, horizon, self.weighted(power))
+                self._live_steps_J = reduce(
+                    operator.add, map(operator.sub, cum[k : 2 * k], cum[:k]), self._live_steps_J
+                )
+                energy_j = cum[-1] - cum[-2]
+            else:  # nothing read yet: no energy known, and no power to hold
+                self._live_steps_J = reduce(operator.add, [0.0] * k, self._live_steps_J)
             snapshot = Snapshot(
                 horizon=horizon,
-                energy_J=energy(self.started_at, horizon) if measured else 0.0,
+                energy_J=energy_j,
                 power_W=self.weighted(power),
                 device_power_W=power,
                 steps=self._live.count,
