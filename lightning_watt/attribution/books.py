@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 import threading
 import time
 from collections.abc import Mapping
@@ -32,16 +33,22 @@ from typing import Any
 
 from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger, LedgerEdge, StepSpans
 from lightning_watt.attribution.refresher import DEFAULT_INTERVAL_S, Refresher
-from lightning_watt.attribution.step_clock import Edge, StepClock
+from lightning_watt.attribution.step_clock import EdgeRow, StepClock
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.validate import finite_number
 
+#: An edge row as the recording takes it: ``(phase, edge, index, t_host, t_gpu)``.
+_RECORDED = operator.itemgetter(0, 1, 2, 4, 5)
+
 #: Version of :meth:`RunTotals.to_state`, stored in checkpoints.
 STATE_VERSION = 2
-#: Edges the refresher books with final energy at a time (~0.3 ms of the GIL), and its pause
-#: between such chunks, long enough for a waiting training thread to take the GIL.
-CHUNK_EDGES = 64
+#: Edges the refresher books with final energy at a time (~0.3 ms of the GIL; steps that each
+#: start and end in turn are booked in bulk, ~0.5 µs an edge), and its pause between such
+#: chunks, long enough for a waiting training thread to take the GIL. Each pause costs the
+#: refresher a handover of the GIL back (~60 µs of CPU on a 2-core VM): at 64 edges a chunk,
+#: a 0.5 s burst of 1.5 ms steps took ten.
+CHUNK_EDGES = 256
 CHUNK_PAUSE_S = 0.0002
 #: Seconds between the refresher's hand-overs of new edges to the meter, the recording and
 #: the ledger (final energy). Each hand-over has a fixed cost (~200 µs of CPU from cold caches,
@@ -263,16 +270,14 @@ class StageBooks:
         self.ledger = EnergyLedger(start=self.started_at)
         # The meter splits buffer samples holding a step edge by segment (issue 13): from now
         # on it finalizes energy only as far as edges have been handed over.
-        self._hand_edges = getattr(meter, "add_edges", None)
-        if self._hand_edges is not None:
-            self._hand_edges([], until=self.started_at)
+        meter.add_edge_rows([], until=self.started_at)
         # Train steps as their edges arrive, given provisional energy once, never revisited:
         # for log rows (the ledger waits for final energy, up to ~0.5 s behind).
         self._live = StepSpans()
         self._live_steps_J = 0.0
         # Edges resolved (and counted in the live spans) but not handed over yet; when the
         # last hand-over was (meter clock).
-        self._unsynced: list[Edge] = []
+        self._unsynced: list[EdgeRow] = []
         self._unsynced_booked: list[LedgerEdge] = []  # the same, as the ledger books them
         self._synced_at = -math.inf
         self._snapshot_version: int | None = None  # the meter's version the snapshot saw
@@ -322,7 +327,12 @@ class StageBooks:
         return sum(self.weights.get(d, 1.0) * j for d, j in joules.items())
 
     def energy_fn(
-        self, times: list[float], provisional: bool, hold: bool = True, horizon: float | None = None
+        self,
+        times: list[float],
+        provisional: bool,
+        hold: bool = True,
+        horizon: float | None = None,
+        power: Mapping[str, float] | None = None,
     ) -> EnergyFn:
         """Joules over ``[t0, t1]`` from cumulative energies fetched in one locked batch (the
         ledger asks for back-to-back intervals, all at ``times``).
@@ -331,7 +341,8 @@ class StageBooks:
         then (``hold``) the latest power held, since readings arrive up to 0.5 s after the fact.
         Differences of one cumulative function keep the attribution exactly additive either way.
         ``horizon``: the newest reading's time as the caller already read it (provisional only;
-        the meter computes it from every pending reading, ~50 µs).
+        the meter computes it from every pending reading, ~50 µs); ``power``: the meter's
+        latest power as the caller already read it (the power held past ``horizon``).
         """
         meter = self.meter
         if not provisional:
@@ -341,14 +352,17 @@ class StageBooks:
         if math.isinf(horizon) and horizon < 0:
             # Nothing read yet: no energy known, and no power to hold.
             return lambda t0, t1: 0.0
-        held = self.weighted(meter.power()) if hold and math.isfinite(horizon) else 0.0
+        held = 0.0
+        if hold and math.isfinite(horizon):
+            held = self.weighted(meter.power() if power is None else power)
 
         weights = None if self._all_counted else self.weights
 
         def batch(ts: list[float]) -> list[float]:
             # Per device one lookup of all the times, combined as :meth:`weighted` combines
             # one time's joules (the same operations in the same order: the same floats).
-            clamped = [t if t < horizon else horizon for t in ts]
+            # Nothing to clamp for final energy (an edge's time is finite).
+            clamped = ts if horizon == math.inf else [t if t < horizon else horizon for t in ts]
             total: list[float] | None = None
             for device, joules in meter.energy_columns(clamped, provisional).items():
                 if weights is not None:
@@ -409,15 +423,13 @@ class StageBooks:
             booked, self._unsynced_booked = self._unsynced_booked, []
             self._synced_at = known
             first_pending = self.clock.first_pending_host()
-            recorded = [e.recorded() for e in edges]
-            if self._hand_edges is not None:
-                # A pending edge's GPU time comes no earlier than its host time.
-                until = known if first_pending is None else min(known, first_pending)
-                self._hand_edges(recorded, until=until)
+            # A pending edge's GPU time comes no earlier than its host time.
+            until = known if first_pending is None else min(known, first_pending)
+            meter.add_edge_rows(booked, until=until)
             if edges:
                 ledger.add_edges(booked)
                 if meter.recording:
-                    meter.record_steps(recorded)
+                    meter.record_steps(list(map(_RECORDED, edges)))
             until = meter.finalized_until
             if first_pending is not None:
                 until = min(until, first_pending)
@@ -432,9 +444,9 @@ class StageBooks:
     def _resolve(self, wait: bool = False) -> None:
         """Take the edges resolved since the last call: counted in the live spans at once,
         handed over by the next :meth:`sync_edges`."""
-        edges = self.clock.resolve(wait=wait)
+        edges = self.clock.resolve_rows(wait=wait)
         if edges:
-            booked = [e.ledger_edge() for e in edges]
+            booked = _booked(edges, self.clock.uses_gpu_time)
             self._live.add(booked)
             self._unsynced += edges
             self._unsynced_booked += booked
@@ -450,20 +462,21 @@ class StageBooks:
         this old; the new steps are counted either way."""
         with self._lock:
             meter = self.meter
-            if meter.now() - self._synced_at >= sync_s:
+            synced = meter.now() - self._synced_at >= sync_s
+            if synced:
                 self.sync_edges(pause_s=pause_s)  # hands edges to the meter: a new version
-                version = getattr(meter, "version", None)
             else:
-                version = getattr(meter, "version", None)  # read before what it vouches for
                 self._resolve()
-                if (
-                    not self._live.waiting
-                    and version is not None
-                    and version == self._snapshot_version
-                    and self._snapshot is not None
-                ):
-                    return self._snapshot  # no new step, reading or poll: nothing would change
-            newest, now = meter.horizon, meter.now()
+            # Read before the energies it vouches for; one lock for the three.
+            version, newest, power = meter.live_state()
+            if (
+                not synced
+                and not self._live.waiting
+                and version == self._snapshot_version
+                and self._snapshot is not None
+            ):
+                return self._snapshot  # no new step, reading or poll: nothing would change
+            now = meter.now()
             horizon = min(newest, now)
             # A horizon cut at now moves with the clock, not with the meter's version.
             self._snapshot_version = version if newest <= now else None
@@ -474,10 +487,11 @@ class StageBooks:
             # (no held power: equal with or without it there).
             times = [self.started_at, horizon] if measured else []
             times += [t for span in spans for t in span]
-            energy = self.energy_fn(sorted(set(times)), provisional=True, horizon=horizon)
+            energy = self.energy_fn(
+                sorted(set(times)), provisional=True, horizon=horizon, power=power
+            )
             for t0, t1 in spans:
                 self._live_steps_J += energy(t0, t1)
-            power = meter.power()
             snapshot = Snapshot(
                 horizon=horizon,
                 energy_J=energy(self.started_at, horizon) if measured else 0.0,
@@ -581,13 +595,13 @@ class StageBooks:
 
     def _finish(self, epoch: int, meta: Mapping[str, Any] | None) -> StageRecord:
         meter, ledger = self.meter, self.ledger
-        edges, self._unsynced = self._unsynced + self.clock.resolve(wait=True), []
+        edges, self._unsynced = self._unsynced + self.clock.resolve_rows(wait=True), []
         self._unsynced_booked = []
-        if self._hand_edges is not None:
-            self._hand_edges([e.recorded() for e in edges], until=math.inf)
+        booked = _booked(edges, self.clock.uses_gpu_time)
+        meter.add_edge_rows(booked, until=math.inf)
         if edges:
-            ledger.add_edges(e.ledger_edge() for e in edges)
-            meter.record_steps([e.recorded() for e in edges])
+            ledger.add_edges(booked)
+            meter.record_steps(list(map(_RECORDED, edges)))
         # fit_end is written by meter.stop(): the recording then spans what the books count.
         meter.set_trace_meta(fit_start=self.started_at, **dict(meta or {}))
         meter.stop()
@@ -638,6 +652,17 @@ class StageBooks:
         """Stop measuring without closing the books (an exception ended the stage)."""
         self._stop_refresher()
         self.meter.stop()
+
+
+def _booked(edges: list[EdgeRow], gpu: bool) -> list[LedgerEdge]:
+    """Edge rows as the ledger books them: at the GPU's time where known, else the host's."""
+    if not gpu:
+        # Host time: a row's first five fields are the ledger's edge.
+        return [row[:5] for row in edges]
+    return [
+        (phase, edge, index, epoch, t_host if t_gpu is None else t_gpu)
+        for phase, edge, index, epoch, t_host, t_gpu in edges
+    ]
 
 
 def _totals_of(ledger: EnergyLedger) -> RunTotals:

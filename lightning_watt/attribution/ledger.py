@@ -22,8 +22,13 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+import itertools
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import reduce
+
+from lightning_watt.energy.edge_rows import EPOCH, INDEX, EdgeRow, paired_times
 
 GAP = "gap"
 
@@ -39,8 +44,10 @@ def gap_joules(phases: dict[str, float]) -> float:
     return sum(v for k, v in phases.items() if k not in STEP_PHASES)
 
 
-#: ``(phase, edge, index, epoch, t)``: ``epoch`` ``None`` where the loop has not said it yet.
-LedgerEdge = tuple[str, str, int, "int | None", float]
+#: ``(phase, edge, index, epoch, t)``: ``epoch`` ``None`` where the loop has not said it yet
+#: (:data:`~lightning_watt.energy.edge_rows.EdgeRow`).
+LedgerEdge = EdgeRow
+_OPENED = (0.0).__add__
 
 
 @dataclass
@@ -109,13 +116,16 @@ class EnergyLedger:
 
     def times_until(self, until: float) -> list[float]:
         """The times :meth:`advance` would evaluate energy at, to fetch them in one batch."""
-        times = [self.cursor]
-        for *_, t in self._edges:
+        last = self.cursor
+        times = [last]
+        for edge in self._edges:
+            t = edge[4]
             if t > until:
                 break
-            if t > times[-1]:
+            if t > last:
                 times.append(t)
-        if until > times[-1]:
+                last = t
+        if until > last:
             times.append(until)
         return times if len(times) > 1 else []
 
@@ -130,37 +140,106 @@ class EnergyLedger:
 
     def advance(self, until: float, energy: EnergyFn) -> None:
         """Attribute everything up to ``until`` (edges past it wait for the next call)."""
-        i = 0
-        for phase, edge, index, epoch, t in self._edges:
-            if t > until:
+        n = 0
+        for row in self._edges:
+            if row[4] > until:
                 break
-            i += 1
-            cursor = self.cursor
-            if t > cursor:  # _close, inlined: run twice per step edge by the books' thread
-                joules = energy(cursor, t)
-                open_phase = self._open_phase
-                if open_phase:
-                    self._book(open_phase, joules, self._epoch)
-                    self._open_energy += joules
-                else:
-                    self._book(GAP, joules, epoch)
-                self.cursor = t
-            if edge == "start":
-                self._open_phase = phase
-                self._epoch = epoch
-                self._open_energy = 0.0
-            else:
-                if self._open_phase == phase:
-                    self.steps[phase] = self.steps.get(phase, 0) + 1
-                    if phase == "train":
-                        if epoch is not None:
-                            (self.epochs.get(epoch) or self._epoch_energy(epoch)).train_steps += 1
-                        self.step_energies.append((index, self._open_energy))
-                self._open_phase = None
-                self._epoch = epoch
-        del self._edges[:i]
+            n += 1
+        if n and self._open_phase is not None and self._edges[0][1] != "start":
+            self._book_each(1, energy)  # the end of a step an earlier call left open
+            n -= 1
+        if not self._book_steps(n, energy):
+            self._book_each(n, energy)
         if until > self.cursor:
             self._close(until, energy, self._epoch)
+
+    def _book_steps(self, n: int, energy: EnergyFn) -> bool:
+        """:meth:`_book_each` in bulk for the common case, if it is one (returns whether):
+        nothing open or unassigned, and the next ``n`` edges are steps of one phase and one
+        epoch that each start and end in turn, after the cursor (the books' refresher meets
+        ~80 of them a hand-over). The same joules in the same order (``reduce`` adds left to
+        right, as the loop does), so the same floats."""
+        if n < 2 or self._open_phase is not None or self.unassigned:
+            return False
+        rows = self._edges[:n]
+        times = paired_times(rows)
+        epoch = rows[0][3]
+        if (
+            times is None
+            or not times[0] > self.cursor
+            or epoch is None
+            or list(map(EPOCH, rows)).count(epoch) != n
+        ):
+            return False
+        phase = rows[0][0]
+        joules = list(map(energy, [self.cursor, *times[:-1]], times))
+        gaps, steps = joules[0::2], joules[1::2]
+        ep = self._epoch_energy(epoch)
+        for booked in (self.phases, ep.phases):
+            booked[GAP] = reduce(operator.add, gaps, booked.get(GAP, 0.0))
+            booked[phase] = reduce(operator.add, steps, booked.get(phase, 0.0))
+        self.steps[phase] = self.steps.get(phase, 0) + len(steps)
+        opened = list(map(_OPENED, steps))  # what a step's energy is: 0.0 + its joules
+        if phase == "train":
+            ep.train_steps += len(steps)
+            self.step_energies.extend(zip(map(INDEX, rows[1::2]), opened, strict=True))
+        self.cursor, self._epoch = times[-1], epoch
+        if n % 2:
+            self._open_phase, self._open_energy = phase, 0.0
+        else:
+            self._open_phase, self._open_energy = None, opened[-1]
+        del self._edges[:n]
+        return True
+
+    def _book_each(self, n: int, energy: EnergyFn) -> None:
+        """Book the next ``n`` edges one by one."""
+        # Run for every step edge by the books' thread: the cursor and the open phase live in
+        # locals while the edges are booked (written back at the end), and _book is inlined
+        # for the common case (an epoch named, nothing unassigned).
+        phases, steps, epochs = self.phases, self.steps, self.epochs
+        cursor, open_phase, open_epoch = self.cursor, self._open_phase, self._epoch
+        open_energy = self._open_energy
+        ep_key: int | None = None
+        ep_phases: dict[str, float] = {}
+        i = 0
+        try:
+            for phase, edge, index, epoch, t in itertools.islice(self._edges, n):
+                if t > cursor:  # _close, inlined
+                    joules = energy(cursor, t)
+                    label, book_epoch = (open_phase, open_epoch) if open_phase else (GAP, epoch)
+                    if open_phase:
+                        open_energy += joules
+                    if book_epoch is None or self.unassigned:
+                        self._book(label, joules, book_epoch)
+                        ep_key = None  # assign_unassigned may have made an epoch's record
+                    else:
+                        phases[label] = phases.get(label, 0.0) + joules
+                        if book_epoch != ep_key:
+                            ep_key = book_epoch
+                            ep_phases = (
+                                epochs.get(book_epoch) or self._epoch_energy(book_epoch)
+                            ).phases
+                        ep_phases[label] = ep_phases.get(label, 0.0) + joules
+                    cursor = t
+                if edge == "start":
+                    open_phase = phase
+                    open_epoch = epoch
+                    open_energy = 0.0
+                else:
+                    if open_phase == phase:
+                        steps[phase] = steps.get(phase, 0) + 1
+                        if phase == "train":
+                            if epoch is not None:
+                                (epochs.get(epoch) or self._epoch_energy(epoch)).train_steps += 1
+                            self.step_energies.append((index, open_energy))
+                    open_phase = None
+                    open_epoch = epoch
+                i += 1
+        finally:
+            # Written back even if a lookup failed: what was booked stays booked, once.
+            del self._edges[:i]
+            self.cursor, self._open_phase, self._epoch = cursor, open_phase, open_epoch
+            self._open_energy = open_energy
 
     def _close(self, t: float, energy: EnergyFn, epoch: int | None) -> None:
         if t <= self.cursor:
@@ -216,7 +295,24 @@ class StepSpans:
         self._open: tuple[str, float] | None = None
         self._spans: list[tuple[float, float]] = []
 
-    def add(self, edges: Iterable[LedgerEdge]) -> None:
+    def add(self, edges: Sequence[LedgerEdge]) -> None:
+        start = 0
+        if edges and self._open is not None and edges[0][1] != "start":
+            self._add_each(edges[:1])  # the end of a step an earlier call left open
+            start = 1
+        rest = edges[start:]
+        times = paired_times(rest)
+        if times is None:
+            self._add_each(rest)
+            return
+        # Steps of one phase, each starting and ending in turn (the usual batch): in bulk.
+        phase = rest[0][0]
+        if phase == "train":
+            self._spans.extend(zip(times[0::2], times[1::2], strict=False))  # odd: one open
+            self.count += len(times) // 2
+        self._open = (phase, times[-1]) if len(times) % 2 else None
+
+    def _add_each(self, edges: Iterable[LedgerEdge]) -> None:
         for phase, edge, _, _, t in edges:
             if edge == "start":
                 self._open = (phase, t)

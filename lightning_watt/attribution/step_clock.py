@@ -49,6 +49,10 @@ class Edge(NamedTuple):
         return StepEdge(self.phase, self.edge, self.index, self.t_host, self.t_gpu)
 
 
+#: An :class:`Edge` as a plain tuple: ``(phase, edge, index, epoch, t_host, t_gpu)``.
+EdgeRow = tuple[str, str, int, "int | None", float, "float | None"]
+
+
 class StepClock:
     """Marks step edges cheaply on the training thread; resolves them when the GPU got there.
 
@@ -96,17 +100,22 @@ class StepClock:
     def resolve(self, wait: bool = False) -> list[Edge]:
         """Edges whose GPU time is known, in order. ``wait=True`` (end of a stage only) blocks
         until every recorded event has completed."""
-        out: list[Edge] = []
+        return [Edge(*row) for row in self.resolve_rows(wait)]
+
+    def resolve_rows(self, wait: bool = False) -> list[EdgeRow]:
+        """:meth:`resolve` as plain tuples in :class:`Edge`'s field order (the books' refresher
+        takes ~80 edges a hand-over: a named tuple per edge, and the conversions after it, cost
+        a third of its time)."""
+        pending = self._pending
         if not self._cuda:
             # Host time: every edge is resolved. Only as many as there are now are taken (the
-            # training thread may append meanwhile; a deque's ends are thread-safe).
-            popleft = self._pending.popleft
-            for _ in range(len(self._pending)):
-                phase, edge, index, epoch, t_host, _, _ = popleft()
-                out.append(Edge(phase, edge, index, epoch, t_host, None))
-            return out
-        while self._pending:
-            phase, edge, index, epoch, t_host, event, (ref, ref_t) = self._pending[0]
+            # training thread may append meanwhile; a deque's ends are thread-safe). A pending
+            # edge without an event is its row followed by ``None, ref``: the row is a slice.
+            popleft = pending.popleft
+            return [popleft()[:6] for _ in range(len(pending))]
+        out: list[EdgeRow] = []
+        while pending:
+            phase, edge, index, epoch, t_host, event, (ref, ref_t) = pending[0]
             t_gpu = None
             if event is not None:
                 if not wait and not event.query():
@@ -115,8 +124,8 @@ class StepClock:
                     event.synchronize()
                 t_gpu = ref_t + ref.elapsed_time(event) / 1000.0
                 self._free.append(event)
-            self._pending.popleft()
-            out.append(Edge(phase, edge, index, epoch, t_host, t_gpu))
+            pending.popleft()
+            out.append((phase, edge, index, epoch, t_host, t_gpu))
         return out
 
     def first_pending_host(self) -> float | None:

@@ -28,10 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_watt.energy.edge_rows import EdgeRow, edge_rows
 from lightning_watt.energy.readings import COUNTER_J, ESTIMATE_W, POWER_KINDS, DeviceInfo, Reading
 from lightning_watt.energy.segment_fit import StepBoundaries
 from lightning_watt.energy.timeline import EnergyTimeline, Gap
-from lightning_watt.energy.trace import StepEdge, TraceWriter
+from lightning_watt.energy.trace import StepEdge, StepRow, TraceWriter
 from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
 from lightning_watt.validate import a_callable, path_like, positive_int
 
@@ -948,7 +949,10 @@ class EnergyMeter:
     def power(self) -> dict[str, float]:
         """Latest power per device in watts (from the best reader that has spoken recently)."""
         with self._lock:
-            return {d: p[1] for d, p in sorted(self._latest_power.items())}
+            return self._power_locked()
+
+    def _power_locked(self) -> dict[str, float]:
+        return {d: p[1] for d, p in sorted(self._latest_power.items())}
 
     def peak_power(self) -> dict[str, float]:
         """Highest power seen per device (watts)."""
@@ -976,8 +980,18 @@ class EnergyMeter:
         :attr:`EnergyTimeline.version`): the books' refresher skips a refresh that would find
         nothing new."""
         with self._lock:
-            # A late start decided adds an estimate without a new reading: it counts too.
-            return self._timeline.version + (len(self._late_start) << 40)
+            return self._version_locked()
+
+    def _version_locked(self) -> int:
+        # A late start decided adds an estimate without a new reading: it counts too.
+        return self._timeline.version + (len(self._late_start) << 40)
+
+    def live_state(self) -> tuple[int, float, dict[str, float]]:
+        """:attr:`version`, :attr:`horizon` and :meth:`power`, read under one lock acquisition
+        (the books' refresher reads all three 40 times a second; each acquisition can meet
+        the meter's thread inside the lock, and waiting then costs a handover of the GIL)."""
+        with self._lock:
+            return self._version_locked(), self._timeline.horizon, self._power_locked()
 
     def gaps(self, t0: float = -math.inf, t1: float = math.inf) -> list[Gap]:
         with self._lock:
@@ -1023,26 +1037,17 @@ class EnergyMeter:
         with self._lock:
             return self._timeline.memory_bytes()
 
-    def record_steps(self, edges: Sequence[StepEdge]) -> None:
-        """Add step edges to the recording (no-op without ``record``)."""
+    def record_steps(self, edges: Sequence[StepRow]) -> None:
+        """Add step edges to the recording (no-op without ``record``): :class:`StepEdge`
+        objects, or plain tuples in its field order (the books' refresher hands those)."""
         if not edges or self._stopped_at is not None:
             return
         with self._writer_lock:
             if self._writer is None:
                 return
-            origin = self._started_at or 0.0
             try:
-                self._writer.write_steps(
-                    # Built directly: NamedTuple._replace costs ~1.5 µs an edge.
-                    StepEdge(
-                        e.phase,
-                        e.edge,
-                        e.index,
-                        e.t_host - origin,
-                        None if e.t_gpu is None else e.t_gpu - origin,
-                    )
-                    for e in edges
-                )
+                # The writer moves them to the trace clock as it formats them: no copy per edge.
+                self._writer.write_steps(edges, origin=self._started_at or 0.0)
             except OSError as err:
                 self._recording_failed(err)
 
@@ -1052,11 +1057,16 @@ class EnergyMeter:
         one are split by segment (:meth:`EnergyTimeline.add_edges`). Once called, energy is
         finalized only as far as edges have come, so call it from the start of a run (an empty
         list is fine) and at each edge sync."""
+        self.add_edge_rows(edge_rows(edges), until)
+
+    def add_edge_rows(self, rows: Sequence[EdgeRow], until: float) -> None:
+        """:meth:`add_edges` for edges as :data:`~lightning_watt.energy.edge_rows.EdgeRow`
+        tuples ``(phase, edge, index, epoch, t)``, in which the books hold them."""
         with self._lock:
             # One converter for the run: phases open at a batch's cut, an overlap or hole
             # straddling it and the stamps' jitter carry over to the next batch.
-            boundaries, known = self._boundaries.add(edges, until)
-            self._timeline.add_edges(boundaries, known)
+            boundaries, known = self._boundaries.add_rows(rows, until)
+            self._timeline.add_boundaries(boundaries, known)
 
     def _recording_failed(self, err: OSError) -> None:
         """A full or read-only disk: recording stops (with one warning), measuring goes on."""

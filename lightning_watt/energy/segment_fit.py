@@ -45,11 +45,14 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 import statistics
 from collections import deque
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from lightning_watt.energy.edge_rows import TIME, EdgeRow, edge_rows, paired_times
 
 #: A tile longer than this is a hole the timeline bridges, not a 20 ms mean: never split.
 _MAX_TILE_S = 0.1
@@ -153,6 +156,15 @@ class EdgeModel:
         times, labels = self.times, self.labels
         for t, label in edges:
             if not math.isfinite(t):
+                continue
+            if times and t >= times[-1]:
+                # In order (as a live meter hands them): what the general case below does at
+                # the end of the list, without a search and an insert.
+                if t - times[-1] < _MIN_SEGMENT_S:
+                    times[-1], labels[-1] = t, label
+                else:
+                    times.append(t)
+                    labels.append(label)
                 continue
             i = bisect.bisect_right(times, t)
             if i and t - times[i - 1] < _MIN_SEGMENT_S:
@@ -306,6 +318,10 @@ class EdgeModel:
         self._delays.append((spans[1][1] - edge) - x * (spans[1][1] - spans[1][0]))
 
 
+def _row_order(row: EdgeRow) -> tuple[float, bool]:
+    return row[4], row[1] == "start"
+
+
 def edges_from_steps(steps: Iterable[object]) -> list[tuple[float, str]]:
     """``(t, label)`` boundaries from step edges (objects with ``phase``, ``edge`` and ``t``,
     such as :class:`~lightning_watt.energy.trace.StepEdge`): the label of the time after each
@@ -371,7 +387,7 @@ class StepBoundaries:
 
     def __init__(self) -> None:
         # Edges handed over but later than ``until``: processed once ``until`` passes them.
-        self._later: list[tuple[float, bool, str]] = []
+        self._later: list[EdgeRow] = []
         # Edges counted for the jitter but not yet placed (the warm-up).
         self._held: list[tuple[float, bool, str]] = []
         self._warm = False
@@ -392,33 +408,40 @@ class StepBoundaries:
         """Edges (as for :func:`edges_from_steps`), every one up to ``until`` now given.
         Returns the boundaries now final, and the time up to which every boundary has been
         returned (at most ``until``)."""
-        events = list(self._later)
-        for e in steps:
-            t = float(getattr(e, "t"))  # noqa: B009
-            if math.isfinite(t):
-                events.append((t, getattr(e, "edge", "") == "start", str(getattr(e, "phase", ""))))
-        # At one instant an end comes first (whichever batch brought it), then a start.
-        events.sort(key=lambda x: (x[0], x[1]))
+        return self.add_rows(edge_rows(steps), until)
+
+    def add_rows(
+        self, rows: Sequence[EdgeRow], until: float
+    ) -> tuple[list[tuple[float, str]], float]:
+        """:meth:`add` for edges as :data:`EdgeRow` tuples, the books' own form (a live meter's
+        refresher hands ~80 a sync, 10 times a second: no attribute read or conversion per
+        edge, and no sort when they come in order, as they do)."""
         if until > self.until:
             self.until = until
-        cut = bisect.bisect_right(events, self.until, key=lambda x: x[0])
-        self._later = events[cut:]
-        for event in events[:cut]:
-            self._count(*event)
-            if self._warm or not self._overlaps:
-                # Stamps that never overlapped (CUDA events, a host clock read in order) are
-                # placed at once: only an overlap, a hint of jitter, starts the warm-up.
-                self._place(*event)
-                continue
-            self._held.append(event)
-            if len(self._held) == 1:
-                self._first_t, self._first_change = event[0], self._changes
-            if (
-                (self._jittered() and self._overlaps >= _WARMUP_OVERLAPS)
-                or self._changes - self._first_change >= _WARMUP_CHANGES
-                or event[0] - self._first_t >= _WARMUP_S
-            ):
-                self._end_warmup()
+        times = list(map(TIME, rows))
+        if (
+            not self._later
+            and times
+            and all(map(operator.lt, times, times[1:]))  # NaN fails it too
+            and math.isfinite(times[0])
+            and math.isfinite(times[-1])
+        ):
+            # In order, no tie, nothing held over: sorting would change nothing.
+            cut = bisect.bisect_right(times, self.until)
+            self._later = list(rows[cut:])
+            taken = rows[:cut] if cut < len(rows) else rows
+            if taken and taken[0][1] != "start" and self._stamp_open:
+                self._take(taken[:1])  # the end of a step a batch cut left open
+                taken = taken[1:]
+            if not self._take_steps(taken):
+                self._take(taken)
+        else:
+            events = self._later + [r for r in rows if math.isfinite(r[4])]
+            # At one instant an end comes first (whichever batch brought it), then a start.
+            events.sort(key=_row_order)
+            cut = bisect.bisect_right(events, self.until, key=TIME)
+            self._later = events[cut:]
+            self._take(events[:cut])
         final = math.isinf(self.until) and self.until > 0
         if final and not self._warm:
             self._end_warmup()
@@ -442,6 +465,69 @@ class StepBoundaries:
         if self._held:
             complete = min(complete, math.nextafter(self._held[0][0], -math.inf))
         return new, complete
+
+    def _take_steps(self, rows: Sequence[EdgeRow]) -> bool:
+        """:meth:`_take` in bulk for the common case, if it is one (returns whether): nothing
+        open, no overlap ever seen (so no jitter, no hole to close), and steps of one phase
+        that each start and end in turn (:func:`paired_times`). Each edge is then a boundary,
+        labelled the phase at a start and ``""`` at an end, as :meth:`_place` would make it."""
+        if self._overlaps or self._stamp_open or self._opened:
+            return False
+        times = paired_times(rows)
+        out = self._out
+        if times is None or (out and (out[-1][0] >= times[0] or out[-1][1] != "")):
+            return False
+        phase = rows[0][0]
+        labels = [phase, ""] * (len(rows) // 2)
+        if len(rows) % 2:
+            labels.append(phase)
+            self._stamp_open.append((phase, times[-1]))
+            self._opened.append((phase, times[-1]))
+        out.extend(zip(times, labels, strict=True))
+        self._changes += len(rows)
+        return True
+
+    def _take(self, rows: Sequence[EdgeRow]) -> None:
+        """Count and place edges up to ``until``, in order."""
+        stamps, opened, out = self._stamp_open, self._opened, self._out
+        for phase, edge, _, _, t in rows:
+            opens = edge == "start"
+            if not self._overlaps:
+                # The common case, inlined (no overlap ever seen, so no jitter and no hole to
+                # close): a step starts with nothing open, or the only open one ends. What
+                # _count and then _place do there.
+                if opens:
+                    if not stamps and not opened:
+                        stamps.append((phase, t))
+                        opened.append((phase, t))
+                        self._changes += 1
+                        _emit(out, t, phase)
+                        continue
+                elif (
+                    len(stamps) == 1 == len(opened)
+                    and stamps[0][0] == phase
+                    and opened[0][0] == phase
+                ):
+                    stamps.clear()
+                    opened.clear()
+                    self._changes += 1
+                    _emit(out, t, "")
+                    continue
+            self._count(t, opens, phase)
+            if self._warm or not self._overlaps:
+                # Stamps that never overlapped (CUDA events, a host clock read in order) are
+                # placed at once: only an overlap, a hint of jitter, starts the warm-up.
+                self._place(t, opens, phase)
+                continue
+            self._held.append((t, opens, phase))
+            if len(self._held) == 1:
+                self._first_t, self._first_change = t, self._changes
+            if (
+                (self._jittered() and self._overlaps >= _WARMUP_OVERLAPS)
+                or self._changes - self._first_change >= _WARMUP_CHANGES
+                or t - self._first_t >= _WARMUP_S
+            ):
+                self._end_warmup()
 
     def _jittered(self) -> bool:
         return self._overlaps >= _JITTER_MIN and 10 * self._overlaps >= self._changes
@@ -497,10 +583,16 @@ class StepBoundaries:
                     opened[-1] = (newer, middle)
                 return
             label = opened[-1][0] if opened else ""
-        if out and out[-1][0] >= t:
-            out[-1] = (out[-1][0], label)
-        elif not out or out[-1][1] != label:
-            out.append((t, label))
+        _emit(out, t, label)
+
+
+def _emit(out: list[tuple[float, str]], t: float, label: str) -> None:
+    """The time from ``t`` on is ``label``: a new boundary, or the label of one at or after
+    ``t`` (edges at one instant) replaced."""
+    if out and out[-1][0] >= t:
+        out[-1] = (out[-1][0], label)
+    elif not out or out[-1][1] != label:
+        out.append((t, label))
 
 
 def _last_open(opened: list[tuple[str, float]], phase: str) -> int:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -203,6 +204,8 @@ def _interp(ts: Sequence[float], ys: Sequence[float], t: float) -> float:
     return ys[i - 1] + (ys[i] - ys[i - 1]) * (t - t0) / (t1 - t0)
 
 
+_FIRST = operator.itemgetter(0)
+
 #: From this many times on, :meth:`DeviceTimeline.energy_at_many` evaluates them with numpy;
 #: below it, a loop over cached knots is cheaper: numpy's ~20 calls cost ~10 µs warm and
 #: ~65 µs from the cold caches a thread waking every 25 ms meets (the books' refresher asks
@@ -333,10 +336,14 @@ class DeviceTimeline:
         self.resets = 0
         self._tail_cache: tuple[int, list[float], list[float]] | None = None
         # _tail()'s lists (by identity), the last finalized knot, and the knots evaluated from
-        # them as lists and arrays (see _tail_knots).
+        # them as lists, and as arrays once asked (see _tail_knots and _tail_arrays).
         self._tail_knots_cache: (
             tuple[
-                list[float], tuple[float, float], list[float], list[float], np.ndarray, np.ndarray
+                list[float],
+                tuple[float, float],
+                list[float],
+                list[float],
+                tuple[np.ndarray, np.ndarray] | None,
             ]
             | None
         ) = None
@@ -885,7 +892,7 @@ class DeviceTimeline:
             return self._energy_at_array(np.asarray(times, dtype=np.float64), provisional)
         if not provisional:
             return _interp_list(self._kt, self._ke, times)
-        tail_t, tail_e, _, _ = self._tail_knots()
+        tail_t, tail_e = self._tail_knots()
         if min(times) > last:  # the usual batch of the newest steps: all in the tail
             return _interp_list(tail_t, tail_e, times)
         final = _interp_list(self._kt, self._ke, times)
@@ -896,24 +903,36 @@ class DeviceTimeline:
         last = self._kt[-1]
         if not provisional or t.max() <= last:
             return _interp_many(self._kt, self._ke, t).tolist()
-        _, _, tail_t, tail_e = self._tail_knots()
+        tail_t, tail_e = self._tail_arrays()
         late = t > last
         out = _interp_many(self._kt, self._ke, t)
         out[late] = _interp_many(tail_t, tail_e, t[late])
         return out.tolist()
 
-    def _tail_knots(self) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
+    def _tail_knots(self) -> tuple[list[float], list[float]]:
         """What :meth:`energy_at` interpolates past the finalized knots (the last finalized
-        knot, then the provisional tail), as lists and arrays, rebuilt only when the tail or
-        that knot changed."""
+        knot, then the provisional tail), rebuilt only when the tail or that knot changed."""
         ts, es = self._tail()
         head = (self._kt[-1], self._ke[-1])
         cached = self._tail_knots_cache
         if cached is None or cached[0] is not ts or cached[1] != head:
-            tail_t, tail_e = [head[0], *ts], [head[1], *es]
-            cached = (ts, head, tail_t, tail_e, np.array(tail_t), np.array(tail_e))
+            cached = (ts, head, [head[0], *ts], [head[1], *es], None)
             self._tail_knots_cache = cached
-        return cached[2], cached[3], cached[4], cached[5]
+        return cached[2], cached[3]
+
+    def _tail_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_tail_knots` as arrays, for the numpy path only: built on its first use for
+        a tail (two numpy calls cost ~20 µs from the cold caches of the books' refresher,
+        which looks up ~35 times a refresh, in Python)."""
+        tail_t, tail_e = self._tail_knots()
+        cached = self._tail_knots_cache
+        assert cached is not None
+        if cached[4] is None:
+            cached = (*cached[:4], (np.array(tail_t), np.array(tail_e)))
+            self._tail_knots_cache = cached
+        arrays = cached[4]
+        assert arrays is not None
+        return arrays
 
     def gaps(self, t0: float = -math.inf, t1: float = math.inf) -> list[Gap]:
         found = [g for g in (*self._gaps, *self._explicit_gaps) if g.end > t0 and g.start < t1]
@@ -988,6 +1007,7 @@ class EnergyTimeline:
         self._devices: dict[str, DeviceTimeline] = {}
         # Every edge given, for devices whose first reading comes later.
         self._edges: list[tuple[float, str]] = []
+        self._edges_sorted = True  # whether they are in time order (pruned by bisection)
         self._edges_until = -math.inf
         for name in sorted(self._allowed or ()):
             self._devices[name] = DeviceTimeline(name, **self._kwargs)
@@ -1030,18 +1050,34 @@ class EnergyTimeline:
             >>> round(tl.energy_between(0.05, 0.055)["gpu0"], 1)  # 5 ms at 500 W, not 200 W
             2.5
         """
+        self.add_boundaries([(float(t), str(label)) for t, label in edges], until)
+
+    def add_boundaries(self, edges: list[tuple[float, str]], until: float) -> None:
+        """:meth:`add_edges` for edges that are ``(float, str)`` tuples already, as a meter's
+        :class:`~lightning_watt.energy.segment_fit.StepBoundaries` hands them (~1300 a second
+        at 1 ms steps): not converted one by one."""
         _check_time("until", until)
-        batch = [(float(t), str(label)) for t, label in edges]
-        self._edges.extend(batch)
+        kept = self._edges
+        if self._edges_sorted and edges:
+            times = list(map(_FIRST, edges))
+            self._edges_sorted = (not kept or times[0] >= kept[-1][0]) and all(
+                map(operator.le, times, times[1:])  # NaN fails it too
+            )
+        kept.extend(edges)
         self._edges_until = max(self._edges_until, until)
         for tl in self._devices.values():
-            tl.add_edges(batch, until)
+            tl.add_edges(edges, until)
             tl.advance()
         if self._devices:
             # Kept only for a device whose first reading is still to come.
             done = min(tl.finalized_until for tl in self._devices.values()) - 1.0
-            if self._edges and self._edges[0][0] < done:
-                self._edges = [e for e in self._edges if e[0] >= done]
+            if kept and kept[0][0] < done:
+                if self._edges_sorted:
+                    # In time order (as a meter hands them): a prefix, found by bisection
+                    # rather than a pass over the ~2 s of edges kept at every hand-over.
+                    del kept[: bisect.bisect_left(kept, done, key=_FIRST)]
+                else:
+                    self._edges = [e for e in kept if e[0] >= done]
 
     def mark_gap(self, device: str, start: float, end: float, reason: str) -> None:
         """Record that ``device`` was not measured over ``[start, end]`` (a source failed)."""

@@ -82,6 +82,14 @@ class StepEdge(NamedTuple):
         return self.t_host if self.t_gpu is None else self.t_gpu
 
 
+#: Characters of step lines held before they are compressed anyway (a flush comes first at
+#: any step rate below ~50 kHz).
+_STEPS_HELD_MAX = 1 << 20
+
+#: A step edge as a plain tuple in :class:`StepEdge`'s field order (a StepEdge is one).
+StepRow = tuple[str, str, int, float, "float | None"]
+
+
 def _paths(prefix: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     p = str(prefix)
     return Path(p + ".samples.csv.gz"), Path(p + ".steps.csv.gz"), Path(p + ".meta.json")
@@ -427,7 +435,13 @@ class TraceWriter:
         self._merge_s = float(merge_steps_s) if self._compact else 0.0
         # A run of consecutive steps of one phase being merged: its first start, its latest
         # end, and a start after that end not yet known to belong to the run.
-        self._run: list[StepEdge | None] = [None, None, None]
+        self._run: list[StepRow | None] = [None, None, None]
+        self._origin = 0.0  # subtracted from step times (write_steps)
+        # Step lines not yet compressed, and their length: zlib releases the GIL, so each
+        # compress call costs the books' refresher a handover of it back from the training
+        # thread (~60 µs of CPU on a 2-core VM); lines are compressed at each flush instead.
+        self._steps_text: list[str] = []
+        self._steps_held = 0
 
     def _open(self, path: Path, header: tuple[str, ...]) -> gzip.GzipFile:
         fh = gzip.GzipFile(path, "wb", compresslevel=self._level, mtime=0)
@@ -440,35 +454,56 @@ class TraceWriter:
             self._samples.write("".join(lines).encode())
         self._maybe_flush()
 
-    def write_steps(self, edges: Iterable[StepEdge]) -> None:
+    def write_steps(self, edges: Iterable[StepRow], origin: float = 0.0) -> None:
+        """Append step edges: :class:`StepEdge` objects, or plain tuples in its field order.
+        ``origin``: subtracted from their times (a meter's start; the same at every call)."""
         with self._lock:
+            self._origin = origin
             if self._compact:
                 text = self._compact_lines(self._merged(edges) if self._merge_s else edges)
             else:
-                text = self._v1_lines(edges)
-            self._steps.write(text.encode())
+                text = self._v1_lines(edges, origin)
+            self._steps_text.append(text)
+            self._steps_held += len(text)
+            if self._steps_held >= _STEPS_HELD_MAX:
+                self._write_steps_text()
         self._maybe_flush()
 
-    def _merged(self, edges: Iterable[StepEdge]) -> list[StepEdge]:
+    def _write_steps_text(self) -> None:
+        """Compress the step lines held so far (deflate's output is the same however its
+        input is cut, so holding them changes no byte of the file)."""
+        if self._steps_text:
+            text, self._steps_text, self._steps_held = "".join(self._steps_text), [], 0
+            self._steps.write(text.encode())
+
+    def _merged(self, edges: Iterable[StepRow]) -> list[StepRow]:
         """The edges to write once fast steps are merged (see ``merge_steps_s``)."""
-        out: list[StepEdge] = []
+        out: list[StepRow] = []
         first, end, pending = self._run
+        origin, merge_s = self._origin, self._merge_s
+        # Fields by position, not name: a plain tuple has none, and it is ~2x faster.
         for e in edges:
-            if e.edge == "start":
+            phase = e[0]
+            if e[1] == "start":
                 if (
                     first is not None
                     and end is not None
                     and pending is None
-                    and e.phase == first.phase
-                    and e.t_host - first.t_host < self._merge_s
+                    and phase == first[0]
+                    and (e[3] - origin) - (first[3] - origin) < merge_s
                 ):
                     pending = e
                     continue
-                out.extend(x for x in (first, end, pending) if x is not None)
+                if first is not None:
+                    out.append(first)
+                    if end is not None:
+                        out.append(end)
+                    if pending is not None:
+                        out.append(pending)
                 first, end, pending = e, None, None
-            elif pending is not None and e.phase == pending.phase:
+            elif pending is not None and phase == pending[0]:
                 end, pending = e, None
-            elif first is not None and end is None and pending is None and e.phase == first.phase:
+            elif first is not None and end is None and pending is None and phase == first[0]:
                 end = e
             else:
                 out.extend(x for x in (first, end, pending) if x is not None)
@@ -482,33 +517,38 @@ class TraceWriter:
         held = [x for x in self._run if x is not None]
         self._run = [None, None, None]
         if held:
-            self._steps.write(self._compact_lines(held).encode())
+            self._steps_text.append(self._compact_lines(held))
+        self._write_steps_text()
 
     @staticmethod
-    def _v1_lines(edges: Iterable[StepEdge]) -> str:
+    def _v1_lines(edges: Iterable[StepRow], origin: float) -> str:
         return "".join(
-            f"{e.phase},{e.edge},{e.index},{_fmt(e.t_host)},"
-            f"{'' if e.t_gpu is None else _fmt(e.t_gpu)}\n"
-            for e in edges
+            f"{phase},{edge},{index},{_fmt(t_host - origin)},"
+            f"{'' if t_gpu is None else _fmt(t_gpu - origin)}\n"
+            for phase, edge, index, t_host, t_gpu in edges
         )
 
-    def _compact_lines(self, edges: Iterable[StepEdge]) -> str:
+    def _compact_lines(self, edges: Iterable[StepRow]) -> str:
         phase, index, host, gpu = self._prev
-        scale = COMPACT_PER_S
+        scale, origin = COMPACT_PER_S, self._origin
         lines = []
-        for e in edges:
-            times = (e.t_host, e.t_host if e.t_gpu is None else e.t_gpu)
-            if not all(math.isfinite(t) and abs(t) <= MAX_ABS_TIME_S for t in times):
+        for p, edge, i, t_host, t_gpu in edges:
+            t_host -= origin
+            if t_gpu is not None:
+                t_gpu -= origin
+            # Not finite (abs(NaN) <= x is false too) or beyond the format's range: dropped.
+            if not (
+                abs(t_host) <= MAX_ABS_TIME_S and (t_gpu is None or abs(t_gpu) <= MAX_ABS_TIME_S)
+            ):
                 self.dropped_steps += 1
                 continue
-            h = round(e.t_host * scale)
-            letter = e.edge[0] if e.t_gpu is not None else e.edge[0].upper()
-            g = round(e.t_gpu * scale) if e.t_gpu is not None else gpu
-            lines.append(
-                f"{'' if e.phase == phase else e.phase},{letter},"
-                f"{e.index - index},{h - host},{g - gpu}\n"
-            )
-            phase, index, host, gpu = e.phase, e.index, h, g
+            h = round(t_host * scale)
+            if t_gpu is None:
+                letter, g = edge[0].upper(), gpu
+            else:
+                letter, g = edge[0], round(t_gpu * scale)
+            lines.append(f"{'' if p == phase else p},{letter},{i - index},{h - host},{g - gpu}\n")
+            phase, index, host, gpu = p, i, h, g
         self._prev = (phase, index, host, gpu)
         return "".join(lines)
 
