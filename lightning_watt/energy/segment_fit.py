@@ -48,6 +48,7 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -299,23 +300,20 @@ class EdgeModel:
         e0, energy = cum[i - 1], cum[i] - cum[i - 1]
         k_first = max(0, int(bounds.searchsorted(t0, "right")) - 1)
         k_last = min(len(bounds) - 1, int(bounds.searchsorted(t1, "left")))
-        near = bounds[k_first : k_last + 1].tolist()
-        pieces, weights = [], []
-        for x0, x1, p in zip(near, near[1:], power[k_first:k_last].tolist(), strict=False):
-            x0, x1 = max(x0, t0), min(x1, t1)
-            if x1 > x0:
-                pieces.append(x1)
-                weights.append(p * (x1 - x0))
+        # The pieces' ends: the bounds inside the tile, and the tile's own ends (bounds
+        # strictly increase, so every piece is longer than zero).
+        ends = bounds[k_first : k_last + 1].tolist()
+        ends[0], ends[-1] = t0, t1
+        weights = [
+            p * (x1 - x0)
+            for p, x0, x1 in zip(power[k_first:k_last].tolist(), ends, ends[1:], strict=False)
+        ]
         total = sum(weights)
         if total <= 0 or energy < 0 or not math.isfinite(total):
             return [], []
         self.tiles_split += 1
-        out_t, out_e, acc = [], [], 0.0
-        for x, wgt in zip(pieces[:-1], weights[:-1], strict=True):
-            acc += wgt
-            out_t.append(x)
-            out_e.append(e0 + energy * min(1.0, acc / total))
-        return out_t, out_e
+        out_e = [e0 + energy * min(1.0, x / total) for x in accumulate(weights[:-1])]
+        return ends[1:-1], out_e
 
     def _fit(
         self,
