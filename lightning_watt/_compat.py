@@ -145,7 +145,7 @@ class CallbackMetrics:
 
     A new tensor is made only for a value that changed since this writer last wrote it and
     whose tensor is still there: a row logged at every step mostly repeats the previous row's
-    numbers (the books refresh every 25 ms), and a fresh tensor costs ~5 µs a key on a training
+    numbers (the books refresh every 25-100 ms), and a fresh tensor costs ~5 µs a key on a training
     thread whose caches the step has just flushed. Monitors see the same values either way (a
     tensor is never changed in place, so one a monitor kept stays as it was).
 
