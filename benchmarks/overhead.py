@@ -190,6 +190,16 @@ class _Null(Callback):
     """A callback that does nothing: what Lightning's dispatch of any callback costs."""
 
 
+class _RowOnly(Callback):
+    """Logs a fixed row of three numbers (our keys' shape, no energy) at each train step, as
+    ``WattCallback`` does at ``log_every_n_steps=1``: what the loggers charge for a row."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        row = {"row/energy_kWh": 1e-5, "row/power_W": 300.0, "epoch": trainer.current_epoch}
+        for logger in trainer.loggers:
+            logger.log_metrics(row, step=trainer.global_step)
+
+
 # ---------------------------------------------------------------------------- instrumentation
 def _thread_cpu_s(native_id: int | None) -> float:
     """CPU seconds of one thread of this process (Linux: schedstat in ns), else NaN."""
@@ -608,7 +618,12 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
 
     watt.on_train_batch_start = timed_start  # type: ignore[method-assign]
     watt.on_train_batch_end = timed_end  # type: ignore[method-assign]
-    arms: dict[str, list[Callback]] = {"WattCallback": [watt], "do-nothing": [_Null()], "none": []}
+    arms: dict[str, list[Callback]] = {
+        "WattCallback": [watt],
+        "do-nothing": [_Null()],
+        "a row a step": [_RowOnly()],
+        "none": [],
+    }
     blocks = _Blocks(arms, skip)
     blocks.steps = steps
     counter = _HookCount()
@@ -674,6 +689,10 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
     )
     print(f"    no callback           {us * base:8.1f} µs a step")
     print(f"    do-nothing callback   {added('do-nothing')}")
+    print(
+        f"    a row a step          {added('a row a step')} (a callback logging three numbers "
+        "per step, no energy: the loggers' price of a row, dispatch included)"
+    )
     print(
         f"    WattCallback          {added('WattCallback')}; in its two batch hooks (the tick "
         f"included) p50 {us * _pct(direct, 50):.1f} µs, mean {us * statistics.mean(direct):.1f} µs"
