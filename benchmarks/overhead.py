@@ -46,6 +46,7 @@ Usage::
     python benchmarks/overhead.py                 # 6 repetitions of 300 steps per arm
     python benchmarks/overhead.py --repeats 10    # more repetitions, tighter ratios
     python benchmarks/overhead.py --cadences 1    # only the arms at log_every_n_steps=1
+    python benchmarks/overhead.py --logger tensorboard  # a Trainer's default logger, not CSV
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ import lightning
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -187,6 +188,16 @@ class _LoopTimer(Callback):
 
 class _Null(Callback):
     """A callback that does nothing: what Lightning's dispatch of any callback costs."""
+
+
+class _RowOnly(Callback):
+    """Logs a fixed row of three numbers (our keys' shape, no energy) at each train step, as
+    ``WattCallback`` does at ``log_every_n_steps=1``: what the loggers charge for a row."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        row = {"row/energy_kWh": 1e-5, "row/power_W": 300.0, "epoch": trainer.current_epoch}
+        for logger in trainer.loggers:
+            logger.log_metrics(row, step=trainer.global_step)
 
 
 # ---------------------------------------------------------------------------- instrumentation
@@ -324,6 +335,15 @@ class Variant:
     make_on: Callable[[Arm], TimedWattCallback]
     batch: int = 0
     fits: list[Fit] = field(default_factory=list)
+    logger: str = "csv"  # every arm's Trainer logs to one of LOGGERS
+
+    def make_logger(self, root: str) -> Logger:
+        return LOGGERS[self.logger](root, name="run")
+
+
+#: The loggers a run can use: CSV (cheap, the default here) or TensorBoard (what a Trainer
+#: picks by default where tensorboard is installed, as lightning-watt installs it).
+LOGGERS: dict[str, Callable[..., Logger]] = {"csv": CSVLogger, "tensorboard": TensorBoardLogger}
 
 
 def _fit(variant: Variant, batch: int, steps: int, skip: int, arm: Arm) -> Fit:
@@ -347,7 +367,7 @@ def _fit(variant: Variant, batch: int, steps: int, skip: int, arm: Arm) -> Fit:
             limit_val_batches=0,
             num_sanity_val_steps=0,
             log_every_n_steps=arm.every,
-            logger=CSVLogger(tmp, name="run"),
+            logger=variant.make_logger(tmp),
             default_root_dir=tmp,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -598,7 +618,12 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
 
     watt.on_train_batch_start = timed_start  # type: ignore[method-assign]
     watt.on_train_batch_end = timed_end  # type: ignore[method-assign]
-    arms: dict[str, list[Callback]] = {"WattCallback": [watt], "do-nothing": [_Null()], "none": []}
+    arms: dict[str, list[Callback]] = {
+        "WattCallback": [watt],
+        "do-nothing": [_Null()],
+        "a row a step": [_RowOnly()],
+        "none": [],
+    }
     blocks = _Blocks(arms, skip)
     blocks.steps = steps
     counter = _HookCount()
@@ -631,7 +656,7 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="watt-overhead-") as tmp:
         trainer = pl.Trainer(
             accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0,
-            num_sanity_val_steps=0, log_every_n_steps=1, logger=CSVLogger(tmp, name="run"),
+            num_sanity_val_steps=0, log_every_n_steps=1, logger=variant.make_logger(tmp),
             default_root_dir=tmp, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, callbacks=[Probe(), counter, watt, blocks],
         )  # fmt: skip
@@ -664,6 +689,10 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
     )
     print(f"    no callback           {us * base:8.1f} µs a step")
     print(f"    do-nothing callback   {added('do-nothing')}")
+    print(
+        f"    a row a step          {added('a row a step')} (a callback logging three numbers "
+        "per step, no energy: the loggers' price of a row, dispatch included)"
+    )
     print(
         f"    WattCallback          {added('WattCallback')}; in its two batch hooks (the tick "
         f"included) p50 {us * _pct(direct, 50):.1f} µs, mean {us * statistics.mean(direct):.1f} µs"
@@ -710,12 +739,14 @@ def _machine() -> str:
 def _run_variant(variant: Variant, args: argparse.Namespace, target_s: float) -> None:
     t_start = time.monotonic()
     print(f"\n== {variant.name}")
+    variant.logger = args.logger
     variant.batch = args.batch or _calibrate(variant, target_s, args.skip)
     print(
         f"  model: MLP {variant.width} x {variant.depth} hidden + 10 out, batch {variant.batch} "
         f"({'given' if args.batch else f'calibrated for {1e3 * target_s:.1f} ms/step'}); "
         f"{args.steps} steps a fit, timed after "
-        f"{args.skip}; {args.repeats} interleaved repetitions of {len(variant.arms)} arms"
+        f"{args.skip}; {args.repeats} interleaved repetitions of {len(variant.arms)} arms; "
+        f"logger: {variant.logger}"
     )
     for _ in range(args.repeats):
         for arm in variant.arms:
@@ -738,6 +769,12 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch intra-op threads (1: least noisy)"
     )
     parser.add_argument("--no-gpu", action="store_true", help="skip the CUDA variant")
+    parser.add_argument(
+        "--logger",
+        choices=sorted(LOGGERS),
+        default="csv",
+        help="the Trainer's logger in every arm (tensorboard: a Trainer's default)",
+    )
     parser.add_argument(
         "--block-steps", type=int, default=3000, help="steps of the in-fit blocks (0: skip them)"
     )

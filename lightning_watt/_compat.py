@@ -42,7 +42,7 @@ __all__ = [
     "log_rule",
     "plot_values",
     "prepare_compute",
-    "set_progress_bar_values",
+    "progress_bar_dict",
     "state_specs",
     "step_axis",
     "step_counter",
@@ -129,15 +129,14 @@ def unpublished_metric_keys(trainer: pl.Trainer) -> list[str]:
     return sorted(keys)
 
 
-def set_progress_bar_values(trainer: pl.Trainer, values: dict[str, float]) -> None:
-    """Show ``values`` in the progress bar until replaced. Written straight into the bar's dict:
-    values logged with ``prog_bar=True`` are converted with ``.item()`` on every batch, and the
-    public ``progress_bar_metrics`` recomputes every logged metric on each access."""
+def progress_bar_dict(trainer: pl.Trainer) -> dict[str, Any]:
+    """The dict the progress bar shows, to write into: values logged with ``prog_bar=True`` are
+    converted with ``.item()`` on every batch, and the public ``progress_bar_metrics``
+    recomputes every logged metric on each access. Lightning replaces the dict
+    (``reset_metrics``) rather than clearing it."""
     connector = getattr(trainer, "_logger_connector", None)
     bar = getattr(connector, "_progress_bar_metrics", None)
-    if not isinstance(bar, dict):
-        bar = trainer.progress_bar_metrics
-    bar.update(values)
+    return bar if isinstance(bar, dict) else trainer.progress_bar_metrics
 
 
 class CallbackMetrics:
@@ -146,7 +145,7 @@ class CallbackMetrics:
 
     A new tensor is made only for a value that changed since this writer last wrote it and
     whose tensor is still there: a row logged at every step mostly repeats the previous row's
-    numbers (the books refresh every 25 ms), and a fresh tensor costs ~5 µs a key on a training
+    numbers (the books refresh every 25-100 ms), and a fresh tensor costs ~5 µs a key on a training
     thread whose caches the step has just flushed. Monitors see the same values either way (a
     tensor is never changed in place, so one a monitor kept stays as it was).
 
@@ -165,6 +164,9 @@ class CallbackMetrics:
 
     def __init__(self) -> None:
         self._written: dict[str, tuple[float, Tensor]] = {}
+        # The values last written and the dict they went to: the same values object again (a
+        # log tick repeating its row) into the same dict finds every tensor there already.
+        self._last: tuple[dict[str, float], dict[str, Any]] | None = None
 
     def __call__(self, trainer: pl.Trainer, values: dict[str, float]) -> None:
         connector = getattr(trainer, "_logger_connector", None)
@@ -172,6 +174,10 @@ class CallbackMetrics:
         if not isinstance(metrics, dict):
             # The public property returns the same dict after folding in the logged results.
             metrics = trainer.callback_metrics
+        seen = self._last
+        if seen is not None and seen[0] is values and seen[1] is metrics:
+            return
+        self._last = (values, metrics)
         written = self._written
         for key, value in values.items():
             last = written.get(key)

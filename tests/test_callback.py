@@ -14,6 +14,7 @@ import torch
 from helpers import TinyClassifier, csv_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_watt import schema as keys
 from lightning_watt.energy.trace import load_trace
 from lightning_watt.integration.callback import J_PER_KWH, WattCallback
 
@@ -258,6 +259,44 @@ def test_no_per_step_tensor_reads_with_the_progress_bar_on(tmp_path, monkeypatch
     steps, ticks = 32, 4
     assert with_watt - baseline <= 3 * ticks, (baseline, with_watt)
     assert with_watt - baseline < steps
+
+
+class _BarAndMonitorSpy(pl.Callback):
+    """After the energy callback, at every train step: our numbers must be in the progress bar
+    and in ``callback_metrics``; every 5th step Lightning's dicts are replaced, as its
+    ``reset_metrics`` does."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        connector = trainer._logger_connector
+        assert {keys.BAR_POWER, keys.BAR_ENERGY} <= connector._progress_bar_metrics.keys()
+        assert "watt/energy_kWh" in connector._callback_metrics
+        self.checked += 1
+        if trainer.global_step % 5 == 0:
+            connector._progress_bar_metrics = {}
+            connector._callback_metrics = {}
+
+
+def test_rows_repeating_the_last_reach_a_replaced_bar_and_monitors(tmp_path):
+    """A tick repeating the last row (no refresh in between) skips rewriting the progress bar
+    and ``callback_metrics``, but not once Lightning replaced those dicts."""
+    spy = _BarAndMonitorSpy()
+    cb = WattCallback(replay="h200-mlp-stall", record=False, summary=False)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        callbacks=[cb, spy],
+        logger=False,
+        max_epochs=2,
+        log_every_n_steps=1,
+        enable_progress_bar=True,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
+    trainer.fit(TinyClassifier())
+    assert spy.checked == trainer.global_step == 32
 
 
 class _MeterLockSpy:

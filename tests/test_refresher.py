@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_watt import EnergyMeter, ReplaySource, bundled_trace
-from lightning_watt.attribution.books import StageBooks
+from lightning_watt.attribution.books import BUSY_INTERVAL_S, StageBooks
 from lightning_watt.attribution.ledger import EnergyLedger, StepSpans
 from lightning_watt.attribution.refresher import Refresher
 from lightning_watt.attribution.step_clock import StepClock
@@ -280,5 +280,46 @@ def test_ticks_of_one_snapshot_repeat_its_numbers_without_recomputing():
         books.refresh()
         fresh = accountant.log_values()
         assert fresh.step_J is not None and fresh.step_J > 0
+    finally:
+        books.finish(epoch=0)
+
+
+def _tick_for(books: StageBooks, seconds: float, every_s: float, step: int) -> int:
+    """Steps of ``every_s`` (a tick each, as at log_every_n_steps=1) for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        books.mark("train", "start", step, 0)
+        time.sleep(every_s)
+        books.mark("train", "end", step, 0)
+        books.tick()
+        step += 1
+    return step
+
+
+def test_the_refresher_slows_down_while_rows_come_faster_than_it():
+    """Rows faster than one per refresh interval (25 ms) could not all be fresh: the refresher
+    then runs every 100 ms (a refresh's fixed cost, 40 times a second, was ~1 % of a core), and
+    returns to its interval once rows come slower; the numbers stay additive throughout."""
+    books = _books(refresh_s=0.025)
+    refresher = books._refresher
+    assert refresher is not None and refresher.interval_s == 0.025
+    try:
+        step = _tick_for(books, 0.6, 0.002, 0)
+        assert refresher.interval_s == BUSY_INTERVAL_S == 0.1
+        step = _tick_for(books, 0.8, 0.06, step)
+        assert refresher.interval_s == 0.025
+    finally:
+        record = books.finish(epoch=0)
+    assert record.totals.steps["train"] == step
+    assert math.isclose(sum(record.totals.phases_J.values()), record.totals.energy_J, rel_tol=1e-9)
+
+
+def test_a_custom_interval_is_kept_while_rows_are_slow():
+    books = _books(refresh_s=0.01)
+    refresher = books._refresher
+    assert refresher is not None
+    try:
+        _tick_for(books, 0.5, 0.03, 0)
+        assert refresher.interval_s == 0.01
     finally:
         books.finish(epoch=0)

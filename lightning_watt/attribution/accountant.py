@@ -73,7 +73,7 @@ Gather = Callable[[Any], list[Any]]
 class LogValues:
     """One log row's numbers, all ranks: the run's cumulative kWh, the mean power since the
     previous row, and the mean joules per train step booked since (``None``: no step; the
-    books are brought up to date every 25 ms off the training thread, so a row counts the
+    books are brought up to date every 25-100 ms off the training thread, so a row counts the
     steps that ended up to then)."""
 
     energy_kWh: float

@@ -30,12 +30,11 @@ from collections.abc import Callable
 from lightning_watt.validate import positive_number
 
 #: Seconds between refreshes: the books' numbers a log row reads are at most this old (what
-#: the README promises). Not adaptive: at ``log_every_n_steps=1`` every step reads a row, and
-#: a longer interval would only make its steps and joules staler; the books cut the fixed cost
-#: of a refresh instead (edges handed over every ``books.SYNC_S``, nothing recomputed when
-#: nothing is new). Measured on a loaded 2-core VM (cold caches, as a thread waking every
-#: 25 ms meets them): ~60 µs of CPU with nothing new, ~250 µs with new readings, ~10 µs more
-#: per new step edge.
+#: the README promises) while rows come no faster than one per this interval. Faster rows
+#: could not all be fresh anyway: the books then lengthen it to ``books.BUSY_INTERVAL_S``
+#: (100 ms), since each refresh has a fixed cost. Measured on a loaded 2-core VM (cold caches,
+#: as a thread waking every 25 ms meets them): ~60 µs of CPU with nothing new, ~200 µs with
+#: new readings, a few µs more per new step edge.
 DEFAULT_INTERVAL_S = 0.025
 
 

@@ -730,8 +730,8 @@ class DeviceTimeline:
 
     def _find_gaps(self) -> None:
         b = self._boundary
-        if b is None or not self._read_times:
-            return
+        if b is None or not self._read_times or min(self._read_times) > b:
+            return  # nothing finalized since the last check (most calls: one per read)
         times = sorted(self._read_times)
         keep = [t for t in times if t > b]
         done = [t for t in times if t <= b]

@@ -225,6 +225,7 @@ class WattCallback(Callback):
         self._log_now: Callable[[], bool] | None = None  # Lightning's log rule, per epoch
         self._step_axis: Callable[[], int] | None = None  # the loggers' x-axis, per epoch
         self._bar = False  # show power and kWh in a progress bar the Trainer has, per epoch
+        self._bar_dict: dict[str, Any] | None = None  # the bar's dict the last tick wrote to
         self._window: int | None = None  # global step when the open optimizer step began
         self._tuning = False  # a tuner's trial steps are running (phase "tune")
         self._warned: set[str] = set()
@@ -540,27 +541,26 @@ class WattCallback(Callback):
         numbers (:meth:`EnergyAccountant.log_values`) with the keys spelled once per stage,
         what :meth:`_publish` logs for them without its general path's copies and lookups."""
         tick = self._books.log_values()
-        kwh = tick.energy_kWh
         run = self._books.run
         last = self._last_row
-        if last is not None and last[0] is tick and last[1] == run.logged_kwh:
-            # The books' same numbers as the last row (most rows between two refreshes): the
-            # same keyed values (every logger copies a row; none is changed in place).
-            keyed = last[2]
-        else:
+        fresh = last is None or last[0] is not tick or last[1] != run.logged_kwh
+        if fresh:
             keyed = self._keyed(trainer, tick)
             self._last_row = (tick, run.logged_kwh, keyed)
+        else:
+            # The books' same numbers as the last row (most rows between two refreshes): the
+            # same keyed values (every logger copies a row; none is changed in place), which
+            # monitors and the progress bar hold already.
+            keyed = last[2]  # type: ignore[index]
         axis = self._step_axis
         step = axis() if axis is not None else private.stepped_batches(trainer)
         self._deliver(trainer, keyed, step, self._epoch, save=False)
         if self._bar:
-            private.set_progress_bar_values(
-                trainer,
-                {
-                    keys.BAR_POWER: round(tick.power_W, 1),
-                    keys.BAR_ENERGY: float(f"{kwh:.4g}"),
-                },
-            )
+            bar = private.progress_bar_dict(trainer)
+            if fresh or bar is not self._bar_dict:  # Lightning replaces it, never clears it
+                bar[keys.BAR_POWER] = round(tick.power_W, 1)
+                bar[keys.BAR_ENERGY] = float(f"{tick.energy_kWh:.4g}")
+                self._bar_dict = bar
 
     def _keyed(self, trainer: pl.Trainer, tick: LogValues) -> dict[str, float]:
         """A tick's row, keyed as logged."""
