@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from lightning_watt.attribution.ledger import EnergyFn, EnergyLedger, LedgerEdge, StepSpans
+from lightning_watt.attribution.ledger import (
+    Cumulative,
+    EnergyFn,
+    EnergyLedger,
+    LedgerEdge,
+    StepSpans,
+)
 from lightning_watt.attribution.refresher import DEFAULT_INTERVAL_S, Refresher
 from lightning_watt.attribution.step_clock import EdgeRow, StepClock
 from lightning_watt.energy.meter import EnergyMeter
@@ -46,12 +52,13 @@ _SECOND = operator.itemgetter(1)
 
 #: Version of :meth:`RunTotals.to_state`, stored in checkpoints.
 STATE_VERSION = 2
-#: Edges the refresher books with final energy at a time (~0.3 ms of the GIL; steps that each
-#: start and end in turn are booked in bulk, ~0.5 µs an edge), and its pause between such
-#: chunks, long enough for a waiting training thread to take the GIL. Each pause costs the
-#: refresher a handover of the GIL back (~60 µs of CPU on a 2-core VM): at 64 edges a chunk,
-#: a 0.5 s burst of 1.5 ms steps took ten.
-CHUNK_EDGES = 256
+#: Edges the refresher books with final energy at a time (~0.5 ms of the GIL: steps that
+#: each start and end in turn are booked in bulk, their energies looked up without numpy, see
+#: ``timeline.VECTOR_MIN``), and its pause between such chunks, long enough for a waiting
+#: training thread to take the GIL. Each pause costs the refresher a handover of the GIL back
+#: (~30-60 µs of CPU on a 2-core VM): at 64 edges a chunk, the 0.5 s bursts in which final
+#: energy comes took ten at 1.5 ms steps.
+CHUNK_EDGES = 1024
 CHUNK_PAUSE_S = 0.0002
 #: Seconds between the refresher's hand-overs of new edges to the meter, the recording and
 #: the ledger (final energy). Each hand-over has a fixed cost (~200 µs of CPU from cold caches,
@@ -374,21 +381,7 @@ class StageBooks:
         def batch(ts: list[float]) -> list[float]:
             return self._cumulative(ts, provisional, horizon, held)
 
-        known = dict(zip(times, batch(times), strict=True))
-
-        def cumulative(t: float) -> float:
-            e = known.get(t)
-            if e is None:
-                e = known[t] = batch([t])[0]
-            return e
-
-        def energy(t0: float, t1: float) -> float:
-            try:  # the ledger asks at the times given: no call per lookup
-                return known[t1] - known[t0]
-            except KeyError:
-                return cumulative(t1) - cumulative(t0)
-
-        return energy
+        return Cumulative(dict(zip(times, batch(times), strict=True)), lambda t: batch([t])[0])
 
     def _cumulative(
         self, ts: list[float], provisional: bool, horizon: float, held: float

@@ -208,9 +208,11 @@ _FIRST = operator.itemgetter(0)
 
 #: From this many times on, :meth:`DeviceTimeline.energy_at_many` evaluates them with numpy;
 #: below it, a loop over cached knots is cheaper: numpy's ~20 calls cost ~10 µs warm and
-#: ~65 µs from the cold caches a thread waking every 25 ms meets (the books' refresher asks
-#: ~35 times a call at 1.5 ms steps; measured, benchmarks/README.md).
-VECTOR_MIN = 128
+#: ~65 µs from the cold caches a thread waking every 25 ms meets, and ``searchsorted``
+#: releases the GIL, which the books' refresher then waits to take back from a busy training
+#: thread (~30 µs of CPU per handover on a 2-core VM). The refresher asks 130-700 times a
+#: call at 1.5 ms steps: 128 here cost it ~3 µs a step more than 1024 (books_threads.py).
+VECTOR_MIN = 1024
 
 
 def _interp_list(ts: Sequence[float], ys: Sequence[float], times: Iterable[float]) -> list[float]:
@@ -904,6 +906,8 @@ class DeviceTimeline:
         if not provisional or t.max() <= last:
             return _interp_many(self._kt, self._ke, t).tolist()
         tail_t, tail_e = self._tail_arrays()
+        if t.min() > last:  # the books' newest steps: all in the tail (as the loop below)
+            return _interp_many(tail_t, tail_e, t).tolist()
         late = t > last
         out = _interp_many(self._kt, self._ke, t)
         out[late] = _interp_many(tail_t, tail_e, t[late])
