@@ -8,6 +8,7 @@ import bisect
 import gzip
 import math
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -333,3 +334,27 @@ def test_the_books_make_the_same_numbers_with_or_without_bulk_paths(
         each = run_books(tmp_path, "each", 1.5, jitter)
     assert bulk == each
     assert "train" in bulk[1] and len(bulk[2]) > 1000
+
+
+def test_steps_held_while_the_recording_is_busy_are_written_in_order(tmp_path: Path) -> None:
+    """record_steps(wait=False) never waits for the meter's thread: edges it could not write
+    are written first at the next call, or when the meter stops."""
+    now = [10.0]
+    meter = EnergyMeter(sources=[], record=str(tmp_path / "run"), clock=lambda: now[0]).start()
+    rows = [("train", "start" if k % 2 == 0 else "end", k // 2, 10.0 + k, None) for k in range(6)]
+    with meter._writer_lock:  # another thread would hold it; an RLock lets this one in
+        held = threading.Thread(target=meter.record_steps, args=(rows[:2],), kwargs={"wait": False})
+        held.start()
+        held.join()
+    assert meter._steps_waiting == rows[:2]
+    meter.record_steps(rows[2:4], wait=False)  # free now: the held ones go first
+    with meter._writer_lock:
+        late = threading.Thread(target=meter.record_steps, args=(rows[4:],), kwargs={"wait": False})
+        late.start()
+        late.join()
+    now[0] = 20.0
+    meter.stop()  # writes what is still held
+    steps = load_trace(tmp_path / "run").steps
+    assert [(s.edge, s.index, s.t_host) for s in steps] == [
+        (e, i, t - 10.0) for _, e, i, t, _ in rows
+    ]

@@ -437,13 +437,14 @@ class StageBooks:
             self._synced_at = known
             first_pending = self.clock.first_pending_host()
             # A pending edge's GPU time comes no earlier than its host time.
-            until = known if first_pending is None else min(known, first_pending)
-            meter.add_edge_rows(booked, until=until)
+            handed = known if first_pending is None else min(known, first_pending)
+            until = meter.add_edge_rows(booked, until=handed)  # energy final up to this
             if edges:
                 ledger.add_edges(booked)
                 if meter.recording:
-                    meter.record_steps(list(map(_RECORDED, edges)))
-            until = meter.finalized_until
+                    # The refresher (pausing between chunks) never waits for the recording's
+                    # lock: the meter's thread may hold it while zlib has released the GIL.
+                    meter.record_steps(list(map(_RECORDED, edges)), wait=pause_s <= 0)
             if first_pending is not None:
                 until = min(until, first_pending)
             while True:

@@ -212,6 +212,7 @@ class EnergyMeter:
         self._recent_power: dict[str, collections.deque[tuple[float, float, int]]] = {}
         self._channels: list[Channel] = []
         self._boundaries = StepBoundaries()
+        self._steps_waiting: list[StepRow] = []  # held by record_steps(wait=False)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> EnergyMeter:
@@ -308,6 +309,8 @@ class EnergyMeter:
             self._close_recording(requested)
 
     def _close_recording(self, stopped_at: float) -> None:
+        if self._steps_waiting:
+            self._write_steps([])
         if self._writer is not None:
             try:
                 with self._lock:
@@ -967,10 +970,13 @@ class EnergyMeter:
     def finalized_until(self) -> float:
         """Energies up to this time will not change any more."""
         with self._lock:
-            if self._late_start_pending():
-                # The estimate for a late start is not decided yet: nothing after it is final.
-                return min(self._timeline.finalized_until, self._started_at or -math.inf)
-            return self._timeline.finalized_until
+            return self._finalized_locked()
+
+    def _finalized_locked(self) -> float:
+        if self._late_start_pending():
+            # The estimate for a late start is not decided yet: nothing after it is final.
+            return min(self._timeline.finalized_until, self._started_at or -math.inf)
+        return self._timeline.finalized_until
 
     @property
     def horizon(self) -> float:
@@ -1041,19 +1047,34 @@ class EnergyMeter:
         with self._lock:
             return self._timeline.memory_bytes()
 
-    def record_steps(self, edges: Sequence[StepRow]) -> None:
+    def record_steps(self, edges: Sequence[StepRow], wait: bool = True) -> None:
         """Add step edges to the recording (no-op without ``record``): :class:`StepEdge`
-        objects, or plain tuples in its field order (the books' refresher hands those)."""
+        objects, or plain tuples in its field order (the books' refresher hands those).
+        ``wait=False``: if the meter's thread is writing readings right now, hold them for the
+        next call (or the end) rather than wait: compressing releases the GIL, and waiting
+        costs the books' refresher a handover of it back from the training thread."""
         if not edges or self._stopped_at is not None:
             return
-        with self._writer_lock:
-            if self._writer is None:
-                return
-            try:
-                # The writer moves them to the trace clock as it formats them: no copy per edge.
-                self._writer.write_steps(edges, origin=self._started_at or 0.0)
-            except OSError as err:
-                self._recording_failed(err)
+        if not self._writer_lock.acquire(blocking=wait):
+            self._steps_waiting.extend(edges)
+            return
+        try:
+            self._write_steps(edges)
+        finally:
+            self._writer_lock.release()
+
+    def _write_steps(self, edges: Sequence[StepRow]) -> None:
+        """(Under the writer's lock.) Steps held by :meth:`record_steps` first, then these."""
+        if self._writer is None:
+            return
+        if self._steps_waiting:
+            edges = [*self._steps_waiting, *edges]
+            self._steps_waiting = []
+        try:
+            # The writer moves them to the trace clock as it formats them: no copy per edge.
+            self._writer.write_steps(edges, origin=self._started_at or 0.0)
+        except OSError as err:
+            self._recording_failed(err)
 
     # -- step edges for the timeline (issue 13: edge-aware attribution) -----------------
     def add_edges(self, edges: Sequence[StepEdge], until: float) -> None:
@@ -1063,14 +1084,16 @@ class EnergyMeter:
         list is fine) and at each edge sync."""
         self.add_edge_rows(edge_rows(edges), until)
 
-    def add_edge_rows(self, rows: Sequence[EdgeRow], until: float) -> None:
+    def add_edge_rows(self, rows: Sequence[EdgeRow], until: float) -> float:
         """:meth:`add_edges` for edges as :data:`~lightning_watt.energy.edge_rows.EdgeRow`
-        tuples ``(phase, edge, index, epoch, t)``, in which the books hold them."""
+        tuples ``(phase, edge, index, epoch, t)``, in which the books hold them. Returns
+        :attr:`finalized_until` after them, read under the same lock."""
         with self._lock:
             # One converter for the run: phases open at a batch's cut, an overlap or hole
             # straddling it and the stamps' jitter carry over to the next batch.
             boundaries, known = self._boundaries.add_rows(rows, until)
             self._timeline.add_boundaries(boundaries, known)
+            return self._finalized_locked()
 
     def _recording_failed(self, err: OSError) -> None:
         """A full or read-only disk: recording stops (with one warning), measuring goes on."""
