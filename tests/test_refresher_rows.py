@@ -358,3 +358,45 @@ def test_steps_held_while_the_recording_is_busy_are_written_in_order(tmp_path: P
     assert [(s.edge, s.index, s.t_host) for s in steps] == [
         (e, i, t - 10.0) for _, e, i, t, _ in rows
     ]
+
+
+def test_edges_the_meters_lock_kept_back_are_handed_with_the_next_ones() -> None:
+    """The refresher never waits for the meter's lock: edges it could not hand over go with
+    the next hand-over, and the meter ends up with the boundaries of an uncontended run."""
+
+    def run(contended: bool) -> tuple:
+        now = [5.0]
+        meter = EnergyMeter(sources=[], clock=lambda: now[0]).start()
+        books = StageBooks(meter, StepClock(meter.now, device=None), refresh_s=None)
+        unhanded = []
+        for batch in range(3):
+            for k in range(10 * batch, 10 * batch + 10):
+                now[0] = 5.0 + 0.01 * k
+                books.mark("train", "start", k, 0)
+                now[0] += 0.004
+                books.mark("train", "end", k + 1, 0)
+            now[0] += 0.02
+            if contended and batch == 1:
+                held, release = threading.Event(), threading.Event()
+
+                def hold(held=held, release=release) -> None:
+                    with meter._lock:
+                        held.set()
+                        release.wait(5.0)
+
+                holder = threading.Thread(target=hold)
+                holder.start()
+                held.wait()
+                threading.Timer(0.05, release.set).start()
+                books.sync_edges(pause_s=1e-9)  # waits only for the ledger's energy lookup
+                holder.join()
+            else:
+                books.sync_edges(pause_s=1e-9)
+            unhanded.append(len(books._unhanded))
+        edges = list(meter._timeline._edges)
+        books.finish(epoch=0)
+        return unhanded, edges, dict(books.ledger.steps)
+
+    contended, free = run(True), run(False)
+    assert contended[0] == [0, 20, 0] and free[0] == [0, 0, 0]
+    assert contended[1:] == free[1:] and len(free[1]) >= 59

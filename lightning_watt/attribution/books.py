@@ -296,6 +296,10 @@ class StageBooks:
         # last hand-over was (meter clock).
         self._unsynced: list[EdgeRow] = []
         self._unsynced_booked: list[LedgerEdge] = []  # the same, as the ledger books them
+        # Edges not handed to the meter yet (its lock was busy), and how far its energy was
+        # final at the last hand-over.
+        self._unhanded: list[LedgerEdge] = []
+        self._final_until = -math.inf
         self._synced_at = -math.inf
         self._snapshot_version: int | None = None  # the meter's version the snapshot saw
         self._lock = threading.RLock()
@@ -438,12 +442,19 @@ class StageBooks:
             first_pending = self.clock.first_pending_host()
             # A pending edge's GPU time comes no earlier than its host time.
             handed = known if first_pending is None else min(known, first_pending)
-            until = meter.add_edge_rows(booked, until=handed)  # energy final up to this
+            # The refresher (pausing between chunks) never waits for the meter's lock: edges
+            # the meter's thread kept it from taking are handed with the next ones.
+            unhanded, self._unhanded = self._unhanded, []
+            final = meter.add_edge_rows(unhanded + booked, until=handed, wait=pause_s <= 0)
+            if final is None:
+                self._unhanded = unhanded + booked
+            else:
+                self._final_until = final
+            until = self._final_until  # energy is final up to this
             if edges:
                 ledger.add_edges(booked)
                 if meter.recording:
-                    # The refresher (pausing between chunks) never waits for the recording's
-                    # lock: the meter's thread may hold it while zlib has released the GIL.
+                    # Nor for the recording's (the meter's thread may hold it in zlib).
                     meter.record_steps(list(map(_RECORDED, edges)), wait=pause_s <= 0)
             if first_pending is not None:
                 until = min(until, first_pending)
@@ -636,7 +647,8 @@ class StageBooks:
         edges, self._unsynced = self._unsynced + self.clock.resolve_rows(wait=True), []
         self._unsynced_booked = []
         booked = _booked(edges, self.clock.uses_gpu_time)
-        meter.add_edge_rows(booked, until=math.inf)
+        meter.add_edge_rows(self._unhanded + booked, until=math.inf)
+        self._unhanded = []
         if edges:
             ledger.add_edges(booked)
             meter.record_steps(list(map(_RECORDED, edges)))

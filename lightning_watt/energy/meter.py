@@ -1084,16 +1084,25 @@ class EnergyMeter:
         list is fine) and at each edge sync."""
         self.add_edge_rows(edge_rows(edges), until)
 
-    def add_edge_rows(self, rows: Sequence[EdgeRow], until: float) -> float:
+    def add_edge_rows(
+        self, rows: Sequence[EdgeRow], until: float, wait: bool = True
+    ) -> float | None:
         """:meth:`add_edges` for edges as :data:`~lightning_watt.energy.edge_rows.EdgeRow`
         tuples ``(phase, edge, index, epoch, t)``, in which the books hold them. Returns
-        :attr:`finalized_until` after them, read under the same lock."""
-        with self._lock:
+        :attr:`finalized_until` after them, read under the same lock. ``wait=False``: if the
+        meter's thread holds the lock, add nothing and return ``None`` (hand them again with
+        the next ones): it may hold it with the GIL released (numpy), and waiting would cost
+        the books' refresher a handover of the GIL back from the training thread."""
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
             # One converter for the run: phases open at a batch's cut, an overlap or hole
             # straddling it and the stamps' jitter carry over to the next batch.
             boundaries, known = self._boundaries.add_rows(rows, until)
             self._timeline.add_boundaries(boundaries, known)
             return self._finalized_locked()
+        finally:
+            self._lock.release()
 
     def _recording_failed(self, err: OSError) -> None:
         """A full or read-only disk: recording stops (with one warning), measuring goes on."""
