@@ -35,6 +35,7 @@ MODULES = frozenset(
         "test_report_scale.py",
         "test_sample_grid.py",
         "test_sample_store.py",
+        "test_segment_fit_reference.py",
         "test_segment_solve.py",
         "test_step_accuracy.py",
         "test_step_boundaries.py",
