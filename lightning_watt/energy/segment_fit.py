@@ -109,11 +109,6 @@ def _ridge_solve(
     return base + coupling @ levels
 
 
-#: ``level_of`` for a window whose segments share one label (read-only, sliced per window).
-_ZEROS = np.zeros(1024, np.intp)
-_ZEROS.flags.writeable = False
-
-
 _gesv: Any
 try:  # LAPACK's gesv without np.linalg.solve's wrapping: 1.4 µs, not 6.6 (a fit is ~30).
     from numpy.linalg import _umath_linalg
@@ -329,11 +324,6 @@ class EdgeModel:
         n_seg = len(seg_labels)
         names = set(seg_labels)
         n_lev = len(names)
-        if n_lev == 1:
-            level_of = _ZEROS[:n_seg] if n_seg <= len(_ZEROS) else np.zeros(n_seg, np.intp)
-        else:
-            index = {label: k for k, label in enumerate(sorted(names))}
-            level_of = np.fromiter(map(index.__getitem__, seg_labels), np.intp, n_seg)
         t_arr = np.array(ts[lo - 1 : hi + 1])
         c_arr = np.array(cum[lo - 1 : hi + 1])
         n_tiles = len(t_arr) - 1
@@ -347,9 +337,12 @@ class EdgeModel:
         a = design[:n_tiles]
         np.subtract(clipped[:, 1:], clipped[:, :-1], out=a)
         a /= dt[:, None]
+        # Under a: each segment's one-hot level (the labels in sorted order).
         if n_lev == 1:
             design[n_tiles] = 1.0
         else:
+            index = {label: k for k, label in enumerate(sorted(names))}
+            level_of = np.fromiter(map(index.__getitem__, seg_labels), np.intp, n_seg)
             levels = _LEVELS[:n_lev, None] if n_lev <= len(_LEVELS) else np.arange(n_lev)[:, None]
             np.equal(level_of, levels, out=design[n_tiles:], casting="unsafe")
         fitted = _level_fit(design, n_tiles, means, self.ridge, None)
