@@ -52,7 +52,7 @@ class ReferenceEdgeModel(EdgeModel):
         before = labels[lo - 1] if lo > 0 else ""
         return [t + delay for t in times[lo:hi]], labels[lo:hi], before
 
-    def _split(  # type: ignore[override]
+    def _split(
         self, ts: Sequence[float], cum: Sequence[float], i: int
     ) -> tuple[list[float], list[float]]:
         t0, t1 = ts[i - 1], ts[i]
@@ -288,7 +288,7 @@ def test_short_steps_split_every_tile_and_pin_negative_powers_as_the_reference(
     try:
         results = _run(3, step_ms, 0.6, ("train",), None, 20.0, False, seconds=2.0)
     finally:
-        segment_fit._level_fit = level_fit  # type: ignore[assignment]
+        segment_fit._level_fit = level_fit
     assert _assert_same(results) >= 0.9 * (len(results) - 2)
     assert calls["pinned"] > 0
 
@@ -300,7 +300,7 @@ def test_fast_fit_is_no_further_from_dense_least_squares_than_the_reference() ->
     windows: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray]] = []
     fast_fit = EdgeModel._fit
 
-    def keep(self: EdgeModel, ts, cum, lo, hi, bounds, seg_labels):  # type: ignore[no-untyped-def]
+    def keep(self: EdgeModel, ts, cum, lo, hi, bounds, seg_labels):
         power = fast_fit(self, ts, cum, lo, hi, bounds, seg_labels)
         t, c = np.array(ts[lo - 1 : hi + 1]), np.array(cum[lo - 1 : hi + 1])
         windows.append((t, c, np.array(bounds), list(seg_labels), power))
