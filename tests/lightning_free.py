@@ -42,6 +42,7 @@ MODULES = frozenset(
         "test_step_clock.py",
         "test_synthetic.py",
         "test_timeline.py",
+        "test_timeline_emit.py",
         "test_timeline_many.py",
         "test_timeline_properties.py",
         "test_trace.py",
