@@ -112,13 +112,23 @@ def _ridge_solve(
     return base + coupling @ levels
 
 
-_gesv: Any
-try:  # LAPACK's gesv without np.linalg.solve's wrapping: 1.4 µs, not 6.6 (a fit is ~30).
-    from numpy.linalg import _umath_linalg
+def _unwrapped_gesv() -> Any:
+    """LAPACK's gesv without np.linalg.solve's wrapping: 1.4 µs, not 6.6 (a fit is ~30). It is
+    numpy's private gufunc, so it is used only if it solves a known system right here; any
+    other numpy gets the public ``np.linalg.solve``."""
+    try:
+        from numpy.linalg import _umath_linalg
 
-    _gesv = _umath_linalg.solve1
-except (ImportError, AttributeError):  # pragma: no cover - numpy moved it
-    _gesv = None
+        gesv = _umath_linalg.solve1
+        probe = gesv(np.array([[2.0, 1.0], [1.0, 3.0]]), np.array([3.0, 5.0]), signature="dd->d")
+        if np.allclose(probe, [0.8, 1.4], rtol=0, atol=1e-12):
+            return gesv
+    except Exception:  # pragma: no cover - numpy moved or changed it
+        pass
+    return None  # pragma: no cover
+
+
+_gesv: Any = _unwrapped_gesv()
 
 #: Level numbers, compared with each segment's level to make its one-hot row; and ``-I`` per
 #: number of levels (the levels' prior block, times the prior).
@@ -131,7 +141,10 @@ def _solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     nonsingular by construction; a singular one (NaN input) gives NaN (and numpy's
     RuntimeWarning), and the tile is then not split."""
     if _gesv is None:  # pragma: no cover
-        return np.linalg.solve(system, rhs)
+        try:
+            return np.linalg.solve(system, rhs)
+        except np.linalg.LinAlgError:  # singular: NaN, as the unwrapped gesv gives
+            return np.full(rhs.shape, np.nan)
     return _gesv(system, rhs, signature="dd->d")
 
 
