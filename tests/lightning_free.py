@@ -44,6 +44,7 @@ MODULES = frozenset(
         "test_timeline.py",
         "test_timeline_emit.py",
         "test_timeline_many.py",
+        "test_timeline_watermarks.py",
         "test_timeline_properties.py",
         "test_trace.py",
         "test_trace_partial.py",

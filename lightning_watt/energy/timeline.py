@@ -356,6 +356,7 @@ class DeviceTimeline:
         self._retired: set[str] = set()
         self._coarse_n = 0  # leading knots already thinned to coarse_step
         self._version = 0
+        self._settled = -1  # _version after the last advance (a later one would do nothing)
 
     # ------------------------------------------------------------------ ingest
     def add_edges(self, edges: Iterable[tuple[float, str]], until: float) -> None:
@@ -467,14 +468,25 @@ class DeviceTimeline:
                 return
             self._explicit_gaps.append(Gap(self.name, start, end, reason))
 
-    def mark_polled(self, kind: str, t: float) -> None:
-        """The reader of ``kind`` has delivered everything up to ``t`` (even if nothing new)."""
+    def mark_polled(self, kind: str, t: float) -> bool:
+        """The reader of ``kind`` has delivered everything up to ``t`` (even if nothing new).
+        Returns whether finalizing may now go further than at the last :meth:`advance`:
+        finalizing reads which readers exist, not how far they got, so a watermark of a kind
+        seen before, with nothing else new since that advance, changes nothing."""
+        settled = (
+            self._settled == self._version
+            and kind in self._polled
+            and (kind == COUNTER_J or kind in self._power)
+        )
         if kind != COUNTER_J and kind not in self._power:
             # Declared before its first sample: an empty series makes the timeline wait for it.
             self._power[kind] = _PowerSeries(kind)
         if t > self._polled.get(kind, -math.inf):
             self._polled[kind] = t
             self._version += 1
+        if settled:
+            self._settled = self._version
+        return not settled
 
     def retire(self, kind: str) -> None:
         """The reader of ``kind`` is gone for good: stop waiting for it."""
@@ -796,6 +808,7 @@ class DeviceTimeline:
     def advance(self) -> None:
         """Finalize whatever the readings so far determine."""
         self._advance(final=False)
+        self._settled = self._version  # see mark_polled
 
     def flush(self) -> None:
         """Finalize everything, including the not-yet-calibrated tail (end of a run)."""
@@ -1117,8 +1130,8 @@ class EnergyTimeline:
         """
         touched = set()
         for device, kind in pairs:
-            self._device(device).mark_polled(kind, t)
-            touched.add(device)
+            if self._device(device).mark_polled(kind, t):
+                touched.add(device)
         for name in touched:
             self._devices[name].advance()
 
