@@ -306,21 +306,23 @@ class _MeterLockSpy:
         self.lock, self.armed, self.hits = lock, False, 0
         self.thread = threading.get_ident()
 
-    def __enter__(self):
+    def _count(self) -> None:
         if self.armed and threading.get_ident() == self.thread:
             self.hits += 1
+
+    def __enter__(self):
+        self._count()
         return self.lock.__enter__()
 
     def __exit__(self, *exc):
         return self.lock.__exit__(*exc)
 
-    def acquire(self, blocking=True, timeout=-1):  # the books' hand-over tries it, unblocked
-        if self.armed and threading.get_ident() == self.thread:
-            self.hits += 1
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self._count()
         return self.lock.acquire(blocking, timeout)
 
-    def release(self):
-        return self.lock.release()
+    def release(self) -> None:
+        self.lock.release()
 
 
 class _TickSpy(WattCallback):

@@ -46,7 +46,7 @@ def test_a_full_disk_stops_recording_once_and_keeps_measuring(tmp_path, monkeypa
         meter = EnergyMeter([_replay()], record=str(tmp_path / "trace")).start()
         monkeypatch.setattr(TraceWriter, "write_samples", full)
         time.sleep(0.2)
-        meter._ingest([])  # a write attempt now, on this thread: the disk is full
+        meter._ingest([])  # on this thread: the disk is full (rows are written in batches)
         time.sleep(0.2)
         meter.stop()
     assert len(_messages(caught, "No space left on device")) == 1

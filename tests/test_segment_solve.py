@@ -72,3 +72,25 @@ def test_closed_form_equals_the_dense_least_squares(
     got = _ridge_solve(a[:, free], means, one_hot[free], one_hot.sum(axis=0), ridge)
     want = _dense(a, means, level_of, free, n_lev, ridge)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(means).max()))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_the_unwrapped_gesv_solves_as_numpy_does(n, seed):
+    """The fit calls numpy's private gesv gufunc where it is present and proven at import; the
+    public ``np.linalg.solve`` otherwise: the same solutions (a singular system: NaN both ways,
+    so the tile is left unsplit either way)."""
+    from lightning_watt.energy import segment_fit
+
+    rng = np.random.default_rng(seed)
+    system = rng.normal(size=(n, n)) + n * np.eye(n)
+    rhs = rng.normal(size=n)
+    assert segment_fit._gesv is not None  # this numpy has it
+    fast = segment_fit._solve(system, rhs)
+    np.testing.assert_allclose(fast, np.linalg.solve(system, rhs), rtol=1e-10, atol=1e-12)
+    saved, segment_fit._gesv = segment_fit._gesv, None
+    try:
+        np.testing.assert_array_equal(segment_fit._solve(system, rhs), np.linalg.solve(system, rhs))
+        assert np.isnan(segment_fit._solve(np.ones((2, 2)), np.ones(2))).all()
+    finally:
+        segment_fit._gesv = saved

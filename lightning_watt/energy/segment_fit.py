@@ -112,18 +112,23 @@ def _ridge_solve(
     return base + coupling @ levels
 
 
-#: ``level_of`` for a window whose segments share one label (read-only, sliced per window).
-_ZEROS = np.zeros(1024, np.intp)
-_ZEROS.flags.writeable = False
+def _unwrapped_gesv() -> Any:
+    """LAPACK's gesv without np.linalg.solve's wrapping: 1.4 µs, not 6.6 (a fit is ~30). It is
+    numpy's private gufunc, so it is used only if it solves a known system right here; any
+    other numpy gets the public ``np.linalg.solve``."""
+    try:
+        from numpy.linalg import _umath_linalg
+
+        gesv = _umath_linalg.solve1
+        probe = gesv(np.array([[2.0, 1.0], [1.0, 3.0]]), np.array([3.0, 5.0]), signature="dd->d")
+        if np.allclose(probe, [0.8, 1.4], rtol=0, atol=1e-12):
+            return gesv
+    except Exception:  # pragma: no cover - numpy moved or changed it
+        pass
+    return None  # pragma: no cover
 
 
-_gesv: Any
-try:  # LAPACK's gesv without np.linalg.solve's wrapping: 1.4 µs, not 6.6 (a fit is ~30).
-    from numpy.linalg import _umath_linalg
-
-    _gesv = _umath_linalg.solve1
-except (ImportError, AttributeError):  # pragma: no cover - numpy moved it
-    _gesv = None
+_gesv: Any = _unwrapped_gesv()
 
 #: Level numbers, compared with each segment's level to make its one-hot row; and ``-I`` per
 #: number of levels (the levels' prior block, times the prior).
@@ -136,41 +141,42 @@ def _solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     nonsingular by construction; a singular one (NaN input) gives NaN (and numpy's
     RuntimeWarning), and the tile is then not split."""
     if _gesv is None:  # pragma: no cover
-        return np.linalg.solve(system, rhs)
+        try:
+            return np.linalg.solve(system, rhs)
+        except np.linalg.LinAlgError:  # singular: NaN, as the unwrapped gesv gives
+            return np.full(rhs.shape, np.nan)
     return _gesv(system, rhs, signature="dd->d")
 
 
 def _level_fit(
-    design: np.ndarray, n_tiles: int, means: np.ndarray, level_of: np.ndarray, ridge: float
+    design: np.ndarray, n_tiles: int, means: np.ndarray, ridge: float, pinned: np.ndarray | None
 ) -> np.ndarray | None:
-    """:func:`_ridge_solve` with every segment free, as one bordered system in the tiles'
-    residual weights ``y`` and the levels ``L``: ``(a a^T + ridge) y + (a H) L = means`` and
-    ``ridge (a H)^T y - prior L = -prior mean(means)``; the segment powers are
-    ``[y; L] [a; H^T]``. Equal to the Woodbury form (eliminate ``y``, then ``L``) up to
-    rounding, in one small solve and two products: a window at 1.5 ms steps is ~6 tiles,
+    """:func:`_ridge_solve` as one bordered system in the tiles' residual weights ``y`` and the
+    levels ``L``: ``(a a^T + ridge) y + (a H) L = means`` and
+    ``ridge (a H)^T y - (ridge pinned + prior) L = -prior mean(means)``; the free segments'
+    powers are ``[y; L] [a; H^T]``. Equal to the Woodbury form (eliminate ``y``, then ``L``)
+    up to rounding, in one small solve and two products: a window at 1.5 ms steps is ~6 tiles,
     ~80 segments and one or two levels, where numpy's per-call cost, not arithmetic, is the
     fit's time.
 
-    ``design``: (tiles + levels) x segments, ``a`` in its first ``n_tiles`` rows; the others
-    are filled with ``H^T`` (the segments' one-hot levels) here. ``None`` where tiles
-    outnumber the unknowns (:func:`_ridge_solve` then solves the smaller system).
+    ``design``: (tiles + levels) x free segments, ``a`` over ``H^T`` (the segments' one-hot
+    levels); ``pinned``: segments pinned at zero per level (``None``: none). ``None`` where
+    tiles outnumber the unknowns (:func:`_ridge_solve` then solves the smaller system).
     """
-    n, n_seg = design.shape
+    n, n_free = design.shape
     n_lev = n - n_tiles
-    if n_tiles > n_seg + n_lev:
+    if n_tiles > n_free + n_lev:
         return None
-    if n_lev == 1:
-        design[n_tiles] = 1.0
-    else:
-        levels = _LEVELS[:n_lev, None] if n_lev <= len(_LEVELS) else np.arange(n_lev)[:, None]
-        np.equal(level_of, levels, out=design[n_tiles:], casting="unsafe")
     system = np.empty((n, n))
     np.matmul(design[:n_tiles], design.T, out=system[:n_tiles])  # [a a^T | a H]
     np.multiply(system[:n_tiles, n_tiles:].T, ridge, out=system[n_tiles:, :n_tiles])
     prior = ridge * _LEVEL_PRIOR**2
     block = _PRIOR_BLOCKS[n_lev] if n_lev < len(_PRIOR_BLOCKS) else -np.eye(n_lev)
     system[n_tiles:, n_tiles:] = block * prior
-    system.ravel()[: n_tiles * (n + 1) : n + 1] += ridge
+    diagonal = system.ravel()[:: n + 1]
+    diagonal[:n_tiles] += ridge
+    if pinned is not None:
+        diagonal[n_tiles:] -= ridge * pinned
     rhs = np.empty(n)
     rhs[:n_tiles] = means
     rhs[n_tiles:] = -prior * (float(means.sum()) / n_tiles)
@@ -312,8 +318,8 @@ class EdgeModel:
         e0, energy = cum[i - 1], cum[i] - cum[i - 1]
         k_first = max(0, int(bounds.searchsorted(t0, "right")) - 1)
         k_last = min(len(bounds) - 1, int(bounds.searchsorted(t1, "left")))
-        # The pieces' ends: the bounds inside the tile, and the tile's own ends (bounds
-        # strictly increase, so every piece is longer than zero).
+        # The pieces' ends: the tile's own, and the bounds strictly inside it (edges at least
+        # _MIN_SEGMENT_S apart), so no piece is empty and none needs clipping.
         ends = bounds[k_first : k_last + 1].tolist()
         ends[0], ends[-1] = t0, t1
         weights = [
@@ -343,11 +349,6 @@ class EdgeModel:
         n_seg = len(seg_labels)
         names = set(seg_labels)
         n_lev = len(names)
-        if n_lev == 1:
-            level_of = _ZEROS[:n_seg] if n_seg <= len(_ZEROS) else np.zeros(n_seg, np.intp)
-        else:
-            index = {label: k for k, label in enumerate(sorted(names))}
-            level_of = np.fromiter(map(index.__getitem__, seg_labels), np.intp, n_seg)
         t_arr = np.array(ts[lo - 1 : hi + 1])
         c_arr = np.array(cum[lo - 1 : hi + 1])
         n_tiles = len(t_arr) - 1
@@ -361,21 +362,34 @@ class EdgeModel:
         a = design[:n_tiles]
         np.subtract(clipped[:, 1:], clipped[:, :-1], out=a)
         a /= dt[:, None]
-        fast = _level_fit(design, n_tiles, means, level_of, self.ridge)
-        if fast is not None and fast.min() >= 0:
-            return fast
-        # A negative power: pin it at zero and refit the rest (the general form).
-        one_hot = np.zeros((n_seg, n_lev))
-        one_hot[np.arange(n_seg), level_of] = 1.0
-        per_level = one_hot.sum(axis=0)
+        # Under a: each segment's one-hot level (the labels in sorted order).
+        if n_lev == 1:
+            design[n_tiles] = 1.0
+        else:
+            index = {label: k for k, label in enumerate(sorted(names))}
+            level_of = np.fromiter(map(index.__getitem__, seg_labels), np.intp, n_seg)
+            levels = _LEVELS[:n_lev, None] if n_lev <= len(_LEVELS) else np.arange(n_lev)[:, None]
+            np.equal(level_of, levels, out=design[n_tiles:], casting="unsafe")
+        fitted = _level_fit(design, n_tiles, means, self.ridge, None)
+        if fitted is not None and fitted.min() >= 0:
+            return fitted
+        # Negative powers are pinned at zero and the rest refitted, up to four rounds.
         free = np.ones(n_seg, dtype=bool)
+        power = np.zeros(n_seg)
         for _ in range(4):
+            if fitted is None:  # more tiles than unknowns: the normal equations
+                one_hot = design[n_tiles:].T
+                fitted = _ridge_solve(
+                    a[:, free], means, one_hot[free], one_hot.sum(axis=0), self.ridge
+                )
             power = np.zeros(n_seg)
-            power[free] = _ridge_solve(a[:, free], means, one_hot[free], per_level, self.ridge)
+            power[free] = fitted
             negative = power < 0
             if not negative.any():
                 break
             free &= ~negative
+            pinned = design[n_tiles:, ~free].sum(axis=1)
+            fitted = _level_fit(design[:, free], n_tiles, means, self.ridge, pinned)
         return np.maximum(power, 0.0)
 
     def _measure_delay(self, ts: Sequence[float], cum: Sequence[float], i: int) -> None:

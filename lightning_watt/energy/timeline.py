@@ -546,13 +546,34 @@ class DeviceTimeline:
         return active[0].last_t
 
     def _emit(self, ts: Iterable[float], es: Iterable[float], method: str, a: float, b: float):
-        for t, e in zip(ts, es, strict=True):
-            if self._kt and t <= self._kt[-1]:
-                continue
-            # Rounding in the power integral must not make E(t) dip (by 1e-15 J).
-            self._kt.append(t)
-            self._ke.append(max(e, self._ke[-1]) if self._ke else e)
+        ts, es = list(ts), list(es)
+        if len(ts) >= 32 and len(ts) == len(es):
+            self._emit_many(np.array(ts), np.array(es))
+        else:
+            for t, e in zip(ts, es, strict=True):
+                if self._kt and t <= self._kt[-1]:
+                    continue
+                # Rounding in the power integral must not make E(t) dip (by 1e-15 J).
+                self._kt.append(t)
+                self._ke.append(max(e, self._ke[-1]) if self._ke else e)
         self.seconds_by_method[method] = self.seconds_by_method.get(method, 0.0) + (b - a)
+
+    def _emit_many(self, t: np.ndarray, e: np.ndarray) -> None:
+        """The loop of :meth:`_emit` on arrays (a window split at 1.5 ms steps emits ~130
+        knots): a knot is kept if later than every one before it, its energy raised to the
+        highest kept so far. The same floats."""
+        kt, ke = self._kt, self._ke
+        before = np.empty_like(t)
+        before[0] = kt[-1] if kt else -math.inf
+        np.maximum.accumulate(t[:-1], out=before[1:])
+        np.maximum(before[1:], before[0], out=before[1:])
+        keep = t > before
+        t, e = t[keep], e[keep]
+        if ke and len(e):
+            e[0] = max(e[0], ke[-1])
+        np.maximum.accumulate(e, out=e)
+        kt.frombytes(t.tobytes())
+        ke.frombytes(e.tobytes())
 
     def _start(self, t: float, anchor: _Anchor | None) -> None:
         self._boundary = t
