@@ -1073,6 +1073,7 @@ class EnergyMeter:
     def _write_steps(self, edges: Sequence[StepRow]) -> None:
         """(Under the writer's lock.) Steps held by :meth:`record_steps` first, then these."""
         if self._writer is None:
+            self._steps_waiting = []  # recording is off (it failed): nothing to hold for
             return
         if self._steps_waiting:
             edges = [*self._steps_waiting, *edges]
