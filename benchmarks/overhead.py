@@ -303,7 +303,7 @@ class TimedWattCallback(WattCallback):
             self.plain.append(self._start_dt + perf_counter() - t0)
 
     def _log_tick(self, trainer) -> None:
-        self._parts[2] = 0.0
+        self._parts = [0.0, 0.0, 0.0]  # a tick that logs no row delivers nothing
         c0 = time.thread_time()
         t0 = perf_counter()
         super()._log_tick(trainer)
@@ -459,10 +459,13 @@ def _report_ticks(variant: Variant) -> None:
         "numbers, reduction) + _deliver (rows to the loggers, callback_metrics); "
         "'ours' is the tick less the loggers' own log_metrics (which the CSV logger's flush of "
         "every buffered row, each 100th step, falls in); 'CPU' is the training thread's CPU "
-        "time in the whole tick: wall time above it is waiting (for the GIL, or descheduled)"
+        "time in the whole tick: wall time above it is waiting (for the GIL, or descheduled); "
+        "'rows': ticks that logged a row (while rows outpace the books' refreshes, one that "
+        "would repeat the last is not logged)"
     )
     print(
-        f"  {'arm':18} {'ticks':>6} {'tick p50':>9} {'p99':>7} {'max':>7} {'books p50':>10}"
+        f"  {'arm':18} {'ticks':>6} {'rows':>6} {'tick p50':>9} {'p99':>7} {'max':>7}"
+        f" {'books p50':>10}"
         f" {'deliver p50':>12} {'log_metrics p50/p99':>20} {'ours p50/p99':>14}"
         f" {'CPU p50/p99':>13}"
         f" {'plain step hooks p50/p99':>25}"
@@ -483,7 +486,8 @@ def _report_ticks(variant: Variant) -> None:
         books = us * _pct([t[1] for t in ticks], 50)
         publish = us * _pct([t[2] for t in ticks], 50)
         print(
-            f"  {arm.name:18} {len(ticks):6} {us * _pct(whole, 50):9.1f} "
+            f"  {arm.name:18} {len(ticks):6} {sum(t[2] > 0 for t in ticks):6} "
+            f"{us * _pct(whole, 50):9.1f} "
             f"{us * _pct(whole, 99):7.0f} {us * max(whole, default=math.nan):7.0f} "
             f"{books:10.1f} {publish:12.1f} "
             f"{us * _pct(loggers, 50):11.1f} / {us * _pct(loggers, 99):6.0f} "

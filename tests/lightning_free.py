@@ -26,6 +26,7 @@ MODULES = frozenset(
         "test_poll_schedule.py",
         "test_rapl.py",
         "test_refresher.py",
+        "test_refresher_rows.py",
         "test_report.py",
         "test_report_discovery.py",
         "test_report_fast_energy.py",

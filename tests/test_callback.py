@@ -383,26 +383,39 @@ class _RowsAndMonitors(WattCallback):
         self.kept.append((metrics[key], float(metrics[key])))  # as EarlyStopping keeps its best
 
 
-def test_tick_rows_reach_loggers_and_monitors_alike_at_every_step(tmp_path):
-    """At log_every_n_steps=1 each row carries the step and epoch Lightning logs at; monitors
-    see exactly the row's values; a value that did not change keeps its tensor (rows at every
-    step mostly repeat the last refresh's numbers) and no tensor a monitor kept ever changes."""
+def test_tick_rows_reach_loggers_and_monitors_alike(tmp_path):
+    """At log_every_n_steps=1 a row carries the step and epoch Lightning logs at; monitors see
+    exactly the row's values; a value that did not change keeps its tensor and no tensor a
+    monitor kept ever changes. Steps faster than the books' refreshes: a row that would repeat
+    the last one is not logged, so there are fewer rows than steps, none a copy of the one
+    before."""
     cb = _RowsAndMonitors(replay="h200-mlp-stall", record=False, carbon_intensity=400.0)
-    trainer = _trainer(tmp_path, [cb], max_epochs=2, log_every_n_steps=1, limit_val_batches=0)
-    trainer.fit(TinyClassifier(step_sleep=0.005))
+    trainer = _trainer(tmp_path, [cb], max_epochs=4, log_every_n_steps=1, limit_val_batches=0)
+    trainer.fit(TinyClassifier(step_sleep=0.004))
     ticks = [t for t in cb.ticks if "watt/power_W" in t[0]]
-    assert len(ticks) >= trainer.global_step  # one row a step, then the final one
     with open(f"{trainer.log_dir}/metrics.csv") as fh:
         logged = [r for r in csv.DictReader(fh) if r["watt/power_W"]]
-    for (keyed, step, epoch, seen), row in zip(ticks, logged, strict=False):
+    assert len(logged) == len(ticks)
+    for (keyed, step, epoch, seen), row in zip(ticks, logged, strict=True):
         assert int(row["step"]) == step and int(row["epoch"]) == epoch
         assert all(float(row[k]) == pytest.approx(v, rel=1e-12) for k, v in keyed.items())
         assert {k: float(t) for k, t in seen.items()} == keyed
         assert all(t.dtype == torch.float64 for t in seen.values())
         assert all(isinstance(v, float) for v in keyed.values())
-    steps = [step for _, step, _, _ in ticks[: trainer.global_step]]
-    assert steps == list(range(trainer.global_step))
+    steps = [step for _, step, _, _ in ticks[:-1]]  # the last: the stage's final row
+    assert steps == sorted(set(steps)) and set(steps) <= set(range(trainer.global_step))
+    assert 3 <= len(steps) < trainer.global_step
     for (a, _, _, seen_a), (b, _, _, seen_b) in itertools.pairwise(ticks):
         for key in a.keys() & b.keys():
             assert (seen_a[key] is seen_b[key]) == (a[key] == b[key]), key
     assert all(float(t) == value for t, value in cb.kept)
+
+
+def test_steps_slower_than_the_refresh_get_a_row_each(tmp_path):
+    """Rows no faster than the books' refreshes (steps over 25 ms) are all logged, at every
+    step, as Lightning's own are."""
+    cb = _RowsAndMonitors(replay="h200-mlp-stall", record=False)
+    trainer = _trainer(tmp_path, [cb], max_epochs=1, log_every_n_steps=1, limit_val_batches=0)
+    trainer.fit(TinyClassifier(step_sleep=0.05))
+    steps = [step for keyed, step, _, _ in cb.ticks if "watt/power_W" in keyed]
+    assert steps[: trainer.global_step] == list(range(trainer.global_step))

@@ -217,6 +217,13 @@ class EnergyAccountant:
         (stage_j,) = self._sum([stage.energy_j()])
         return self.run.note(stage_j)
 
+    @property
+    def rows_outpace_refreshes(self) -> bool:
+        """Whether this process's log rows come faster than its books are refreshed (then most
+        rows repeat the one before; see ``books.BUSY_INTERVAL_S``)."""
+        stage = self.stage
+        return stage is not None and stage.busy
+
     def log_values(self) -> LogValues:
         """The numbers of a log row (a collective)."""
         stage = self.stage

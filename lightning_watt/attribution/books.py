@@ -313,6 +313,9 @@ class StageBooks:
         self._ticks = 0
         self._paced = (0, time.monotonic())
         self._calm_s = DEFAULT_INTERVAL_S if refresh_s is None else refresh_s
+        #: Whether log rows came faster than refreshes at the last pacing (see :meth:`_pace`):
+        #: rows then repeat the row before until the next refresh.
+        self.busy = False
         self._idle_tick = Tick(0.0, 0.0, math.nan, 0)  # a tick of it again: nothing new
         self._refresher: Refresher | None = None
         if refresh_s is not None:
@@ -492,8 +495,8 @@ class StageBooks:
         if now - since < busy_s:
             return  # judged over at least one busy interval
         self._paced = (ticks, now)
-        busy = (ticks - before) * calm > now - since
-        refresher.interval_s = busy_s if busy else calm
+        self.busy = (ticks - before) * calm > now - since
+        refresher.interval_s = busy_s if self.busy else calm
 
     def refresh(self, pause_s: float = 0.0, sync_s: float = 0.0) -> Snapshot:
         """Bring the books up to now and leave the numbers a log tick reads (the refresher's
