@@ -226,6 +226,21 @@ def test_accuracy_logged_in_percent_warns_and_never_stops_the_fit(tmp_path):
     assert math.isnan(float(trainer.callback_metrics["watt/gqi"]))
 
 
+def _bar_trainer(tmp_path, callbacks, log_every_n_steps: int) -> pl.Trainer:
+    """Two epochs of 16 steps with the progress bar on and no logger."""
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+        logger=False,
+        max_epochs=2,
+        log_every_n_steps=log_every_n_steps,
+        enable_progress_bar=True,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
+
+
 def test_no_per_step_tensor_reads_with_the_progress_bar_on(tmp_path, monkeypatch):
     """On a GPU every Tensor.item() on a logged value waits for the GPU: the callback may read
     tensors at its log ticks only, not on every step (counted here on the CPU)."""
@@ -238,17 +253,7 @@ def test_no_per_step_tensor_reads_with_the_progress_bar_on(tmp_path, monkeypatch
 
     def fit(callbacks) -> int:
         counts["n"] = 0
-        trainer = pl.Trainer(
-            default_root_dir=tmp_path,
-            callbacks=callbacks,
-            logger=False,
-            max_epochs=2,
-            log_every_n_steps=8,
-            enable_progress_bar=True,
-            enable_model_summary=False,
-            accelerator="cpu",
-            limit_val_batches=0,
-        )
+        trainer = _bar_trainer(tmp_path, callbacks, log_every_n_steps=8)
         monkeypatch.setattr(torch.Tensor, "item", counting_item)
         trainer.fit(TinyClassifier())
         monkeypatch.setattr(torch.Tensor, "item", real_item)
@@ -284,17 +289,7 @@ def test_rows_repeating_the_last_reach_a_replaced_bar_and_monitors(tmp_path):
     and ``callback_metrics``, but not once Lightning replaced those dicts."""
     spy = _BarAndMonitorSpy()
     cb = WattCallback(replay="h200-mlp-stall", record=False, summary=False)
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        callbacks=[cb, spy],
-        logger=False,
-        max_epochs=2,
-        log_every_n_steps=1,
-        enable_progress_bar=True,
-        enable_model_summary=False,
-        accelerator="cpu",
-        limit_val_batches=0,
-    )
+    trainer = _bar_trainer(tmp_path, [cb, spy], log_every_n_steps=1)
     trainer.fit(TinyClassifier())
     assert spy.checked == trainer.global_step == 32
 

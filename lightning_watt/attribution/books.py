@@ -40,7 +40,7 @@ from lightning_watt.attribution.ledger import (
     StepSpans,
 )
 from lightning_watt.attribution.refresher import DEFAULT_INTERVAL_S, Refresher
-from lightning_watt.attribution.step_clock import EdgeRow, StepClock
+from lightning_watt.attribution.step_clock import ResolvedRow, StepClock
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import J_PER_KWH
 from lightning_watt.validate import finite_number
@@ -294,7 +294,7 @@ class StageBooks:
         self._live_steps_J = 0.0
         # Edges resolved (and counted in the live spans) but not handed over yet; when the
         # last hand-over was (meter clock).
-        self._unsynced: list[EdgeRow] = []
+        self._unsynced: list[ResolvedRow] = []
         self._unsynced_booked: list[LedgerEdge] = []  # the same, as the ledger books them
         # Edges not handed to the meter yet (its lock was busy), and how far its energy was
         # final at the last hand-over.
@@ -533,19 +533,19 @@ class StageBooks:
             # second).
             k = len(spans)
             energy_j = 0.0
+            power_w = self.weighted(power)
+            # Nothing read yet: no energy known and no power to hold, so the new steps add 0 J.
             if measured:
                 times = [*map(_FIRST, spans), *map(_SECOND, spans), self.started_at, horizon]
-                cum = self._cumulative(times, True, horizon, self.weighted(power))
+                cum = self._cumulative(times, True, horizon, power_w)
                 self._live_steps_J = reduce(
                     operator.add, map(operator.sub, cum[k : 2 * k], cum[:k]), self._live_steps_J
                 )
                 energy_j = cum[-1] - cum[-2]
-            else:  # nothing read yet: no energy known, and no power to hold
-                self._live_steps_J = reduce(operator.add, [0.0] * k, self._live_steps_J)
             snapshot = Snapshot(
                 horizon=horizon,
                 energy_J=energy_j,
-                power_W=self.weighted(power),
+                power_W=power_w,
                 device_power_W=power,
                 steps=self._live.count,
                 steps_J=self._live_steps_J,
@@ -707,7 +707,7 @@ class StageBooks:
         self.meter.stop()
 
 
-def _booked(edges: list[EdgeRow], gpu: bool) -> list[LedgerEdge]:
+def _booked(edges: list[ResolvedRow], gpu: bool) -> list[LedgerEdge]:
     """Edge rows as the ledger books them: at the GPU's time where known, else the host's."""
     if not gpu:
         # Host time: a row's first five fields are the ledger's edge.

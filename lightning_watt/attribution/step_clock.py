@@ -49,8 +49,10 @@ class Edge(NamedTuple):
         return StepEdge(self.phase, self.edge, self.index, self.t_host, self.t_gpu)
 
 
-#: An :class:`Edge` as a plain tuple: ``(phase, edge, index, epoch, t_host, t_gpu)``.
-EdgeRow = tuple[str, str, int, "int | None", float, "float | None"]
+#: An :class:`Edge` as a plain tuple: ``(phase, edge, index, epoch, t_host, t_gpu)`` (the
+#: books turn it into the ledger's
+#: :data:`~lightning_watt.energy.edge_rows.EdgeRow`, one time instead of two).
+ResolvedRow = tuple[str, str, int, "int | None", float, "float | None"]
 
 
 class StepClock:
@@ -102,7 +104,7 @@ class StepClock:
         until every recorded event has completed."""
         return [Edge(*row) for row in self.resolve_rows(wait)]
 
-    def resolve_rows(self, wait: bool = False) -> list[EdgeRow]:
+    def resolve_rows(self, wait: bool = False) -> list[ResolvedRow]:
         """:meth:`resolve` as plain tuples in :class:`Edge`'s field order (the books' refresher
         takes ~80 edges a hand-over: a named tuple per edge, and the conversions after it, cost
         a third of its time)."""
@@ -113,7 +115,7 @@ class StepClock:
             # edge without an event is its row followed by ``None, ref``: the row is a slice.
             popleft = pending.popleft
             return [popleft()[:6] for _ in range(len(pending))]
-        out: list[EdgeRow] = []
+        out: list[ResolvedRow] = []
         while pending:
             phase, edge, index, epoch, t_host, event, (ref, ref_t) = pending[0]
             t_gpu = None

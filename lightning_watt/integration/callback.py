@@ -549,17 +549,14 @@ class WattCallback(Callback):
         tick = self._books.log_values()
         run = self._books.run
         last = self._last_row
-        fresh = (
-            last is None or last[1] != run.logged_kwh or (tick is not last[0] and tick != last[0])
-        )
-        if fresh:
-            keyed = self._keyed(trainer, tick)
+        if last is None or last[1] != run.logged_kwh or (tick is not last[0] and tick != last[0]):
+            fresh, keyed = True, self._keyed(trainer, tick)
             self._last_row = (tick, run.logged_kwh, keyed)
         else:
             # The books' same numbers as the last row (most rows between two refreshes): the
             # same keyed values (every logger copies a row; none is changed in place), which
             # monitors and the progress bar hold already.
-            keyed = last[2]  # type: ignore[index]
+            fresh, keyed = False, last[2]
         if fresh or not self._books.rows_outpace_refreshes:
             axis = self._step_axis
             step = axis() if axis is not None else private.stepped_batches(trainer)
