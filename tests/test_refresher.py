@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_watt import EnergyMeter, ReplaySource, bundled_trace
-from lightning_watt.attribution.books import BUSY_INTERVAL_S, StageBooks
+from lightning_watt.attribution.books import BUSY_INTERVAL_S, StageBooks, paced_interval
 from lightning_watt.attribution.ledger import EnergyLedger, StepSpans
 from lightning_watt.attribution.refresher import Refresher
 from lightning_watt.attribution.step_clock import StepClock
@@ -299,27 +299,57 @@ def _tick_for(books: StageBooks, seconds: float, every_s: float, step: int) -> i
 def test_the_refresher_slows_down_while_rows_come_faster_than_it():
     """Rows faster than one per refresh interval (25 ms) could not all be fresh: the refresher
     then runs every 100 ms (a refresh's fixed cost, 40 times a second, was ~1 % of a core), and
-    returns to its interval once rows come slower; the numbers stay additive throughout."""
+    once rows come slower, about once per row (here >= 60 ms apart, whatever the machine's
+    pace: at most 100 ms); the numbers stay additive throughout."""
     books = _books(refresh_s=0.025)
     refresher = books._refresher
     assert refresher is not None and refresher.interval_s == 0.025
     try:
         step = _tick_for(books, 0.6, 0.002, 0)
-        assert refresher.interval_s == BUSY_INTERVAL_S == 0.1
-        step = _tick_for(books, 0.8, 0.06, step)
-        assert refresher.interval_s == 0.025
+        assert refresher.interval_s == BUSY_INTERVAL_S == 0.1 and books.busy
+        # Long enough for two judgements of slow rows alone (4 rows or 0.4 s each).
+        step = _tick_for(books, 1.2, 0.06, step)
+        assert 0.06 <= refresher.interval_s <= BUSY_INTERVAL_S and not books.busy
     finally:
         record = books.finish(epoch=0)
     assert record.totals.steps["train"] == step
     assert math.isclose(sum(record.totals.phases_J.values()), record.totals.energy_J, rel_tol=1e-9)
 
 
-def test_a_custom_interval_is_kept_while_rows_are_slow():
+def test_a_custom_interval_is_the_shortest_while_rows_are_slow():
     books = _books(refresh_s=0.01)
     refresher = books._refresher
     assert refresher is not None
     try:
-        _tick_for(books, 0.5, 0.03, 0)
-        assert refresher.interval_s == 0.01
+        _tick_for(books, 0.6, 0.03, 0)
+        # About one refresh per row: rows >= 30 ms apart, never slower than 100 ms.
+        assert 0.03 <= refresher.interval_s <= BUSY_INTERVAL_S and not books.busy
     finally:
         books.finish(epoch=0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    rows=st.integers(0, 10_000),
+    elapsed=st.floats(0.0, 10.0, allow_nan=False),
+    shortest=st.sampled_from((0.005, 0.01, 0.025, 0.05, 0.1, 0.2)),
+)
+def test_paced_interval_gives_about_one_refresh_per_row_between_the_bounds(rows, elapsed, shortest):
+    """Judged only over at least the longest interval and 4 rows (or 4 longest intervals);
+    then busy iff rows came faster than one per ``shortest``, the interval the longest when
+    busy, else the rows' period clamped to [shortest, longest]."""
+    longest = max(shortest, BUSY_INTERVAL_S)
+    paced = paced_interval(rows, elapsed, shortest)
+    if elapsed < longest or (0 < rows < 4 and elapsed < 4 * longest):
+        assert paced is None
+        return
+    assert paced is not None
+    busy, interval = paced
+    assert busy == (rows * shortest > elapsed)
+    assert shortest <= interval <= longest
+    if busy:
+        assert interval == longest
+    else:
+        period = elapsed / rows if rows else math.inf
+        assert interval == min(max(period, shortest), longest)
+        assert interval >= period or interval == longest  # never more than one refresh a row

@@ -67,13 +67,46 @@ CHUNK_PAUSE_S = 0.0002
 #: and given provisional energy at once; only the ledger (and the trace file) lag, by this
 #: much more than the ~0.5 s final energy lags anyway.
 SYNC_S = 0.1
-#: The refresher's interval while log rows come faster than one per ``DEFAULT_INTERVAL_S`` (at
-#: ``log_every_n_steps=1`` with steps under 25 ms): several rows read each refresh anyway, so
-#: a refresh every 25 ms made them no fresher in steps than a few more, at ~200 µs of CPU each
-#: (measured on the 2-core VM, cold caches): 40 a second were ~0.9 % of a core, whatever the
-#: step time, and held the GIL the training thread waited for. As slow rows return (one per
-#: 25 ms or fewer), so does the 25 ms interval. Equal to ``SYNC_S``: each refresh hands over.
+#: The refresher's longest interval, and its interval while log rows come faster than one per
+#: ``DEFAULT_INTERVAL_S`` (at ``log_every_n_steps=1`` with steps under 25 ms): several rows
+#: read each refresh anyway, so a refresh every 25 ms made them no fresher in steps than a few
+#: more, at ~200 µs of CPU each (measured on the 2-core VM, cold caches): 40 a second were
+#: ~0.9 % of a core, whatever the step time, and held the GIL the training thread waited for.
+#: Rows slower than that get about one refresh each (see ``StageBooks._pace``): between 25 ms
+#: and this. Equal to ``SYNC_S``: each refresh hands over.
 BUSY_INTERVAL_S = SYNC_S
+#: Rows the refresher's pacing waits to see (or ``PACE_ROWS`` of its longest intervals) before
+#: it judges their period: at ``log_every_n_steps=50`` with 1.5 ms steps a 100 ms look sees one
+#: or two rows, a period of 50 or 100 ms.
+PACE_ROWS = 4
+
+
+def paced_interval(rows: int, elapsed_s: float, shortest_s: float) -> tuple[bool, float] | None:
+    """The books' refresher interval for ``rows`` log rows in ``elapsed_s`` seconds: ``(busy,
+    interval_s)``, or ``None`` while that is too little to judge by (under the longest
+    interval, or under ``PACE_ROWS`` rows and that many longest intervals).
+
+    Rows faster than one per ``shortest_s`` are *busy*: they share a refresh every
+    ``BUSY_INTERVAL_S`` anyway. Slower rows get about one refresh each, between ``shortest_s``
+    and ``BUSY_INTERVAL_S``: at ``log_every_n_steps=50`` with 1.5 ms steps every 75 ms, not
+    three refreshes a row (each wake costs its CPU and takes the GIL from training). A row
+    then reads numbers at most one row period old (25-100 ms), as busy rows do.
+
+    Example:
+        >>> paced_interval(66, 0.1, 0.025)  # log_every_n_steps=1, 1.5 ms steps
+        (True, 0.1)
+        >>> paced_interval(4, 0.3, 0.025)  # log_every_n_steps=50, 1.5 ms steps
+        (False, 0.075)
+        >>> paced_interval(1, 0.1, 0.025) is None  # one row: wait for more
+        True
+    """
+    longest = max(shortest_s, BUSY_INTERVAL_S)
+    if elapsed_s < longest or (0 < rows < PACE_ROWS and elapsed_s < PACE_ROWS * longest):
+        return None
+    if rows * shortest_s > elapsed_s:
+        return True, longest
+    period = elapsed_s / rows if rows else math.inf
+    return False, min(max(period, shortest_s), longest)
 
 
 @dataclass
@@ -224,7 +257,7 @@ class Tick:
     energy_J: float  # cumulative over the stage, up to now (the newest power held past readings)
     power_W: float  # mean over the interval, from measured energy only
     step_J: float  # mean joules of the train steps booked since the last tick; NaN if none
-    steps: int  # train steps booked since the last tick (a refresh, <= 25 ms, behind it)
+    steps: int  # train steps booked since the last tick (a refresh, <= 100 ms, behind it)
 
 
 @dataclass(frozen=True)
@@ -484,19 +517,17 @@ class StageBooks:
         return self.refresh(pause_s=CHUNK_PAUSE_S, sync_s=SYNC_S)
 
     def _pace(self) -> None:
-        """Refresh every ``BUSY_INTERVAL_S`` while log rows came faster than one per
-        ``refresh_s`` since the last pacing, else every ``refresh_s``."""
-        refresher, calm = self._refresher, self._calm_s
+        """Set the refresher's interval from the log rows since the last pacing (see
+        :func:`paced_interval`)."""
+        refresher = self._refresher
         if refresher is None:
             return
         ticks, now = self._ticks, time.monotonic()
         before, since = self._paced
-        busy_s = max(calm, BUSY_INTERVAL_S)
-        if now - since < busy_s:
-            return  # judged over at least one busy interval
-        self._paced = (ticks, now)
-        self.busy = (ticks - before) * calm > now - since
-        refresher.interval_s = busy_s if self.busy else calm
+        paced = paced_interval(ticks - before, now - since, self._calm_s)
+        if paced is not None:
+            self._paced = (ticks, now)
+            self.busy, refresher.interval_s = paced
 
     def refresh(self, pause_s: float = 0.0, sync_s: float = 0.0) -> Snapshot:
         """Bring the books up to now and leave the numbers a log tick reads (the refresher's
@@ -569,10 +600,10 @@ class StageBooks:
     def tick(self) -> Tick:
         """This process's numbers for a log row: cumulative joules, power, joules per step.
 
-        Reads the last refresh (at most the refresher's interval old: 25 ms, 100 ms while
-        rows come faster than every 25 ms, see ``BUSY_INTERVAL_S``); no lock, no meter
-        read. Until the stage's first train step is attributed, it refreshes the books
-        itself, so that a short stage's first rows already carry a step."""
+        Reads the last refresh (at most the refresher's interval old: about one row period,
+        25-100 ms, see :func:`paced_interval`); no lock, no meter read. Until the stage's first
+        train step is attributed, it refreshes the books itself, so that a short stage's first
+        rows already carry a step."""
         self._ticks += 1
         snap = self._snapshot
         if snap is None or self._refresher is None or (snap.steps == 0 == self._steps_reported):
@@ -744,4 +775,5 @@ __all__ = [
     "StageBooks",
     "StageRecord",
     "Tick",
+    "paced_interval",
 ]

@@ -29,12 +29,13 @@ from collections.abc import Callable
 
 from lightning_watt.validate import positive_number
 
-#: Seconds between refreshes: the books' numbers a log row reads are at most this old (what
-#: the README promises) while rows come no faster than one per this interval. Faster rows
-#: could not all be fresh anyway: the books then lengthen it to ``books.BUSY_INTERVAL_S``
-#: (100 ms), since each refresh has a fixed cost. Measured on a loaded 2-core VM (cold caches,
-#: as a thread waking every 25 ms meets them): ~60 µs of CPU with nothing new, ~200 µs with
-#: new readings, a few µs more per new step edge.
+#: The shortest interval between refreshes: the books' numbers a log row reads are at most
+#: this old while rows come once per this interval. The books pace the thread by the rows
+#: (``StageBooks._pace``): slower rows get about one refresh each, up to
+#: ``books.BUSY_INTERVAL_S`` (100 ms) apart; faster rows could not all be fresh anyway and
+#: share a refresh every 100 ms, since each refresh has a fixed cost. Measured on a loaded
+#: 2-core VM (cold caches, as a thread waking every 25 ms meets them): ~60 µs of CPU with
+#: nothing new, ~200 µs with new readings, a few µs more per new step edge.
 DEFAULT_INTERVAL_S = 0.025
 
 
