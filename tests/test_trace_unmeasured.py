@@ -67,7 +67,7 @@ def test_a_late_start_is_in_the_recording_and_counted_by_the_trace_alone(late) -
     assert span["device"] == "fake0" and span["since"] == 0.0 and span["in_samples"] is False
     assert 1.2 <= span["until"] < 1.5 and span["until"] <= trace.span[0] + 1e-9
     # The trace's window holds the span; its energies and unmeasured spans are the meter's.
-    assert trace.fit_window[0] == 0.0
+    assert trace.fit_window == (0.0, end - start) == (0.0, trace.meta["meter_stop"])
     timeline = trace.timeline()
     windows = [(0.0, end - start), (0.5, 1.0), (0.5, end - start - 0.2), (1.5, end - start)]
     assert trace.unmeasured(0.0, 1.0)  # and none from 1.5 s on

@@ -311,12 +311,17 @@ def measurement_end(meta: dict[str, Any], span: tuple[float, float]) -> float:
 
 
 def recorded_window(meta: dict[str, Any], span: tuple[float, float]) -> tuple[float, float]:
-    """``(fit_start, fit_end)`` when recorded, else what the recording holds: the span of its
+    """``(fit_start, fit_end)`` when recorded, else the meter's own window ``[0, meter_stop]``
+    (what its ``total()`` covered), else (a killed run, another producer) the span of the
     samples, from an earlier unmeasured span's start (a late start) when it has one."""
     start, end = span
-    spans = unmeasured_spans(meta)
-    if spans:
-        start = min(start, min(s.since for s in spans))
+    stop = meta.get("meter_stop")
+    if isinstance(stop, (int, float)) and not isinstance(stop, bool) and stop >= 0:
+        start, end = 0.0, float(stop)
+    else:
+        spans = unmeasured_spans(meta)
+        if spans:
+            start = min(start, min(s.since for s in spans))
     return (float(meta.get("fit_start", start)), float(meta.get("fit_end", end)))
 
 
@@ -371,8 +376,9 @@ def _fmt(x: float) -> str:
 class Trace:
     """A recorded run: raw readings, step edges and metadata.
 
-    ``fit_window`` is ``(meta["fit_start"], meta["fit_end"])`` when recorded, else the span of
-    the samples. ``partial``: the recording was cut off (a killed run); ``partial_reason``
+    ``fit_window`` is ``(meta["fit_start"], meta["fit_end"])`` when recorded, else a meter's
+    own window ``(0, meta["meter_stop"])``, else the span of the samples (see
+    :func:`recorded_window`). ``partial``: the recording was cut off (a killed run); ``partial_reason``
     says how that shows.
     """
 
