@@ -378,8 +378,8 @@ class Trace:
 
     ``fit_window`` is ``(meta["fit_start"], meta["fit_end"])`` when recorded, else a meter's
     own window ``(0, meta["meter_stop"])``, else the span of the samples (see
-    :func:`recorded_window`). ``partial``: the recording was cut off (a killed run); ``partial_reason``
-    says how that shows.
+    :func:`recorded_window`). ``partial``: the recording was cut off (a killed run);
+    ``partial_reason`` says how that shows.
     """
 
     samples: list[Reading]
