@@ -227,3 +227,21 @@ def test_a_saved_trace_keeps_its_spans() -> None:
     assert trace.unmeasured() == summarise_unmeasured(spans, -math.inf, math.inf, 6.0)
     assert trace.unmeasured()["gpu0"]["reason"] == "late; lost"
     assert trace.fit_window == (0.0, 6.0)
+
+
+def test_a_device_never_measured_is_in_the_recording_once(tmp_path) -> None:
+    """No reading at all: one span to the end, its estimate in the samples (``in_samples``),
+    so the trace alone counts it once and reports it as the meter did."""
+    prefix = str(tmp_path / "never")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        meter = EnergyMeter([FakeLateSource(late_s=100.0)], record=prefix).start()
+        time.sleep(0.5)
+        meter.stop()
+    trace = load_trace(prefix)
+    (span,) = trace.unmeasured_spans
+    assert span.in_samples and span.until == trace.meta["meter_stop"]
+    start, end = meter.started_at, meter.stopped_at
+    _same_unmeasured(trace.unmeasured(), meter.unmeasured())
+    live = meter.energy_between(start, end)["fake0"]
+    assert trace.timeline().energy_between(*trace.fit_window)["fake0"] == pytest.approx(live)
