@@ -181,7 +181,9 @@ _meta_value = st.one_of(
 @SETTINGS
 @given(
     fields=st.dictionaries(
-        st.sampled_from(["fit_start", "fit_end", "meter_stop", "complete", "format", "other"]),
+        st.sampled_from(
+            ["fit_start", "fit_end", "meter_stop", "complete", "format", "unmeasured", "other"]
+        ),
         _meta_value,
         max_size=5,
     ),

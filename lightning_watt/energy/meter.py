@@ -25,7 +25,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from lightning_watt.energy.edge_rows import EdgeRow, edge_rows
@@ -33,6 +32,7 @@ from lightning_watt.energy.readings import COUNTER_J, ESTIMATE_W, POWER_KINDS, D
 from lightning_watt.energy.segment_fit import StepBoundaries
 from lightning_watt.energy.timeline import EnergyTimeline, Gap
 from lightning_watt.energy.trace import StepEdge, StepRow, TraceWriter
+from lightning_watt.energy.unmeasured import META_KEY, UnmeasuredSpan, summarise_unmeasured
 from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
 from lightning_watt.validate import a_callable, path_like, positive_int
 
@@ -95,23 +95,6 @@ class _PollState:
     def push(self, due: float, channel: Channel) -> None:
         heapq.heappush(self.queue, (due, self.seq, channel))
         self.seq += 1
-
-
-@dataclass
-class _Unmeasured:
-    """A device no reader measures any more, from ``since``: its energy from there on is
-    ``watts`` (its mean power before), an estimate. A device whose data began late is
-    unmeasured from the start ``since`` ``until`` its data begins, at its mean power after."""
-
-    since: float
-    watts: float
-    reason: str
-    basis: str
-    until: float = math.inf
-
-    def joules(self, t: float) -> float:
-        """The estimate's joules from ``since`` to ``t``."""
-        return self.watts * (min(max(t, self.since), self.until) - self.since)
 
 
 class EnergyMeter:
@@ -195,11 +178,11 @@ class EnergyMeter:
         self._record_late = 0
         self._record_next = -math.inf  # when the held rows are next handed to the writer
         # Devices no reader measures any more: since when, at what estimated power, and why.
-        self._unmeasured: dict[str, _Unmeasured] = {}
+        self._unmeasured: dict[str, UnmeasuredSpan] = {}
         # Devices whose data began late (their first reads stuck, the thread stalled from the
         # start): unmeasured from the start until then. Energies the timeline gives are zero
         # before a device's first reading, so this estimate is added on top of them.
-        self._late_start: dict[str, _Unmeasured] = {}
+        self._late_start: dict[str, UnmeasuredSpan] = {}
         # Devices whose start is settled: measured from the start, or estimated until then.
         self._start_settled: set[str] = set()
         # Estimates the meter made itself, not yet handed to the recording (see _add_estimate).
@@ -321,6 +304,8 @@ class EnergyMeter:
                     self._estimates_unrecorded.clear()
                 self._record_samples(estimates, final=True)
                 self._writer.meta.update(self._trace_meta())
+                with self._lock:
+                    self._record_unmeasured()  # the tails closed at the stop
                 # The recording's own window is the meter's: [0, stop] on the trace clock. A
                 # fit window opened with set_trace_meta(fit_start=...) closes here too, so the
                 # trace and the meter's totals cover exactly the same span.
@@ -652,10 +637,11 @@ class EnergyMeter:
             latest = self._latest_power.get(device)
             watts = latest[1] if latest is not None else 0.0
             basis = "its last power reading" if latest else "nothing measured before: 0 W"
-        self._unmeasured[device] = _Unmeasured(since, max(watts, 0.0), reason, basis)
+        self._unmeasured[device] = UnmeasuredSpan(device, since, max(watts, 0.0), reason, basis)
         self._timeline.mark_gap(device, since, max(now, since), f"unmeasured: {reason}")
         # The estimate starts where the data ends, so no second of the run is left out.
         self._add_estimate(Reading(since, device, ESTIMATE_W, self._unmeasured[device].watts))
+        self._record_unmeasured()
         self._warn_once(
             f"unmeasured:{device}",
             f"lightning-watt: {device} is no longer measured ({reason}); its energy from here "
@@ -716,31 +702,30 @@ class EnergyMeter:
             >>> EnergyMeter(sources=[]).unmeasured()
             {}
         """
-        out: dict[str, dict[str, float | str]] = {}
         with self._lock:
             end = self._stopped_at if self._stopped_at is not None else self._clock()
-            spans = [*self._late_start.items(), *self._unmeasured.items()]
-            for name, gone in sorted(spans, key=lambda x: (x[0], x[1].since)):
-                a = max(t0, gone.since)
-                b = min(t1, end, gone.until)
-                if b <= a:
-                    continue
-                # The estimate is a constant power by construction: exact before the timeline
-                # has finalized that span (it waits for the other readers and step edges).
-                span: dict[str, float | str] = {
-                    "energy_J": gone.watts * (b - a),
-                    "seconds": b - a,
-                    "reason": gone.reason,
-                    "basis": gone.basis,
-                }
-                seen = out.get(name)
-                if seen is not None:  # unmeasured at the start and again at the end
-                    span = {
-                        k: f"{seen[k]}; {v}" if isinstance(v, str) else float(seen[k]) + v
-                        for k, v in span.items()
-                    }
-                out[name] = span
-        return out
+            spans = [*self._late_start.values(), *self._unmeasured.values()]
+        return summarise_unmeasured(spans, t0, t1, end)
+
+    def _record_unmeasured(self) -> None:
+        """(Under the lock.) Every unmeasured span so far into the recording's meta, on the
+        trace clock, so a report of the trace alone counts and shows what the meter does, and
+        a killed run's trace (its meta is rewritten at every flush) holds those decided by
+        then. A late start's estimate is in no sample: readers add it (see
+        :mod:`~lightning_watt.energy.unmeasured`)."""
+        writer = self._writer
+        if writer is None:
+            return
+        origin = self._started_at or 0.0
+        end = self._stopped_at if self._stopped_at is not None else math.inf
+        spans = sorted(
+            [*self._late_start.values(), *self._unmeasured.values()],
+            key=lambda s: (s.device, s.since),
+        )
+        if not spans:
+            return  # a recording measured throughout has no such field
+        # A new list each time: the writer may be serialising the meta on another thread.
+        writer.meta[META_KEY] = [s.to_meta(origin, end) for s in spans]
 
     def _check_late_starts(self, final: bool) -> None:
         """(Under the lock.) A device whose data begins more than a gap after the start, as a
@@ -779,9 +764,12 @@ class EnergyMeter:
                 watts = sum(chosen) / len(chosen)
                 basis = f"the mean of its {len(chosen)} power readings"
             reason = f"no readings for the first {begins - started:.1f} s of the measurement"
-            gone = _Unmeasured(started, max(watts, 0.0), reason, basis, until=begins)
+            gone = UnmeasuredSpan(
+                name, started, max(watts, 0.0), reason, basis, until=begins, in_samples=False
+            )
             self._late_start[name] = gone
             self._timeline.mark_gap(name, started, begins, f"unmeasured: {reason}")
+            self._record_unmeasured()
             self._warn_once(
                 f"unmeasured-start:{name}",
                 f"lightning-watt: {name} was not measured at the start ({reason}); its energy "

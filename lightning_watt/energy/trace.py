@@ -11,6 +11,16 @@ empty phase repeats the previous one, edge ``s``/``e`` or ``S``/``E`` when the G
 unknown), and a recording that was closed says ``"complete": true`` in its meta; one without
 it was cut off (:attr:`Trace.partial`).
 
+A v1.1 meta may also hold ``"unmeasured"``: the spans its meter could not measure, as a list of
+``{"device", "since", "until", "watts", "reason", "basis", "in_samples"}`` (times on the trace
+clock; ``until`` ``null`` while the span was still open, a recording cut off then: it ends with
+the recording). ``in_samples: true``: the estimate is in the samples as ``estimate_W`` readings
+(a device that stopped being measured); ``false``: no sample covers the span (a device whose
+data began late) and readers add ``watts * (until - since)`` to the device's energy, as
+:meth:`Trace.timeline` and the report do (:mod:`~lightning_watt.energy.unmeasured`). A reader
+that predates the field counts such a span as zero joules, as the recording's readings alone
+say; a recording without it was measured throughout.
+
 Example:
     >>> from lightning_watt.energy.trace import bundled_trace, load_trace
     >>> trace = load_trace(bundled_trace("h200-mlp-stall"))
@@ -36,6 +46,12 @@ from typing import Any, NamedTuple, TypeVar
 from lightning_watt._files import atomic_write_text
 from lightning_watt.energy.readings import COUNTER_J, KINDS, Reading
 from lightning_watt.energy.timeline import _interp
+from lightning_watt.energy.unmeasured import (
+    META_KEY,
+    RecordedTimeline,
+    UnmeasuredSpan,
+    summarise_unmeasured,
+)
 from lightning_watt.schema import TRACE_FORMAT
 
 FORMAT = TRACE_FORMAT
@@ -221,7 +237,99 @@ def _read_meta(path: Path) -> dict[str, Any]:
         )
     if "complete" in meta and not isinstance(meta["complete"], bool):
         raise TraceFormatError(f"{path}: field 'complete' must be true or false")
+    unmeasured_spans(meta, where=str(path))
     return meta
+
+
+def _meta_number(value: object, where: str, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TraceFormatError(f"{where} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _parse_span(item: object, where: str) -> UnmeasuredSpan:
+    if not isinstance(item, dict):
+        raise TraceFormatError(f"{where} must be an object, got {item!r}")
+    device = item.get("device")
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise TraceFormatError(f"{where}: invalid device name {device!r}")
+    since = _meta_number(item.get("since"), f"{where}: 'since'")
+    until = _meta_number(item.get("until"), f"{where}: 'until'", allow_none=True)
+    watts = _meta_number(item.get("watts"), f"{where}: 'watts'")
+    assert since is not None and watts is not None
+    if abs(since) > MAX_ABS_TIME_S or (until is not None and abs(until) > MAX_ABS_TIME_S):
+        raise TraceFormatError(f"{where}: times out of range (|t| > {MAX_ABS_TIME_S:g} s)")
+    if until is not None and until < since:
+        raise TraceFormatError(f"{where}: 'until' ({until}) is before 'since' ({since})")
+    if not 0.0 <= watts <= MAX_POWER_W:
+        raise TraceFormatError(f"{where}: 'watts' must be in [0, {MAX_POWER_W:g}], got {watts}")
+    texts = [item.get("reason", ""), item.get("basis", "")]
+    if not all(isinstance(x, str) for x in texts):
+        raise TraceFormatError(f"{where}: 'reason' and 'basis' must be text")
+    in_samples = item.get("in_samples")
+    if not isinstance(in_samples, bool):
+        raise TraceFormatError(f"{where}: 'in_samples' must be true or false, got {in_samples!r}")
+    return UnmeasuredSpan(
+        device,
+        since,
+        watts,
+        str(texts[0]),
+        str(texts[1]),
+        math.inf if until is None else until,
+        in_samples,
+    )
+
+
+def unmeasured_spans(meta: dict[str, Any], where: str = "meta") -> list[UnmeasuredSpan]:
+    """The spans a recording's meter could not measure (the meta's ``unmeasured`` field, see
+    the module); ``[]`` for a recording measured throughout, or one that predates the field.
+    A malformed field raises :class:`TraceFormatError` naming ``where``.
+
+    Example:
+        >>> unmeasured_spans({"format": FORMAT_V1_1})
+        []
+    """
+    found = meta.get(META_KEY)
+    if found is None:
+        return []
+    if not isinstance(found, list):
+        raise TraceFormatError(f"{where}: field {META_KEY!r} must be a list, got {found!r}")
+    return [_parse_span(item, f"{where}: {META_KEY}[{i}]") for i, item in enumerate(found)]
+
+
+def measurement_end(meta: dict[str, Any], span: tuple[float, float]) -> float:
+    """Where a recording's measurement ended on the trace clock: its meter's stop, else (a
+    killed run) its last sample, or the end of a span it closed, if later (samples reach the
+    file 3 s late: a run killed early may have none)."""
+    stop = meta.get("meter_stop")
+    if isinstance(stop, (int, float)) and not isinstance(stop, bool):
+        return float(stop)
+    closed = [s.until for s in unmeasured_spans(meta) if math.isfinite(s.until)]
+    return max([span[1], *closed]) if closed else span[1]
+
+
+def recorded_window(meta: dict[str, Any], span: tuple[float, float]) -> tuple[float, float]:
+    """``(fit_start, fit_end)`` when recorded, else the meter's own window ``[0, meter_stop]``
+    (what its ``total()`` covered), else (a killed run, another producer) the span of the
+    samples, from an earlier unmeasured span's start (a late start) when it has one."""
+    start, end = span
+    stop = meta.get("meter_stop")
+    if isinstance(stop, (int, float)) and not isinstance(stop, bool) and stop >= 0:
+        start, end = 0.0, float(stop)
+    else:
+        spans = unmeasured_spans(meta)
+        if spans:
+            start = min(start, min(s.since for s in spans))
+    return (float(meta.get("fit_start", start)), float(meta.get("fit_end", end)))
+
+
+def unmeasured_of(
+    meta: dict[str, Any], span: tuple[float, float], t0: float, t1: float
+) -> dict[str, dict[str, float | str]]:
+    """:meth:`Trace.unmeasured` for a recording's meta and sample span."""
+    return summarise_unmeasured(unmeasured_spans(meta), t0, t1, measurement_end(meta, span))
 
 
 def _partial(meta: dict[str, Any], samples_truncated: bool) -> tuple[bool, str | None]:
@@ -268,9 +376,10 @@ def _fmt(x: float) -> str:
 class Trace:
     """A recorded run: raw readings, step edges and metadata.
 
-    ``fit_window`` is ``(meta["fit_start"], meta["fit_end"])`` when recorded, else the span of
-    the samples. ``partial``: the recording was cut off (a killed run); ``partial_reason``
-    says how that shows.
+    ``fit_window`` is ``(meta["fit_start"], meta["fit_end"])`` when recorded, else a meter's
+    own window ``(0, meta["meter_stop"])``, else the span of the samples (see
+    :func:`recorded_window`). ``partial``: the recording was cut off (a killed run);
+    ``partial_reason`` says how that shows.
     """
 
     samples: list[Reading]
@@ -295,8 +404,21 @@ class Trace:
 
     @property
     def fit_window(self) -> tuple[float, float]:
-        start, end = self.span
-        return (float(self.meta.get("fit_start", start)), float(self.meta.get("fit_end", end)))
+        return recorded_window(self.meta, self.span)
+
+    @property
+    def unmeasured_spans(self) -> list[UnmeasuredSpan]:
+        """The spans the recording's meter could not measure (see the module)."""
+        return unmeasured_spans(self.meta)
+
+    def unmeasured(
+        self, t0: float = -math.inf, t1: float = math.inf
+    ) -> dict[str, dict[str, float | str]]:
+        """Per device, the estimated joules and seconds of ``[t0, t1]`` the recording's meter
+        could not measure, why, and what the estimate rests on: what its
+        :meth:`~lightning_watt.energy.meter.EnergyMeter.unmeasured` said (``{}`` when every
+        device was measured throughout)."""
+        return unmeasured_of(self.meta, self.span, t0, t1)
 
     def select(self, kinds: Collection[str] | None = None) -> Iterator[Reading]:
         """The samples of the given kinds (all when ``None``)."""
@@ -313,10 +435,10 @@ class Trace:
     ):
         """Fuse the samples (optionally only ``kinds``) into an :class:`EnergyTimeline`, through
         the same code the live meter uses. ``edges=True`` also hands it the step edges, so
-        buffer samples holding an edge are split by segment (``EnergyTimeline.add_edges``)."""
-        from lightning_watt.energy.timeline import EnergyTimeline
-
-        timeline = EnergyTimeline(**timeline_kwargs)
+        buffer samples holding an edge are split by segment (``EnergyTimeline.add_edges``).
+        Its energies hold the recording's estimates for spans no sample covers (a late start),
+        as the meter's did (:class:`~lightning_watt.energy.unmeasured.RecordedTimeline`)."""
+        timeline = RecordedTimeline(self.unmeasured_spans, **timeline_kwargs)
         if edges:
             from lightning_watt.energy.segment_fit import edges_from_steps
 

@@ -50,6 +50,7 @@ from lightning_watt.energy.trace import (
     Trace,
     TraceFormatError,
 )
+from lightning_watt.energy.unmeasured import RecordedTimeline, UnmeasuredSpan
 
 _EDGE_LETTERS = {"s": ("start", True), "e": ("end", True), "S": ("start", False)}
 _EDGE_LETTERS["E"] = ("end", False)
@@ -584,8 +585,18 @@ class TraceColumns:
 
     @property
     def fit_window(self) -> tuple[float, float]:
-        start, end = self.span
-        return (float(self.meta.get("fit_start", start)), float(self.meta.get("fit_end", end)))
+        return _trace.recorded_window(self.meta, self.span)
+
+    @property
+    def unmeasured_spans(self) -> list[UnmeasuredSpan]:
+        """:attr:`Trace.unmeasured_spans <lightning_watt.energy.trace.Trace.unmeasured_spans>`."""
+        return _trace.unmeasured_spans(self.meta)
+
+    def unmeasured(
+        self, t0: float = -math.inf, t1: float = math.inf
+    ) -> dict[str, dict[str, float | str]]:
+        """:meth:`Trace.unmeasured <lightning_watt.energy.trace.Trace.unmeasured>`."""
+        return _trace.unmeasured_of(self.meta, self.span, t0, t1)
 
     def series(self, device: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """``(t, value)`` of one device and kind."""
@@ -645,10 +656,9 @@ class TraceColumns:
         return [e for chunk in self.step_chunks() for e in chunk.edges()]
 
     def timeline(self, kinds: Collection[str] | None = None, **timeline_kwargs: Any) -> Any:
-        """The fused :class:`EnergyTimeline`, fed in half-second chunks as the live meter is."""
-        from lightning_watt.energy.timeline import EnergyTimeline
-
-        timeline = EnergyTimeline(**timeline_kwargs)
+        """The fused :class:`EnergyTimeline`, fed in half-second chunks as the live meter is,
+        with the recording's estimates for spans no sample covers (:meth:`Trace.timeline`)."""
+        timeline = RecordedTimeline(self.unmeasured_spans, **timeline_kwargs)
         _trace.feed_timeline(timeline, self.readings(kinds))
         return timeline
 

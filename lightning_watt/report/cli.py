@@ -301,7 +301,8 @@ def run_report(args: argparse.Namespace) -> int:
             sys.stderr.write(
                 f"lightning-watt: warning: {printable(run.name)}: "
                 f"{run.unmeasured_kWh:.3g} kWh of its energy is an estimate for devices that "
-                f"stopped being measured ({printable('; '.join(run.unmeasured_reasons))})\n"
+                "stopped being measured or began late "
+                f"({printable('; '.join(run.unmeasured_reasons))})\n"
             )
         if run.summary is None and run.partial:
             sys.stderr.write(

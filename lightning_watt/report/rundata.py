@@ -144,14 +144,34 @@ class RunData(TraceView):
 
     @property
     def unmeasured_kWh(self) -> float:
-        """The estimated part of the energy: devices no reader measured any more (a lost GPU),
-        from the summary's ``unmeasured_J`` (0 when everything was measured)."""
-        joules = self._summary_number("unmeasured_J")
+        """The estimated part of the energy: devices no reader measured any more (a lost GPU)
+        or not yet (reads stuck at the start), from the summary's ``unmeasured_J``, else (no
+        summary) from the trace's record of them over the fit; 0 when everything was measured."""
+        if self.summary is None:
+            joules = sum(float(u["energy_J"]) for u in self._trace_unmeasured.values())
+        else:
+            joules = self._summary_number("unmeasured_J") or 0.0
         return joules / J_PER_KWH if joules else 0.0
+
+    @cached_property
+    def _trace_unmeasured(self) -> dict[str, dict[str, float | str]]:
+        """The trace's unmeasured spans over the fit (:meth:`Trace.unmeasured`)."""
+        if not self.has_trace:
+            return {}
+        cols = self.columns
+        assert cols is not None
+        return cols.unmeasured(*cols.fit_window)
 
     @property
     def unmeasured_reasons(self) -> list[str]:
-        """``rank0:gpu0: GPU is lost ...`` for each device with an unmeasured span."""
+        """``rank0:gpu0: GPU is lost ...`` for each device with an unmeasured span (``gpu0:
+        ...`` when they come from the trace)."""
+        if self.summary is None:
+            return [
+                f"{name}: {u['reason'] or 'not measured'}"
+                for name, u in sorted(self._trace_unmeasured.items())
+                if float(u["energy_J"]) > 0
+            ]
         out = []
         for d in (self.summary or {}).get("devices") or []:
             if isinstance(d, dict) and (_finite(d.get("unmeasured_J")) or 0.0) > 0:

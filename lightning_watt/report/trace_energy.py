@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lightning_watt.energy.fast_energy import TraceEnergy
+from lightning_watt.energy.unmeasured import UnmeasuredSpan, added_joules_many
 
 #: Traces with at most this many sample rows are fused by the timeline, as the live meter
 #: fuses them: about 5 us a row, so a second at most. Short runs are where its counter-clock
@@ -93,6 +94,25 @@ class TimelineEnergy:
         return dict(self.timeline.methods())
 
 
+class WithEstimates:
+    """An engine's energies plus the recording's estimates for spans no sample covers (late
+    starts: :mod:`~lightning_watt.energy.unmeasured`), which the live meter counted too."""
+
+    def __init__(self, inner: _Energy, spans: list[UnmeasuredSpan]) -> None:
+        self.inner = inner
+        self.spans = spans
+        self.devices: list[str] = list(inner.devices)
+
+    def at(self, device: str, x: np.ndarray) -> np.ndarray:
+        return self.inner.at(device, x) + added_joules_many(self.spans, device, x)
+
+    def release(self, before: float) -> None:
+        self.inner.release(before)
+
+    def methods(self) -> dict[str, list[str]]:
+        return self.inner.methods()
+
+
 def interp_many(ts: np.ndarray, ys: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Linear interpolation clamped at both ends, at many points: the vector form of the
     energy timeline's own interpolation (a repeated knot takes the later value).
@@ -139,12 +159,18 @@ def choose_engine(rows: int) -> str:
 
 
 def energy_engine(cols: Any, engine: str) -> _Energy:
-    """The energy of a trace's devices by ``engine`` (see :data:`ENGINES`)."""
+    """The energy of a trace's devices by ``engine`` (see :data:`ENGINES`), with the
+    recording's estimates for spans no sample covers (:class:`WithEstimates`)."""
+    energy: _Energy
     if engine == "timeline":
-        return TimelineEnergy(cols.timeline())
-    if engine == "vectorised":
-        return TraceEnergy.from_columns(cols)
-    raise ValueError(f"engine: must be one of {ENGINES}, got {engine!r}")
+        # The device timelines' knots: the readings alone, the estimates added once below.
+        energy = TimelineEnergy(cols.timeline())
+    elif engine == "vectorised":
+        energy = TraceEnergy.from_columns(cols)
+    else:
+        raise ValueError(f"engine: must be one of {ENGINES}, got {engine!r}")
+    added = [s for s in getattr(cols, "unmeasured_spans", []) if not s.in_samples]
+    return WithEstimates(energy, added) if added else energy
 
 
 def trace_numbers(

@@ -24,6 +24,7 @@ import numpy as np
 from lightning_watt.energy.readings import COUNTER_J, J_PER_KWH
 from lightning_watt.energy.trace import Trace, TraceFormatError
 from lightning_watt.energy.trace_columns import TraceColumns
+from lightning_watt.energy.unmeasured import added_joules_many
 from lightning_watt.report.series import PhaseSpan
 from lightning_watt.report.trace_energy import TraceNumbers, interp_many, trace_numbers
 
@@ -398,7 +399,10 @@ class TraceView:
         for name in cols.devices:
             counter = self._counter_series(name)
             if counter is not None:
-                cum = interp_many(counter[0], counter[1], np.r_[fit0, ts])
+                at = np.r_[fit0, ts]
+                # The recording's estimate for a span no sample covers counts here too.
+                cum = interp_many(counter[0], counter[1], at)
+                cum += added_joules_many(cols.unmeasured_spans, name, at)
             else:
                 numbers = self.trace_numbers(points)
                 assert numbers is not None

@@ -9,6 +9,11 @@ counter increments are divided by ``speed`` so energy stays consistent with the 
 replay at 2x shows the recorded GPU's power, squeezed into half the time). With ``loop=True``
 the recording repeats from ``start`` with the counter carried on (no false reset).
 
+Only readings are replayed. A recording's estimates for spans no sample covers (a late start:
+the meta's ``unmeasured``, see :mod:`~lightning_watt.energy.unmeasured`) are not readings: a
+replay starts at or after the first sample, so the replaying meter measures what the readings
+give and estimates whatever it could not measure itself; nothing is counted twice.
+
 Example:
     >>> from lightning_watt.energy.trace import bundled_trace
     >>> source = ReplaySource(bundled_trace("h200-mlp-stall"), start=6.6, speed=1.0)

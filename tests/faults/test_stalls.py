@@ -23,6 +23,8 @@ from helpers import TinyClassifier
 
 import lightning_watt.energy.meter as meter_module
 from lightning_watt import WattCallback
+from lightning_watt.energy.trace_columns import load_columns
+from lightning_watt.report import RunData
 
 
 def _slow_counter(fake, seconds: float, times: int) -> None:
@@ -141,7 +143,7 @@ def test_a_meter_stalled_at_the_start_is_reported_as_unmeasured(tmp_path, monkey
 
     for name in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetSamples"):
         stall_first(name)
-    cb = WattCallback(sources=[nvml_source(fake)], record=False)
+    cb = WattCallback(sources=[nvml_source(fake)])  # recorded: the trace is checked below
     summary, messages = fit(tmp_path, cb, TinyClassifier(step_sleep=0.03))
     assert stalled
     warning = once(messages, "was not measured at the start")
@@ -158,3 +160,11 @@ def test_a_meter_stalled_at_the_start_is_reported_as_unmeasured(tmp_path, monkey
     truth = WATTS * (summary["duration_s"] - device["unmeasured_s"])
     assert abs(measured - truth) <= tolerance_j(summary), (measured, truth)
     assert sum(summary["phases_J"].values()) == pytest.approx(summary["energy_J"], rel=1e-9)
+    # The recording alone (a run whose summary is lost) says the same: the span is in its
+    # meta, counted in its energy and reported as unmeasured. Before: counted as 0 J.
+    (meta,) = tmp_path.rglob("watt_trace*.meta.json")
+    run = RunData("trace", tmp_path, trace=load_columns(str(meta)))
+    assert run.energy_source == "trace"
+    assert run.energy_kWh * 3.6e6 == pytest.approx(summary["energy_J"], rel=1e-6)
+    assert run.unmeasured_kWh * 3.6e6 == pytest.approx(summary["unmeasured_J"], rel=1e-6)
+    assert run.unmeasured_reasons == [f"gpu0: {device['unmeasured_reason']}"]
