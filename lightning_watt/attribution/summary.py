@@ -197,7 +197,9 @@ def render_summary(summary: dict[str, Any], show_unavailable: bool = True) -> st
             rows.append(
                 (
                     "NOTE",
-                    f"rank{d['rank']}:{d['name']} was not measured for its last "
+                    # Not "its last": a late start is unmeasured at the beginning, and
+                    # the reason says which part of the run.
+                    f"rank{d['rank']}:{d['name']} was not measured for "
                     f"{d['unmeasured_s']:.1f} s ({d.get('unmeasured_reason', '?')}): "
                     f"~{_fmt_j(d['unmeasured_J'])} estimated from "
                     f"{d.get('unmeasured_basis', '?')}",

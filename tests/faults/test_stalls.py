@@ -23,6 +23,7 @@ from helpers import TinyClassifier
 
 import lightning_watt.energy.meter as meter_module
 from lightning_watt import WattCallback
+from lightning_watt.attribution.summary import render_summary
 from lightning_watt.energy.trace_columns import load_columns
 from lightning_watt.report import RunData
 
@@ -160,6 +161,11 @@ def test_a_meter_stalled_at_the_start_is_reported_as_unmeasured(tmp_path, monkey
     truth = WATTS * (summary["duration_s"] - device["unmeasured_s"])
     assert abs(measured - truth) <= tolerance_j(summary), (measured, truth)
     assert sum(summary["phases_J"].values()) == pytest.approx(summary["energy_J"], rel=1e-9)
+    # The printed table's note says the span, not "its last" seconds (it is the first).
+    # The plain table (rich wraps long rows inside its borders).
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    (note,) = [line for line in render_summary(summary).splitlines() if "not measured" in line]
+    assert "its last" not in note and "no readings for the first" in note, note
     # The recording alone (a run whose summary is lost) says the same: the span is in its
     # meta, counted in its energy and reported as unmeasured. Before: counted as 0 J.
     (meta,) = tmp_path.rglob("watt_trace*.meta.json")
