@@ -221,7 +221,8 @@ def test_the_structures_have_the_fields_we_read() -> None:
     assert sample["timeStamp"] is ctypes.c_ulonglong  # µs, wall clock
     assert sample["sampleValue"] is real.c_nvmlValue_t
     fields = dict(real.c_nvmlFieldValue_t._fields_)
-    for name in ("fieldId", "scopeId", "timestamp", "latencyUsec", "valueType", "nvmlReturn"):
+    # What NvmlSource and the doctor read (timestamp and latencyUsec are there, unused).
+    for name in ("fieldId", "valueType", "nvmlReturn"):
         assert name in fields, name
     assert fields["value"] is real.c_nvmlValue_t
 
@@ -459,6 +460,27 @@ def test_the_real_wrappers_and_the_fake_return_the_same_shapes(scripted: Any) ->
         assert (instant.fieldId, instant.nvmlReturn) == (186, real.NVML_SUCCESS)
         assert instant.value.uiVal in (120_000, 450_000)
         assert (average.fieldId, average.valueType) == (185, real.NVML_VALUE_TYPE_UNSIGNED_INT)
+    finally:
+        real.nvmlShutdown()
+        fake.nvmlShutdown()
+
+
+def test_the_fake_converts_arguments_as_strictly_as_the_real_binding(scripted: Any) -> None:
+    # ctypes refuses a float where the C API takes an integer: a float timestamp that the fake
+    # accepted would fail every buffer drain on a GPU.
+    fake = _driver().module()
+    scripted(_driver())
+    real.nvmlInit()
+    fake.nvmlInit()
+    try:
+        for nvml in (real, fake):
+            h = nvml.nvmlDeviceGetHandleByIndex(0)
+            with pytest.raises(TypeError):
+                nvml.nvmlDeviceGetSamples(h, real.NVML_TOTAL_POWER_SAMPLES, 1.75e15)
+            with pytest.raises(TypeError):
+                nvml.nvmlDeviceGetHandleByIndex(0.0)
+            (value,) = nvml.nvmlDeviceGetFieldValues(h, [(nvml_source.POWER_FIELDS[0], 0)])
+            assert (value.fieldId, value.scopeId, value.nvmlReturn) == (186, 0, 0), nvml
     finally:
         real.nvmlShutdown()
         fake.nvmlShutdown()
