@@ -61,6 +61,8 @@ say() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$summary"; }
 skip() { say "SKIPPED $1: $2"; }
 
 PY="${PYTHON:-python3}"
+# A step killed at its timeout keeps what it printed (block-buffered output would be lost).
+export PYTHONUNBUFFERED=1
 
 use_checkout() {
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
