@@ -184,8 +184,13 @@ def test_every_fake_function_is_a_real_one_with_the_same_arity() -> None:
 
 # ------------------------------------------------------------------------- constants and types
 def test_the_constants_have_the_values_we_assume() -> None:
-    assert (real.NVML_FI_DEV_POWER_INSTANT, real.NVML_FI_DEV_POWER_AVERAGE) == (186, 185)
     assert nvml_source.POWER_FIELDS == (186, 185)
+    # A binding before 12.535 lacks the names (the code uses the ids, so it still works there).
+    named = (
+        getattr(real, "NVML_FI_DEV_POWER_INSTANT", 186),
+        getattr(real, "NVML_FI_DEV_POWER_AVERAGE", 185),
+    )
+    assert named == (186, 185)
     assert real.NVML_TOTAL_POWER_SAMPLES == 0
     assert real.NVML_SUCCESS == 0
     assert real.NVML_ERROR_NOT_SUPPORTED == 3
@@ -315,7 +320,7 @@ class ScriptedLib:
 
         return call
 
-    # -- the C API, one method per symbol the wrappers look up
+    # -- the C API, one method per symbol the wrappers look up (older bindings: the aliases)
     def c_nvmlInitWithFlags(self, flags: int) -> None:
         self.driver.nvmlInit()
 
@@ -387,6 +392,12 @@ class ScriptedLib:
         answered = self.driver.nvmlDeviceGetFieldValues(self._decode(handle), ids)
         for i in range(n.value):
             array[i] = answered[i]
+
+    def c_nvmlInit_v2(self) -> None:
+        self.driver.nvmlInit()
+
+    c_nvmlDeviceGetCount = c_nvmlDeviceGetCount_v2
+    c_nvmlDeviceGetHandleByIndex = c_nvmlDeviceGetHandleByIndex_v2
 
 
 @pytest.fixture
