@@ -84,7 +84,7 @@ fi
 if [[ $install == 1 ]]; then
     t0=$(date +%s)
     if { [[ -x .venv-gpu/bin/python ]] || "$PY" -m venv --system-site-packages .venv-gpu > "$outdir/install.txt" 2>&1; } &&
-        timeout 120 .venv-gpu/bin/python -m pip install -q -e ".[test]" >> "$outdir/install.txt" 2>&1; then
+        timeout 120 .venv-gpu/bin/python -m pip install -q --retries 0 --timeout 10 -e ".[test]" >> "$outdir/install.txt" 2>&1; then
         PY="$PWD/.venv-gpu/bin/python"
         say "install: ok ($(($(date +%s) - t0)) s)"
     else
