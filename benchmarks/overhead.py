@@ -774,6 +774,11 @@ def main() -> None:
     )
     parser.add_argument("--no-gpu", action="store_true", help="skip the CUDA variant")
     parser.add_argument(
+        "--no-cpu",
+        action="store_true",
+        help="skip the CPU variant (benchmarks/gpu_check.sh: only the GPU arms, in its time)",
+    )
+    parser.add_argument(
         "--logger",
         choices=sorted(LOGGERS),
         default="csv",
@@ -820,18 +825,19 @@ def main() -> None:
     def replayed(arm: Arm) -> TimedWattCallback:
         return TimedWattCallback(replay="h200-mlp-stall", record=arm.record)
 
-    _run_variant(
-        Variant(
-            "CPU, replayed H200 trace (h200-mlp-stall)",
-            torch.device("cpu"),
-            WIDTH["cpu"],
-            DEPTH["cpu"],
-            arms,
-            replayed,
-        ),
-        args,
-        args.step_ms / 1e3,
-    )
+    if not args.no_cpu:
+        _run_variant(
+            Variant(
+                "CPU, replayed H200 trace (h200-mlp-stall)",
+                torch.device("cpu"),
+                WIDTH["cpu"],
+                DEPTH["cpu"],
+                arms,
+                replayed,
+            ),
+            args,
+            args.step_ms / 1e3,
+        )
     if torch.cuda.is_available() and not args.no_gpu:
         device = torch.device("cuda", torch.cuda.current_device())
         _run_variant(

@@ -338,6 +338,8 @@ class _GpuProbe:
 
     def probe(self) -> None:
         """Try each reader once (a lost GPU raises ``NVMLError_GpuIsLost``)."""
+        from lightning_watt.sources.nvml import POWER_FIELDS
+
         nvml, h = self.nvml, self.handle
         readers: list[ReaderCheck] = []
         lost = nvml.NVMLError_GpuIsLost
@@ -359,7 +361,7 @@ class _GpuProbe:
             raise
         except nvml.NVMLError as err:
             readers.append(self._fail("buffer", err))
-        wanted = [nvml.NVML_FI_DEV_POWER_INSTANT, nvml.NVML_FI_DEV_POWER_AVERAGE]
+        wanted = list(POWER_FIELDS)
         try:
             values = nvml.nvmlDeviceGetFieldValues(h, wanted)
             rets = [int(v.nvmlReturn) for v in values]
@@ -387,10 +389,9 @@ class _GpuProbe:
         self.device.readers = readers
 
     def _field_names(self) -> list[str]:
-        names = {
-            self.nvml.NVML_FI_DEV_POWER_INSTANT: "instant",
-            self.nvml.NVML_FI_DEV_POWER_AVERAGE: "average",
-        }
+        from lightning_watt.sources.nvml import POWER_FIELDS
+
+        names = dict(zip(POWER_FIELDS, ("instant", "average"), strict=True))
         return [names[f] for f in self.fields]
 
     def measure(self, seconds: float) -> None:
@@ -872,7 +873,7 @@ def run_load(
     from lightning_watt.energy.meter import EnergyMeter
     from lightning_watt.energy.readings import AVERAGE_W, COUNTER_J, INSTANT_W, USAGE_W, Reading
     from lightning_watt.energy.trace import FORMAT, StepEdge, Trace, load_trace
-    from lightning_watt.sources.nvml import NvmlSource, _sample_value
+    from lightning_watt.sources.nvml import POWER_FIELDS, NvmlSource, _sample_value
 
     if work is None:
         work = _matmul_bursts(cuda_index, size)
@@ -897,7 +898,7 @@ def run_load(
             for h in map(pynvml.nvmlDeviceGetHandleByIndex, range(pynvml.nvmlDeviceGetCount()))
             if _text(pynvml.nvmlDeviceGetUUID(h)) == uuid
         )
-        fields = [pynvml.NVML_FI_DEV_POWER_INSTANT, pynvml.NVML_FI_DEV_POWER_AVERAGE]
+        fields = list(POWER_FIELDS)
         kinds = {fields[0]: INSTANT_W, fields[1]: AVERAGE_W}
 
         def poll() -> None:

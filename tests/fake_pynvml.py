@@ -434,6 +434,7 @@ class FakeNvml:
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:
         self._call("nvmlDeviceGetHandleByIndex")
+        ctypes.c_uint(index)  # the real binding's conversion: a float is a TypeError there too
         if not 0 <= index < len(self.gpus):
             raise _real.NVMLError_InvalidArgument()
         return FakeHandle(index)
@@ -470,6 +471,7 @@ class FakeNvml:
 
     def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: FakeHandle, index: int) -> FakeHandle:
         self._call("nvmlDeviceGetMigDeviceHandleByIndex")
+        ctypes.c_uint(index)
         gpu = self._gpu(handle)
         if gpu.mig_mode != 1 or not 0 <= index < len(gpu.mig_uuids):
             raise _real.NVMLError_NotFound()
@@ -504,6 +506,7 @@ class FakeNvml:
         self, handle: FakeHandle, sampling_type: int, last_seen_us: int
     ) -> tuple[int, list[Any]]:
         self._call("nvmlDeviceGetSamples")
+        ctypes.c_ulonglong(last_seen_us)  # as the real binding converts it: ints only
         gpu = self._gpu(handle, "buffer")
         if not gpu.buffer or sampling_type != _real.NVML_TOTAL_POWER_SAMPLES:
             raise _real.NVMLError_NotSupported()
@@ -529,7 +532,9 @@ class FakeNvml:
             _real.NVML_FI_DEV_POWER_INSTANT: ("instant", gpu.power.instant_W),
             _real.NVML_FI_DEV_POWER_AVERAGE: ("average", gpu.power.average_W),
         }
-        for v, fid in zip(values, field_ids, strict=True):
+        for v, wanted in zip(values, field_ids, strict=True):
+            # The real binding also takes (fieldId, scopeId) pairs.
+            fid, v.scopeId = wanted if isinstance(wanted, tuple) else (wanted, 0)
             v.fieldId = fid
             v.timestamp = self._now_us()
             reader = readers.get(fid)

@@ -6,6 +6,7 @@ to see the measured numbers (the polling thread's CPU cost, the agreement).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -37,15 +38,20 @@ LOAD_S = 20.0
 
 
 def _thread_cpu_seconds(thread: threading.Thread) -> float:
-    """CPU seconds one thread has used (user + system), from another thread."""
+    """CPU seconds one thread has used (user + system), from another thread; NaN where
+    neither a per-thread CPU clock nor /proc tells (a sandbox): the cost is printed, not tested."""
     assert thread.ident is not None
     try:
         return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
     except (AttributeError, OSError):
+        pass
+    try:
         # No per-thread CPU clock: Linux's /proc has the same in clock ticks.
         with open(f"/proc/self/task/{thread.native_id}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 def _nvml_handle(uuid: str) -> object:

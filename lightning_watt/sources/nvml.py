@@ -68,6 +68,7 @@ __all__ = [
     "BUFFER_INTERVAL_S",
     "COUNTER_INTERVAL_S",
     "FIELDS_INTERVAL_S",
+    "POWER_FIELDS",
     "READERS",
     "USAGE_INTERVAL_S",
     "MigEnergyWarning",
@@ -99,9 +100,14 @@ READERS: tuple[str, ...] = ("counter", "buffer", "fields", "usage")
 _BUFFER_STALE_S = 2.0
 #: Driver buffer period assumed until samples show the real one (measured: 20 ms).
 _DEFAULT_BUFFER_PERIOD_MS = 20.0
-#: NVML field ids (``NVML_FI_DEV_POWER_INSTANT`` / ``_AVERAGE``; fixed by the NVML ABI).
+#: NVML field ids (``NVML_FI_DEV_POWER_INSTANT`` / ``_AVERAGE``; fixed by the NVML ABI). Used
+#: instead of the module's names: nvidia-ml-py before 12.535 lacks them (an AttributeError, not
+#: an NVMLError, would escape the probe), while an older driver answers these ids per field with
+#: NOT_SUPPORTED, which the probe handles. tests/test_pynvml_api.py checks the values.
 _FI_POWER_INSTANT = 186
 _FI_POWER_AVERAGE = 185
+#: The power fields read, instant first.
+POWER_FIELDS: tuple[int, int] = (_FI_POWER_INSTANT, _FI_POWER_AVERAGE)
 #: ``c_nvmlValue_t`` member per ``NVML_VALUE_TYPE_*`` (0 double, 1 uint, ... 6 ushort).
 _VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
 _CUDA_SPEC_HELP = (
@@ -579,9 +585,7 @@ class NvmlSource(EnergySource):
 
         ok, values = attempt(
             "fields",
-            lambda: nvml.nvmlDeviceGetFieldValues(
-                h, [nvml.NVML_FI_DEV_POWER_INSTANT, nvml.NVML_FI_DEV_POWER_AVERAGE]
-            ),
+            lambda: nvml.nvmlDeviceGetFieldValues(h, list(POWER_FIELDS)),
         )
         if ok:
             works = [v.fieldId for v in values if int(v.nvmlReturn) == nvml.NVML_SUCCESS]
@@ -715,10 +719,7 @@ class NvmlSource(EnergySource):
         t, values = self._stamped(
             lambda: nvml.nvmlDeviceGetFieldValues(gpu.handle, list(gpu.fields))
         )
-        kinds = {
-            nvml.NVML_FI_DEV_POWER_INSTANT: INSTANT_W,
-            nvml.NVML_FI_DEV_POWER_AVERAGE: AVERAGE_W,
-        }
+        kinds = {_FI_POWER_INSTANT: INSTANT_W, _FI_POWER_AVERAGE: AVERAGE_W}
         out: list[Reading] = []
         failed: list[int] = []
         for v in values:
