@@ -105,7 +105,8 @@ def rows_on_any_machine(ticks: int) -> int:
     least ``BUSY_INTERVAL_S`` (100 ms) and say "fast" only after more than 100 / 25 = 4 rows in
     a window whose rows were all logged (the stage's first window, or one judged slow), less
     the one row in flight as the verdict lands: so ``min(ticks, 4)`` on the slowest or fastest
-    machine. A count above it depends on the pace (CI logged 15 of 32 where this one logs 19).
+    machine. A count above it depends on the pace (a fit of 32 ~12 ms steps logged 15 rows on
+    CI, 18-19 on the development VM).
     """
     from lightning_watt.attribution.books import BUSY_INTERVAL_S
     from lightning_watt.attribution.refresher import DEFAULT_INTERVAL_S
