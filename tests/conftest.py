@@ -7,11 +7,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 # Deterministic property tests (the same examples on every run and in CI), and no per-example
-# deadline: a loaded 2-core machine must not turn a slow example into a failure.
-settings.register_profile("lightning-watt", derandomize=True, deadline=None)
+# deadline: a loaded 2-core machine must not turn a slow example into a failure. The same goes
+# for the one health check that times the examples' generation on the wall clock (too_slow);
+# a test that lists its own suppressed checks lists it too (a list replaces this one).
+settings.register_profile(
+    "lightning-watt",
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile("lightning-watt")
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, tests/fake_pynvml.py

@@ -11,7 +11,7 @@ import threading
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import TinyClassifier, csv_trainer
+from helpers import TinyClassifier, csv_trainer, rows_on_any_machine
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_watt import schema as keys
@@ -62,7 +62,7 @@ def test_fit_logs_keys_and_phases_add_up_to_total(tmp_path):
     with open(f"{trainer.log_dir}/metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     logged = [float(r["watt/energy_kWh"]) for r in rows if r["watt/energy_kWh"]]
-    assert len(logged) >= 4
+    assert len(logged) >= rows_on_any_machine(2 * 16 // 4)  # 8 ticks: at least 4 at any pace
     assert all(b >= a for a, b in itertools.pairwise(logged))
 
 
@@ -399,7 +399,10 @@ def test_tick_rows_reach_loggers_and_monitors_alike(tmp_path):
         assert all(isinstance(v, float) for v in keyed.values())
     steps = [step for _, step, _, _ in ticks[:-1]]  # the last: the stage's final row
     assert steps == sorted(set(steps)) and set(steps) <= set(range(trainer.global_step))
-    assert 3 <= len(steps) < trainer.global_step
+    # At least 4 tick rows at any pace (rows_on_any_machine), so 3 ``steps`` without the last.
+    # Fewer than the steps while a step takes under the 25 ms refresh: 4 ms of sleep and ~2 ms
+    # of Lightning here (44-49 rows of 64 with three processes sharing one core).
+    assert rows_on_any_machine(64) - 1 <= len(steps) < trainer.global_step
     for (a, _, _, seen_a), (b, _, _, seen_b) in itertools.pairwise(ticks):
         for key in a.keys() & b.keys():
             assert (seen_a[key] is seen_b[key]) == (a[key] == b[key]), key

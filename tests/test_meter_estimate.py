@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -99,23 +100,39 @@ def test_a_short_run_is_final_up_to_its_stop() -> None:
     )
 
 
+class FakeGatedUtilisation(FakeUtilisation):
+    """A fake whose every call after the first waits for ``gate``: the second poll comes only
+    when the test says, however late a loaded machine runs the meter thread."""
+
+    def __init__(self, *fractions: float) -> None:
+        super().__init__(*fractions)
+        self.gate = threading.Event()
+
+    def __call__(self) -> float:
+        if self.calls:
+            self.gate.wait(10.0)
+        return super().__call__()
+
+
 def test_horizon_and_power_within_the_first_poll() -> None:
-    fake = FakeUtilisation(0.4, 0.8)
+    fake = FakeGatedUtilisation(0.4, 0.8)
     source = EstimateSource(cpu_tdp_w=TDP, idle_fraction=IDLE, utilisation=fake)
     with EnergyMeter([source]) as meter:
         start = meter.started_at
         assert start is not None
-        assert wait_for(lambda: len(fake.calls) >= 1, 0.2)
+        assert wait_for(lambda: len(fake.calls) >= 1, 5.0)
         first = fake.calls[0][0]
-        # Well before the second poll (0.25 s later), the first read already speaks for the
+        # Before the second poll (held at the gate), the first read already speaks for the
         # time since the start.
-        assert wait_for(lambda: meter.horizon >= first, 0.1)
+        assert wait_for(lambda: meter.horizon >= first, 5.0)
+        assert len(fake.calls) == 1
         assert meter.horizon > start
         assert meter.power()["cpu"] == pytest.approx(watts(0.4))
         assert meter.energy_between(start, meter.horizon)["cpu"] > 0.0
-        assert wait_for(lambda: len(fake.calls) >= 2, 0.5)
+        fake.gate.set()
+        assert wait_for(lambda: len(fake.calls) >= 2, 5.0)
         second = fake.calls[1][0]
-        assert wait_for(lambda: meter.horizon >= second, 0.1)
+        assert wait_for(lambda: meter.horizon >= second, 5.0)
         assert meter.power()["cpu"] == pytest.approx(watts(0.8))
         horizon = meter.horizon
         assert meter.energy_between(start, horizon)["cpu"] == pytest.approx(

@@ -197,7 +197,9 @@ def _run(
         ts.append(ts[-1] + dt)
     # Power: a level per label plus noise, high contrast between steps and gaps; the tile
     # means are the true power integrated over each tile.
-    level = {x: rng.uniform(50, 200) * (contrast if x else 1.0) for x in set(labels) | {""}}
+    # In sorted order: a set's order follows PYTHONHASHSEED, and so did each label's level
+    # (the short-step test found no negative gap power to pin under some seeds).
+    level = {x: rng.uniform(50, 200) * (contrast if x else 1.0) for x in sorted({*labels, ""})}
     grid = np.linspace(0.0, ts[-1], 20_001)
     where = np.searchsorted([e[0] for e in edges], grid, side="right") - 1
     watts = np.array([level[edges[k][1]] if k >= 0 else level[""] for k in where])

@@ -99,7 +99,9 @@ _times = st.floats(min_value=-1e10, max_value=1e10)
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     times=st.lists(_times, min_size=1, max_size=20),

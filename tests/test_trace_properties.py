@@ -33,7 +33,9 @@ from lightning_watt.energy.trace import (
 from lightning_watt.energy.trace_columns import load_columns
 
 SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 GOOD_SAMPLES = "t,device,kind,value\n0.0,gpu0,counter_J,10.0\n0.02,gpu0,buffer_W,300.5\n"
 GOOD_STEPS = "phase,edge,index,t_host,t_gpu\ntrain,start,0,0.01,0.012\ntrain,end,1,0.05,\n"
