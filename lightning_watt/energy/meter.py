@@ -32,7 +32,14 @@ from lightning_watt.energy.readings import COUNTER_J, ESTIMATE_W, POWER_KINDS, D
 from lightning_watt.energy.segment_fit import StepBoundaries
 from lightning_watt.energy.timeline import EnergyTimeline, Gap
 from lightning_watt.energy.trace import StepEdge, StepRow, TraceWriter
-from lightning_watt.energy.unmeasured import META_KEY, UnmeasuredSpan, summarise_unmeasured
+from lightning_watt.energy.unmeasured import (
+    META_KEY,
+    UnmeasuredSpan,
+    add_estimates_at,
+    add_estimates_between,
+    add_estimates_columns,
+    summarise_unmeasured,
+)
 from lightning_watt.sources.base import Channel, ChannelLost, EnergySource, SourceUnavailable
 from lightning_watt.validate import a_callable, path_like, positive_int
 
@@ -789,13 +796,6 @@ class EnergyMeter:
                 return True
         return False
 
-    def _with_late_starts(self, energies: dict[str, float], t: float) -> dict[str, float]:
-        """(Under the lock.) Cumulative energies at ``t`` with the late starts' estimates."""
-        for name, gone in self._late_start.items():
-            if name in energies:
-                energies[name] += gone.joules(t)
-        return energies
-
     def _ingest(self, readings: list[Reading]) -> None:
         with self._lock:
             if self._abandoned:
@@ -897,15 +897,13 @@ class EnergyMeter:
         """Joules per device over ``[t0, t1]`` (meter clock)."""
         with self._lock:
             out = self._timeline.energy_between(t0, t1, provisional)
-            for name, gone in self._late_start.items():
-                if name in out:
-                    out[name] += gone.joules(t1) - gone.joules(t0)
-            return out
+            return add_estimates_between(out, self._late_start.values(), t0, t1)
 
     def energy_at(self, t: float, provisional: bool = True) -> dict[str, float]:
         """Cumulative joules per device from the first reading to ``t``."""
         with self._lock:
-            return self._with_late_starts(self._timeline.energy_at(t, provisional), t)
+            out = self._timeline.energy_at(t, provisional)
+            return add_estimates_at(out, self._late_start.values(), t)
 
     def energy_at_many(
         self, times: Sequence[float], provisional: bool = True
@@ -913,7 +911,7 @@ class EnergyMeter:
         """Cumulative joules per device at each of ``times``, under one lock acquisition."""
         with self._lock:
             columns = self._timeline.energy_at_many(times, provisional)
-            self._add_late_starts(columns, times)
+            add_estimates_columns(columns, self._late_start.values(), times)
         return [{d: e[i] for d, e in columns.items()} for i in range(len(times))]
 
     def energy_columns(
@@ -924,16 +922,7 @@ class EnergyMeter:
         the devices themselves. ``times``: numbers on the meter clock, none NaN (unchecked)."""
         with self._lock:
             columns = self._timeline.columns(times, provisional)
-            self._add_late_starts(columns, times)
-            return columns
-
-    def _add_late_starts(self, columns: dict[str, list[float]], times: Sequence[float]) -> None:
-        """(Under the lock.) :meth:`_with_late_starts` for per-device columns at ``times``."""
-        for name, gone in self._late_start.items():
-            column = columns.get(name)
-            if column is not None:
-                for i, t in enumerate(times):
-                    column[i] += gone.joules(t)
+            return add_estimates_columns(columns, self._late_start.values(), times)
 
     @property
     def recording(self) -> bool:

@@ -19,8 +19,8 @@ Example:
     ...                       "its mean power over the 1.0 s after", until=1.5, in_samples=False)
     >>> summarise_unmeasured([late], 0.5, 10.0, end=10.0)["gpu0"]["energy_J"]
     300.0
-    >>> added_joules([late], "gpu0", 1.0)
-    300.0
+    >>> add_estimates_at({"gpu0": 50.0}, [late], 1.0)
+    {'gpu0': 350.0}
 """
 
 from __future__ import annotations
@@ -101,14 +101,44 @@ def summarise_unmeasured(
     return out
 
 
-def added_joules(spans: Iterable[UnmeasuredSpan], device: str, t: float) -> float:
-    """Joules to add to ``device``'s cumulative energy at ``t``: its spans the samples do not
-    hold (late starts), from their start to ``t``."""
-    return sum(s.joules(t) for s in spans if s.device == device and not s.in_samples)
+def add_estimates_at(
+    energies: dict[str, float], spans: Iterable[UnmeasuredSpan], t: float
+) -> dict[str, float]:
+    """Each device's cumulative joules at ``t`` plus its ``spans``' estimates from their start
+    to ``t`` (in place; returned). Devices not in ``energies`` are left out. ``spans``: those
+    no reading covers (late starts): what the meter and a recording's timeline add on top of
+    the fused readings."""
+    for s in spans:
+        if s.device in energies:
+            energies[s.device] += s.joules(t)
+    return energies
+
+
+def add_estimates_between(
+    energies: dict[str, float], spans: Iterable[UnmeasuredSpan], t0: float, t1: float
+) -> dict[str, float]:
+    """:func:`add_estimates_at` for the joules over ``[t0, t1]``."""
+    for s in spans:
+        if s.device in energies:
+            energies[s.device] += s.joules(t1) - s.joules(t0)
+    return energies
+
+
+def add_estimates_columns(
+    columns: dict[str, list[float]], spans: Iterable[UnmeasuredSpan], times: Sequence[float]
+) -> dict[str, list[float]]:
+    """:func:`add_estimates_at` for per-device columns of cumulative joules at ``times``."""
+    for s in spans:
+        column = columns.get(s.device)
+        if column is not None:
+            for i, t in enumerate(times):
+                column[i] += s.joules(t)
+    return columns
 
 
 def added_joules_many(spans: Iterable[UnmeasuredSpan], device: str, x: np.ndarray) -> np.ndarray:
-    """:func:`added_joules` at many times at once.
+    """The joules :func:`add_estimates_at` adds to ``device`` (its spans no reading covers),
+    at many times at once.
 
     Example:
         >>> late = UnmeasuredSpan("gpu0", 0.0, 10.0, "late", "after", until=2.0, in_samples=False)
@@ -142,24 +172,12 @@ class RecordedTimeline(EnergyTimeline):
         self.added = [s for s in added if not s.in_samples]
 
     def energy_between(self, t0: float, t1: float, provisional: bool = True) -> dict[str, float]:
-        out = super().energy_between(t0, t1, provisional)
-        for s in self.added:
-            if s.device in out:
-                out[s.device] += s.joules(t1) - s.joules(t0)
-        return out
+        return add_estimates_between(
+            super().energy_between(t0, t1, provisional), self.added, t0, t1
+        )
 
     def energy_at(self, t: float, provisional: bool = True) -> dict[str, float]:
-        out = super().energy_at(t, provisional)
-        for s in self.added:
-            if s.device in out:
-                out[s.device] += s.joules(t)
-        return out
+        return add_estimates_at(super().energy_at(t, provisional), self.added, t)
 
     def columns(self, times: Sequence[float], provisional: bool = True) -> dict[str, list[float]]:
-        out = super().columns(times, provisional)
-        for s in self.added:
-            column = out.get(s.device)
-            if column is not None:
-                for i, t in enumerate(times):
-                    column[i] += s.joules(t)
-        return out
+        return add_estimates_columns(super().columns(times, provisional), self.added, times)
