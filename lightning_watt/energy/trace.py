@@ -299,13 +299,21 @@ def unmeasured_spans(meta: dict[str, Any], where: str = "meta") -> list[Unmeasur
     return [_parse_span(item, f"{where}: {META_KEY}[{i}]") for i, item in enumerate(found)]
 
 
+def _meter_stop(meta: dict[str, Any]) -> float | None:
+    """The meta's ``meter_stop`` (trace clock) when it is a number; ``None`` for a killed run."""
+    stop = meta.get("meter_stop")
+    if isinstance(stop, (int, float)) and not isinstance(stop, bool):
+        return float(stop)
+    return None
+
+
 def measurement_end(meta: dict[str, Any], span: tuple[float, float]) -> float:
     """Where a recording's measurement ended on the trace clock: its meter's stop, else (a
     killed run) its last sample, or the end of a span it closed, if later (samples reach the
     file 3 s late: a run killed early may have none)."""
-    stop = meta.get("meter_stop")
-    if isinstance(stop, (int, float)) and not isinstance(stop, bool):
-        return float(stop)
+    stop = _meter_stop(meta)
+    if stop is not None:
+        return stop
     closed = [s.until for s in unmeasured_spans(meta) if math.isfinite(s.until)]
     return max([span[1], *closed]) if closed else span[1]
 
@@ -315,9 +323,9 @@ def recorded_window(meta: dict[str, Any], span: tuple[float, float]) -> tuple[fl
     (what its ``total()`` covered), else (a killed run, another producer) the span of the
     samples, from an earlier unmeasured span's start (a late start) when it has one."""
     start, end = span
-    stop = meta.get("meter_stop")
-    if isinstance(stop, (int, float)) and not isinstance(stop, bool) and stop >= 0:
-        start, end = 0.0, float(stop)
+    stop = _meter_stop(meta)
+    if stop is not None and stop >= 0:
+        start, end = 0.0, stop
     else:
         spans = unmeasured_spans(meta)
         if spans:
