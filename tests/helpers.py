@@ -101,12 +101,12 @@ def subprocess_env() -> dict[str, str]:
 def rows_on_any_machine(ticks: int) -> int:
     """The fewest of a fit's ``ticks`` train-step log rows that reach the loggers, whatever the
     machine's pace. A row repeating the one before is dropped only while the books judge rows
-    faster than their refreshes (``DEFAULT_INTERVAL_S``, 25 ms). They judge over windows of at
-    least ``BUSY_INTERVAL_S`` (100 ms) and say "fast" only after more than 100 / 25 = 4 rows in
-    a window whose rows were all logged (the stage's first window, or one judged slow), less
-    the one row in flight as the verdict lands: so ``min(ticks, 4)`` on the slowest or fastest
-    machine. A count above it depends on the pace (a fit of 32 ~12 ms steps logged 15 rows on
-    CI, 18-19 on the development VM).
+    faster than their refreshes (``DEFAULT_INTERVAL_S``, 25 ms; ``books.paced_interval``). They
+    judge over windows of at least ``BUSY_INTERVAL_S`` (100 ms) and say "fast" only after more
+    than 100 / 25 = 4 rows in a window whose rows were all logged (the stage's first window, or
+    one judged slow), less the one row in flight as the verdict lands: so ``min(ticks, 4)`` on
+    the slowest or fastest machine. A count above it depends on the pace (a fit of 32 ~12 ms
+    steps logged 15 rows on CI, 18-19 on the development VM).
     """
     from lightning_watt.attribution.books import BUSY_INTERVAL_S
     from lightning_watt.attribution.refresher import DEFAULT_INTERVAL_S

@@ -72,12 +72,12 @@ SYNC_S = 0.1
 #: read each refresh anyway, so a refresh every 25 ms made them no fresher in steps than a few
 #: more, at ~200 µs of CPU each (measured on the 2-core VM, cold caches): 40 a second were
 #: ~0.9 % of a core, whatever the step time, and held the GIL the training thread waited for.
-#: Rows slower than that get about one refresh each (see ``StageBooks._pace``): between 25 ms
+#: Rows slower than that get about one refresh each (see :func:`paced_interval`): between 25 ms
 #: and this. Equal to ``SYNC_S``: each refresh hands over.
 BUSY_INTERVAL_S = SYNC_S
 #: Rows the refresher's pacing waits to see (or ``PACE_ROWS`` of its longest intervals) before
-#: it judges their period: at ``log_every_n_steps=50`` with 1.5 ms steps a 100 ms look sees one
-#: or two rows, a period of 50 or 100 ms.
+#: it judges their period (:func:`paced_interval`): at ``log_every_n_steps=50`` with 1.5 ms
+#: steps a 100 ms look sees one or two rows, a period of 50 or 100 ms.
 PACE_ROWS = 4
 
 
