@@ -3,13 +3,15 @@
 ``overhead.py`` measures the callback inside ``Trainer.fit``, where the steps' own time and the
 machine's load swamp differences of a few microseconds. This script drives an
 ``EnergyAccountant`` directly: a replayed H200 trace (``h200-mlp-stall``, recorded to a
-temporary watt-trace unless ``--no-record``), a step marked every ``--step-ms`` by a busy loop
-on the main thread (which holds the GIL as a training loop does) and a log row read at every
-step (``--log-every``, default 1). Reported per step: the CPU time of the books' refresher thread
-and of the meter thread (``/proc/self/task/<id>/schedstat``, Linux), and of an idle refresh
-(no steps, every 25 ms: cold caches, as the refresher meets them). CPU time is what other
-tenants of a shared machine disturb least; run it a few times, or alternate two checkouts
-(``PYTHONPATH=...``), to see the spread.
+temporary watt-trace unless ``--no-record``; serving the energy counter and the driver's power
+buffer, what a live NVML source reads from an H200, unless ``--all-kinds``), a step marked
+every ``--step-ms`` by a busy loop on the main thread (which holds the GIL as a training loop
+does) and a log row read at every step (``--log-every``, default 1). Reported per step: the
+CPU time of the books' refresher thread and of the meter thread
+(``/proc/self/task/<id>/schedstat``, Linux), and of an idle refresh (no steps, every 25 ms:
+cold caches, as the refresher meets them). CPU time is what other tenants of a shared machine
+disturb least; run it a few times, or alternate two checkouts (``PYTHONPATH=...``), to see the
+spread.
 
 Usage::
 
@@ -33,7 +35,7 @@ from lightning_watt.attribution.accountant import EnergyAccountant
 from lightning_watt.attribution.books import StageBooks
 from lightning_watt.attribution.step_clock import StepClock
 from lightning_watt.energy.meter import EnergyMeter
-from lightning_watt.sources.replay import ReplaySource
+from lightning_watt.sources.replay import LIVE_NVML_KINDS, ReplaySource
 
 TRACE = "h200-mlp-stall"
 
@@ -43,12 +45,18 @@ def _thread_cpu_s(native_id: int | None) -> float:
         return int(fh.read().split()[0]) / 1e9
 
 
-def _steps(seconds: float, step_s: float, record: bool, every: int) -> tuple[int, float, float]:
+def _replay(all_kinds: bool) -> ReplaySource:
+    return ReplaySource.of_fit(TRACE, kinds=None if all_kinds else LIVE_NVML_KINDS)
+
+
+def _steps(
+    seconds: float, step_s: float, record: bool, every: int, all_kinds: bool
+) -> tuple[int, float, float]:
     """Steps marked, and the refresher's and the meter's CPU seconds while marking them."""
     with tempfile.TemporaryDirectory(prefix="watt-books-") as tmp:
         books = EnergyAccountant()
         path = os.path.join(tmp, "run") if record else None
-        books.begin("fit", EnergyMeter([ReplaySource.of_fit(TRACE)], record=path))
+        books.begin("fit", EnergyMeter([_replay(all_kinds)], record=path))
         stage = books.stage
         assert stage is not None and stage._refresher is not None
         time.sleep(0.2)  # the threads started
@@ -70,9 +78,9 @@ def _steps(seconds: float, step_s: float, record: bool, every: int) -> tuple[int
     return n, cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
 
 
-def _idle_refresh_s(seconds: float) -> float:
+def _idle_refresh_s(seconds: float, all_kinds: bool) -> float:
     """Median CPU seconds of a background refresh with no steps, 25 ms apart."""
-    meter = EnergyMeter([ReplaySource.of_fit(TRACE)]).start()
+    meter = EnergyMeter([_replay(all_kinds)]).start()
     stage = StageBooks(meter, StepClock(meter.now, device=None), refresh_s=None)
     costs = []
     end = time.monotonic() + seconds
@@ -93,21 +101,24 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=1.5, help="step time (busy loop)")
     parser.add_argument("--no-record", action="store_true", help="no watt-trace written")
     parser.add_argument("--log-every", type=int, default=1, help="steps between log rows")
+    parser.add_argument(
+        "--all-kinds", action="store_true", help="replay the recorded power fields too"
+    )
     args = parser.parse_args()
     if not args.seconds > 0 or not args.step_ms > 0 or args.log_every < 1:
         parser.error("--seconds, --step-ms and --log-every must be positive")
     n, refresher_s, meter_s = _steps(
-        args.seconds, args.step_ms / 1e3, not args.no_record, args.log_every
+        args.seconds, args.step_ms / 1e3, not args.no_record, args.log_every, args.all_kinds
     )
     us = 1e6
     print(
         f"{n} steps of {args.step_ms} ms, log_every_n_steps={args.log_every}, recording "
-        f"{'off' if args.no_record else 'on'}; CPU per step: books' refresher "
+        f"{'off' if args.no_record else 'on'}"
+        f"{', every recorded kind' if args.all_kinds else ''}; CPU per step: books' refresher "
         f"{us * refresher_s / n:.1f} µs, meter {us * meter_s / n:.1f} µs"
     )
-    print(
-        f"an idle refresh (no steps, 25 ms apart): {us * _idle_refresh_s(2.0):.0f} µs CPU, median"
-    )
+    idle = _idle_refresh_s(2.0, args.all_kinds)
+    print(f"an idle refresh (no steps, 25 ms apart): {us * idle:.0f} µs CPU, median")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ every arm alike:
 
 * at the Trainer's default ``log_every_n_steps=50``: no energy callback (``off``), a callback
   that does nothing (``null``: what Lightning's dispatch of any callback costs, and the noise
-  floor), ``WattCallback(replay="h200-mlp-stall")`` with the defaults the README names
+  floor), ``WattCallback`` replaying ``h200-mlp-stall`` with the defaults the README names
   (``record=True``, ``summary=True``; ``on``) and the same with ``record=False``;
 * the same ``off`` / ``on`` / ``on, no record`` at ``log_every_n_steps=10`` and ``1`` (the
   Trainer's and the callback's cadence both).
 
 The replayed source makes the meter thread really poll channels and feed the timeline while
-the model trains, and with ``record=True`` the trace (samples and step edges) is written.
+the model trains, and with ``record=True`` the trace (samples and step edges) is written. It
+serves what a live NVML source reads from an H200 (the energy counter and the driver's power
+buffer: ``ReplaySource.of_fit(..., kinds=LIVE_NVML_KINDS)``), not the power fields the recording
+also holds at 10 ms, which NVML reads only as the buffer's fallback (serving them too costs the
+meter thread ~4-6 ms of CPU a second more; ``--all-kinds`` does).
 
 The model is an MLP whose batch is calibrated so a train step (Lightning's loop included) takes
 about ``--step-ms`` (1.5 ms) on this CPU; the actual step time is measured and printed.
@@ -80,12 +84,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_watt.attribution.books import StageBooks
 from lightning_watt.integration.callback import WattCallback
+from lightning_watt.sources.replay import LIVE_NVML_KINDS, ReplaySource
 
 TARGET_RATIO = {1: 0.97}  # steps/s with the callback over without, per log_every_n_steps
 TARGET_TICK_P50_US = 100.0
 TARGET_TICK_P99_US = 1000.0
 WIDTH = {"cpu": 256, "cuda": 2048}
 DEPTH = {"cpu": 2, "cuda": 4}
+TRACE = "h200-mlp-stall"
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,14 @@ def _thread_cpu_s(native_id: int | None) -> float:
     ):
         return int(fh.read().split()[0]) / 1e9
     return math.nan
+
+
+def _replay(all_kinds: bool) -> ReplaySource:
+    """The replayed H200, as ``WattCallback(replay=TRACE)`` makes it; with the kinds a live NVML
+    source reads unless ``all_kinds``."""
+    return ReplaySource.of_fit(
+        TRACE, uuid_prefix="rank0", kinds=None if all_kinds else LIVE_NVML_KINDS
+    )
 
 
 class TimedWattCallback(WattCallback):
@@ -605,7 +619,7 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
     none, in blocks of one fit at ``log_every_n_steps=1``; Lightning's dispatch measured apart;
     the background threads' CPU per step."""
     steps, skip = args.block_steps, args.skip
-    watt = WattCallback(replay="h200-mlp-stall")
+    watt = WattCallback(sources=[_replay(args.all_kinds)])
     hooks = {"start": 0.0}
     direct: list[float] = []
     start, end = watt.on_train_batch_start, watt.on_train_batch_end
@@ -779,6 +793,12 @@ def main() -> None:
         help="skip the CPU variant (benchmarks/gpu_check.sh: only the GPU arms, in its time)",
     )
     parser.add_argument(
+        "--all-kinds",
+        action="store_true",
+        help="replay the recording's power fields too (a live NVML source reads only the "
+        "counter and the buffer where the buffer works)",
+    )
+    parser.add_argument(
         "--logger",
         choices=sorted(LOGGERS),
         default="csv",
@@ -823,12 +843,13 @@ def main() -> None:
     print(f"machine: {_machine()}")
 
     def replayed(arm: Arm) -> TimedWattCallback:
-        return TimedWattCallback(replay="h200-mlp-stall", record=arm.record)
+        return TimedWattCallback(sources=[_replay(args.all_kinds)], record=arm.record)
 
     if not args.no_cpu:
+        served = "every recorded kind" if args.all_kinds else "counter + buffer, as NVML reads"
         _run_variant(
             Variant(
-                "CPU, replayed H200 trace (h200-mlp-stall)",
+                f"CPU, replayed H200 trace ({TRACE}; {served})",
                 torch.device("cpu"),
                 WIDTH["cpu"],
                 DEPTH["cpu"],

@@ -28,7 +28,7 @@ import os
 from collections.abc import Collection
 from typing import TypedDict
 
-from lightning_watt.energy.readings import COUNTER_J, KINDS, DeviceInfo, Reading
+from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, KINDS, DeviceInfo, Reading
 from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
 from lightning_watt.sources.base import Channel, Clock, EnergySource
@@ -40,6 +40,10 @@ from lightning_watt.validate import (
     text,
 )
 
+#: The kinds a live NVML source reads from a GPU whose driver buffer works (the power fields
+#: are its fallback): what a replay of a recording from such a GPU serves with
+#: ``kinds=LIVE_NVML_KINDS``.
+LIVE_NVML_KINDS: tuple[str, ...] = (COUNTER_J, BUFFER_W)
 #: Polling rates of the live NVML source, mirrored so a replay exercises the same timing.
 _INTERVALS = {COUNTER_J: 0.1, "buffer_W": 0.5}
 _DEFAULT_INTERVAL = 0.1
@@ -96,14 +100,27 @@ class ReplaySource(EnergySource):
 
     @classmethod
     def of_fit(
-        cls, name_or_prefix: str, *, speed: float = 1.0, uuid_prefix: str = "replay"
+        cls,
+        name_or_prefix: str,
+        *,
+        speed: float = 1.0,
+        uuid_prefix: str = "replay",
+        kinds: Collection[str] | None = None,
     ) -> ReplaySource:
         """A looping replay of a recorded fit, from where the fit started (not its idle
-        lead-in): ``name_or_prefix`` is a watt-trace prefix or a bundled trace's name.
+        lead-in): ``name_or_prefix`` is a watt-trace prefix or a bundled trace's name;
+        ``kinds``: only these reading kinds (default: every kind recorded).
+
+        A live NVML source polls the counter and the driver's buffer where the buffer works,
+        and the power fields only as its fallback; ``kinds=LIVE_NVML_KINDS`` replays what
+        such a source reads (the recordings hold the fields too, sampled every 10 ms).
 
         Example:
             >>> ReplaySource.of_fit("h200-mlp-stall").trace_name
             'h200-mlp-stall'
+            >>> live = ReplaySource.of_fit("h200-mlp-stall", kinds=LIVE_NVML_KINDS)
+            >>> [channel.name for channel in live.channels()]
+            ['gpu0/buffer_W', 'gpu0/counter_J']
         """
         prefix = resolve_trace(name_or_prefix)
         trace = load_trace(prefix)
@@ -114,6 +131,7 @@ class ReplaySource(EnergySource):
             start=start,
             speed=speed,
             loop=True,
+            kinds=kinds,
             uuid_prefix=uuid_prefix,
             name=os.path.basename(prefix),
         )
