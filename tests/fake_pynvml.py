@@ -347,6 +347,9 @@ class FakeNvml:
         self.nvml_version = nvml_version
         self.refcount = 0
         self.calls: collections.Counter[str] = collections.Counter()
+        #: What a drain with no newer sample answers: ``NVMLError_NotFound`` as the recorded
+        #: drivers do; a test may set another error class, or ``None`` for an empty list.
+        self.empty_drain_error: type[Exception] | None = _real.NVMLError_NotFound
 
     # -- test controls
     def driver_s(self) -> float:
@@ -519,8 +522,8 @@ class FakeNvml:
             sample.timeStamp = stamp
             sample.sampleValue.uiVal = round(watts * 1000.0)
             out.append(sample)
-        if not out:
-            raise _real.NVMLError_NotFound()
+        if not out and self.empty_drain_error is not None:
+            raise self.empty_drain_error()
         return _real.NVML_VALUE_TYPE_UNSIGNED_INT, out
 
     def nvmlDeviceGetFieldValues(self, handle: FakeHandle, field_ids: Sequence[int]) -> Any:

@@ -312,6 +312,24 @@ def test_counter_reading_units_and_mid_call_stamp(install) -> None:
     assert r1.value - r0.value == pytest.approx(250.0, rel=0.03)  # J over ~1 s at 250 W
 
 
+@pytest.mark.parametrize("empty", ["NVMLError_NotFound", "NVMLError_NoData", None])
+def test_an_empty_drain_is_no_error(install, empty: str | None) -> None:
+    # Drivers answer a drain with nothing newer by NOT_FOUND; NO_DATA or an empty list mean the
+    # same. None may count as a read error (a buffer read as failing is given up for fields).
+    fake = install(fk.FakeNvml([fk.FakeGpu(UUIDS[0], constant(300))]))
+    fake.empty_drain_error = None if empty is None else getattr(fk._real, empty)
+    source = opened(fake)  # the probe drains the buffer too: nothing in it yet
+    assert "buffer" not in source._gpus[0].missing
+    read = by_name(source)["gpu0/buffer"].read
+    fake.clock.advance(0.5)
+    first = read()
+    assert len(first) == 25 and all(r.value == pytest.approx(300.0) for r in first)
+    for _ in range(3):
+        assert read() == []  # nothing newer, whatever the driver answers
+    fake.clock.advance(0.2)
+    assert len(read()) == 10  # and the samples after it come as before
+
+
 def test_buffer_drains_map_to_meter_clock_without_duplicates(install) -> None:
     fake = install(fk.FakeNvml([fk.FakeGpu(UUIDS[0], fk.SyntheticPower(square))]))
     fake.clock.advance(3.0)  # the driver buffer is full of samples from before the run

@@ -165,6 +165,22 @@ def _norm_uuid(uuid: object) -> str:
     return text
 
 
+def _nothing_buffered(nvml: Any) -> tuple[type[BaseException], ...]:
+    """The errors ``nvmlDeviceGetSamples`` may answer a drain with when the driver holds no
+    sample newer than asked: ``NOT_FOUND`` (what the drivers recorded here answer) and
+    ``NO_DATA`` (NVML's code for "no data available", taken alike should a driver answer it;
+    a binding without it has only the first). Neither is a failure: the next drain gets the
+    samples, and a buffer that stays empty is caught by its staleness check."""
+    return tuple(
+        cls
+        for cls in (
+            getattr(nvml, "NVMLError_NotFound", None),
+            getattr(nvml, "NVMLError_NoData", None),
+        )
+        if isinstance(cls, type)
+    )
+
+
 def _sample_value(value_type: int, value: Any) -> float:
     member = _VALUE_MEMBERS[value_type] if 0 <= value_type < len(_VALUE_MEMBERS) else "uiVal"
     return float(getattr(value, member))
@@ -563,7 +579,7 @@ class NvmlSource(EnergySource):
         def drain_all() -> list[Any]:
             try:
                 return list(nvml.nvmlDeviceGetSamples(h, nvml.NVML_TOTAL_POWER_SAMPLES, 0)[1])
-            except nvml.NVMLError_NotFound:
+            except _nothing_buffered(nvml):
                 return []  # supported, nothing buffered yet
 
         ok, samples = attempt("buffer", drain_all)
@@ -747,7 +763,7 @@ class NvmlSource(EnergySource):
             value_type, samples = nvml.nvmlDeviceGetSamples(
                 gpu.handle, nvml.NVML_TOTAL_POWER_SAMPLES, gpu.last_seen_us
             )
-        except nvml.NVMLError_NotFound:
+        except _nothing_buffered(nvml):
             value_type, samples = nvml.NVML_VALUE_TYPE_UNSIGNED_INT, []  # nothing newer: fine
         period_us = (gpu.buffer_period_ms or _DEFAULT_BUFFER_PERIOD_MS) * 1000.0
         out: list[Reading] = []
