@@ -314,8 +314,8 @@ def test_counter_reading_units_and_mid_call_stamp(install) -> None:
 
 @pytest.mark.parametrize("empty", ["NVMLError_NotFound", "NVMLError_NoData", None])
 def test_an_empty_drain_is_no_error(install, empty: str | None) -> None:
-    # Drivers answer a drain with nothing newer by NOT_FOUND; NO_DATA or an empty list mean the
-    # same. None may count as a read error (a buffer read as failing is given up for fields).
+    # Drivers answer a drain with nothing newer by NOT_FOUND; NO_DATA or an empty list must
+    # mean the same, not a read error (repeated, those would give the buffer up for fields).
     fake = install(fk.FakeNvml([fk.FakeGpu(UUIDS[0], constant(300))]))
     fake.empty_drain_error = None if empty is None else getattr(fk._real, empty)
     source = opened(fake)  # the probe drains the buffer too: nothing in it yet
