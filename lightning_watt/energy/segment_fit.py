@@ -409,9 +409,20 @@ class EdgeModel:
         unknowns): negative powers are pinned at zero and the rest refitted, up to four
         rounds (a small active-set NNLS)."""
         n_seg = design.shape[1]
-        free = np.ones(n_seg, dtype=bool)
+        first = 0
+        if fitted is not None:
+            # The first round, with every segment free: the powers are the fit's own.
+            negative = fitted < 0
+            if not negative.any():  # NaN, not negative: the first round's result
+                return np.maximum(fitted, 0.0)
+            free = ~negative
+            pinned = np.add.reduce(design[n_tiles:, negative], axis=1)
+            fitted = _level_fit(design[:, free], n_tiles, rhs, self.ridge, pinned)
+            first = 1
+        else:
+            free = np.ones(n_seg, dtype=bool)
         power = np.zeros(n_seg)
-        for round_ in range(4):
+        for round_ in range(first, 4):
             if fitted is None:  # more tiles than unknowns: the normal equations
                 one_hot = design[n_tiles:].T
                 fitted = _ridge_solve(
@@ -422,7 +433,7 @@ class EdgeModel:
             negative = power < 0
             if round_ == 3 or not negative.any():
                 break  # the last round's powers stand, negative or not: no refit to make
-            free &= ~negative
+            free ^= negative  # pinned segments are at zero, so every negative one is free
             # Counts of pinned segments per level: sums of ones, exact in any order.
             pinned = np.add.reduce(design[n_tiles:, ~free], axis=1)
             fitted = _level_fit(design[:, free], n_tiles, rhs, self.ridge, pinned)
