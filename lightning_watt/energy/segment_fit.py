@@ -113,7 +113,7 @@ def _ridge_solve(
 
 
 def _unwrapped_gesv() -> Any:
-    """LAPACK's gesv without np.linalg.solve's wrapping: 1.4 µs, not 6.6 (a fit is ~30). It is
+    """LAPACK's gesv without np.linalg.solve's wrapping: 1.4 µs, not 6.6 (a fit is 15-30). It is
     numpy's private gufunc, so it is used only if it solves a known system right here; any
     other numpy gets the public ``np.linalg.solve``."""
     try:
