@@ -113,7 +113,7 @@ def _ridge_solve(
 
 
 def _unwrapped_gesv() -> Any:
-    """LAPACK's gesv without np.linalg.solve's wrapping: 1.4 µs, not 6.6 (a fit is ~30). It is
+    """LAPACK's gesv without np.linalg.solve's wrapping: 1.4 µs, not 6.6 (a fit is 15-30). It is
     numpy's private gufunc, so it is used only if it solves a known system right here; any
     other numpy gets the public ``np.linalg.solve``."""
     try:
@@ -149,7 +149,7 @@ def _solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 
 
 def _level_fit(
-    design: np.ndarray, n_tiles: int, means: np.ndarray, ridge: float, pinned: np.ndarray | None
+    design: np.ndarray, n_tiles: int, rhs: np.ndarray, ridge: float, pinned: np.ndarray | None
 ) -> np.ndarray | None:
     """:func:`_ridge_solve` as one bordered system in the tiles' residual weights ``y`` and the
     levels ``L``: ``(a a^T + ridge) y + (a H) L = means`` and
@@ -160,8 +160,10 @@ def _level_fit(
     fit's time.
 
     ``design``: (tiles + levels) x free segments, ``a`` over ``H^T`` (the segments' one-hot
-    levels); ``pinned``: segments pinned at zero per level (``None``: none). ``None`` where
-    tiles outnumber the unknowns (:func:`_ridge_solve` then solves the smaller system).
+    levels); ``rhs``: the right-hand side, the tile means then ``-prior mean(means)`` per
+    level (the same in every round of a fit); ``pinned``: segments pinned
+    at zero per level (``None``: none). ``None`` where tiles outnumber the unknowns
+    (:func:`_ridge_solve` then solves the smaller system).
     """
     n, n_free = design.shape
     n_lev = n - n_tiles
@@ -170,17 +172,26 @@ def _level_fit(
     system = np.empty((n, n))
     np.matmul(design[:n_tiles], design.T, out=system[:n_tiles])  # [a a^T | a H]
     np.multiply(system[:n_tiles, n_tiles:].T, ridge, out=system[n_tiles:, :n_tiles])
-    prior = ridge * _LEVEL_PRIOR**2
-    block = _PRIOR_BLOCKS[n_lev] if n_lev < len(_PRIOR_BLOCKS) else -np.eye(n_lev)
-    system[n_tiles:, n_tiles:] = block * prior
+    system[n_tiles:, n_tiles:] = _prior_block(n_lev, ridge)
     diagonal = system.ravel()[:: n + 1]
     diagonal[:n_tiles] += ridge
     if pinned is not None:
         diagonal[n_tiles:] -= ridge * pinned
-    rhs = np.empty(n)
-    rhs[:n_tiles] = means
-    rhs[n_tiles:] = -prior * (float(means.sum()) / n_tiles)
     return _solve(system, rhs) @ design
+
+
+#: ``-I * prior`` per (levels, ridge): the levels' prior block, made once, not per fit.
+_PRIOR_SCALED: dict[tuple[int, float], np.ndarray] = {}
+
+
+def _prior_block(n_lev: int, ridge: float) -> np.ndarray:
+    block = _PRIOR_SCALED.get((n_lev, ridge))
+    if block is None:
+        eye = _PRIOR_BLOCKS[n_lev] if n_lev < len(_PRIOR_BLOCKS) else -np.eye(n_lev)
+        block = eye * (ridge * _LEVEL_PRIOR**2)
+        if len(_PRIOR_SCALED) < 64:
+            _PRIOR_SCALED[(n_lev, ridge)] = block
+    return block
 
 
 class EdgeModel:
@@ -303,24 +314,24 @@ class EdgeModel:
         a, b = ts[lo - 1], ts[hi]
         e_lo = bisect.bisect_right(times, a - delay)
         e_hi = bisect.bisect_left(times, b - delay)
-        # The segment bounds: a, the shifted edges in (a, b), b.
-        bounds = np.empty(e_hi - e_lo + 2)
-        bounds[0], bounds[-1] = a, b
-        inner = bounds[1:-1]
-        inner[:] = times[e_lo:e_hi]
+        # The segment bounds: a, the shifted edges in (a, b), b. Built as a list, searched
+        # with bisect and converted once: numpy's element-wise fill, add and two searchsorted
+        # calls on a ~100-element array cost more than the arithmetic (the same floats).
+        inner = times[e_lo:e_hi]
         if delay:
-            inner += delay
+            inner = [x + delay for x in inner]
+        bounds = [a, *inner, b]
         labels = self.labels
         seg_labels = [labels[e_lo - 1] if e_lo > 0 else "", *labels[e_lo:e_hi]]
-        power = self._fit(ts, cum, lo, hi, bounds, seg_labels)
+        power = self._fit(ts, cum, lo, hi, np.array(bounds), seg_labels)
         # Split this tile's measured joules by fitted power x overlap, over the segments that
         # overlap it (the window holds a hundred at 1 ms steps).
         e0, energy = cum[i - 1], cum[i] - cum[i - 1]
-        k_first = max(0, int(bounds.searchsorted(t0, "right")) - 1)
-        k_last = min(len(bounds) - 1, int(bounds.searchsorted(t1, "left")))
+        k_first = max(0, bisect.bisect_right(bounds, t0) - 1)
+        k_last = min(len(bounds) - 1, bisect.bisect_left(bounds, t1))
         # The pieces' ends: the tile's own, and the bounds strictly inside it (edges at least
         # _MIN_SEGMENT_S apart), so no piece is empty and none needs clipping.
-        ends = bounds[k_first : k_last + 1].tolist()
+        ends = bounds[k_first : k_last + 1]
         ends[0], ends[-1] = t0, t1
         weights = [
             p * (x1 - x0)
@@ -330,7 +341,9 @@ class EdgeModel:
         if total <= 0 or energy < 0 or not math.isfinite(total):
             return [], []
         self.tiles_split += 1
-        out_e = [e0 + energy * min(1.0, x / total) for x in accumulate(weights[:-1])]
+        # min(1.0, q) without a call per piece (the same float: q, or 1.0 where q >= 1).
+        shares = [x / total for x in accumulate(weights[:-1])]
+        out_e = [e0 + energy * (q if q < 1.0 else 1.0) for q in shares]
         return ends[1:-1], out_e
 
     def _fit(
@@ -347,13 +360,20 @@ class EdgeModel:
         very weakly to the mean power; a negative power is pinned at zero and the rest refitted
         (a small active-set NNLS)."""
         n_seg = len(seg_labels)
-        names = set(seg_labels)
+        # One label (back-to-back steps) is the common case: counted at C speed, no set.
+        one_level = seg_labels.count(seg_labels[0]) == n_seg
+        names = {seg_labels[0]} if one_level else set(seg_labels)
         n_lev = len(names)
         t_arr = np.array(ts[lo - 1 : hi + 1])
         c_arr = np.array(cum[lo - 1 : hi + 1])
         n_tiles = len(t_arr) - 1
         dt = t_arr[1:] - t_arr[:-1]
-        means = (c_arr[1:] - c_arr[:-1]) / dt
+        # The tile means go straight into the right-hand side, made once for every round.
+        rhs = np.empty(n_tiles + n_lev)
+        means = rhs[:n_tiles]
+        np.subtract(c_arr[1:], c_arr[:-1], out=means)
+        means /= dt
+        rhs[n_tiles:] = -(self.ridge * _LEVEL_PRIOR**2) * (float(np.add.reduce(means)) / n_tiles)
         # Each tile's overlap with each segment, as a share of the tile: the bounds clipped to
         # each tile, differenced. Segments along rows: numpy's loops run over the long axis.
         design = np.empty((n_tiles + n_lev, n_seg))
@@ -370,26 +390,53 @@ class EdgeModel:
             level_of = np.fromiter(map(index.__getitem__, seg_labels), np.intp, n_seg)
             levels = _LEVELS[:n_lev, None] if n_lev <= len(_LEVELS) else np.arange(n_lev)[:, None]
             np.equal(level_of, levels, out=design[n_tiles:], casting="unsafe")
-        fitted = _level_fit(design, n_tiles, means, self.ridge, None)
-        if fitted is not None and fitted.min() >= 0:
+        fitted = _level_fit(design, n_tiles, rhs, self.ridge, None)
+        if fitted is None:
+            return self._pinned_fit(design, n_tiles, means, rhs, None)
+        if np.minimum.reduce(fitted) >= 0:
             return fitted
-        # Negative powers are pinned at zero and the rest refitted, up to four rounds.
-        free = np.ones(n_seg, dtype=bool)
+        return self._pinned_fit(design, n_tiles, means, rhs, fitted)
+
+    def _pinned_fit(
+        self,
+        design: np.ndarray,
+        n_tiles: int,
+        means: np.ndarray,
+        rhs: np.ndarray,
+        fitted: np.ndarray | None,
+    ) -> np.ndarray:
+        """:meth:`_fit` past its first solve (``fitted``; ``None`` where tiles outnumber the
+        unknowns): negative powers are pinned at zero and the rest refitted, up to four
+        rounds (a small active-set NNLS)."""
+        n_seg = design.shape[1]
+        first = 0
+        if fitted is not None:
+            # The first round, with every segment free: the powers are the fit's own.
+            negative = fitted < 0
+            if not negative.any():  # NaN, not negative: the first round's result
+                return np.maximum(fitted, 0.0)
+            free = ~negative
+            pinned = np.add.reduce(design[n_tiles:, negative], axis=1)
+            fitted = _level_fit(design[:, free], n_tiles, rhs, self.ridge, pinned)
+            first = 1
+        else:
+            free = np.ones(n_seg, dtype=bool)
         power = np.zeros(n_seg)
-        for _ in range(4):
+        for round_ in range(first, 4):
             if fitted is None:  # more tiles than unknowns: the normal equations
                 one_hot = design[n_tiles:].T
                 fitted = _ridge_solve(
-                    a[:, free], means, one_hot[free], one_hot.sum(axis=0), self.ridge
+                    design[:n_tiles, free], means, one_hot[free], one_hot.sum(axis=0), self.ridge
                 )
             power = np.zeros(n_seg)
             power[free] = fitted
             negative = power < 0
-            if not negative.any():
-                break
-            free &= ~negative
-            pinned = design[n_tiles:, ~free].sum(axis=1)
-            fitted = _level_fit(design[:, free], n_tiles, means, self.ridge, pinned)
+            if round_ == 3 or not negative.any():
+                break  # the last round's powers stand, negative or not: no refit to make
+            free ^= negative  # pinned segments are at zero, so every negative one is free
+            # Counts of pinned segments per level: sums of ones, exact in any order.
+            pinned = np.add.reduce(design[n_tiles:, ~free], axis=1)
+            fitted = _level_fit(design[:, free], n_tiles, rhs, self.ridge, pinned)
         return np.maximum(power, 0.0)
 
     def _measure_delay(self, ts: Sequence[float], cum: Sequence[float], i: int) -> None:

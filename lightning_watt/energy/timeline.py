@@ -357,6 +357,8 @@ class DeviceTimeline:
         self._coarse_n = 0  # leading knots already thinned to coarse_step
         self._version = 0
         self._settled = -1  # _version after the last advance (a later one would do nothing)
+        # How far power let the last advance (not a flush) resolve counter values.
+        self._power_until = -math.inf
 
     # ------------------------------------------------------------------ ingest
     def add_edges(self, edges: Iterable[tuple[float, str]], until: float) -> None:
@@ -375,9 +377,14 @@ class DeviceTimeline:
             self.rejected[kind] = self.rejected.get(kind, 0) + 1
             return False
         t, value = float(t), float(value)
+        settled = self._settled == self._version
         self._version += 1
         if kind == COUNTER_J:
             self._add_counter(t, value)
+            if settled and self._counter_waits(t):
+                # A counter read (10 a second) that no advance can use before power passes
+                # it: advancing now would change nothing (a pass costs ~30 µs).
+                self._settled = self._version
         else:
             t = t - _KIND_SHIFT_S.get(kind, 0.0)
             if kind == BUFFER_W and self.stamps is not None:
@@ -394,6 +401,20 @@ class DeviceTimeline:
         self._read_times.append(t)
         self._last_read_t = max(self._last_read_t, t)
         return True
+
+    def _counter_waits(self, t: float) -> bool:
+        """Whether a counter read at ``t``, added to a timeline the last advance left settled,
+        leaves an advance nothing to do: the first value is placed, and this read is after
+        the boundary and too recent to resolve with the power that advance had (the power
+        and edges are unchanged since: any change would have unsettled it), so an advance
+        would stop where the last one did."""
+        b = self._boundary
+        return (
+            self._first_placed
+            and b is not None
+            and t > b
+            and t + self.clock.lookahead_s > self._power_until
+        )
 
     def _add_counter(self, t: float, raw: float) -> None:
         self._has_counter = True
@@ -664,6 +685,8 @@ class DeviceTimeline:
         if self.edges.active and not final:
             # A tile's split looks window_s past it, at samples and edges: both must be in.
             power_until = min(power_until, self.edges.until) - self.edges.window_s - 0.03
+        if not final:
+            self._power_until = power_until
         self._resolve(power_until)
         anchors = self._anchors
         if self._boundary is None:
@@ -807,6 +830,8 @@ class DeviceTimeline:
 
     def advance(self) -> None:
         """Finalize whatever the readings so far determine."""
+        if self._settled == self._version:
+            return  # nothing changed since the last advance, which stopped where it could
         self._advance(final=False)
         self._settled = self._version  # see mark_polled
 
