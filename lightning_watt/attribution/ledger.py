@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import bisect
 import copy
 import itertools
 import operator
@@ -29,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 
-from lightning_watt.energy.edge_rows import EPOCH, INDEX, TIME, EdgeRow, paired_times
+from lightning_watt.energy.edge_rows import EPOCH, INDEX, EdgeRow, paired_times
 
 GAP = "gap"
 
@@ -149,20 +148,8 @@ class EnergyLedger:
     def times_until(self, until: float) -> list[float]:
         """The times :meth:`advance` would evaluate energy at, to fetch them in one batch."""
         last = self.cursor
-        edges = self._edges
-        if edges:
-            ts = list(map(TIME, edges))
-            if all(map(operator.lt, ts, ts[1:])):  # NaN fails it too
-                # Strictly in order (as the books' thread hands them, ~130 a hand-over): the
-                # loop below keeps those after the cursor up to ``until``, a slice.
-                cut = bisect.bisect_right(ts, until)
-                times = [last, *ts[bisect.bisect_right(ts, last, 0, cut) : cut]]
-                last = times[-1]
-                if until > last:
-                    times.append(until)
-                return times if len(times) > 1 else []
         times = [last]
-        for edge in edges:
+        for edge in self._edges:
             t = edge[4]
             if t > until:
                 break

@@ -34,14 +34,12 @@ import contextlib
 import gzip
 import json
 import math
-import operator
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -106,14 +104,6 @@ _STEPS_HELD_MAX = 1 << 20
 
 #: A step edge as a plain tuple in :class:`StepEdge`'s field order (a StepEdge is one).
 StepRow = tuple[str, str, int, float, "float | None"]
-_PHASE = operator.itemgetter(0)
-_EDGE = operator.itemgetter(1)
-_INDEX = operator.itemgetter(2)
-_T_HOST = operator.itemgetter(3)
-_T_GPU = operator.itemgetter(4)
-_LETTER = operator.itemgetter(0)  # of the edge's name: "s", "e"
-_MAX_ABS = repeat(MAX_ABS_TIME_S)
-_COMPACT_LINE = "{},{},{},{},{}\n"
 
 
 def _paths(prefix: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
@@ -669,10 +659,6 @@ class TraceWriter:
         )
 
     def _compact_lines(self, edges: Iterable[StepRow]) -> str:
-        if isinstance(edges, list) and len(edges) > 1:
-            text = self._compact_batch(edges)
-            if text is not None:
-                return text
         phase, index, host, gpu = self._prev
         scale, origin = COMPACT_PER_S, self._origin
         lines = []
@@ -695,46 +681,6 @@ class TraceWriter:
             phase, index, host, gpu = p, i, h, g
         self._prev = (phase, index, host, gpu)
         return "".join(lines)
-
-    def _compact_batch(self, edges: list[StepRow]) -> str | None:
-        """:meth:`_compact_lines` column by column with C-level maps (the books' refresher
-        writes ~130 edges a hand-over; the loop was ~9 % of its CPU), for the usual batch: no
-        time dropped, and GPU times for all edges or for none (else ``None``). The same
-        operations per edge, so the same bytes."""
-        phase, index, host, gpu = self._prev
-        sub, n = operator.sub, len(edges)
-        hosts = list(map(sub, map(_T_HOST, edges), repeat(self._origin, n)))
-        gpus = list(map(_T_GPU, edges))
-        no_gpu = gpus.count(None)
-        if no_gpu not in (0, n) or not all(map(operator.le, map(abs, hosts), _MAX_ABS)):
-            return None
-        kinds = map(_LETTER, map(_EDGE, edges))
-        scale = repeat(COMPACT_PER_S)
-        hs = list(map(round, map(operator.mul, hosts, scale)))
-        if no_gpu:
-            letters: Iterable[str] = map(str.upper, kinds)
-            gs = [gpu] * n  # no GPU time: the last one is repeated
-        else:
-            gpus = list(map(sub, gpus, repeat(self._origin, n)))
-            if not all(map(operator.le, map(abs, gpus), _MAX_ABS)):
-                return None
-            letters = kinds
-            gs = list(map(round, map(operator.mul, gpus, scale)))
-        ps = list(map(_PHASE, edges))
-        ixs = list(map(_INDEX, edges))
-        cols = ["" if p == q else q for p, q in zip([phase, *ps], ps, strict=False)]
-        text = "".join(
-            map(
-                _COMPACT_LINE.format,
-                cols,
-                letters,
-                map(sub, ixs, [index, *ixs]),
-                map(sub, hs, [host, *hs]),
-                map(sub, gs, [gpu, *gs]),
-            )
-        )
-        self._prev = (ps[-1], ixs[-1], hs[-1], gs[-1])
-        return text
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self._flush_every:
