@@ -49,7 +49,7 @@ import operator
 import statistics
 from collections import deque
 from collections.abc import Iterable, Sequence
-from itertools import accumulate, compress
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -66,8 +66,6 @@ _DELAY_RANGE = (-0.005, 0.010)
 #: stamped microseconds apart). Not more: a 1 ms gap merged into the step before it took
 #: its joules from the steps of that label (-8 % on 5 ms steps after such a gap).
 _MIN_SEGMENT_S = 0.0005
-_FIRST = operator.itemgetter(0)
-_SECOND = operator.itemgetter(1)
 #: Weight of the pull of each label's level toward the window's mean power, relative to the
 #: ridge: only there to keep a window that cannot tell its levels apart solvable. Any more
 #: shrinks the contrast between steps and gaps (at 0.1: -3 % on 5 ms steps in aggregate).
@@ -233,10 +231,6 @@ class EdgeModel:
         (a phase for a step start, ``""`` for a step end). ``until``: every edge up to this time
         has now been given."""
         times, labels = self.times, self.labels
-        if isinstance(edges, list) and self._add_in_order(edges):
-            if until > self.until:
-                self.until = until
-            return
         for t, label in edges:
             if not math.isfinite(t):
                 continue
@@ -262,32 +256,6 @@ class EdgeModel:
             labels.insert(i, label)
         if until > self.until:
             self.until = until
-
-    def _add_in_order(self, edges: list[tuple[float, str]]) -> bool:
-        """:meth:`add`'s loop in bulk for edges that are finite, in order and none before the
-        last one kept (a live meter's ~130 a hand-over), if they are (returns whether). Each
-        edge then meets the one before it as ``times[-1]``: an edge within ``_MIN_SEGMENT_S``
-        of the next is replaced by it, and the first one kept replaces ``times[-1]`` if it is
-        that close to it. The same lists, with C-level maps instead of a loop per edge."""
-        if not edges:
-            return True
-        ts = list(map(_FIRST, edges))
-        times = self.times
-        if not (
-            math.isfinite(ts[0])
-            and math.isfinite(ts[-1])
-            and all(map(operator.le, ts, ts[1:]))  # NaN fails it too
-            and (not times or ts[0] >= times[-1])
-        ):
-            return False
-        gaps = map(operator.sub, ts[1:], ts[:-1])
-        kept = list(compress(edges, [*map(_MIN_SEGMENT_S.__le__, gaps), True]))
-        if times and ts[0] - times[-1] < _MIN_SEGMENT_S:
-            times[-1], self.labels[-1] = kept[0]
-            kept = kept[1:]
-        times.extend(map(_FIRST, kept))
-        self.labels.extend(map(_SECOND, kept))
-        return True
 
     def drop_before(self, t: float) -> None:
         """Forget edges before ``t`` (keeping the last one, which labels what follows)."""
