@@ -77,6 +77,13 @@ SYNC_S = 0.1
 #: Rows slower than that get about one refresh each (see :func:`paced_interval`): between 25 ms
 #: and this. Equal to ``SYNC_S``: each refresh hands over.
 BUSY_INTERVAL_S = SYNC_S
+#: Seconds between the refresher's writes of step edges to the recording. Each write has a
+#: fixed cost (the writer's lock and its code from cold caches: ~55 µs on the 2-core VM, with
+#: ~10 edges or ~150) that at every hand-over was ~0.6 µs a step at 1.5 ms steps; the meter
+#: hands readings to the writer every 0.5 s too (``meter._RECORD_BATCH_S``). The same lines
+#: either way: the writer carries its merging and deltas across calls. A hand-over on any
+#: other thread (``pause_s=0``) writes at once.
+RECORD_S = 0.5
 #: Rows the refresher's pacing waits to see (or ``PACE_ROWS`` of its longest intervals) before
 #: it judges their period (:func:`paced_interval`): at ``log_every_n_steps=50`` with 1.5 ms
 #: steps a 100 ms look sees one or two rows, a period of 50 or 100 ms.
@@ -331,6 +338,9 @@ class StageBooks:
         # last hand-over was (meter clock).
         self._unsynced: list[ResolvedRow] = []
         self._unsynced_booked: list[LedgerEdge] = []  # the same, as the ledger books them
+        # Edges handed over but not written to the recording yet, and when it was last written.
+        self._unrecorded: list[ResolvedRow] = []
+        self._recorded_at = -math.inf
         # Edges not handed to the meter yet (its lock was busy), and how far its energy was
         # final at the last hand-over.
         self._unhanded: list[LedgerEdge] = []
@@ -491,9 +501,13 @@ class StageBooks:
             until = self._final_until  # energy is final up to this
             if edges:
                 ledger.add_edges(booked)
-                if meter.recording:
+            if meter.recording:
+                self._unrecorded += edges
+                if self._unrecorded and (pause_s <= 0 or known - self._recorded_at >= RECORD_S):
+                    rows, self._unrecorded = self._unrecorded, []
+                    self._recorded_at = known
                     # Nor for the recording's (the meter's thread may hold it in zlib).
-                    meter.record_steps(list(map(_RECORDED, edges)), wait=pause_s <= 0)
+                    meter.record_steps(list(map(_RECORDED, rows)), wait=pause_s <= 0)
             if first_pending is not None:
                 until = min(until, first_pending)
             while True:
@@ -687,7 +701,8 @@ class StageBooks:
         self._unhanded = []
         if edges:
             ledger.add_edges(booked)
-            meter.record_steps(list(map(_RECORDED, edges)))
+        rows, self._unrecorded = self._unrecorded + edges, []
+        meter.record_steps(list(map(_RECORDED, rows)))
         # fit_end is written by meter.stop(): the recording then spans what the books count.
         meter.set_trace_meta(fit_start=self.started_at, **dict(meta or {}))
         meter.stop()
