@@ -47,6 +47,8 @@ from lightning_watt.validate import finite_number
 
 #: An edge row as the recording takes it: ``(phase, edge, index, t_host, t_gpu)``.
 _RECORDED = operator.itemgetter(0, 1, 2, 4, 5)
+#: A row resolved at host time as the ledger books it: its first five fields.
+_AT_HOST = operator.itemgetter(0, 1, 2, 3, 4)
 _FIRST = operator.itemgetter(0)
 _SECOND = operator.itemgetter(1)
 
@@ -75,6 +77,15 @@ SYNC_S = 0.1
 #: Rows slower than that get about one refresh each (see :func:`paced_interval`): between 25 ms
 #: and this. Equal to ``SYNC_S``: each refresh hands over.
 BUSY_INTERVAL_S = SYNC_S
+#: Seconds between the refresher's writes of step edges to the recording. Each write has a
+#: fixed cost (the writer's lock and its code from cold caches: ~55 µs on the 2-core VM,
+#: whether it holds 5 edges or 150): at every 0.1 s hand-over writing was ~1.0 µs of the
+#: refresher's CPU a step at 1.5 ms steps, every 0.5 s ~0.7 µs. The meter hands readings to
+#: the writer every 0.5 s too (``meter._RECORD_BATCH_S``). The same lines either way (the
+#: writer carries its merging and deltas across calls; only its flush, on the wall clock, cuts
+#: a merged run); a killed run loses up to this much more of its steps. A hand-over on any
+#: other thread (``pause_s=0``) writes at once.
+RECORD_S = 0.5
 #: Rows the refresher's pacing waits to see (or ``PACE_ROWS`` of its longest intervals) before
 #: it judges their period (:func:`paced_interval`): at ``log_every_n_steps=50`` with 1.5 ms
 #: steps a 100 ms look sees one or two rows, a period of 50 or 100 ms.
@@ -329,6 +340,9 @@ class StageBooks:
         # last hand-over was (meter clock).
         self._unsynced: list[ResolvedRow] = []
         self._unsynced_booked: list[LedgerEdge] = []  # the same, as the ledger books them
+        # Edges handed over but not written to the recording yet, and when it was last written.
+        self._unrecorded: list[ResolvedRow] = []
+        self._recorded_at = -math.inf
         # Edges not handed to the meter yet (its lock was busy), and how far its energy was
         # final at the last hand-over.
         self._unhanded: list[LedgerEdge] = []
@@ -489,14 +503,23 @@ class StageBooks:
             until = self._final_until  # energy is final up to this
             if edges:
                 ledger.add_edges(booked)
-                if meter.recording:
+            if meter.recording:
+                self._unrecorded += edges
+                if self._unrecorded and (pause_s <= 0 or known - self._recorded_at >= RECORD_S):
+                    rows, self._unrecorded = self._unrecorded, []
+                    self._recorded_at = known
                     # Nor for the recording's (the meter's thread may hold it in zlib).
-                    meter.record_steps(list(map(_RECORDED, edges)), wait=pause_s <= 0)
+                    meter.record_steps(list(map(_RECORDED, rows)), wait=pause_s <= 0)
             if first_pending is not None:
                 until = min(until, first_pending)
             while True:
                 end = ledger.chunk_end(until, CHUNK_EDGES) if pause_s > 0 else until
-                ledger.advance(end, self.energy_fn(ledger.times_until(end), provisional=False))
+                times = ledger.times_until(end)
+                # Final energy comes in bursts (the power buffer's 0.5 s drains): most
+                # hand-overs find nothing new to book, and the lookup and the advance would
+                # do nothing (~50 µs of the refresher from cold caches).
+                if times or ledger.waiting(end):
+                    ledger.advance(end, self.energy_fn(times, provisional=False))
                 if end >= until:
                     break
                 time.sleep(pause_s)
@@ -560,8 +583,9 @@ class StageBooks:
             # One locked lookup: the new steps (held power past the newest reading, as a row
             # can't wait ~0.5 s for readings) and the stage's energy up to the newest reading
             # (no held power: equal with or without it there). What energy_fn would give for
-            # the same times, without its dictionary and closures (~35 times, 40 times a
-            # second).
+            # the same times, without its dictionary and closures (~135 times at 1.5 ms steps,
+            # 10 times a second; all but the stage's start past the final knots, where
+            # ``energy_at_many`` evaluates each time once, on its side).
             k = len(spans)
             energy_j = 0.0
             power_w = self.weighted(power)
@@ -685,7 +709,8 @@ class StageBooks:
         self._unhanded = []
         if edges:
             ledger.add_edges(booked)
-            meter.record_steps(list(map(_RECORDED, edges)))
+        rows, self._unrecorded = self._unrecorded + edges, []
+        meter.record_steps(list(map(_RECORDED, rows)))
         # fit_end is written by meter.stop(): the recording then spans what the books count.
         meter.set_trace_meta(fit_start=self.started_at, **dict(meta or {}))
         meter.stop()
@@ -741,8 +766,7 @@ class StageBooks:
 def _booked(edges: list[ResolvedRow], gpu: bool) -> list[LedgerEdge]:
     """Edge rows as the ledger books them: at the GPU's time where known, else the host's."""
     if not gpu:
-        # Host time: a row's first five fields are the ledger's edge.
-        return [row[:5] for row in edges]
+        return list(map(_AT_HOST, edges))  # C-level: no slice per edge in a Python loop
     return [
         (phase, edge, index, epoch, t_host if t_gpu is None else t_gpu)
         for phase, edge, index, epoch, t_host, t_gpu in edges

@@ -160,6 +160,11 @@ class EnergyLedger:
             times.append(until)
         return times if len(times) > 1 else []
 
+    def waiting(self, until: float) -> bool:
+        """Whether an edge waits to be booked up to ``until`` (with :meth:`times_until` empty,
+        :meth:`advance` books nothing else)."""
+        return bool(self._edges) and self._edges[0][4] <= until
+
     def chunk_end(self, until: float, max_edges: int) -> float:
         """Where to stop so that :meth:`advance` books at most about ``max_edges`` edges (more
         only where edges share a time): ``until``, or the time of the ``max_edges``-th edge

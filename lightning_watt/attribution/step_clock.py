@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from itertools import repeat, starmap
 from typing import Any, NamedTuple
 
 import torch
@@ -67,9 +68,9 @@ class StepClock:
         self._now = now
         self._cuda = device is not None and device.type == "cuda" and torch.cuda.is_available()
         self._device = device
-        self._pending: deque[tuple[str, str, int, int | None, float, Any, tuple[Any, float]]] = (
-            deque()
-        )
+        # Host time: ResolvedRow tuples (t_gpu None), taken as they are. CUDA: the row's first
+        # five fields, its event and the reference it is timed against.
+        self._pending: deque[tuple[Any, ...]] = deque()
         self._free: list[Any] = []
         self._ref: tuple[Any, float] = (None, 0.0)
         self.reanchor()
@@ -93,10 +94,11 @@ class StepClock:
 
     def mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:
         """Record an edge now (host) and where the GPU stream is (event); never blocks."""
-        event = None
-        if self._cuda:
-            event = self._free.pop() if self._free else torch.cuda.Event(enable_timing=True)
-            event.record()
+        if not self._cuda:
+            self._pending.append((phase, edge, index, epoch, self._now(), None))
+            return
+        event = self._free.pop() if self._free else torch.cuda.Event(enable_timing=True)
+        event.record()
         self._pending.append((phase, edge, index, epoch, self._now(), event, self._ref))
 
     def resolve(self, wait: bool = False) -> list[Edge]:
@@ -110,22 +112,19 @@ class StepClock:
         a third of its time)."""
         pending = self._pending
         if not self._cuda:
-            # Host time: every edge is resolved. Only as many as there are now are taken (the
-            # training thread may append meanwhile; a deque's ends are thread-safe). A pending
-            # edge without an event is its row followed by ``None, ref``: the row is a slice.
-            popleft = pending.popleft
-            return [popleft()[:6] for _ in range(len(pending))]
+            # Host time: every edge is resolved, and pending as its row. Only as many as there
+            # are now are taken (the training thread may append meanwhile; a deque's ends are
+            # thread-safe), popped by a C-level loop (~1300 a second at 1.5 ms steps).
+            return list(starmap(pending.popleft, repeat((), len(pending))))
         out: list[ResolvedRow] = []
         while pending:
             phase, edge, index, epoch, t_host, event, (ref, ref_t) = pending[0]
-            t_gpu = None
-            if event is not None:
-                if not wait and not event.query():
-                    break
-                if wait:
-                    event.synchronize()
-                t_gpu = ref_t + ref.elapsed_time(event) / 1000.0
-                self._free.append(event)
+            if not wait and not event.query():
+                break
+            if wait:
+                event.synchronize()
+            t_gpu = ref_t + ref.elapsed_time(event) / 1000.0
+            self._free.append(event)
             pending.popleft()
             out.append((phase, edge, index, epoch, t_host, t_gpu))
         return out

@@ -1,0 +1,79 @@
+"""A hand-over of step edges skips the timeline's advance when it would finalize nothing (the
+power reaches no further than the edges already did): the knots, final and provisional, are
+those of a timeline that advances at every hand-over, after every hand-over and drain of a feed
+paced as the books' refresher and the NVML buffer are (seed 0) or of a random live feed."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+from live_feed import feed_live
+
+from lightning_watt.energy.segment_fit import StepBoundaries
+from lightning_watt.energy.timeline import DeviceTimeline, EnergyTimeline
+from lightning_watt.testing.synthetic import step_suite_run
+
+
+@functools.cache
+def short_run():
+    """4 s of 10 ms steps with gaps, 2 ms jitter on readings and on step edges."""
+    return step_suite_run(10, 1, edge_jitter_s=0.002, duration_s=4.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_skipped_advances_change_no_knot(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    add_edges = DeviceTimeline.add_edges
+    skipped = []
+
+    def counted_or_forced(self: DeviceTimeline, edges: list, until: float) -> bool:
+        needed = add_edges(self, edges, until)
+        if self.name.startswith("forced"):
+            return True  # every hand-over advances, as before the skip
+        skipped.append(not needed)
+        return needed
+
+    monkeypatch.setattr(DeviceTimeline, "add_edges", counted_or_forced)
+    trace = short_run().trace
+    skipping, forced = EnergyTimeline(), EnergyTimeline()
+    to_skipping, to_forced = StepBoundaries(), StepBoundaries()
+
+    def hand(batch: list, until: float) -> None:
+        skipping.add_edges(*to_skipping.add(batch, until))
+        forced.add_edges(*to_forced.add(batch, until))
+
+    def add(chunk: list) -> None:
+        skipping.add(chunk)
+        forced.add([r._replace(device="forced-" + r.device) for r in chunk])
+
+    def check() -> None:
+        for name in skipping.devices:
+            assert skipping.device(name).knots() == forced.device("forced-" + name).knots()
+
+    edges = sorted(trace.steps, key=lambda e: e.t)
+    if seed:
+        feed_live(trace.samples, edges, hand, lambda e: e.t, seed, add, check)
+    else:
+        # As the books hand them: edges every 0.1 s, readings drained every 0.5 s.
+        samples, k, e, t = trace.samples, 0, 0, trace.samples[0].t
+        hand([], t)
+        while k < len(samples) or e < len(edges):
+            t += 0.1
+            if round((t - samples[0].t) / 0.1) % 5 == 0:
+                drained = k
+                while k < len(samples) and samples[k].t <= t:
+                    k += 1
+                add(samples[drained:k])
+            handed = e
+            while e < len(edges) and edges[e].t <= t - 0.005:
+                e += 1
+            hand(edges[handed:e], t - 0.005)
+            check()
+        hand([], math.inf)
+    skipping.flush()
+    forced.flush()
+    check()
+    assert any(skipped) and not all(skipped)  # both kinds of hand-over happened
+    if not seed:
+        assert sum(skipped) > len(skipped) / 2  # most hand-overs come between drains
