@@ -16,7 +16,7 @@ the model trains, and with ``record=True`` the trace (samples and step edges) is
 serves what a live NVML source reads from an H200 (the energy counter and the driver's power
 buffer: ``ReplaySource.of_fit(..., kinds=LIVE_NVML_KINDS)``), not the power fields the recording
 also holds at 10 ms, which NVML reads only as the buffer's fallback (serving them too costs the
-meter thread ~4-6 ms of CPU a second more; ``--all-kinds`` does).
+meter thread ~2-3 ms of CPU a second more, a quarter of its time; ``--all-kinds`` does).
 
 The model is an MLP whose batch is calibrated so a train step (Lightning's loop included) takes
 about ``--step-ms`` (1.5 ms) on this CPU; the actual step time is measured and printed.
