@@ -1,7 +1,8 @@
 """A hand-over of step edges skips the timeline's advance when it would finalize nothing (the
-power reaches no further than the edges already did): the knots, final and provisional, are
-those of a timeline that advances at every hand-over, after every hand-over and drain of a feed
-paced as the books' refresher and the NVML buffer are (seed 0) or of a random live feed."""
+power reaches no further than the edges already did), as does a counter read too recent to
+place: the knots, final and provisional, are those of a timeline that makes every advance's
+pass, after every hand-over and drain of a feed paced as the books' refresher and the NVML
+buffer are (seed 0) or of a random live feed."""
 
 from __future__ import annotations
 
@@ -24,17 +25,25 @@ def short_run():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_skipped_advances_change_no_knot(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
-    add_edges = DeviceTimeline.add_edges
+    add_edges, advance = DeviceTimeline.add_edges, DeviceTimeline.advance
     skipped = []
 
-    def counted_or_forced(self: DeviceTimeline, edges: list, until: float) -> bool:
-        needed = add_edges(self, edges, until)
-        if self.name.startswith("forced"):
-            return True  # every hand-over advances, as before the skip
-        skipped.append(not needed)
-        return needed
+    def counted(self: DeviceTimeline, edges: list, until: float) -> None:
+        add_edges(self, edges, until)
+        if not self.name.startswith("forced"):
+            skipped.append(self._settled == self._version)  # its advance will be skipped
 
-    monkeypatch.setattr(DeviceTimeline, "add_edges", counted_or_forced)
+    def forced_or_not(self: DeviceTimeline) -> None:
+        if self.name.startswith("forced"):
+            # Every advance makes its pass, as before any skip (a hand-over's or a counter
+            # read's): what a skipped one would have done.
+            self._advance(final=False)
+            self._settled = self._version
+        else:
+            advance(self)
+
+    monkeypatch.setattr(DeviceTimeline, "add_edges", counted)
+    monkeypatch.setattr(DeviceTimeline, "advance", forced_or_not)
     trace = short_run().trace
     skipping, forced = EnergyTimeline(), EnergyTimeline()
     to_skipping, to_forced = StepBoundaries(), StepBoundaries()

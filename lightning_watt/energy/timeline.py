@@ -395,16 +395,15 @@ class DeviceTimeline:
         self._power_until = -math.inf
 
     # ------------------------------------------------------------------ ingest
-    def add_edges(self, edges: Iterable[tuple[float, str]], until: float) -> bool:
+    def add_edges(self, edges: Iterable[tuple[float, str]], until: float) -> None:
         """Step edges ``(t, label)`` known up to ``until`` (see :class:`EdgeModel`). Once given,
-        finalizing waits for edges to reach past a span, as it waits for power. Returns whether
-        :meth:`advance` may now finalize more than at the last one (as :meth:`mark_polled`)."""
+        finalizing waits for edges to reach past a span, as it waits for power."""
         model = self.edges
         # Nothing new since the last advance, and the power already reached no further than
         # the edges did: finalizing stops where it stopped (the power's reach), and the new
-        # edges lie past it. So a live meter's hand-overs between two drains of the power
-        # buffer (0.5 s) skip an advance that would do nothing (~75 µs of the books' refresher
-        # from cold caches, 3-4 of every 5 hand-overs).
+        # edges lie past it. The timeline stays settled, so a live meter's hand-overs between
+        # two drains of the power buffer (0.5 s) skip an advance that would do nothing (~75 µs
+        # of the books' refresher from cold caches, 3-4 of every 5 hand-overs).
         settled = (
             self._settled == self._version
             and model.active
@@ -414,7 +413,6 @@ class DeviceTimeline:
         self._version += 1
         if settled:
             self._settled = self._version
-        return not settled
 
     def add(self, kind: str, t: float, value: float) -> bool:
         """Ingest one reading; ``False`` if it was dropped as unusable (counted in
@@ -1183,8 +1181,8 @@ class EnergyTimeline:
         kept.extend(edges)
         self._edges_until = max(self._edges_until, until)
         for tl in self._devices.values():
-            if tl.add_edges(edges, until):
-                tl.advance()
+            tl.add_edges(edges, until)
+            tl.advance()
         if self._devices:
             # Kept only for a device whose first reading is still to come.
             done = min(tl.finalized_until for tl in self._devices.values()) - 1.0
