@@ -236,40 +236,6 @@ def _interp_list(ts: Sequence[float], ys: Sequence[float], times: Iterable[float
     return out
 
 
-def _interp_split(
-    ts: Sequence[float],
-    ys: Sequence[float],
-    tail_t: Sequence[float],
-    tail_e: Sequence[float],
-    times: Iterable[float],
-) -> list[float]:
-    """:func:`_interp_list` over ``ts``/``ys`` at times up to ``ts[-1]``, over ``tail_t``/
-    ``tail_e`` (at least two knots, the first ``ts[-1]``) at later ones: the same operations
-    per time as the two lists would take, so the same floats."""
-    first, last, y_first, y_last = ts[0], ts[-1], ys[0], ys[-1]
-    n = len(ts)
-    tail_last, tail_y_last = tail_t[-1], tail_e[-1]
-    bisect_right = bisect.bisect_right
-    out = []
-    for t in times:
-        if t > last:
-            if t >= tail_last:
-                out.append(tail_y_last)
-            else:  # tail_t[0] = last < t < tail_last
-                i = bisect_right(tail_t, t)
-                t0, y0 = tail_t[i - 1], tail_e[i - 1]
-                out.append(y0 + (tail_e[i] - y0) * (t - t0) / (tail_t[i] - t0))
-        elif n < 2 or t <= first:
-            out.append(y_first)
-        elif t >= last:
-            out.append(y_last)
-        else:
-            i = bisect_right(ts, t)
-            t0, y0 = ts[i - 1], ys[i - 1]
-            out.append(y0 + (ys[i] - y0) * (t - t0) / (ts[i] - t0))
-    return out
-
-
 def _interp_many(ts: Any, ys: Any, t: np.ndarray) -> np.ndarray:
     """:func:`_interp` at each of ``t`` (a float64 array): the same operations in the same
     order, so the same floats, in one pass instead of a Python call per time. ``ts``/``ys``:
@@ -1003,14 +969,16 @@ class DeviceTimeline:
         tail_t, tail_e = self._tail_knots()
         if min(times) > last:  # the usual batch of the newest steps: all in the tail
             return _interp_list(tail_t, tail_e, times)
-        if len(tail_t) < 2:
-            final = _interp_list(self._kt, self._ke, times)
-            late = _interp_list(tail_t, tail_e, times)
-            return [e if t <= last else p for t, e, p in zip(times, final, late, strict=True)]
         # The books' live batch: the newest steps (in the tail) and the stage's start (in the
-        # final knots). Each time is evaluated once, on its side (both sides for every time
-        # were ~19 % of the refresher's CPU).
-        return _interp_split(self._kt, self._ke, tail_t, tail_e, times)
+        # final knots). The final knots are looked up only for the times at or before their
+        # end (both sides for every time were ~19 % of the refresher's CPU); a time's value
+        # does not depend on the others, so the same floats.
+        out = _interp_list(tail_t, tail_e, times)
+        early = [i for i, t in enumerate(times) if t <= last]
+        final = _interp_list(self._kt, self._ke, [times[i] for i in early])
+        for i, e in zip(early, final, strict=True):
+            out[i] = e
+        return out
 
     def _energy_at_array(self, t: np.ndarray, provisional: bool) -> list[float]:
         last = self._kt[-1]
