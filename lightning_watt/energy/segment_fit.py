@@ -130,10 +130,8 @@ def _unwrapped_gesv() -> Any:
 
 _gesv: Any = _unwrapped_gesv()
 
-#: Level numbers, compared with each segment's level to make its one-hot row; and ``-I`` per
-#: number of levels (the levels' prior block, times the prior).
+#: Level numbers, compared with each segment's level to make its one-hot row.
 _LEVELS = np.arange(16)
-_PRIOR_BLOCKS = [-np.eye(n) for n in range(len(_LEVELS) + 1)]
 
 
 def _solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -187,8 +185,7 @@ _PRIOR_SCALED: dict[tuple[int, float], np.ndarray] = {}
 def _prior_block(n_lev: int, ridge: float) -> np.ndarray:
     block = _PRIOR_SCALED.get((n_lev, ridge))
     if block is None:
-        eye = _PRIOR_BLOCKS[n_lev] if n_lev < len(_PRIOR_BLOCKS) else -np.eye(n_lev)
-        block = eye * (ridge * _LEVEL_PRIOR**2)
+        block = -np.eye(n_lev) * (ridge * _LEVEL_PRIOR**2)
         if len(_PRIOR_SCALED) < 64:
             _PRIOR_SCALED[(n_lev, ridge)] = block
     return block
