@@ -37,9 +37,10 @@ Reported, per arm against ``off`` at the same cadence:
 * the training thread's CPU time in a tick (``time.thread_time``): where the wall time's p99
   is far above it, the tick waited (for the GIL, or for a core of a loaded machine);
 * the batch hooks of a step without a tick (start + end), p50 / p99;
-* the books' refresher thread (resolving edges, booking them, recording them, the live
-  provisional numbers): how long a refresh takes (p50 / p99, wall time, GIL waits included)
-  and its CPU time as a share of one core, next to the meter thread's.
+* the books' refreshes (resolving edges, booking them, recording them, the live provisional
+  numbers; on the meter's thread between its reads, or on the refresher's own while the
+  meter's is stuck): how long a refresh takes (p50 / p99, wall time, GIL waits included) and
+  their CPU time as a share of one core, next to the rest of the background threads'.
 
 On a machine with CUDA, the arms at ``log_every_n_steps`` 50 and 1 are run a second time on the
 GPU at about ``--gpu-step-ms`` (10 ms) per step with the default sources (NVML for the GPU,
@@ -56,6 +57,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import gc
 import logging
@@ -65,6 +67,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -236,6 +239,9 @@ class TimedWattCallback(WattCallback):
         # the training thread's CPU time in the tick
         self.ticks: list[tuple[float, float, float, float, float]] = []
         self.refreshes: list[float] = []
+        # per refresh: its CPU seconds, and the thread that made it (the meter's, or the
+        # refresher's own while the meter's thread was stuck)
+        self.refresh_cpu: list[tuple[float, str]] = []
         self.refresher_cpu_s = self.meter_cpu_s = self.train_wall_s = math.nan
         self._start_dt = math.nan
         self._parts = [0.0, 0.0, 0.0]
@@ -248,12 +254,13 @@ class TimedWattCallback(WattCallback):
         refresher = getattr(books, "_refresher", None)  # None: a version without one
         if refresher is not None:
             refresh = getattr(books, "_refresh_in_background", books.refresh)
-            times = self.refreshes
+            times, cpu = self.refreshes, self.refresh_cpu
 
             def timed_refresh() -> Any:
-                t0 = perf_counter()
+                t0, c0 = perf_counter(), time.thread_time()
                 out = refresh()
                 times.append(perf_counter() - t0)
+                cpu.append((time.thread_time() - c0, threading.current_thread().name))
                 return out
 
             refresher._work = timed_refresh
@@ -518,12 +525,17 @@ def _report_ticks(variant: Variant) -> None:
             return "unknown (no /proc)"
         return f"{100 * statistics.median(cpu):.2f} % of one core"
 
+    def refresh_cpu(cb: TimedWattCallback) -> float:
+        return sum(c for c, _ in cb.refresh_cpu)
+
+    by_thread = collections.Counter(name for cb in timed for _, name in cb.refresh_cpu)
     print(
-        f"  books' refresher thread: a refresh takes p50 {us * _pct(refreshes, 50):.0f} µs, p99 "
-        f"{us * _pct(refreshes, 99):.0f} µs (wall, GIL waits included; n={len(refreshes)}); "
-        f"its CPU time {share(lambda cb: cb.refresher_cpu_s)} during training; the meter "
-        f"thread's (replay polling, timeline, recording of samples) "
-        f"{share(lambda cb: cb.meter_cpu_s)}"
+        f"  books' refreshes: p50 {us * _pct(refreshes, 50):.0f} µs, p99 "
+        f"{us * _pct(refreshes, 99):.0f} µs (wall, GIL waits included; n={len(refreshes)}, by "
+        f"thread {dict(by_thread)}); their CPU time {share(refresh_cpu)} during training; the "
+        f"rest of the background threads' (the meter's replay polling, timeline and recording "
+        f"of samples; the refresher's watchdog) "
+        f"{share(lambda cb: cb.meter_cpu_s - refresh_cpu(cb) + cb.refresher_cpu_s)}"
     )
     print(
         f"  targets (ours): tick p50 <= {TARGET_TICK_P50_US:.0f} µs and p99 <= "
@@ -724,8 +736,9 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
         f"{n * (dispatch['do-nothing'] - dispatch['none']):.1f} µs a step for any callback"
     )
     print(
-        f"    background threads' CPU per step: books' refresher {us * threads['refresher']:.1f} µs"
-        f", meter {us * threads['meter']:.1f} µs (each holds the GIL that long; a training "
+        f"    background threads' CPU per step: the refresher's own thread (its watchdog) "
+        f"{us * threads['refresher']:.1f} µs, the meter's (its reads and the books' refreshes) "
+        f"{us * threads['meter']:.1f} µs (each holds the GIL that long; a training "
         "thread that wants it meanwhile waits: wall time, not in the CPU times above)"
     )
     print(

@@ -366,7 +366,9 @@ class StageBooks:
         self._idle_tick = Tick(0.0, 0.0, math.nan, 0)  # a tick of it again: nothing new
         self._refresher: Refresher | None = None
         if refresh_s is not None:
-            self._refresher = Refresher(self._refresh_in_background, refresh_s).start()
+            # On the meter's thread, between its reads (a stand-in meter without one: a thread).
+            host = meter if hasattr(meter, "add_companion") else None
+            self._refresher = Refresher(self._refresh_in_background, refresh_s, host=host).start()
 
     # ------------------------------------------------------------------ the training thread
     def mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:

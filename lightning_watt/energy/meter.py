@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from lightning_watt.energy.edge_rows import EdgeRow, edge_rows
 from lightning_watt.energy.readings import COUNTER_J, ESTIMATE_W, POWER_KINDS, DeviceInfo, Reading
@@ -64,6 +64,30 @@ _MAX_RESTARTS = 5
 _ESTIMATE_WINDOW_S = 30.0
 #: Power readings kept per device for an estimate early in a run (2 s of 20 ms samples).
 _RECENT_POWER = 100
+#: A companion (:meth:`EnergyMeter.add_companion`) runs up to this long before it is due while
+#: the thread is awake for a read anyway, and up to this long after it to share the wake of a
+#: read due then: every wake of a thread takes the GIL from the training thread at an arbitrary
+#: moment, and on the 2-core VM each one cost the training thread about three times its own CPU
+#: time. The books' refresher due every 25-100 ms then mostly shares the counter's reads.
+_COMPANION_SLACK_S = 0.03
+
+
+def _slack(companion: Companion) -> float:
+    return min(_COMPANION_SLACK_S, 0.5 * companion.interval_s)
+
+
+class Companion(Protocol):
+    """Periodic work the meter's thread runs between its reads (:meth:`EnergyMeter.add_companion`).
+
+    ``next_due()`` is when it is next due (meter clock); ``run_on_meter()`` runs it once, must
+    not raise, and leaves ``next_due()`` later than it found it; ``interval_s`` is its period
+    (the slack is at most half of it)."""
+
+    interval_s: float
+
+    def next_due(self) -> float: ...
+
+    def run_on_meter(self) -> None: ...
 
 
 class _SyncRequest:
@@ -206,6 +230,7 @@ class EnergyMeter:
         self._channels: list[Channel] = []
         self._boundaries = StepBoundaries()
         self._steps_waiting: list[StepRow] = []  # held by record_steps(wait=False)
+        self._companions: tuple[Companion, ...] = ()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> EnergyMeter:
@@ -438,11 +463,17 @@ class EnergyMeter:
                         request.finish(ok)
                 continue
             due, _, channel = state.queue[0]
-            wait = due - self._clock()
-            if wait > 0:
-                # Woken early by sync() or stop(); either way, look again.
-                self._wake.wait(wait)
-                self._wake.clear()
+            now = self._clock()
+            if due > now:
+                companion = self._companion_due(now)
+                if companion is not None:
+                    companion.run_on_meter()
+                    continue
+                wait = self._wake_at(due) - now
+                if wait > 0:
+                    # Woken early by sync() or stop(); either way, look again.
+                    self._wake.wait(wait)
+                    self._wake.clear()
                 continue
             heapq.heappop(state.queue)
             state.in_flight = channel
@@ -462,6 +493,23 @@ class EnergyMeter:
         # One last read of everything, so the energy reaches the moment stop() was called.
         # A sync() asked for before it is served by it.
         return self._poll_all(state)
+
+    def _companion_due(self, now: float) -> Companion | None:
+        """The first companion due by ``now`` (or within the slack: the thread is awake)."""
+        for companion in self._companions:
+            if companion.next_due() <= now + _slack(companion):
+                return companion
+        return None
+
+    def _wake_at(self, read_due: float) -> float:
+        """When to wake next: the next read, or a companion's due time when no read comes
+        within the slack after it (it then waits for that read)."""
+        wake = read_due
+        for companion in self._companions:
+            due = companion.next_due()
+            if due + _slack(companion) < read_due:
+                wake = min(wake, due)
+        return wake
 
     def _thread_failed(self, state: _PollState, err: BaseException) -> bool:
         """Handle an error that escaped the loop; returns whether to run the loop again."""
@@ -879,6 +927,19 @@ class EnergyMeter:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def add_companion(self, companion: Companion) -> None:
+        """Have the meter's thread run ``companion`` when due, between its reads (sharing their
+        wakes where it can, see ``_COMPANION_SLACK_S``): work that must run periodically off
+        the training thread costs no thread wakes of its own. Never while a read, a
+        :meth:`sync` or a stuck driver call holds the thread: a companion that must not wait
+        for hardware keeps its own watchdog (the books' refresher does)."""
+        self._companions = (*self._companions, companion)
+        self._wake.set()  # its due time may come before the next read
+
+    def remove_companion(self, companion: Companion) -> None:
+        """Stop running ``companion`` (a run in progress finishes)."""
+        self._companions = tuple(c for c in self._companions if c is not companion)
 
     # ------------------------------------------------------------------ reads (any thread)
     def now(self) -> float:
