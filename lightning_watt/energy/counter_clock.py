@@ -252,11 +252,19 @@ class CounterClock:
         self._rseries.append(series)
 
     # ------------------------------------------------------------------ resolve
-    def resolve(self, t: float, lo: float) -> tuple[float, str] | None:
+    def resolve(self, t: float, lo: float, *, first: bool = False) -> tuple[float, str] | None:
         """The update instant of the value first read at ``t`` (the previous read at ``lo``,
         ``-inf`` for none), and how it was found; ``None`` while it waits for the first fit
         (see :meth:`place`). Call in time order, once power has reached ``t + lookahead_s``
-        (or will not)."""
+        (or will not). ``first``: the device's first value, after power that began over an
+        update before it (a stalled start): it waits for the first fit with the values after
+        it (a timeline places a first value at its read time otherwise), and does not count
+        towards the refits, which the values after it schedule as they would without it."""
+        if first:
+            placed = self._on_grid(t, lo)
+            if placed is None and self._fit is None and self._power:
+                return None
+            return placed if placed is not None else self.place(t, lo)
         if t - lo <= self.tight_s:
             self.counts[BRACKET] += 1
             return 0.5 * (lo + t), BRACKET

@@ -314,6 +314,7 @@ class DeviceTimeline:
         self._nres = 0
         self._scan = 0
         self._first_placed = False
+        self._deferred: _Anchor | None = None  # a first value resolved by the clock (see _resolve)
         self.clock = CounterClock()
         #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
         self.edges = EdgeModel()
@@ -457,6 +458,12 @@ class DeviceTimeline:
         while self._scan < len(anchors):
             x = anchors[self._scan]
             first = not self._first_placed
+            if first and self._recover_clock and self._power_before(x.t - clock.period_s):
+                # Power began over an update before the first value (the meter's first reads
+                # stalled): power bridges up to that value, so it must sit at its update
+                # instant, as every later one does. At its read time the bridge would also
+                # count the 0-100 ms by which the value is stale (+27 J at 300 W seen).
+                self._first_placed, first, self._deferred = True, False, x
             if x.t + clock.lookahead_s > power_until and not first:
                 break
             self._scan += 1
@@ -467,7 +474,7 @@ class DeviceTimeline:
                 clock.counts[READ_TIME] += 1
                 self._place(x, (x.t, READ_TIME))
                 continue
-            placed = clock.resolve(x.t, x.lo)
+            placed = clock.resolve(x.t, x.lo, first=x is self._deferred)
             if placed is None:
                 continue
             while self._nres < self._scan - 1:
@@ -478,6 +485,10 @@ class DeviceTimeline:
             while self._nres < self._scan:
                 w = anchors[self._nres]
                 self._place(w, clock.place(w.t, w.lo))
+
+    def _power_before(self, t: float) -> bool:
+        """Whether power readings began before ``t``."""
+        return any(s.t and s.t[0] < t for s in self._power.values())
 
     def _place(self, x: _Anchor, placed: tuple[float, str]) -> None:
         u, how = placed
