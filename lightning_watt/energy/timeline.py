@@ -715,6 +715,12 @@ class DeviceTimeline:
         anchors = self._anchors
         if self._boundary is None:
             firsts = [s.t[0] for s in self._power.values() if s.t]
+            if not firsts and not final and self._active_power():
+                # A power reader is declared but has not spoken (a live meter reads the counter
+                # first, the buffer a moment later): the start waits for it, so that power
+                # stamped before the first counter value starts the energy as it does when the
+                # recording is read back, where both come together.
+                return
             if self._nres:
                 first_anchor = anchors[0]
                 if firsts and min(firsts) < first_anchor.u:
