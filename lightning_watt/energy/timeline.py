@@ -458,6 +458,8 @@ class DeviceTimeline:
         while self._scan < len(anchors):
             x = anchors[self._scan]
             first = not self._first_placed
+            if first and self._power_unheard() and power_until != math.inf:
+                break  # whether power began before it is not known yet (see _advance)
             if first and self._recover_clock and self._power_before(x.t - clock.period_s):
                 # Power began over an update before the first value (the meter's first reads
                 # stalled): power bridges up to that value, so it must sit at its update
@@ -486,9 +488,16 @@ class DeviceTimeline:
                 w = anchors[self._nres]
                 self._place(w, clock.place(w.t, w.lo))
 
+    def _power_unheard(self) -> bool:
+        """Whether a power reader is declared and none has delivered a sample yet."""
+        return not any(s.t for s in self._power.values()) and bool(self._active_power())
+
     def _power_before(self, t: float) -> bool:
-        """Whether power readings began before ``t``."""
-        return any(s.t and s.t[0] < t for s in self._power.values())
+        """Whether power readings began before ``t``: read before it, not a trailing mean
+        placed half its window earlier (every ``average_W`` series begins so)."""
+        return any(
+            s.t and s.t[0] + _KIND_SHIFT_S.get(s.kind, 0.0) < t for s in self._power.values()
+        )
 
     def _place(self, x: _Anchor, placed: tuple[float, str]) -> None:
         u, how = placed
@@ -715,11 +724,11 @@ class DeviceTimeline:
         anchors = self._anchors
         if self._boundary is None:
             firsts = [s.t[0] for s in self._power.values() if s.t]
-            if not firsts and not final and self._active_power():
+            if not final and self._power_unheard():
                 # A power reader is declared but has not spoken (a live meter reads the counter
-                # first, the buffer a moment later): the start waits for it, so that power
-                # stamped before the first counter value starts the energy as it does when the
-                # recording is read back, where both come together.
+                # first, the buffer a moment later): the start, and the first counter value,
+                # wait for it, so that power stamped before that value starts the energy as it
+                # does when the recording is read back, where both come together.
                 return
             if self._nres:
                 first_anchor = anchors[0]
