@@ -172,8 +172,8 @@ def test_a_meter_stalled_at_the_start_is_reported_as_unmeasured(tmp_path, monkey
     (meta,) = tmp_path.rglob("watt_trace*.meta.json")
     run = RunData("trace", tmp_path, trace=load_columns(str(meta)))
     assert run.energy_source == "trace"
-    assert run.energy_kWh * 3.6e6 == pytest.approx(summary["energy_J"], rel=1e-6)
-    assert run.unmeasured_kWh * 3.6e6 == pytest.approx(summary["unmeasured_J"], rel=1e-6)
+    assert run.energy_kWh * 3.6e6 == pytest.approx(summary["energy_J"], rel=1e-9)
+    assert run.unmeasured_kWh * 3.6e6 == pytest.approx(summary["unmeasured_J"], rel=1e-9)
     assert run.unmeasured_reasons == [f"gpu0: {device['unmeasured_reason']}"]
 
 
