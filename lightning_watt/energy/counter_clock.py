@@ -32,7 +32,14 @@ estimates each new value's update instant ``u`` from what the reads themselves s
 wait for it (at most ``warmup_s``) and are then placed on the grid it found; otherwise the
 switch from stale read times to the recovered clock would move the lag's joules (up to one
 update of power) into one window and shift every total that starts before it. Meanwhile
-energy is not final past them (the provisional energy uses them at their read times).
+energy is not final past them (the provisional energy uses them at their read times). A
+device's first value is placed at its read time by the timeline, unless power began over an
+update before it (a stalled start, bridged by power): then it waits too (``first``), so that
+the bridge ends at its update instant and its staleness is not counted twice.
+
+**Ties.** On flat power every phase inside the read brackets fits exactly; the fit takes the
+middle of those phases, at the period nearest nominal, so float rounding (which differs
+between a live meter's monotonic seconds and its recording's) never chooses.
 
 A value's ``u`` depends only on reads up to its own read time and buffer samples up to
 ``t + lookahead_s``, and values are resolved in order, so a timeline fed live, in any chunking,
