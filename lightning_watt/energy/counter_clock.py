@@ -32,7 +32,14 @@ estimates each new value's update instant ``u`` from what the reads themselves s
 wait for it (at most ``warmup_s``) and are then placed on the grid it found; otherwise the
 switch from stale read times to the recovered clock would move the lag's joules (up to one
 update of power) into one window and shift every total that starts before it. Meanwhile
-energy is not final past them (the provisional energy uses them at their read times).
+energy is not final past them (the provisional energy uses them at their read times). A
+device's first value is placed at its read time by the timeline, unless power began over an
+update before it (a stalled start, bridged by power): then it waits too (``first``), so that
+the bridge ends at its update instant and its staleness is not counted twice.
+
+**Ties.** On flat power every phase inside the read brackets fits exactly; the fit takes the
+middle of those phases, at the period nearest nominal, so float rounding (which differs
+between a live meter's monotonic seconds and its recording's) never chooses.
 
 A value's ``u`` depends only on reads up to its own read time and buffer samples up to
 ``t + lookahead_s``, and values are resolved in order, so a timeline fed live, in any chunking,
@@ -82,6 +89,11 @@ _MIN_UPDATES = 20
 _PHASE_JUMP_S = 0.003
 #: Grid points this close outside a bracket are still candidates for its update.
 _SLACK_S = 0.004
+#: Fits whose mismatches differ by less than this explain the increments equally well (flat
+#: power leaves a whole arc of phases at zero): float rounding, which depends on how far the
+#: clock's times are from zero (a live meter's monotonic seconds, a recording's from its
+#: start), must not choose among them. Rounding moves mismatches by ~1e-11.
+_TIE = 1e-9
 
 
 class _Cumulative:
@@ -120,6 +132,45 @@ class _Cumulative:
 def _grid_point_before(t: float, period: float, phase: float) -> float:
     """The newest point of the grid ``phase + k * period`` at or before ``t``."""
     return phase + period * math.floor((t - phase) / period)
+
+
+def _canonical_best(scores: np.ndarray) -> int:
+    """The flat index of the best cell of ``scores`` (periods x phases), the same whatever the
+    rounding: among the periods with a cell within :data:`_TIE` of the best, the one nearest
+    the nominal period (the middle row; the longer before the shorter); in its row, the middle
+    of the longest run of tied phases (phases wrap around). Where one cell is best by more
+    than the tie, that cell, as ``np.argmin`` gives it."""
+    tied = scores <= scores.min() + _TIE
+    n_phases = scores.shape[1]
+    middle = scores.shape[0] // 2
+    row = min(np.flatnonzero(tied.any(axis=1)), key=lambda r: (abs(r - middle), -r))
+    return int(row) * n_phases + _middle_of_run(tied[row], circular=True)
+
+
+def _middle_of_ties(scores: np.ndarray) -> int:
+    """The middle of the longest run of scores within :data:`_TIE` of the best (where one is
+    best by more, that one): a choice rounding cannot flip."""
+    return _middle_of_run(scores <= scores.min() + _TIE, circular=False)
+
+
+def _middle_of_run(mask: np.ndarray, circular: bool) -> int:
+    """The middle index of the longest run of set entries of ``mask`` (at least one set; the
+    first of equally long runs; a run may wrap around the end when ``circular``)."""
+    n = len(mask)
+    if circular and mask.all():
+        return (n - 1) // 2
+    # Runs are read from just after an unset entry, so that a wrapping run is read whole.
+    shift = int(np.flatnonzero(~mask)[-1]) + 1 if circular else 0
+    best_start, best_len, start = 0, 0, None
+    for i in range(n + 1):
+        on = i < n and bool(mask[(i + shift) % n])
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            if i - start > best_len:
+                best_start, best_len = start, i - start
+            start = None
+    return (best_start + (best_len - 1) // 2 + shift) % n
 
 
 class CounterClock:
@@ -208,11 +259,19 @@ class CounterClock:
         self._rseries.append(series)
 
     # ------------------------------------------------------------------ resolve
-    def resolve(self, t: float, lo: float) -> tuple[float, str] | None:
+    def resolve(self, t: float, lo: float, *, first: bool = False) -> tuple[float, str] | None:
         """The update instant of the value first read at ``t`` (the previous read at ``lo``,
         ``-inf`` for none), and how it was found; ``None`` while it waits for the first fit
         (see :meth:`place`). Call in time order, once power has reached ``t + lookahead_s``
-        (or will not)."""
+        (or will not). ``first``: the device's first value, after power that began over an
+        update before it (a stalled start): it waits for the first fit with the values after
+        it (a timeline places a first value at its read time otherwise), and does not count
+        towards the refits, which the values after it schedule as they would without it."""
+        if first:
+            placed = self._on_grid(t, lo)
+            if placed is None and self._fit is None and self._power:
+                return None
+            return placed if placed is not None else self.place(t, lo)
         if t - lo <= self.tight_s:
             self.counts[BRACKET] += 1
             return 0.5 * (lo + t), BRACKET
@@ -378,13 +437,13 @@ class CounterClock:
         ref = t - pha
         grids = ref[:, None] + per[:, None] * np.floor((rt[None, :] - ref[:, None]) / per[:, None])
         scores = mismatch(grids)
-        best = int(np.argmin(scores))
+        best = _canonical_best(scores.reshape(len(periods), len(phases)))
         p_best = float(per[best])
         fine = pha[best] + np.arange(-_COARSE_PHASE_S, _COARSE_PHASE_S + 1e-12, _FINE_PHASE_S)
         ref = t - fine
         grids = ref[:, None] + p_best * np.floor((rt[None, :] - ref[:, None]) / p_best)
         fine_scores = mismatch(grids)
-        k = int(np.argmin(fine_scores))
+        k = _middle_of_ties(fine_scores)
         score = float(fine_scores[k])
         self.last_fit = {"period_s": p_best, "mismatch": score, "read_time_mismatch": base}
         if not (self._varying and score <= _MAX_RELATIVE_MISMATCH * base):
@@ -397,7 +456,8 @@ class CounterClock:
             old_grid = ph0 + p0 * np.floor((rt - ph0) / p0)
             jump = (float(ref[k]) - ph0) % p_best
             jump = min(jump, p_best - jump)
-            if jump > _PHASE_JUMP_S and float(mismatch(old_grid[None, :])[0]) <= 1.2 * score:
+            old = float(mismatch(old_grid[None, :])[0])
+            if jump > _PHASE_JUMP_S and old <= 1.2 * score + _TIE:
                 return
         self._fit = (p_best, float(ref[k]), t)
         grid = ref[k] + p_best * np.floor((rt - ref[k]) / p_best)

@@ -314,6 +314,7 @@ class DeviceTimeline:
         self._nres = 0
         self._scan = 0
         self._first_placed = False
+        self._deferred: _Anchor | None = None  # a first value resolved by the clock (see _resolve)
         self.clock = CounterClock()
         #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
         self.edges = EdgeModel()
@@ -457,6 +458,14 @@ class DeviceTimeline:
         while self._scan < len(anchors):
             x = anchors[self._scan]
             first = not self._first_placed
+            if first and self._power_unheard() and power_until != math.inf:
+                break  # whether power began before it is not known yet (see _advance)
+            if first and self._recover_clock and self._power_before(x.t - clock.period_s):
+                # Power began over an update before the first value (the meter's first reads
+                # stalled): power bridges up to that value, so it must sit at its update
+                # instant, as every later one does. At its read time the bridge would also
+                # count the 0-100 ms by which the value is stale (+27 J at 300 W seen).
+                self._first_placed, first, self._deferred = True, False, x
             if x.t + clock.lookahead_s > power_until and not first:
                 break
             self._scan += 1
@@ -467,7 +476,7 @@ class DeviceTimeline:
                 clock.counts[READ_TIME] += 1
                 self._place(x, (x.t, READ_TIME))
                 continue
-            placed = clock.resolve(x.t, x.lo)
+            placed = clock.resolve(x.t, x.lo, first=x is self._deferred)
             if placed is None:
                 continue
             while self._nres < self._scan - 1:
@@ -478,6 +487,17 @@ class DeviceTimeline:
             while self._nres < self._scan:
                 w = anchors[self._nres]
                 self._place(w, clock.place(w.t, w.lo))
+
+    def _power_unheard(self) -> bool:
+        """Whether a power reader is declared and none has delivered a sample yet."""
+        return not any(s.t for s in self._power.values()) and bool(self._active_power())
+
+    def _power_before(self, t: float) -> bool:
+        """Whether power readings began before ``t``: read before it, not a trailing mean
+        placed half its window earlier (every ``average_W`` series begins so)."""
+        return any(
+            s.t and s.t[0] + _KIND_SHIFT_S.get(s.kind, 0.0) < t for s in self._power.values()
+        )
 
     def _place(self, x: _Anchor, placed: tuple[float, str]) -> None:
         u, how = placed
@@ -704,6 +724,12 @@ class DeviceTimeline:
         anchors = self._anchors
         if self._boundary is None:
             firsts = [s.t[0] for s in self._power.values() if s.t]
+            if not final and self._power_unheard():
+                # A power reader is declared but has not spoken (a live meter reads the counter
+                # first, the buffer a moment later): the start, and the first counter value,
+                # wait for it, so that power stamped before that value starts the energy as it
+                # does when the recording is read back, where both come together.
+                return
             if self._nres:
                 first_anchor = anchors[0]
                 if firsts and min(firsts) < first_anchor.u:

@@ -3,6 +3,7 @@ stuck in the driver cannot hold the end of a fit."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -171,6 +172,60 @@ def test_a_meter_stalled_at_the_start_is_reported_as_unmeasured(tmp_path, monkey
     (meta,) = tmp_path.rglob("watt_trace*.meta.json")
     run = RunData("trace", tmp_path, trace=load_columns(str(meta)))
     assert run.energy_source == "trace"
-    assert run.energy_kWh * 3.6e6 == pytest.approx(summary["energy_J"], rel=1e-6)
-    assert run.unmeasured_kWh * 3.6e6 == pytest.approx(summary["unmeasured_J"], rel=1e-6)
+    assert run.energy_kWh * 3.6e6 == pytest.approx(summary["energy_J"], rel=1e-9)
+    assert run.unmeasured_kWh * 3.6e6 == pytest.approx(summary["unmeasured_J"], rel=1e-9)
     assert run.unmeasured_reasons == [f"gpu0: {device['unmeasured_reason']}"]
+
+
+def _stall_first_reads(monkeypatch, seconds: float) -> list[str]:
+    """The meter thread's first NVML read hangs for ``seconds`` (the driver busy at the start)."""
+    import sys
+
+    nvml = sys.modules["pynvml"]
+    stalled: list[str] = []
+
+    def stall_first(name: str) -> None:
+        original = getattr(nvml, name)
+
+        def read(*args):
+            if threading.current_thread().name == "lightning-watt-meter" and not stalled:
+                stalled.append(name)
+                time.sleep(seconds)
+            return original(*args)
+
+        monkeypatch.setattr(nvml, name, read)
+
+    for name in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetSamples"):
+        stall_first(name)
+    return stalled
+
+
+def test_a_stalled_start_anchors_its_first_counter_value_at_its_update(tmp_path, monkeypatch):
+    """The fit's steps take 100 ms (a loaded machine: the fit lasts ~9 s, long enough for the
+    counter clock's first fit, as on the machine where this failed). Power is bridged from the
+    buffer's history (2.4 s before the first counter value): that value must sit at its
+    update instant, as the later ones do. Before: at its read time, so the bridge and the
+    counter's first increment both counted the 0-100 ms by which it was stale (438 W instead
+    of 300 W seen over 200 ms); and the live summary and its recording read back differed by
+    up to 4 J (float rounding chose among the equally good grids of flat power)."""
+    fake = install_fake_gpu(monkeypatch)
+    stalled = _stall_first_reads(monkeypatch, 4.0)
+    cb = WattCallback(sources=[nvml_source(fake)])
+    summary, _ = fit(tmp_path, cb, TinyClassifier(step_sleep=0.1))
+    assert stalled
+    (meta,) = tmp_path.rglob("watt_trace*.meta.json")
+    cols = load_columns(str(meta))
+    run = RunData("trace", tmp_path, trace=cols)
+    # The recording alone rebuilds the live timeline: the same joules, to rounding.
+    assert run.energy_kWh * 3.6e6 == pytest.approx(summary["energy_J"], rel=1e-9)
+    timeline = cols.timeline().device("gpu0")
+    assert timeline.clock.counts["grid"] > 10, timeline.clock.counts  # the clock was recovered
+    first = min(r.t for r in cols.readings() if r.kind == "counter_J")
+    assert timeline.start < first - 1.0  # bridged from the buffer's history
+    # A constant 300 W (the fake's) on every 100 ms around the first value, not +one update.
+    edges = [first - 0.3 + 0.1 * k for k in range(8)]
+    watts = [
+        (timeline.energy_at(b) - timeline.energy_at(a)) / (b - a)
+        for a, b in itertools.pairwise(edges)
+    ]
+    assert watts == pytest.approx([WATTS] * len(watts), rel=1e-3), watts
