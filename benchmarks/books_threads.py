@@ -14,11 +14,17 @@ cold caches, as the refresher meets them). CPU time is what other tenants of a s
 disturb least; run it a few times, or alternate two checkouts (``PYTHONPATH=...``), to see the
 spread.
 
+``--compare-hosts N`` measures what the threads cost a training thread that holds the GIL
+throughout (a step of fixed Python work, not a paced loop): steps/s with no books, with the
+refreshes on the refresher's own thread, and on the meter's thread between its reads (the
+default), interleaved N times; paired ratios with their spread.
+
 Usage::
 
     python benchmarks/books_threads.py                  # 6 s of 1.5 ms steps, recording on
     python benchmarks/books_threads.py --seconds 20 --no-record
     python benchmarks/books_threads.py --log-every 50      # a row every 50 steps
+    python benchmarks/books_threads.py --compare-hosts 10 --seconds 2  # refreshes: which thread
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # run from a checkout
 
+from lightning_watt.attribution import books as books_module
 from lightning_watt.attribution.accountant import EnergyAccountant
 from lightning_watt.attribution.books import StageBooks
 from lightning_watt.attribution.step_clock import StepClock
@@ -95,6 +102,78 @@ def _steps(
     return n, refresh_s, background - refresh_s
 
 
+def _python_work(n: int) -> int:
+    """A training step's stand-in: pure Python, holding the GIL throughout."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def _iterations_for(step_s: float) -> int:
+    n = 1000
+    while True:
+        t0 = time.perf_counter()
+        _python_work(n)
+        took = time.perf_counter() - t0
+        if took > 0.01:
+            return int(n * step_s / took)
+        n *= 2
+
+
+def _throughput(arm: str, seconds: float, n: int, every: int, all_kinds: bool) -> float:
+    """Steps a second of a fixed amount of Python work each, marked and logged (every
+    ``every`` steps) in a stage whose refreshes run on the meter's thread (``arm``
+    ``"meter"``) or on the refresher's own (``"own"``); ``"none"``: no books at all."""
+    with tempfile.TemporaryDirectory(prefix="watt-books-") as tmp:
+        books = None
+        if arm != "none":
+            books_module.REFRESH_ON_METER = arm == "meter"
+            books = EnergyAccountant()
+            books.begin("fit", EnergyMeter([_replay(all_kinds)], record=os.path.join(tmp, "run")))
+            time.sleep(0.2)  # the threads started
+        steps, t0 = 0, time.perf_counter()
+        end = t0 + seconds
+        while time.perf_counter() < end:
+            if books is not None:
+                books.mark("train", "start", steps, 0)
+            _python_work(n)
+            if books is not None:
+                books.mark("train", "end", steps, 0)
+                if (steps + 1) % every == 0:
+                    books.log_values()
+            steps += 1
+        rate = steps / (time.perf_counter() - t0)
+        if books is not None:
+            books.finish()
+        books_module.REFRESH_ON_METER = True
+    return rate
+
+
+def _compare_hosts(args: argparse.Namespace) -> None:
+    """Interleaved runs of the three arms of :func:`_throughput`; paired ratios to ``none``."""
+    n = _iterations_for(args.step_ms / 1e3)
+    arms = ("none", "own", "meter")
+    rates: dict[str, list[float]] = {a: [] for a in arms}
+    for rep in range(args.compare_hosts):
+        for arm in arms if rep % 2 == 0 else arms[::-1]:
+            rates[arm].append(_throughput(arm, args.seconds, n, args.log_every, args.all_kinds))
+    none = rates["none"]
+    spread = (max(none) - min(none)) / statistics.median(none)
+    print(
+        f"steps of {args.step_ms} ms of Python work (holding the GIL), log_every_n_steps="
+        f"{args.log_every}, recording on, {args.compare_hosts} interleaved repetitions of "
+        f"{args.seconds} s; no books: {statistics.median(none):.0f} steps/s (spread "
+        f"{100 * spread:.0f} %)"
+    )
+    for arm, label in (("own", "refreshes on their own thread"), ("meter", "on the meter's")):
+        ratios = [r / o for r, o in zip(rates[arm], none, strict=True)]
+        print(
+            f"  {label:30} {statistics.median(ratios):.3f}x of no books "
+            f"[{min(ratios):.3f}, {max(ratios):.3f}]"
+        )
+
+
 def _idle_refresh_s(seconds: float, all_kinds: bool) -> float:
     """Median CPU seconds of a background refresh with no steps, 25 ms apart."""
     meter = EnergyMeter([_replay(all_kinds)]).start()
@@ -121,9 +200,22 @@ def main() -> None:
     parser.add_argument(
         "--all-kinds", action="store_true", help="replay the recorded power fields too"
     )
+    parser.add_argument(
+        "--compare-hosts",
+        type=int,
+        default=0,
+        metavar="REPEATS",
+        help="instead: the steps/s of GIL-holding steps with no books, with the refreshes on "
+        "their own thread and on the meter's (interleaved, this many repetitions of --seconds)",
+    )
     args = parser.parse_args()
     if not args.seconds > 0 or not args.step_ms > 0 or args.log_every < 1:
         parser.error("--seconds, --step-ms and --log-every must be positive")
+    if args.compare_hosts < 0:
+        parser.error("--compare-hosts must be a number of repetitions (0: off)")
+    if args.compare_hosts:
+        _compare_hosts(args)
+        return
     n, refresher_s, meter_s = _steps(
         args.seconds, args.step_ms / 1e3, not args.no_record, args.log_every, args.all_kinds
     )

@@ -86,6 +86,10 @@ BUSY_INTERVAL_S = SYNC_S
 #: a merged run); a killed run loses up to this much more of its steps. A hand-over on any
 #: other thread (``pause_s=0``) writes at once.
 RECORD_S = 0.5
+#: Whether the refreshes run on the meter's thread, between its reads (``Refresher(host=...)``),
+#: rather than on the refresher's own: ``benchmarks/books_threads.py --compare-hosts`` measures
+#: both.
+REFRESH_ON_METER = True
 #: Rows the refresher's pacing waits to see (or ``PACE_ROWS`` of its longest intervals) before
 #: it judges their period (:func:`paced_interval`): at ``log_every_n_steps=50`` with 1.5 ms
 #: steps a 100 ms look sees one or two rows, a period of 50 or 100 ms.
@@ -367,7 +371,7 @@ class StageBooks:
         self._refresher: Refresher | None = None
         if refresh_s is not None:
             # On the meter's thread, between its reads (a stand-in meter without one: a thread).
-            host = meter if hasattr(meter, "add_companion") else None
+            host = meter if REFRESH_ON_METER and hasattr(meter, "add_companion") else None
             self._refresher = Refresher(self._refresh_in_background, refresh_s, host=host).start()
 
     # ------------------------------------------------------------------ the training thread
