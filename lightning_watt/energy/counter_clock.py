@@ -39,7 +39,12 @@ the bridge ends at its update instant and its staleness is not counted twice.
 
 **Ties.** On flat power every phase inside the read brackets fits exactly; the fit takes the
 middle of those phases, at the period nearest nominal, so float rounding (which differs
-between a live meter's monotonic seconds and its recording's) never chooses.
+between a live meter's monotonic seconds and its recording's) never chooses. Where the phase
+is, flat power cannot tell; that it stays put is what keeps each value a whole number of
+periods from its neighbours (else one window gains or loses an update's joules): values wait
+(up to twice ``warmup_s``) until the arc of exact grids is a few ms wide, a refit keeps the
+grid in force, or the exact one nearest it, a value the grid contradicts refits it at once,
+and a tight bracket takes the grid's point inside it rather than its own middle.
 
 A value's ``u`` depends only on reads up to its own read time and buffer samples up to
 ``t + lookahead_s``, and values are resolved in order, so a timeline fed live, in any chunking,
@@ -77,6 +82,8 @@ BRACKET, GRID, READ_GRID, READ_TIME = "bracket", "grid", "grid fitted to read br
 
 #: Relative period offsets searched around the nominal period (counters measured 99.9-100.07 ms).
 _PERIOD_OFFSETS = (-1.5e-3, -0.75e-3, 0.0, 0.75e-3, 1.5e-3)
+#: Their order of preference among equally good fits: nominal first, longer before shorter.
+_BY_NOMINAL = sorted(range(len(_PERIOD_OFFSETS)), key=lambda i: (abs(_PERIOD_OFFSETS[i]), -i))
 #: Phase resolution of the coarse search (seconds) and of the refinement around its best.
 _COARSE_PHASE_S = 0.002
 _FINE_PHASE_S = 0.00025
@@ -93,6 +100,7 @@ _PHASE_JUMP_S = 0.003
 #: the updates' phase (to ~4 ms within 2-4 s at the meter's 80/124 ms poll), and every later
 #: move of the grid shifts one window by the move (a 40 ms arc's middle was 16 ms off).
 _MAX_TIED_ARC_S = 0.006
+_UNSETTLED_WAIT = 2.0
 #: How far (in fine phase steps) a flat-power refit looks around the grid in force for one that
 #: still explains every increment, before it takes the middle of all such grids.
 _NEAR_STEPS = 20
@@ -103,6 +111,9 @@ _SLACK_S = 0.004
 #: clock's times are from zero (a live meter's monotonic seconds, a recording's from its
 #: start), must not choose among them. Rounding moves mismatches by ~1e-11.
 _TIE = 1e-9
+#: A fit this close explains the increments exactly: flat power (real power misses by 1e-2 and
+#: more). Well above rounding: at a monotonic clock's 1.5e6 s, an exact grid scores ~1e-9.
+_EXACT = 1e-6
 
 
 class _Cumulative:
@@ -141,6 +152,30 @@ class _Cumulative:
 def _grid_point_before(t: float, period: float, phase: float) -> float:
     """The newest point of the grid ``phase + k * period`` at or before ``t``."""
     return phase + period * math.floor((t - phase) / period)
+
+
+def _nearest_tied(
+    periods: tuple[float, ...],
+    phase: float,
+    rt: np.ndarray,
+    mismatch: Callable[[np.ndarray], np.ndarray],
+    best: float,
+) -> tuple[float, float] | None:
+    """``(period, phase)`` of the grid through a point nearest ``phase`` (within
+    :data:`_NEAR_STEPS` fine steps) that explains the increments as well as the best fit does,
+    if any; of equally near ones (counted in steps, so rounding does not choose), the one at
+    the first of ``periods``, the earlier."""
+    steps = np.arange(-_NEAR_STEPS, _NEAR_STEPS + 1)
+    near = phase + steps * _FINE_PHASE_S
+    per = np.repeat(np.asarray(periods), len(steps))
+    pha = np.tile(near, len(periods))
+    grids = pha[:, None] + per[:, None] * np.floor((rt[None, :] - pha[:, None]) / per[:, None])
+    ok = (mismatch(grids) <= best + _TIE).reshape(len(periods), len(steps))
+    distance = np.where(ok, np.abs(steps)[None, :], _NEAR_STEPS + 1)
+    row, col = np.unravel_index(int(np.argmin(distance)), distance.shape)  # row-major: first
+    if distance[row, col] > _NEAR_STEPS:
+        return None
+    return periods[row], float(near[col])
 
 
 def _canonical_best(scores: np.ndarray) -> int:
@@ -321,7 +356,7 @@ class CounterClock:
         if (self._fit is None or unsettled) and self._power and t - lo < 2 * self.period_s:
             if self._warm_start is None:
                 self._warm_start = t
-            if t - self._warm_start < self.warmup_s:
+            if t - self._warm_start < self._warm_limit(unsettled):
                 return None
         if unsettled:  # no narrower arc came in the warm-up: its middle beats read times
             placed = self._on_grid(t, lo)
@@ -335,10 +370,14 @@ class CounterClock:
         start = self._warm_start
         return (
             start is not None
-            and t - start < self.warmup_s
+            and t - start < self._warm_limit(self._unsettled())
             and (self._fit is None or self._unsettled())
             and bool(self._power)
         )
+
+    def _warm_limit(self, unsettled: bool) -> float:
+        """How long values may wait: twice the warm-up for a narrower arc of tied grids."""
+        return self.warmup_s * (_UNSETTLED_WAIT if unsettled else 1.0)
 
     def _unsettled(self) -> bool:
         """Whether the grid aligned with power is a first one, chosen among equally good grids
@@ -536,13 +575,44 @@ class CounterClock:
         fine_scores = mismatch(grids)
         k = _middle_of_ties(fine_scores)
         score = float(fine_scores[k])
-        tied = int(np.count_nonzero(fine_scores <= score + _TIE)) > 1
+        # Flat power: several grids explain the increments exactly, or one does (an arc of them
+        # narrower than the fine step). Real power never fits exactly (noise: 1e-2 and up).
+        tied = score <= _EXACT or int(np.count_nonzero(fine_scores <= score + _TIE)) > 1
+        if tied and score > _EXACT:
+            # A plateau of equal misfits (flat power) whose exact grids, in an arc narrower
+            # than the coarse step, the coarse search stepped over: look at every fine phase.
+            ref = t - np.arange(0.0, self.period_s, _FINE_PHASE_S)
+            per, pha = np.meshgrid(periods, ref, indexing="ij")
+            per, pha = per.ravel(), pha.ravel()
+            grids = pha[:, None] + per[:, None] * np.floor(
+                (rt[None, :] - pha[:, None]) / per[:, None]
+            )
+            all_scores = mismatch(grids)
+            if float(all_scores.min()) <= _EXACT:
+                cell = _canonical_best(all_scores.reshape(len(periods), len(ref)))
+                p_best, score, ref, k = float(per[cell]), float(all_scores[cell]), pha, cell
         self.last_fit = {"period_s": p_best, "mismatch": score, "read_time_mismatch": base}
         if not (self._varying and score <= _MAX_RELATIVE_MISMATCH * base):
             return  # a rejected fit leaves the last good one in force (flat power says nothing)
         period, phase = p_best, float(ref[k])
         previous = self._fit
-        if previous is not None:
+        nearest = None
+        if tied:
+            # Flat power: a whole arc of grids explains every increment exactly. The nominal
+            # period's, if it has one near the middle (the coarse search can miss a narrow arc
+            # there, and an off period drifts out of it within seconds); once values sit on a
+            # grid, the one in force, or the one nearest it: the middle of the (narrower) arc
+            # would move the values after this one by the difference, a window's joules.
+            by_nominal = tuple(float(p) for p in periods[_BY_NOMINAL])
+            if previous is not None and self._last is not None:
+                p0, ph0, _ = previous
+                here = ph0 + p0 * math.floor((t - ph0) / p0)  # its point at t, where it matters
+                nearest = _nearest_tied(by_nominal, here, rt, mismatch, score)
+            else:
+                nearest = _nearest_tied(by_nominal, phase, rt, mismatch, score)
+        if nearest is not None:
+            period, phase = nearest
+        elif previous is not None:
             # Tracking, with hysteresis: a phase that jumps (a regular step pattern can alias a
             # shifted grid) must clearly beat the previous grid on the same window.
             p0, ph0, _ = previous
@@ -550,13 +620,7 @@ class CounterClock:
             jump = (phase - ph0) % p_best
             jump = min(jump, p_best - jump)
             old = float(mismatch(old_grid[None, :])[0])
-            nearest = self._nearest_tied(p0, ph0, rt, mismatch, score) if tied else None
-            if nearest is not None and self._last is not None:
-                # Flat power: the grid in force (or one a little off it) explains every
-                # increment exactly. The middle of the (narrower) arc of such grids would move
-                # the values after this one by the difference: one window's worth of joules.
-                period, phase = p0, nearest
-            elif jump > _PHASE_JUMP_S and old <= 1.2 * score + _TIE:
+            if jump > _PHASE_JUMP_S and old <= 1.2 * score + _TIE:
                 return
         self._fit = (period, phase, t)
         self._tied = tied
@@ -565,25 +629,6 @@ class CounterClock:
         d_power = float(np.diff(np.interp(grid, pt, pc))[same].sum())
         if d_power > 0:
             self._scale = min(2.0, max(0.5, total / d_power))
-
-    @staticmethod
-    def _nearest_tied(
-        period: float,
-        phase: float,
-        rt: np.ndarray,
-        mismatch: Callable[[np.ndarray], np.ndarray],
-        best: float,
-    ) -> float | None:
-        """The phase nearest ``phase`` (within :data:`_NEAR_STEPS` fine steps, at ``period``)
-        whose grid explains the increments as well as the best fit does, if any (the earlier
-        of two equally near: counted in steps, so rounding does not choose)."""
-        steps = np.arange(-_NEAR_STEPS, _NEAR_STEPS + 1)
-        near = phase + steps * _FINE_PHASE_S
-        grids = near[:, None] + period * np.floor((rt[None, :] - near[:, None]) / period)
-        ok = np.flatnonzero(mismatch(grids) <= best + _TIE)
-        if not ok.size:
-            return None
-        return float(near[ok[np.argmin(np.abs(steps[ok]))]])
 
     def _trim(self, t: float) -> None:
         """Drop what no fit at ``t`` or later needs: reads beyond the longer window, power
