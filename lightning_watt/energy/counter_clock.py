@@ -229,7 +229,8 @@ class CounterClock:
         lookahead_s: power after a read that its resolution may use (one buffer window and
             some); the timeline resolves a value only once power reaches that far.
         warmup_s: how long the first values may wait for the first fit (only while power
-            varies, so that one is coming; energy is not final past them meanwhile).
+            varies, so that one is coming; energy is not final past them meanwhile); twice
+            that for a narrow arc of exact grids on flat power.
         bracket_window_s: seconds of reads a grid is fitted to brackets over (longer than
             ``window_s``: brackets that say anything come rarer than power does; a fit costs
             about 0.4 ms with 300 reads).
