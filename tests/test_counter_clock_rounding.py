@@ -24,21 +24,33 @@ from lightning_watt.energy.trace import feed_timeline
 WATTS = 300.0
 
 
-def flat_power_run(origin: float, phase: float, seconds: float = 8.0) -> list[Reading]:
+def flat_power_run(
+    origin: float,
+    phase: float,
+    seconds: float = 8.0,
+    *,
+    catch_up: bool = False,
+    seed: int | None = None,
+) -> list[Reading]:
     """A constant-power GPU as the meter reads it (monotonic times from ``origin``): 20 ms
     buffer samples, a counter updating every 100 ms at ``phase``, read 80 and 124 ms apart in
     turn (the meter's pattern) from 3 ms on, each read up to 0.4 ms late (a thread's wake-up
-    jitter; it also keeps reads off the exact grid instants, which no real clock hits)."""
+    jitter; it also keeps reads off the exact grid instants, which no real clock hits).
+    ``catch_up``: every third read is followed by another 3-10 ms later (a tight bracket when
+    an update falls between them). ``seed`` (default: the phase) draws the jitter."""
     out = [
         Reading(origin + 0.02 * k, "gpu0", "buffer_W", WATTS)
         for k in range(1, int(seconds / 0.02) + 1)
     ]
-    rng = random.Random(phase)
+    rng = random.Random(phase if seed is None else seed)
     t, i = 0.003, 0
     while t <= seconds:
-        read = t + rng.uniform(0.0, 0.0004)
-        update = math.floor((read - phase) / 0.1) * 0.1 + phase
-        out.append(Reading(origin + read, "gpu0", "counter_J", 1000.0 + WATTS * update))
+        reads = [t + rng.uniform(0.0, 0.0004)]
+        if catch_up and i % 3 == 2:
+            reads.append(reads[0] + rng.uniform(0.003, 0.010))
+        for read in reads:
+            update = math.floor((read - phase) / 0.1) * 0.1 + phase
+            out.append(Reading(origin + read, "gpu0", "counter_J", 1000.0 + WATTS * update))
         t += (0.080, 0.124)[i % 2]
         i += 1
     return sorted(out, key=lambda r: r.t)

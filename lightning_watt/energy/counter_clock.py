@@ -39,7 +39,12 @@ the bridge ends at its update instant and its staleness is not counted twice.
 
 **Ties.** On flat power every phase inside the read brackets fits exactly; the fit takes the
 middle of those phases, at the period nearest nominal, so float rounding (which differs
-between a live meter's monotonic seconds and its recording's) never chooses.
+between a live meter's monotonic seconds and its recording's) never chooses. Where the phase
+is, flat power cannot tell; that it stays put is what keeps each value a whole number of
+periods from its neighbours (else one window gains or loses an update's joules): values wait
+(up to twice ``warmup_s``) until the arc of exact grids is a few ms wide, a refit keeps the
+grid in force, or the exact one nearest it, a value the grid contradicts refits it at once,
+and a tight bracket takes the grid's point inside it rather than its own middle.
 
 A value's ``u`` depends only on reads up to its own read time and buffer samples up to
 ``t + lookahead_s``, and values are resolved in order, so a timeline fed live, in any chunking,
@@ -60,6 +65,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -76,6 +82,8 @@ BRACKET, GRID, READ_GRID, READ_TIME = "bracket", "grid", "grid fitted to read br
 
 #: Relative period offsets searched around the nominal period (counters measured 99.9-100.07 ms).
 _PERIOD_OFFSETS = (-1.5e-3, -0.75e-3, 0.0, 0.75e-3, 1.5e-3)
+#: Their order of preference among equally good fits: nominal first, longer before shorter.
+_BY_NOMINAL = sorted(range(len(_PERIOD_OFFSETS)), key=lambda i: (abs(_PERIOD_OFFSETS[i]), -i))
 #: Phase resolution of the coarse search (seconds) and of the refinement around its best.
 _COARSE_PHASE_S = 0.002
 _FINE_PHASE_S = 0.00025
@@ -87,6 +95,15 @@ _MIN_READ_TIME_MISMATCH = 0.01
 _MIN_UPDATES = 20
 #: A refit that moves the phase by more than this must clearly beat the previous grid.
 _PHASE_JUMP_S = 0.003
+#: A first grid chosen among equally good ones (flat power) whose arc of such grids is wider
+#: than this is not used while values may wait (the warm-up): the arc narrows as reads sweep
+#: the updates' phase (to ~4 ms within 2-4 s at the meter's 80/124 ms poll), and every later
+#: move of the grid shifts one window by the move (a 40 ms arc's middle was 16 ms off).
+_MAX_TIED_ARC_S = 0.006
+_UNSETTLED_WAIT = 2.0
+#: How far (in fine phase steps) a flat-power refit looks around the grid in force for one that
+#: still explains every increment, before it takes the middle of all such grids.
+_NEAR_STEPS = 20
 #: Grid points this close outside a bracket are still candidates for its update.
 _SLACK_S = 0.004
 #: Fits whose mismatches differ by less than this explain the increments equally well (flat
@@ -94,6 +111,9 @@ _SLACK_S = 0.004
 #: clock's times are from zero (a live meter's monotonic seconds, a recording's from its
 #: start), must not choose among them. Rounding moves mismatches by ~1e-11.
 _TIE = 1e-9
+#: A fit this close explains the increments exactly: flat power (real power misses by 1e-2 and
+#: more). Well above rounding: at a monotonic clock's 1.5e6 s, an exact grid scores ~1e-9.
+_EXACT = 1e-6
 
 
 class _Cumulative:
@@ -132,6 +152,30 @@ class _Cumulative:
 def _grid_point_before(t: float, period: float, phase: float) -> float:
     """The newest point of the grid ``phase + k * period`` at or before ``t``."""
     return phase + period * math.floor((t - phase) / period)
+
+
+def _nearest_tied(
+    periods: tuple[float, ...],
+    phase: float,
+    rt: np.ndarray,
+    mismatch: Callable[[np.ndarray], np.ndarray],
+    best: float,
+) -> tuple[float, float] | None:
+    """``(period, phase)`` of the grid through a point nearest ``phase`` (within
+    :data:`_NEAR_STEPS` fine steps) that explains the increments as well as the best fit does,
+    if any; of equally near ones (counted in steps, so rounding does not choose), the one at
+    the first of ``periods``, the earlier."""
+    steps = np.arange(-_NEAR_STEPS, _NEAR_STEPS + 1)
+    near = phase + steps * _FINE_PHASE_S
+    per = np.repeat(np.asarray(periods), len(steps))
+    pha = np.tile(near, len(periods))
+    grids = pha[:, None] + per[:, None] * np.floor((rt[None, :] - pha[:, None]) / per[:, None])
+    ok = (mismatch(grids) <= best + _TIE).reshape(len(periods), len(steps))
+    distance = np.where(ok, np.abs(steps)[None, :], _NEAR_STEPS + 1)
+    row, col = np.unravel_index(int(np.argmin(distance)), distance.shape)  # row-major: first
+    if distance[row, col] > _NEAR_STEPS:
+        return None
+    return periods[row], float(near[col])
 
 
 def _canonical_best(scores: np.ndarray) -> int:
@@ -185,7 +229,8 @@ class CounterClock:
         lookahead_s: power after a read that its resolution may use (one buffer window and
             some); the timeline resolves a value only once power reaches that far.
         warmup_s: how long the first values may wait for the first fit (only while power
-            varies, so that one is coming; energy is not final past them meanwhile).
+            varies, so that one is coming; energy is not final past them meanwhile); twice
+            that for a narrow arc of exact grids on flat power.
         bracket_window_s: seconds of reads a grid is fitted to brackets over (longer than
             ``window_s``: brackets that say anything come rarer than power does; a fit costs
             about 0.4 ms with 300 reads).
@@ -220,6 +265,8 @@ class CounterClock:
         self._fit: tuple[float, float, float] | None = None
         self._read_fit: tuple[float, float, float] | None = None
         self._since_fit = 0
+        self._tied = False  # the grid aligned with power was one of many that fit (flat power)
+        self._tied_arc = 0.0  # ... over an arc of phases this wide (seconds)
         self._attempts = 0
         self._varying = False  # read times miss the power: a fit is worth waiting for
         self._warm_start: float | None = None
@@ -268,42 +315,89 @@ class CounterClock:
         it (a timeline places a first value at its read time otherwise), and does not count
         towards the refits, which the values after it schedule as they would without it."""
         if first:
+            if self._unsettled():
+                return None
             placed = self._on_grid(t, lo)
             if placed is None and self._fit is None and self._power:
                 return None
             return placed if placed is not None else self.place(t, lo)
         if t - lo <= self.tight_s:
+            if self._waiting(t):
+                # Values wait for the first fit: resolved now, this one would have them placed
+                # before it, at their read times.
+                return None
+            current = self._current(t)
+            if self._tied and current is not None and current[2] == GRID:
+                # On flat power the grid in force satisfies every bracket so far (or is
+                # refitted until it does): its point inside this one keeps the value a whole
+                # number of periods from its neighbours, where the bracket's middle would be
+                # up to half its width off them.
+                placed = self._on_grid(t, lo)
+                if placed is not None:
+                    return placed
             self.counts[BRACKET] += 1
             return 0.5 * (lo + t), BRACKET
         # Until the first fit, every other value is a chance to fit (for a while: flat power
         # may never fit); then every refit_every.
-        eager = (self._fit or self._read_fit) is None and self._attempts < 4 * _MIN_UPDATES
+        unfit = (self._fit or self._read_fit) is None or self._unsettled()
+        eager = unfit and self._attempts < 4 * _MIN_UPDATES
         if self._since_fit >= (2 if eager else self.refit_every):
             self._refit(t)
             self._attempts += 1
             self._since_fit = 0
         self._since_fit += 1
-        placed = self._on_grid(t, lo)
+        unsettled = self._unsettled()
+        placed = None if unsettled else self._on_grid(t, lo)
         if placed is not None:
             return placed
         # Before the first fit, while power varies (so a fit is coming), values wait for it
         # (up to warmup_s) instead of taking their read time: the later switch from stale
         # read times to the recovered clock would move the lag's joules into one window and
         # shift every total that starts before it.
-        if self._fit is None and self._power and t - lo < 2 * self.period_s:
+        if (self._fit is None or unsettled) and self._power and t - lo < 2 * self.period_s:
             if self._warm_start is None:
                 self._warm_start = t
-            if t - self._warm_start < self.warmup_s:
+            if t - self._warm_start < self._warm_limit(unsettled):
                 return None
+        if unsettled:  # no narrower arc came in the warm-up: its middle beats read times
+            placed = self._on_grid(t, lo)
+            if placed is not None:
+                return placed
         self.counts[READ_TIME] += 1
         return t, READ_TIME
+
+    def _waiting(self, t: float) -> bool:
+        """Whether values are waiting for a first (or a narrower) fit at ``t``."""
+        start = self._warm_start
+        return (
+            start is not None
+            and t - start < self._warm_limit(self._unsettled())
+            and (self._fit is None or self._unsettled())
+            and bool(self._power)
+        )
+
+    def _warm_limit(self, unsettled: bool) -> float:
+        """How long values may wait: twice the warm-up for a narrower arc of tied grids."""
+        return self.warmup_s * (_UNSETTLED_WAIT if unsettled else 1.0)
+
+    def _unsettled(self) -> bool:
+        """Whether the grid aligned with power is a first one, chosen among equally good grids
+        over an arc wider than :data:`_MAX_TIED_ARC_S` (values wait for a narrower one)."""
+        return self._fit is not None and self._last is None and self._tied_arc > _MAX_TIED_ARC_S
 
     def place(self, t: float, lo: float) -> tuple[float, str]:
         """Place a value that waited for the first fit: on its grid, or at its read time when
         none came."""
-        placed = self._on_grid(t, lo)
+        tight = t - lo <= self.tight_s
+        # No refit here: these values precede the one whose resolution placed them. A tight
+        # bracket pins its value better than a grid does, but for one among equally good
+        # grids (flat power), as in resolve().
+        placed = None if tight and not self._tied else self._on_grid(t, lo, retry=False)
         if placed is not None:
             return placed
+        if tight:
+            self.counts[BRACKET] += 1
+            return 0.5 * (lo + t), BRACKET
         self.counts[READ_TIME] += 1
         return t, READ_TIME
 
@@ -315,7 +409,7 @@ class CounterClock:
                 return fit[0], fit[1], how
         return None
 
-    def _on_grid(self, t: float, lo: float) -> tuple[float, str] | None:
+    def _on_grid(self, t: float, lo: float, retry: bool = True) -> tuple[float, str] | None:
         current = self._current(t)
         if current is None:
             return None
@@ -333,12 +427,47 @@ class CounterClock:
             options = tuple(c for c in options if lo < c <= t) or options
         candidates = [min(max(c, lo + 1e-6), t) for c in options if lo - _SLACK_S < c]
         candidates = [c for c in candidates if lo < c <= t]
-        if not candidates:
+        # With no power to weigh two candidates by (the first value placed on a grid, power
+        # that begins after the last value), the grid point inside the bracket, not one a few
+        # ms outside it clipped onto its edge.
+        inside = [c for c in options if lo < c <= t]
+        u = None
+        if candidates:
+            fallback = inside[0] if inside else candidates[0]
+            u = candidates[0] if len(candidates) == 1 else self._likelier(candidates, t, fallback)
+        if how == GRID and self._tied and retry and self._contradicted(u, options, t, lo):
+            # A grid chosen among equally good ones (flat power) that this value contradicts
+            # (its read has cut the arc of grids that explain every increment): refit at once.
+            # Placed on it, or at its read time, the value would carry a period too many or
+            # too few (600 W or 150 W on one window of flat 300 W), and so would every value
+            # until the scheduled refit.
+            self._refit(t)
+            self._since_fit = 1
+            return self._on_grid(t, lo, retry=False)
+        if u is None:
             return None
-        u = candidates[0] if len(candidates) == 1 else self._likelier(candidates, t)
         self.counts[how] += 1
         self._last = (u, self._acc_at(t))
         return u, how
+
+    def _contradicted(
+        self, u: float | None, options: tuple[float, ...], t: float, lo: float
+    ) -> bool:
+        """Whether the grid misplaces a value: no grid point inside its bracket ``(lo, t]``
+        (one only near it would be clipped onto its edge), or the increment since the last
+        value, placed at ``u``, misses the power integral over the same span by over a
+        quarter (a period too many or too few)."""
+        if u is None or not any(lo < c <= t for c in options):
+            return True
+        last = self._last
+        power = next((s for k in ALIGN_KINDS if (s := self._power.get(k)) and s.t), None)
+        if last is None or power is None or not power.covers(last[0], u):
+            return False
+        d_counter = self._acc_at(t) - last[1]
+        d_power = self._scale * float(
+            np.interp(u, power.t, power.cum) - np.interp(last[0], power.t, power.cum)
+        )
+        return abs(d_counter - d_power) > 0.25 * max(d_counter, d_power)
 
     def estimate(self, t: float, lo: float) -> float | None:
         """Where the current fit would place a value read at ``t`` (previous read at ``lo``):
@@ -355,13 +484,13 @@ class CounterClock:
         i = bisect.bisect_right(self._rt, t) - 1
         return self._racc[i] if i >= 0 else 0.0
 
-    def _likelier(self, candidates: list[float], t: float) -> float:
+    def _likelier(self, candidates: list[float], t: float, fallback: float) -> float:
         """The candidate whose power integral since the previous value best matches the
-        counter's increment (the first when there is nothing to compare)."""
+        counter's increment (``fallback`` when there is nothing to compare)."""
         last = self._last
         power = next((s for k in ALIGN_KINDS if (s := self._power.get(k)) and s.t), None)
         if last is None or power is None or not power.covers(last[0], max(candidates)):
-            return candidates[0]
+            return fallback
         d_counter = self._acc_at(t) - last[1]
         i_last = float(np.interp(last[0], power.t, power.cum))
         scale = self._scale
@@ -437,7 +566,9 @@ class CounterClock:
         ref = t - pha
         grids = ref[:, None] + per[:, None] * np.floor((rt[None, :] - ref[:, None]) / per[:, None])
         scores = mismatch(grids)
-        best = _canonical_best(scores.reshape(len(periods), len(phases)))
+        by_cell = scores.reshape(len(periods), len(phases))
+        best = _canonical_best(by_cell)
+        tied_cells = int(np.count_nonzero(by_cell[best // len(phases)] <= by_cell.min() + _TIE))
         p_best = float(per[best])
         fine = pha[best] + np.arange(-_COARSE_PHASE_S, _COARSE_PHASE_S + 1e-12, _FINE_PHASE_S)
         ref = t - fine
@@ -445,22 +576,57 @@ class CounterClock:
         fine_scores = mismatch(grids)
         k = _middle_of_ties(fine_scores)
         score = float(fine_scores[k])
+        # Flat power: several grids explain the increments exactly, or one does (an arc of them
+        # narrower than the fine step). Real power never fits exactly (noise: 1e-2 and up).
+        tied = score <= _EXACT or int(np.count_nonzero(fine_scores <= score + _TIE)) > 1
+        if tied and score > _EXACT:
+            # A plateau of equal misfits (flat power) whose exact grids, in an arc narrower
+            # than the coarse step, the coarse search stepped over: look at every fine phase.
+            ref = t - np.arange(0.0, self.period_s, _FINE_PHASE_S)
+            per, pha = np.meshgrid(periods, ref, indexing="ij")
+            per, pha = per.ravel(), pha.ravel()
+            grids = pha[:, None] + per[:, None] * np.floor(
+                (rt[None, :] - pha[:, None]) / per[:, None]
+            )
+            all_scores = mismatch(grids)
+            if float(all_scores.min()) <= _EXACT:
+                cell = _canonical_best(all_scores.reshape(len(periods), len(ref)))
+                p_best, score, ref, k = float(per[cell]), float(all_scores[cell]), pha, cell
         self.last_fit = {"period_s": p_best, "mismatch": score, "read_time_mismatch": base}
         if not (self._varying and score <= _MAX_RELATIVE_MISMATCH * base):
             return  # a rejected fit leaves the last good one in force (flat power says nothing)
+        period, phase = p_best, float(ref[k])
         previous = self._fit
-        if previous is not None:
+        nearest = None
+        if tied:
+            # Flat power: a whole arc of grids explains every increment exactly. The nominal
+            # period's, if it has one near the middle (the coarse search can miss a narrow arc
+            # there, and an off period drifts out of it within seconds); once values sit on a
+            # grid, the one in force, or the one nearest it: the middle of the (narrower) arc
+            # would move the values after this one by the difference, a window's joules.
+            by_nominal = tuple(float(p) for p in periods[_BY_NOMINAL])
+            if previous is not None and self._last is not None:
+                p0, ph0, _ = previous
+                here = ph0 + p0 * math.floor((t - ph0) / p0)  # its point at t, where it matters
+                nearest = _nearest_tied(by_nominal, here, rt, mismatch, score)
+            else:
+                nearest = _nearest_tied(by_nominal, phase, rt, mismatch, score)
+        if nearest is not None:
+            period, phase = nearest
+        elif previous is not None:
             # Tracking, with hysteresis: a phase that jumps (a regular step pattern can alias a
             # shifted grid) must clearly beat the previous grid on the same window.
             p0, ph0, _ = previous
             old_grid = ph0 + p0 * np.floor((rt - ph0) / p0)
-            jump = (float(ref[k]) - ph0) % p_best
+            jump = (phase - ph0) % p_best
             jump = min(jump, p_best - jump)
             old = float(mismatch(old_grid[None, :])[0])
             if jump > _PHASE_JUMP_S and old <= 1.2 * score + _TIE:
                 return
-        self._fit = (p_best, float(ref[k]), t)
-        grid = ref[k] + p_best * np.floor((rt - ref[k]) / p_best)
+        self._fit = (period, phase, t)
+        self._tied = tied
+        self._tied_arc = tied_cells * _COARSE_PHASE_S if tied else 0.0
+        grid = phase + period * np.floor((rt - phase) / period)
         d_power = float(np.diff(np.interp(grid, pt, pc))[same].sum())
         if d_power > 0:
             self._scale = min(2.0, max(0.5, total / d_power))
