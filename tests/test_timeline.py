@@ -7,7 +7,7 @@ import functools
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lightning_watt.energy.readings import (
@@ -230,11 +230,26 @@ def random_readings(draw: st.DrawFn) -> list[Reading]:
     return out
 
 
+def _counter_reads(values: list[tuple[float, float]]) -> list[Reading]:
+    return [Reading(t, "gpu0", "counter_J", v) for t, v in values]
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     readings=random_readings(),
     chunk=st.integers(1, 50),
     points=st.lists(st.floats(-5.0, 35.0), min_size=3, max_size=3),
+)
+# Found by Hypothesis on a loaded machine: a counter increment 2e-313 s after the previous
+# read was a power of 4.5e312 W (inf, then NaN joules).
+@example(
+    readings=_counter_reads(
+        [(0.0, 0.0), (2.2250738585e-313, 1.0)]
+        + [(t, 1.0) for t in (0.5, 1.0, 1.5, 1.75, 2.0, 2.5, 2.75)]
+        + [(t, -4999.0) for t in (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 9.0)]
+    ),
+    chunk=1,
+    points=[0.0, 1.0, 1.0],
 )
 def test_additivity_on_random_readings(
     readings: list[Reading], chunk: int, points: list[float]

@@ -84,6 +84,9 @@ _BUFFER_HOLD_S = 0.1
 _INTERVAL_MEAN_HOLD_S = {BUFFER_W: _BUFFER_HOLD_S, ESTIMATE_W: math.inf}
 #: A reader silent this long (seconds) is not waited for: the timeline moves on without it.
 _STALE_S = 2.0
+#: Counter reads closer than this to the previous one are skipped (reads take milliseconds:
+#: only a broken clock, or a property test, puts two within a microsecond).
+_MIN_COUNTER_GAP_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -433,7 +436,10 @@ class DeviceTimeline:
     def _add_counter(self, t: float, raw: float) -> None:
         self._has_counter = True
         last = self._counter_last
-        if last is not None and t <= last[0]:
+        if last is not None and t <= last[0] + _MIN_COUNTER_GAP_S:
+            # A read this close to the last says nothing new about when energy was spent (the
+            # next one carries its value: the counter is cumulative), and an increment over
+            # next to no time would be a power of 1e300 W and more (inf, then NaN joules).
             return
         if last is None:
             self._anchors.append(_Anchor(t, self._counter_acc, 0))
