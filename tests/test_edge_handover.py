@@ -23,9 +23,30 @@ def short_run():
     return step_suite_run(10, 1, edge_jitter_s=0.002, duration_s=4.0)
 
 
+def _force_advances(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timelines of devices named ``forced-...`` make every advance's pass, as before any skip
+    (a hand-over's or a counter read's): what a skipped one would have done. Others advance as
+    the library does."""
+    advance = DeviceTimeline.advance
+
+    def forced_or_not(self: DeviceTimeline) -> None:
+        if self.name.startswith("forced"):
+            self._advance(final=False)
+            self._settled = self._version
+        else:
+            advance(self)
+
+    monkeypatch.setattr(DeviceTimeline, "advance", forced_or_not)
+
+
+def _assert_same_knots(skipping: EnergyTimeline, forced: EnergyTimeline) -> None:
+    for name in skipping.devices:
+        assert skipping.device(name).knots() == forced.device("forced-" + name).knots()
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_skipped_advances_change_no_knot(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
-    add_edges, advance = DeviceTimeline.add_edges, DeviceTimeline.advance
+    add_edges = DeviceTimeline.add_edges
     skipped = []
 
     def counted(self: DeviceTimeline, edges: list, until: float) -> None:
@@ -33,17 +54,8 @@ def test_skipped_advances_change_no_knot(monkeypatch: pytest.MonkeyPatch, seed: 
         if not self.name.startswith("forced"):
             skipped.append(self._settled == self._version)  # its advance will be skipped
 
-    def forced_or_not(self: DeviceTimeline) -> None:
-        if self.name.startswith("forced"):
-            # Every advance makes its pass, as before any skip (a hand-over's or a counter
-            # read's): what a skipped one would have done.
-            self._advance(final=False)
-            self._settled = self._version
-        else:
-            advance(self)
-
     monkeypatch.setattr(DeviceTimeline, "add_edges", counted)
-    monkeypatch.setattr(DeviceTimeline, "advance", forced_or_not)
+    _force_advances(monkeypatch)
     trace = short_run().trace
     skipping, forced = EnergyTimeline(), EnergyTimeline()
     to_skipping, to_forced = StepBoundaries(), StepBoundaries()
@@ -57,8 +69,7 @@ def test_skipped_advances_change_no_knot(monkeypatch: pytest.MonkeyPatch, seed: 
         forced.add([r._replace(device="forced-" + r.device) for r in chunk])
 
     def check() -> None:
-        for name in skipping.devices:
-            assert skipping.device(name).knots() == forced.device("forced-" + name).knots()
+        _assert_same_knots(skipping, forced)
 
     edges = sorted(trace.steps, key=lambda e: e.t)
     if seed:
@@ -104,15 +115,8 @@ def test_counter_reads_between_drains_change_no_knot(
     every 20 ms and counter values arriving 0.2 s late (a slow driver call), placeable at once.
     A counter read too recent to place skips its advance (``_counter_waits``); every knot, at
     every step of the feed, is that of a timeline that makes every advance's pass."""
-    advance, waits = DeviceTimeline.advance, DeviceTimeline._counter_waits
+    waits = DeviceTimeline._counter_waits
     waited = []
-
-    def forced_or_not(self: DeviceTimeline) -> None:
-        if self.name.startswith("forced"):
-            self._advance(final=False)
-            self._settled = self._version
-        else:
-            advance(self)
 
     def noted(self: DeviceTimeline, t: float) -> bool:
         out = waits(self, t)
@@ -120,7 +124,7 @@ def test_counter_reads_between_drains_change_no_knot(
             waited.append(out)
         return out
 
-    monkeypatch.setattr(DeviceTimeline, "advance", forced_or_not)
+    _force_advances(monkeypatch)
     monkeypatch.setattr(DeviceTimeline, "_counter_waits", noted)
     trace = short_run().trace
     skipping, forced = EnergyTimeline(), EnergyTimeline()
@@ -132,8 +136,7 @@ def test_counter_reads_between_drains_change_no_knot(
     def add(chunk: list) -> None:
         skipping.add(chunk)
         forced.add([r._replace(device="forced-" + r.device) for r in chunk])
-        for name in skipping.devices:
-            assert skipping.device(name).knots() == forced.device("forced-" + name).knots()
+        _assert_same_knots(skipping, forced)
 
     def hand(batch: list, until: float) -> None:
         skipping.add_edges(*to_skipping.add(batch, until))
@@ -166,8 +169,7 @@ def test_counter_reads_between_drains_change_no_knot(
     hand([], math.inf)
     skipping.flush()
     forced.flush()
-    for name in skipping.devices:
-        assert skipping.device(name).knots() == forced.device("forced-" + name).knots()
+    _assert_same_knots(skipping, forced)
     if power_kinds and not counter_late_s:
         assert sum(waited) >= len(counters) // 4  # most reads between drains wait for power
     if counter_late_s:
