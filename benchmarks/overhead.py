@@ -377,6 +377,16 @@ def _fit(variant: Variant, batch: int, steps: int, skip: int, arm: Arm) -> Fit:
         callbacks.append(cb)
     elif arm.kind == "null":
         callbacks.append(_Null())
+    train_mlp(variant, batch, steps, arm.every, callbacks)
+    return Fit(arm, timer.step_s, timer.cpu_step_s, cb)
+
+
+def train_mlp(
+    variant: Variant, batch: int, steps: int, every: int, callbacks: list[Callback]
+) -> None:
+    """One ``Trainer.fit`` of the benchmark's MLP for ``steps`` steps of ``batch``, logging
+    every ``every`` steps, with ``callbacks``; its logs go to a temporary folder."""
+    cuda = variant.device.type == "cuda"
     torch.manual_seed(0)
     model = _MLP(variant.width, variant.depth)
     data = DataLoader(_SameBatch(variant.width, batch, steps + 1, variant.device), batch_size=None)
@@ -387,7 +397,7 @@ def _fit(variant: Variant, batch: int, steps: int, skip: int, arm: Arm) -> Fit:
             max_steps=steps,
             limit_val_batches=0,
             num_sanity_val_steps=0,
-            log_every_n_steps=arm.every,
+            log_every_n_steps=every,
             logger=variant.make_logger(tmp),
             default_root_dir=tmp,
             enable_checkpointing=False,
@@ -397,7 +407,6 @@ def _fit(variant: Variant, batch: int, steps: int, skip: int, arm: Arm) -> Fit:
         )
         gc.collect()
         trainer.fit(model, data)
-    return Fit(arm, timer.step_s, timer.cpu_step_s, cb)
 
 
 def _calibrate(variant: Variant, target_s: float, skip: int) -> int:
