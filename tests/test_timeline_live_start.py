@@ -6,6 +6,7 @@ at the earlier sample (3e-4 of a healthy 7 s fake fit apart, 0.7 J)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -84,3 +85,26 @@ def test_a_stalled_start_read_counter_first_is_bridged_and_anchored_alike():
     for k in range(-3, 5):
         t0 = 4.003 + 0.1 * k
         assert live.energy_between(t0, t0 + 0.1)["gpu0"] == pytest.approx(30.0, rel=1e-3)
+
+
+@given(first_read=st.floats(0.0005, 0.099), phase=st.floats(0.0, 0.0999))
+def test_the_first_value_counts_only_what_came_after_its_read(first_read, phase):
+    """The first value, at its read time, is the counter as of its last update, up to a
+    period earlier: its increment to the second value spans from that update. Before, all of
+    it went after the first read: at flat 300 W the run gained up to 30 J (power read before
+    that value counted the stale part again) and the first window read up to ~1100 W. Now the
+    total is off by what the clock misplaces the second value's update by (flat power pins its
+    phase within a few ms), and so is the first window's power. (The clock finds the phase of
+    flat power as the 80/124 ms poll sweeps it, within seconds; a second value at its read
+    time would be as stale as the first, and nothing is cut.)"""
+    for timeline in live_and_recorded(first_read, phase, seconds=8.0):
+        start = timeline.device("gpu0").start
+        for t in (0.3, 1.0, 3.0):
+            assert timeline.energy_between(start, t)["gpu0"] == pytest.approx(
+                WATTS * (t - start), abs=WATTS * 0.005
+            )
+        # Before, up to +270 % (and up to +30 % where the first read came before the first
+        # buffer sample ended: that stretch had no power shape, its joules went after it).
+        windows = [start + 0.05 * k for k in range(6)]
+        for a, b in itertools.pairwise(windows):
+            assert timeline.energy_between(a, b)["gpu0"] / (b - a) == pytest.approx(WATTS, rel=0.02)

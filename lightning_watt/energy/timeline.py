@@ -11,7 +11,9 @@ How readings become energy, per device:
   :mod:`~lightning_watt.energy.counter_clock` (a read returns the last 100 ms update, so its
   read time is 0-100 ms late), or at its read time where that cannot be recovered
   (:meth:`EnergyTimeline.notes` says which). A drop is a reset, never negative energy: power
-  bridges it.
+  bridges it. The first value sits at its read time (energy starts at once), and of its
+  increment to the second only the share after that read counts: the rest was used before
+  the first reading (see ``_drop_stale_start``).
 * **Step edges split buffer samples** where given (:meth:`EnergyTimeline.add_edges`): a sample
   holding an edge is split by a segment-power fit (:mod:`~lightning_watt.energy.segment_fit`),
   keeping its joules.
@@ -53,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_watt.energy.counter_clock import READ_TIME, CounterClock
+from lightning_watt.energy.counter_clock import BRACKET, GRID, READ_GRID, READ_TIME, CounterClock
 from lightning_watt.energy.readings import (
     AVERAGE_W,
     BUFFER_W,
@@ -101,6 +103,13 @@ class Gap:
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+
+#: How a value's update instant can be placed (not its read time): see _drop_stale_start.
+_UPDATE_INSTANTS = frozenset({BRACKET, GRID, READ_GRID})
+#: How far (in periods) before a grid point the first read may fall and still be taken as
+#: after it: the second value's recovered instant is a few ms off at worst.
+_STALE_START_SLACK = 0.03
 
 
 class _Anchor:
@@ -162,6 +171,19 @@ class _PowerSeries:
         i = bisect.bisect_right(self.t, t) - 1
         if i > 16 and 2 * i >= len(self.t):
             del self.t[:i], self.w[:i], self.cum[:i]
+
+
+def _with_first_window(
+    series: _PowerSeries, ts: list[float], cum: list[float]
+) -> tuple[list[float], list[float]]:
+    """``ts, cum`` with a knot in front for the first sample's own window: an interval mean
+    (the buffer's 20 ms) speaks for the time before its stamp, as long as the next sample's
+    window (the timeline starts at a first counter value read before the first buffer sample
+    ends: without it, the counter's joules of that stretch would go after it)."""
+    if len(series.t) < 2 or series.t[0] != ts[0]:
+        return ts, cum
+    window = min(series.t[1] - series.t[0], series.hold or math.inf)
+    return [ts[0] - window, *ts], [cum[0] - series.w[0] * window, *cum]
 
 
 def _series(x: _Anchor) -> int:
@@ -318,6 +340,7 @@ class DeviceTimeline:
         self._scan = 0
         self._first_placed = False
         self._deferred: _Anchor | None = None  # a first value resolved by the clock (see _resolve)
+        self._first_stale = False  # the first value sits at its read time: see _drop_stale_start
         self.clock = CounterClock()
         #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
         self.edges = EdgeModel()
@@ -479,6 +502,7 @@ class DeviceTimeline:
                 # The device's first value starts its energy at its read time, at once, so
                 # energy is known from the first reading on whatever the clock finds later.
                 self._first_placed = True
+                self._first_stale = self._recover_clock
                 clock.counts[READ_TIME] += 1
                 self._place(x, (x.t, READ_TIME))
                 continue
@@ -516,7 +540,32 @@ class DeviceTimeline:
         x.u, x.how = u, how
         if clock.history is not None:
             clock.history.append((x.t, u, how))
+        if self._first_stale and self._nres == 1:
+            self._first_stale = False
+            self._drop_stale_start(self._anchors[0], x)
         self._nres += 1
+
+    def _drop_stale_start(self, first: _Anchor, second: _Anchor) -> None:
+        """The first value sits at its read time, but it is the counter as of its update, up
+        to a period before: the increment to the second value, placed at its update instant,
+        is the energy since ``second.u - period``, not since the first read. Counted whole
+        from the first read, the part before it lands in the first window (a 100 ms window of
+        flat 300 W read 1100 W) and the run gains it (+22 J), twice where power read before
+        the first value already counts it. Only the share after the first read is kept: the
+        rest happened before the meter's first reading (power read then is its own). Live and
+        replayed timelines place the second value alike, so both shift alike."""
+        if second.how not in _UPDATE_INSTANTS or second.series != first.series:
+            return  # a second value at its read time is as stale as the first: nothing to cut
+        # The first value's update: the grid point through the second's at or before the first
+        # read (a read may come after two updates: the increment then spans both). A read
+        # within a few ms of an update is taken as after it: the second value's instant is
+        # only that precise, and else a period's joules would go (30 J at 300 W).
+        period = self.clock.period_s
+        periods = math.ceil((second.u - first.t) / period - _STALE_START_SLACK)
+        span = period * max(1, periods)
+        before = first.t - (second.u - span)
+        if 0.0 < before < period:
+            first.acc += (second.acc - first.acc) * (before / span)
 
     def mark_gap(self, start: float, end: float, reason: str) -> None:
         if end > start:
@@ -587,6 +636,8 @@ class DeviceTimeline:
         ts, cum = best.knots()
         if refine and best.kind == BUFFER_W and self.edges.active:
             ts, cum = self._split_at_edges(ts, cum, a, b)
+        if a < ts[0] and best.hold is not None:
+            ts, cum = _with_first_window(best, ts, cum)
         return best.kind, ts, cum
 
     def _split_at_edges(
