@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from lightning_watt.energy.readings import BUFFER_W, COUNTER_J, Reading
 from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import feed_timeline
+from lightning_watt.testing.trace_cases import bundled_case
 
 WATTS = 300.0
 PAIRS = [("gpu0", COUNTER_J), ("gpu0", BUFFER_W)]
@@ -108,3 +109,17 @@ def test_the_first_value_counts_only_what_came_after_its_read(first_read, phase)
         windows = [start + 0.05 * k for k in range(6)]
         for a, b in itertools.pairwise(windows):
             assert timeline.energy_between(a, b)["gpu0"] / (b - a) == pytest.approx(WATTS, rel=0.02)
+
+
+def test_a_tight_loop_readers_first_value_is_not_counted_twice_on_real_power():
+    """h200-square-wave: the buffer's history starts 2.4 s before the first counter read, whose
+    value waits for a grid and, the counter being read in a tight loop (brackets only), ends
+    at its read time. The 100 ms after that read read 227.7 W (the buffer: 124.8 W): the
+    buffer's bridge and the first increment both counted the value's staleness."""
+    cols = bundled_case("h200-square-wave")
+    timeline = cols.timeline()
+    first = min(r.t for r in cols.readings() if r.kind == COUNTER_J)
+    buffer = [r for r in cols.readings() if r.kind == BUFFER_W and first < r.t <= first + 0.1]
+    measured = sum(r.value for r in buffer) / len(buffer)
+    got = timeline.energy_between(first, first + 0.1)["gpu0"] / 0.1
+    assert got == pytest.approx(measured, rel=0.02)

@@ -340,7 +340,10 @@ class DeviceTimeline:
         self._scan = 0
         self._first_placed = False
         self._deferred: _Anchor | None = None  # a first value resolved by the clock (see _resolve)
-        self._first_stale = False  # the first value sits at its read time: see _drop_stale_start
+        # The first value, while it sits at its read time and the second is not placed (see
+        # _drop_stale_start); whether any value was placed (anchors are trimmed: not _nres).
+        self._stale_first: _Anchor | None = None
+        self._any_placed = False
         self.clock = CounterClock()
         #: Step edges, where given: buffer tiles holding one are split by a segment-power fit.
         self.edges = EdgeModel()
@@ -502,7 +505,6 @@ class DeviceTimeline:
                 # The device's first value starts its energy at its read time, at once, so
                 # energy is known from the first reading on whatever the clock finds later.
                 self._first_placed = True
-                self._first_stale = self._recover_clock
                 clock.counts[READ_TIME] += 1
                 self._place(x, (x.t, READ_TIME))
                 continue
@@ -540,9 +542,15 @@ class DeviceTimeline:
         x.u, x.how = u, how
         if clock.history is not None:
             clock.history.append((x.t, u, how))
-        if self._first_stale and self._nres == 1:
-            self._first_stale = False
-            self._drop_stale_start(self._anchors[0], x)
+        if not self._any_placed:
+            self._any_placed = True
+            if self._recover_clock and how == READ_TIME:
+                # The device's first value at its read time: placed so at once, or a stalled
+                # start's that waited for a grid in vain (a tight-loop reader: brackets only).
+                self._stale_first = x
+        elif self._stale_first is not None:
+            first, self._stale_first = self._stale_first, None
+            self._drop_stale_start(first, x)
         self._nres += 1
 
     def _drop_stale_start(self, first: _Anchor, second: _Anchor) -> None:
