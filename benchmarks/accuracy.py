@@ -82,13 +82,14 @@ def _counter_windows(
     trace: Trace, updates_per_window: int = 10
 ) -> dict[tuple[float, float], float]:
     """Windows between counter updates (the first reading of each new value) and their exact
-    energy, inside the fit."""
+    energy, inside the fit. The trace's first reading is no update: its value is as of one up
+    to a period before it."""
     start, end = trace.fit_window
     updates: list[tuple[float, float]] = []
     previous = None
     for r in trace.samples:
         if r.device == "gpu0" and r.kind == COUNTER_J:
-            if r.value != previous and start <= r.t <= end:
+            if previous is not None and r.value != previous and start <= r.t <= end:
                 updates.append((r.t, r.value))
             previous = r.value
     out = {}
