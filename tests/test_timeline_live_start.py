@@ -93,11 +93,11 @@ def test_the_first_value_counts_only_what_came_after_its_read(first_read, phase)
     """The first value, at its read time, is the counter as of its last update, up to a
     period earlier: its increment to the second value spans from that update. Before, all of
     it went after the first read: at flat 300 W the run gained up to 30 J (power read before
-    that value counted the stale part again) and the first window read up to ~1100 W. Now the
-    total is off by what the clock misplaces the second value's update by (flat power pins its
-    phase within a few ms), and so is the first window's power. (The clock finds the phase of
-    flat power as the 80/124 ms poll sweeps it, within seconds; a second value at its read
-    time would be as stale as the first, and nothing is cut.)"""
+    that value counted the stale part again) and the stretch up to the second value read up to
+    ~1100 W. Now the total is off by what the clock misplaces the second value's update by
+    (flat power pins its phase within a few ms), and so is the first window's power. (The
+    clock finds the phase of flat power as the 80/124 ms poll sweeps it, within seconds; a
+    second value at its read time would be as stale as the first, and nothing is cut.)"""
     for timeline in live_and_recorded(first_read, phase, seconds=8.0):
         start = timeline.device("gpu0").start
         for t in (0.3, 1.0, 3.0):

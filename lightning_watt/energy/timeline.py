@@ -557,11 +557,12 @@ class DeviceTimeline:
         """The first value sits at its read time, but it is the counter as of its update, up
         to a period before: the increment to the second value, placed at its update instant,
         is the energy since ``second.u - period``, not since the first read. Counted whole
-        from the first read, the part before it lands in the first window (a 100 ms window of
-        flat 300 W read 1100 W) and the run gains it (+22 J), twice where power read before
-        the first value already counts it. Only the share after the first read is kept: the
-        rest happened before the meter's first reading (power read then is its own). Live and
-        replayed timelines place the second value alike, so both shift alike."""
+        from the first read, the part before it lands between the read and the second value
+        (flat 300 W, a read 73 ms stale: those 27 ms read 1100 W) and the run gains it
+        (+22 J), twice where power read before the first value already counts it. Only the
+        share after the first read is kept: the rest happened before the meter's first reading
+        (power read then is its own). Live and replayed timelines place the second value
+        alike, so both shift alike."""
         if second.how not in _UPDATE_INSTANTS or second.series != first.series:
             return  # a second value at its read time is as stale as the first: nothing to cut
         # The first value's update: the grid point through the second's at or before the first
