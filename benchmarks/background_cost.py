@@ -50,7 +50,17 @@ sys.path.insert(0, os.path.dirname(__file__))  # overhead.py's workload, from a 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from overhead import DEPTH, WIDTH, Variant, _calibrate, _machine, _replay, train_mlp
+from overhead import (
+    DEPTH,
+    WIDTH,
+    Variant,
+    _calibrate,
+    _LoopTimer,
+    _machine,
+    _replay,
+    _thread_cpu_s,
+    train_mlp,
+)
 
 from lightning_watt.integration.callback import WattCallback
 
@@ -105,49 +115,43 @@ class _Bursts(Callback):
         self._worker.join()
 
 
-def _task_stats(tid: int) -> tuple[float, int]:
-    """(CPU seconds, voluntary context switches) of one thread of this process (Linux)."""
-    cpu, switches = math.nan, 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open(f"/proc/self/task/{tid}/schedstat") as fh:
-            cpu = int(fh.read().split()[0]) / 1e9
-        with open(f"/proc/self/task/{tid}/status") as fh:
-            for line in fh:
-                if line.startswith("voluntary_ctxt_switches"):
-                    switches = int(line.split()[1])
-    return cpu, switches
+def _voluntary_switches(tid: int) -> int:
+    """Voluntary context switches of one thread of this process so far (Linux; else 0)."""
+    with (
+        contextlib.suppress(OSError, ValueError, IndexError),
+        open(f"/proc/self/task/{tid}/status") as fh,
+    ):
+        for line in fh:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+    return 0
 
 
-class _Window(Callback):
-    """Times the fit from step ``skip`` to its end: wall, process CPU, the training thread's
-    blocking waits, and the CPU of every other thread of the process."""
+class _Window(_LoopTimer):
+    """``overhead.py``'s loop timer (wall and process CPU from step ``skip`` to the end), plus
+    the training thread's blocking waits and the CPU of every other thread of the process."""
 
     def __init__(self, skip: int) -> None:
-        self.skip = skip
-        self.t0 = math.nan
-        self.steps = 0
+        super().__init__(skip, cuda=False)
 
-    def _others(self) -> dict[int, float]:
+    @staticmethod
+    def _others() -> dict[int, float]:
         main = threading.main_thread().native_id
         return {
-            t.native_id: _task_stats(t.native_id)[0]
+            t.native_id: _thread_cpu_s(t.native_id)
             for t in threading.enumerate()
             if t.native_id is not None and t.native_id != main
         }
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.skip and math.isnan(self.t0):
-            self.step0 = trainer.global_step
-            self.switches0 = _task_stats(threading.main_thread().native_id or 0)[1]
+            self.switches0 = _voluntary_switches(threading.main_thread().native_id or 0)
             self.others0 = self._others()
-            self.cpu0 = time.process_time()
-            self.t0 = time.perf_counter()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.t1 = time.perf_counter()
-        self.cpu1 = time.process_time()
-        self.steps = trainer.global_step - self.step0
-        self.switches = _task_stats(threading.main_thread().native_id or 0)[1] - self.switches0
+        super().on_train_end(trainer, pl_module)
+        self.switches = _voluntary_switches(threading.main_thread().native_id or 0) - self.switches0
         others = self._others()
         self.background_cpu = sum(
             cpu - self.others0[tid] for tid, cpu in others.items() if tid in self.others0
@@ -176,8 +180,8 @@ def _fit(arm: str, batch: int, steps: int, skip: int, wakes: float, burst_s: flo
     wall = window.t1 - window.t0
     return Fit(
         arm,
-        wall / window.steps,
-        (window.cpu1 - window.cpu0) / window.steps,
+        window.step_s,
+        window.cpu_step_s,
         window.switches / wall,
         window.background_cpu / wall,
     )
