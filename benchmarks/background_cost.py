@@ -173,7 +173,7 @@ def _fit(arm: str, batch: int, steps: int, skip: int, wakes: float, burst_s: flo
     if arm == "null":
         callbacks.append(Callback())
     elif arm == "watt":
-        callbacks.append(WattCallback(sources=[_replay(False)]))
+        callbacks.append(WattCallback(sources=[_replay(False)], isolation="thread"))
     elif arm in ("thread", "process"):
         callbacks.append(_Bursts(wakes, burst_s, in_process=arm == "process"))
     train_mlp(_VARIANT, batch, steps, 50, callbacks)

@@ -63,7 +63,7 @@ def _steps(
     """Steps marked, and the CPU seconds of the books' refreshes and of the rest of the
     background threads (the meter's reads, timeline, recording) while marking them."""
     with tempfile.TemporaryDirectory(prefix="watt-books-") as tmp:
-        books = EnergyAccountant()
+        books = EnergyAccountant(isolation="thread")
         path = os.path.join(tmp, "run") if record else None
         books.begin("fit", EnergyMeter([_replay(all_kinds)], record=path))
         stage = books.stage
@@ -129,7 +129,7 @@ def _throughput(arm: str, seconds: float, n: int, every: int, all_kinds: bool) -
         books = None
         if arm != "none":
             books_module.REFRESH_ON_METER = arm == "meter"
-            books = EnergyAccountant()
+            books = EnergyAccountant(isolation="thread")
             books.begin("fit", EnergyMeter([_replay(all_kinds)], record=os.path.join(tmp, "run")))
             time.sleep(0.2)  # the threads started
         steps, t0 = 0, time.perf_counter()

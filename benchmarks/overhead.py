@@ -85,7 +85,6 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_watt.attribution.books import StageBooks
 from lightning_watt.integration.callback import WattCallback
 from lightning_watt.sources.replay import LIVE_NVML_KINDS, ReplaySource
 
@@ -105,10 +104,13 @@ class Arm:
     kind: str
     every: int
     record: bool = True
+    isolation: str = "auto"  # WattCallback(isolation=...): "thread" keeps the meter in-process
 
     @property
     def name(self) -> str:
         label = self.kind if self.record or self.kind != "on" else "on, no record"
+        if self.isolation == "thread":
+            label += ", threads"
         return f"{label} @{self.every}"
 
 
@@ -117,6 +119,7 @@ ARMS = (
     Arm("null", 50),
     Arm("on", 50),
     Arm("on", 50, record=False),
+    Arm("on", 50, isolation="thread"),
     Arm("off", 10),
     Arm("on", 10),
     Arm("on", 10, record=False),
@@ -124,6 +127,7 @@ ARMS = (
     Arm("null", 1),
     Arm("on", 1),
     Arm("on", 1, record=False),
+    Arm("on", 1, isolation="thread"),
 )
 
 
@@ -220,6 +224,20 @@ def _thread_cpu_s(native_id: int | None) -> float:
     return math.nan
 
 
+def _process_cpu_s(pid: int | None) -> float:
+    """CPU seconds of every thread of another process (the meter's helper), else NaN."""
+    if pid is None:
+        return math.nan
+    total = 0.0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                total += int(fh.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return math.nan
+    return total
+
+
 def _replay(all_kinds: bool) -> ReplaySource:
     """The replayed H200, as ``WattCallback(replay=TRACE)`` makes it; with the kinds a live NVML
     source reads unless ``all_kinds``."""
@@ -243,9 +261,11 @@ class TimedWattCallback(WattCallback):
         # refresher's own while the meter's thread was stuck)
         self.refresh_cpu: list[tuple[float, str]] = []
         self.refresher_cpu_s = self.meter_cpu_s = self.train_wall_s = math.nan
+        #: CPU seconds of the meter's helper process during training (NaN: threads).
+        self.helper_cpu_s = math.nan
         self._start_dt = math.nan
         self._parts = [0.0, 0.0, 0.0]
-        self._cpu0 = (0.0, 0.0, 0.0)
+        self._cpu0 = (0.0, 0.0, 0.0, 0.0)
 
     def setup(self, trainer, pl_module, stage) -> None:
         super().setup(trainer, pl_module, stage)
@@ -289,26 +309,30 @@ class TimedWattCallback(WattCallback):
         logger.log_metrics = timed
 
     def _refresher_thread(self) -> int | None:
-        stage: StageBooks | None = self._books.stage
-        refresher = getattr(stage, "_refresher", None)
+        refresher = getattr(self._books.stage, "_refresher", None)
         thread = refresher._thread if refresher is not None else None
         return thread.native_id if thread is not None else None
 
     def _meter_thread(self) -> int | None:
-        stage: StageBooks | None = self._books.stage
-        thread = stage.meter._thread if stage is not None else None
+        stage = self._books.stage
+        thread = getattr(getattr(stage, "meter", None), "_thread", None)
         return thread.native_id if thread is not None else None
+
+    def _helper(self) -> int | None:
+        return getattr(self._books.stage, "_pid", None)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._cpu0 = (
             _thread_cpu_s(self._refresher_thread()),
             _thread_cpu_s(self._meter_thread()),
             perf_counter(),
+            _process_cpu_s(self._helper()),
         )
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.refresher_cpu_s = _thread_cpu_s(self._refresher_thread()) - self._cpu0[0]
         self.meter_cpu_s = _thread_cpu_s(self._meter_thread()) - self._cpu0[1]
+        self.helper_cpu_s = _process_cpu_s(self._helper()) - self._cpu0[3]
         self.train_wall_s = perf_counter() - self._cpu0[2]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -546,6 +570,18 @@ def _report_ticks(variant: Variant) -> None:
         f"of samples; the refresher's watchdog) "
         f"{share(lambda cb: cb.meter_cpu_s - refresh_cpu(cb) + cb.refresher_cpu_s)}"
     )
+    helpers = [
+        cb.helper_cpu_s / cb.train_wall_s
+        for cb in timed
+        if cb.train_wall_s > 0 and not math.isnan(cb.helper_cpu_s)
+    ]
+    if helpers:
+        print(
+            f"  the meter's helper process (isolation 'auto' here: its meter, books and "
+            f"refreshes, none of them on the training process's GIL): "
+            f"{100 * statistics.median(helpers):.2f} % of one core during training (not in "
+            "'CPU/step' above, which is the training process's)"
+        )
     print(
         f"  targets (ours): tick p50 <= {TARGET_TICK_P50_US:.0f} µs and p99 <= "
         f"{TARGET_TICK_P99_US / 1e3:.0f} ms"
@@ -672,8 +708,15 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
     class Probe(Callback):
         def on_train_start(self, trainer, pl_module) -> None:
             books = watt._books.stage
-            assert books is not None and books._refresher is not None
-            self.ids = (books._refresher._thread.native_id, books.meter._thread.native_id)  # type: ignore[union-attr]
+            assert books is not None
+            self.helper = getattr(books, "_pid", None)  # the books in a helper process
+            if self.helper is not None:
+                self.ids = ()
+                self.cpu0 = [_process_cpu_s(self.helper)]
+                return
+            refresher = books._refresher  # type: ignore[union-attr]
+            assert refresher is not None
+            self.ids = (refresher._thread.native_id, books.meter._thread.native_id)  # type: ignore[union-attr]
             self.cpu0 = [_thread_cpu_s(i) for i in self.ids]
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -685,6 +728,9 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
 
         def on_train_end(self, trainer, pl_module) -> None:
             done = trainer.global_step
+            if self.helper is not None:
+                threads["helper"] = (_process_cpu_s(self.helper) - self.cpu0[0]) / done
+                return
             for name, i, c0 in zip(("refresher", "meter"), self.ids, self.cpu0, strict=True):
                 threads[name] = (_thread_cpu_s(i) - c0) / done
 
@@ -744,12 +790,19 @@ def _thread_alone(variant: Variant, args: argparse.Namespace) -> None:
         f"{dispatch['getattr']:.2f}; {n:.0f} hooks a step: "
         f"{n * (dispatch['do-nothing'] - dispatch['none']):.1f} µs a step for any callback"
     )
-    print(
-        f"    background threads' CPU per step: the refresher's own thread (its watchdog) "
-        f"{us * threads['refresher']:.1f} µs, the meter's (its reads and the books' refreshes) "
-        f"{us * threads['meter']:.1f} µs (each holds the GIL that long; a training "
-        "thread that wants it meanwhile waits: wall time, not in the CPU times above)"
-    )
+    if "helper" in threads:
+        print(
+            f"    the meter's helper process: {us * threads['helper']:.1f} µs of CPU per step "
+            "(its own process and GIL: nothing the training thread waits for)"
+        )
+    else:
+        print(
+            f"    background threads' CPU per step: the refresher's own thread (its watchdog) "
+            f"{us * threads['refresher']:.1f} µs, the meter's (its reads and the books' "
+            f"refreshes) {us * threads['meter']:.1f} µs (each holds the GIL that long; a "
+            "training thread that wants it meanwhile waits: wall time, not in the CPU times "
+            "above)"
+        )
     print(
         f"    the target (0.97x at these {step_ms:.2f} ms steps) leaves "
         f"{0.03 / 0.97 * step_ms * 1e3:.0f} µs a step for everything the callback adds, on "
@@ -865,7 +918,9 @@ def main() -> None:
     print(f"machine: {_machine()}")
 
     def replayed(arm: Arm) -> TimedWattCallback:
-        return TimedWattCallback(sources=[_replay(args.all_kinds)], record=arm.record)
+        return TimedWattCallback(
+            sources=[_replay(args.all_kinds)], record=arm.record, isolation=arm.isolation
+        )
 
     if not args.no_cpu:
         served = "every recorded kind" if args.all_kinds else "counter + buffer, as NVML reads"
@@ -890,7 +945,7 @@ def main() -> None:
                 WIDTH["cuda"],
                 DEPTH["cuda"],
                 tuple(a for a in arms if a.every in (1, 50)),
-                lambda arm: TimedWattCallback(record=arm.record),
+                lambda arm: TimedWattCallback(record=arm.record, isolation=arm.isolation),
             ),
             args,
             args.gpu_step_ms / 1e3,

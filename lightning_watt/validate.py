@@ -34,6 +34,7 @@ __all__ = [
     "finite_number",
     "finite_or_inf",
     "integer",
+    "one_of",
     "path_like",
     "positive_int",
     "positive_number",
@@ -297,6 +298,20 @@ def boolean(name: str, value: object) -> bool:
     if type(value).__name__ == "bool_":  # numpy.bool_, without importing numpy
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {_given(value)}")
+
+
+def one_of(name: str, value: object, accepted: tuple[str, ...]) -> str:
+    """``value`` if it is one of the ``accepted`` strings.
+
+    Example:
+        >>> one_of("isolation", "threads", ("auto", "process", "thread"))
+        Traceback (most recent call last):
+        ...
+        ValueError: isolation must be one of 'auto', 'process', 'thread', got 'threads' (str)
+    """
+    if isinstance(value, str) and value in accepted:
+        return value
+    raise ValueError(f"{name} must be one of {', '.join(map(repr, accepted))}, got {_given(value)}")
 
 
 @overload

@@ -331,7 +331,7 @@ class _TickSpy(WattCallback):
         self.armed_ticks = 0
 
     def _log_tick(self, trainer) -> None:
-        armed = self._books.stage._steps_reported > 0
+        armed = self._books.stage._rows.steps_reported > 0
         self.spy.armed = armed
         try:
             super()._log_tick(trainer)
@@ -343,7 +343,7 @@ class _TickSpy(WattCallback):
 def test_a_log_tick_never_reads_the_meter_on_the_training_thread(tmp_path):
     """Issue 14: at log_every_n_steps=1 a tick hands cached numbers to the loggers; resolving,
     booking and reading energy happen on the books' own thread."""
-    cb = _TickSpy(replay="h200-mlp-stall")
+    cb = _TickSpy(replay="h200-mlp-stall", isolation="thread")
     # Long enough (~1.5 s) for readings to reach some steps while they are booked: a step's
     # provisional energy is given once, and readings arrive up to 0.5 s after the fact.
     trainer = _trainer(tmp_path, [cb], max_epochs=3, log_every_n_steps=1, limit_val_batches=0)

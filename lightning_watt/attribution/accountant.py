@@ -51,11 +51,17 @@ from lightning_watt.attribution.distributed import (
     ownership_weights,
     sum_across_ranks,
 )
+from lightning_watt.attribution.helper_process import (
+    ProcessBooks,
+    helper_unavailable,
+    open_books,
+)
 from lightning_watt.attribution.ledger import GAP, gap_joules
 from lightning_watt.attribution.step_clock import StepClock
 from lightning_watt.attribution.summary import build_summary
 from lightning_watt.energy.meter import EnergyMeter
-from lightning_watt.energy.readings import J_PER_KWH
+from lightning_watt.energy.readings import J_PER_KWH, DeviceInfo
+from lightning_watt.validate import one_of
 
 #: Seconds an epoch or validation end waits for the meter's synchronous read.
 MEASURE_TIMEOUT_S = 0.5
@@ -64,6 +70,12 @@ MEASURE_TIMEOUT_S = 0.5
 FIRST_READING_TIMEOUT_S = 5.0
 #: Seconds a checkpoint waits for the energy up to its moment to become final.
 SETTLE_TIMEOUT_S = 0.6
+
+#: Where a stage's meter and books run: ``"process"``, a helper process forked when the stage
+#: begins (see :mod:`~lightning_watt.attribution.helper_process`); ``"thread"``, threads of the
+#: training process; ``"auto"``, the helper wherever it can run (Linux, host-time step edges,
+#: sources declared safe in a forked process), threads elsewhere.
+ISOLATIONS = ("auto", "process", "thread")
 
 Reduce = Callable[[Sequence[float], "torch.device | None"], list[float]]
 Gather = Callable[[Any], list[Any]]
@@ -100,6 +112,9 @@ class EnergyAccountant:
     Args:
         reduce: sums a short list of floats across ranks (default: one ``all_reduce``).
         gather: every rank's object as a list (default: ``all_gather_object``).
+        isolation: where a stage's meter and books run, one of :data:`ISOLATIONS` (default
+            ``"auto"``: a helper process where it can run, else threads; ``"process"`` warns
+            once where it cannot and uses threads).
 
     The stage's work is cut by :meth:`mark`; :meth:`log_values`, :meth:`epoch_end` and
     :meth:`measured_kwh` are collectives (every rank calls them together), :meth:`mark` and
@@ -108,11 +123,18 @@ class EnergyAccountant:
     :class:`~lightning_watt.attribution.refresher.Refresher`).
     """
 
-    def __init__(self, reduce: Reduce = sum_across_ranks, gather: Gather = all_gather_objects):
+    def __init__(
+        self,
+        reduce: Reduce = sum_across_ranks,
+        gather: Gather = all_gather_objects,
+        isolation: str = "auto",
+    ):
         self.reduce = reduce
         self.gather = gather
+        self.isolation = one_of("isolation", isolation, ISOLATIONS)
+        self._said_isolation = False
         self.run = RunBooks()
-        self.stage: StageBooks | None = None
+        self.stage: StageBooks | ProcessBooks | None = None
         self.stage_name: str | None = None
         self.stage_id = ""
         self.world_size = 1
@@ -138,29 +160,60 @@ class EnergyAccountant:
         ``device``: the CUDA device whose stream marks step edges (``None``: host time)."""
         if self.stage is not None:
             self.abort()
-        if not meter.running:
-            meter.start()
         self._device = device
         self.rank, self.world_size = rank, world_size
         cuda = device if device is not None and device.type == "cuda" else None
-        keys_by_rank = self.gather([d.key for d in meter.devices])
-        weights = ownership_weights(keys_by_rank, rank)
         self._local = (
             world_size == 1 and self.reduce is sum_across_ranks and not distributed_ready()
         )
         if self.reduce is sum_across_ranks:
             # Under NCCL its gloo group is made here, by every rank together, not in a log row.
             host_group(device)
-        self.stage = StageBooks(
-            meter,
-            StepClock(meter.now, cuda),
-            {d.name: w for d, w in zip(meter.devices, weights, strict=True)},
-        )
+
+        def weights_of(devices: list[DeviceInfo]) -> dict[str, float]:
+            # Every rank's device keys (a collective): a device shared by ranks counts once.
+            weights = ownership_weights(self.gather([d.key for d in devices]), rank)
+            return {d.name: w for d, w in zip(devices, weights, strict=True)}
+
+        books: StageBooks | ProcessBooks | None = self._open_helper(meter, cuda, weights_of)
+        if books is None:
+            if not meter.running:
+                meter.start()
+            books = StageBooks(meter, StepClock(meter.now, cuda), weights_of(meter.devices))
+        self.stage = books
         self.stage_name = stage
         self.stage_id = uuid.uuid4().hex
         self._reduced_epochs = {}
         self._epoch_kwh = None
         self.run.begin(stage)
+
+    def _open_helper(
+        self,
+        meter: EnergyMeter,
+        cuda: torch.device | None,
+        weights_of: Callable[[list[DeviceInfo]], dict[str, float]],
+    ) -> ProcessBooks | None:
+        """The stage's books in a helper process, or ``None`` for threads (see
+        :data:`ISOLATIONS`). A helper that cannot be forked (no memory for it) falls back to
+        threads with a warning; the meter's own start errors are raised as on a thread."""
+        if self.isolation == "thread":
+            return None
+        host_time = cuda is None or not torch.cuda.is_available()
+        why = helper_unavailable(meter, host_time)
+        if why is None:
+            try:
+                return open_books(meter, weights_of)
+            except (OSError, ImportError) as err:  # no memory to fork, no sem_open
+                why = f"the helper process could not start ({err})"
+        if self.isolation == "process" and not self._said_isolation:
+            self._said_isolation = True
+            warnings.warn(
+                f"lightning-watt: isolation='process' is not possible here ({why}); the meter "
+                "and the books run on threads of the training process.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return None
 
     def mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:
         """A step edge, now: ``phase`` (``train``, ``val``, ...), ``edge`` (``start``/``end``).
@@ -356,7 +409,12 @@ class EnergyAccountant:
         return merged
 
     def _close(
-        self, books: StageBooks, epoch: int, label: str, unavailable: dict[str, str], alone: bool
+        self,
+        books: StageBooks | ProcessBooks,
+        epoch: int,
+        label: str,
+        unavailable: dict[str, str],
+        alone: bool,
     ) -> tuple[dict[str, Any] | None, Exception | None]:
         """This rank's closed books; with other ranks to gather with (not ``alone``), a failure
         to close them is warned about and returned instead of raised (see :meth:`finish`)."""

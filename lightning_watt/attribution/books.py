@@ -288,6 +288,60 @@ class Snapshot:
     steps_J: float  # their joules, each as attributed when its end was first booked
 
 
+class RowNumbers:
+    """Turns the books' snapshots into log rows' numbers (:class:`Tick`): power over each row's
+    interval, joules per step booked since the row before. Held by whoever reads the snapshots
+    for the training thread (:class:`StageBooks`, or the helper process's books).
+
+    Example:
+        >>> rows = RowNumbers(started_at=0.0)
+        >>> snap = Snapshot(horizon=2.0, energy_J=400.0, power_W=200.0,
+        ...                 device_power_W={"gpu0": 200.0}, steps=4, steps_J=380.0)
+        >>> rows.tick(snap)
+        Tick(energy_J=400.0, power_W=200.0, step_J=95.0, steps=4)
+        >>> rows.tick(snap)  # the same snapshot again: nothing new
+        Tick(energy_J=400.0, power_W=200.0, step_J=nan, steps=0)
+    """
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.steps_reported = 0
+        self._steps_J_reported = 0.0
+        self._last_power: tuple[float, float, float] | None = None  # (t, measured J, W)
+        self._ticked: Snapshot | None = None  # the snapshot the last tick read
+        self._idle_tick = Tick(0.0, 0.0, math.nan, 0)  # a tick of it again: nothing new
+
+    def waiting_for_steps(self, snap: Snapshot) -> bool:
+        """Whether no train step has been attributed yet (a row then asks for a refresh)."""
+        return snap.steps == 0 == self.steps_reported
+
+    def tick(self, snap: Snapshot) -> Tick:
+        """The row's numbers from ``snap`` (the newest snapshot)."""
+        if snap is self._ticked:
+            # Ticked already (at log_every_n_steps=1, ~15 of 16 rows between refreshes): no new
+            # step, no newer reading; the power and energy of that tick again.
+            return self._idle_tick
+        # Power over the interval since the previous tick's newest reading (none new: the
+        # last value).
+        horizon, cumulative = snap.horizon, snap.energy_J
+        if self._last_power is None:
+            # Before the first measured interval, the newest power reading stands in.
+            self._last_power = (self.started_at, 0.0, snap.power_W)
+        last_t, last_j, power = self._last_power
+        if math.isfinite(horizon) and horizon > last_t + 1e-3:
+            power = (cumulative - last_j) / (horizon - last_t)
+            self._last_power = (horizon, cumulative, power)
+        # Steps attributed since the previous row, each with the newest readings when its end
+        # was booked (finalized energy lags by up to the buffer's 0.5 s drain).
+        new = snap.steps - self.steps_reported
+        step_j = math.nan
+        if new > 0:
+            step_j = (snap.steps_J - self._steps_J_reported) / new
+            self.steps_reported, self._steps_J_reported = snap.steps, snap.steps_J
+        self._ticked, self._idle_tick = snap, Tick(cumulative, power, math.nan, 0)
+        return Tick(cumulative, power, step_j, max(new, 0))
+
+
 @dataclass
 class StageRecord:
     """What a finished stage cost on this process: the final books and how they were measured."""
@@ -355,10 +409,7 @@ class StageBooks:
         self._snapshot_version: int | None = None  # the meter's version the snapshot saw
         self._lock = threading.RLock()
         self._snapshot: Snapshot | None = None
-        self._steps_reported = 0
-        self._steps_J_reported = 0.0
-        self._last_power: tuple[float, float, float] | None = None  # (t, measured J, W)
-        self._ticked: Snapshot | None = None  # the snapshot the last tick read
+        self._rows = RowNumbers(self.started_at)
         # Ticks so far (the training thread counts), and the count and time the refresher last
         # paced itself at: the rate of log rows sets its interval.
         self._ticks = 0
@@ -367,7 +418,6 @@ class StageBooks:
         #: Whether log rows came faster than refreshes at the last pacing (see :meth:`_pace`):
         #: rows then repeat the row before until the next refresh.
         self.busy = False
-        self._idle_tick = Tick(0.0, 0.0, math.nan, 0)  # a tick of it again: nothing new
         self._refresher: Refresher | None = None
         if refresh_s is not None:
             # On the meter's thread, between its reads (a stand-in meter without one: a thread).
@@ -636,31 +686,9 @@ class StageBooks:
         rows already carry a step."""
         self._ticks += 1
         snap = self._snapshot
-        if snap is None or self._refresher is None or (snap.steps == 0 == self._steps_reported):
+        if snap is None or self._refresher is None or self._rows.waiting_for_steps(snap):
             snap = self.refresh()
-        if snap is self._ticked:
-            # Ticked already (at log_every_n_steps=1, ~15 of 16 rows between refreshes): no new
-            # step, no newer reading; the power and energy of that tick again.
-            return self._idle_tick
-        # Power over the interval since the previous tick's newest reading (none new: the
-        # last value).
-        horizon, cumulative = snap.horizon, snap.energy_J
-        if self._last_power is None:
-            # Before the first measured interval, the newest power reading stands in.
-            self._last_power = (self.started_at, 0.0, snap.power_W)
-        last_t, last_j, power = self._last_power
-        if math.isfinite(horizon) and horizon > last_t + 1e-3:
-            power = (cumulative - last_j) / (horizon - last_t)
-            self._last_power = (horizon, cumulative, power)
-        # Steps attributed since the previous row, each with the newest readings when its end
-        # was booked (finalized energy lags by up to the buffer's 0.5 s drain).
-        new = snap.steps - self._steps_reported
-        step_j = math.nan
-        if new > 0:
-            step_j = (snap.steps_J - self._steps_J_reported) / new
-            self._steps_reported, self._steps_J_reported = snap.steps, snap.steps_J
-        self._ticked, self._idle_tick = snap, Tick(cumulative, power, math.nan, 0)
-        return Tick(cumulative, power, step_j, max(new, 0))
+        return self._rows.tick(snap)
 
     def step_counts(self) -> tuple[dict[str, int], dict[int, int]]:
         """Final steps per phase and train steps per epoch booked so far (a copy)."""
@@ -799,6 +827,7 @@ def sum_dicts(dicts: Any) -> dict[Any, Any]:
 
 __all__ = [
     "STATE_VERSION",
+    "RowNumbers",
     "RunBooks",
     "RunTotals",
     "Snapshot",

@@ -954,6 +954,21 @@ class EnergyMeter:
     def started_at(self) -> float | None:
         return self._started_at
 
+    @property
+    def helper_safe(self) -> bool:
+        """Whether this meter may run in a helper process forked from this one (see
+        :mod:`lightning_watt.attribution.helper_process`): not started, on the default clock
+        (the training process stamps step edges with it), and every source it was given
+        declares itself safe there (:attr:`EnergySource.helper_safe`; a meter of no sources
+        has nothing to move)."""
+        sources = self._requested_sources
+        return (
+            self._thread is None
+            and self._clock is time.monotonic
+            and bool(sources)
+            and all(s.helper_safe for s in sources or ())
+        )
+
     def energy_between(self, t0: float, t1: float, provisional: bool = True) -> dict[str, float]:
         """Joules per device over ``[t0, t1]`` (meter clock)."""
         with self._lock:

@@ -117,6 +117,13 @@ class WattCallback(Callback):
         target_accuracy: log ``watt/target_kWh`` when ``score_from`` first reaches it.
         carbon_intensity, region, pue, price_per_kwh, currency: carbon and cost, see
             :class:`lightning_watt.score.carbon.CarbonModel`.
+        isolation: where the meter and the books run. ``"auto"`` (default): in a helper
+            process forked when a stage begins, where that is possible (Linux, CPU training,
+            sources that read the same in any process: RAPL, the system-wide estimate,
+            replays), else on threads of the training process; ``"process"``: the same, with a
+            warning where it is not possible; ``"thread"``: always threads. On threads their
+            work shares the training thread's GIL: ~2-3 % of the throughput of 1.5 ms CPU
+            steps, nothing measurable at 10 ms (``benchmarks/README.md``).
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class WattCallback(Callback):
         pue: float = 1.0,
         price_per_kwh: float | None = None,
         currency: str = "USD",
+        isolation: str = "auto",
     ) -> None:
         super().__init__()
         from lightning_watt.score.functional import resolve_reference_kwh, validate_score_params
@@ -191,7 +199,8 @@ class WattCallback(Callback):
         self.score_from = score_from
         self.alpha, self.beta = float(alpha), float(beta)
         self.last_summary: dict[str, Any] | None = None
-        self._books = EnergyAccountant()
+        self._books = EnergyAccountant(isolation=isolation)
+        self.isolation = self._books.isolation
         self._metrics_by_epoch: dict[int, dict[str, float]] = {}
         self._pending_state: dict[str, Any] | None = None
         self._said_unavailable = False
@@ -262,7 +271,7 @@ class WattCallback(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         run = state.pop("_books")
         self.__dict__.update(state)
-        self._books = EnergyAccountant()
+        self._books = EnergyAccountant(isolation=self.isolation)
         self._books.run = run
 
     def _take_handoff(self) -> None:
@@ -306,15 +315,8 @@ class WattCallback(Callback):
             )
             record = str(self._run_dir / stem)
         sources, skipped = self._sources_for(trainer)
-        meter = EnergyMeter(sources, record=record).start()
-        self._unavailable = {**skipped, **meter.unavailable}
-        if not meter.devices and not self._said_unavailable:
-            rank_zero_warn(
-                "lightning-watt: nothing to measure on this machine ("
-                + "; ".join(f"{k}: {v}" for k, v in self._unavailable.items())
-                + "). Training continues; energy is logged as 0. Run `lightning-watt doctor` "
-                "to see what this machine can measure and how to fix the rest."
-            )
+        # Started by the books: in a helper process or on a thread (see ``isolation``).
+        meter = EnergyMeter(sources, record=record)
         # A checkpoint this stage resumes from is loaded after setup (load_state_dict).
         self._books.begin(
             name,
@@ -323,6 +325,15 @@ class WattCallback(Callback):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
+        started = self._books.stage.meter if self._books.stage is not None else meter
+        self._unavailable = {**skipped, **started.unavailable}
+        if not started.devices and not self._said_unavailable:
+            rank_zero_warn(
+                "lightning-watt: nothing to measure on this machine ("
+                + "; ".join(f"{k}: {v}" for k, v in self._unavailable.items())
+                + "). Training continues; energy is logged as 0. Run `lightning-watt doctor` "
+                "to see what this machine can measure and how to fix the rest."
+            )
         push_energy_provider(self._energy_kwh_provider)
         self._provider_pushed = True
         if self._pending_state is not None:

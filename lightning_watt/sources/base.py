@@ -97,6 +97,12 @@ class EnergySource(ABC):
 
     #: Short name used in summaries and traces ("nvml", "rapl", "replay", "estimate").
     name: str = "source"
+    #: Whether the source may be opened and read in a helper process forked from the training
+    #: process (see ``EnergyMeter.helper_safe``): its readings do not depend on which process
+    #: takes them, and nothing it holds before :meth:`open` is bound to the process. ``False``
+    #: unless a source says otherwise: a reader of this process's own CPU time would measure
+    #: the helper instead.
+    helper_safe: bool = False
 
     @abstractmethod
     def open(self, clock: Clock) -> None:

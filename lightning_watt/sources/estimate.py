@@ -270,6 +270,13 @@ class EstimateSource(EnergySource):
         u = min(1.0, max(0.0, utilisation))
         return self.idle_w + u * (self.tdp_w - self.idle_w)
 
+    @property
+    def helper_safe(self) -> bool:  # type: ignore[override]
+        """System-wide utilisation reads the same in any process; this process's own CPU time
+        (or a given reader, which may read it) would be the helper's there."""
+        spec = self._utilisation_spec
+        return spec == "system" or (spec is None and os.access("/proc/stat", os.R_OK))
+
     def open(self, clock: Clock) -> None:
         spec = self._utilisation_spec
         if callable(spec):

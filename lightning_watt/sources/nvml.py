@@ -322,6 +322,9 @@ class NvmlSource(EnergySource):
     """
 
     name = "nvml"
+    # Not yet: NVML in a process forked from one that initialised it (torch may, and
+    # ``default_sources`` probes it) has not been run on NVIDIA hardware here.
+    helper_safe = False
 
     def __init__(
         self,

@@ -250,6 +250,7 @@ class RaplSource(EnergySource):
     """
 
     name = "rapl"
+    helper_safe = True  # system-wide counters in files: the same in any process
 
     def __init__(
         self,

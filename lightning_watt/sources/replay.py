@@ -97,6 +97,7 @@ class ReplaySource(EnergySource):
     """
 
     name = "replay"
+    helper_safe = True  # a recording: the same readings in any process
 
     @classmethod
     def of_fit(

@@ -1,0 +1,760 @@
+"""A stage's meter and books in a helper process: nothing of ours holds the training GIL.
+
+On threads, the meter's reads and fits and the books' refreshes (~1 % of a core) each took the
+GIL from the training thread: at 1.5 ms CPU steps that cost 2-3 % of the steps, and the same
+CPU replayed in a forked process cost nothing measurable (``benchmarks/background_cost.py``).
+Here the training process forks a helper when a stage begins; the helper starts the meter,
+keeps the books (:class:`~lightning_watt.attribution.books.StageBooks`, unchanged) and serves
+them. The training thread only:
+
+* appends each step edge (host time) to a list, and every ``FLUSH_S`` writes the list to a
+  pipe in one non-blocking write, with a *watermark*: every edge before it is in the pipe, so
+  the helper never finalises energy past an edge it has not seen;
+* reads the newest :class:`~lightning_watt.attribution.books.Snapshot` the helper left in
+  shared memory after each refresh (a sequence number checked first, the bytes copied under a
+  lock only when it moved);
+* asks the helper over a socket for everything else (epoch ends, checkpoints, the stage's
+  end), where a round trip of a millisecond is nothing.
+
+Warnings the helper's meter raises are re-raised in the training process (filters, pytest
+and loggers see them there). The helper ignores SIGINT and SIGTERM (the training process
+decides when to stop) and exits when the training process closes the socket or dies. A
+helper that ends early is warned about once; the stage then keeps the numbers it last
+published and its summary says so (:attr:`ProcessBooks.lost`).
+
+Only used where it is safe and measured to pay: Linux (``os.fork``), step edges on host time
+(a CUDA event must be resolved in the process that recorded it), a meter not started yet on
+the default clock whose every source declares itself safe in a forked process
+(:attr:`~lightning_watt.energy.meter.EnergyMeter.helper_safe`: replays, RAPL, the system-wide
+estimate; NVML not until it has been checked on NVIDIA hardware).
+
+Example:
+    >>> from lightning_watt import EnergyMeter, ReplaySource, bundled_trace
+    >>> meter = EnergyMeter([ReplaySource(bundled_trace("h200-mlp-stall"), start=10.0)])
+    >>> books = ProcessBooks.open(meter)
+    >>> [d.name for d in books.meter.devices]
+    ['gpu0']
+    >>> books.begin({"gpu0": 1.0})
+    >>> books.mark("train", "start", 0, epoch=0)
+    >>> books.mark("train", "end", 0, epoch=0)
+    >>> record = books.finish(epoch=0)
+    >>> record.totals.steps["train"], books.helper_exit_code
+    (1, 0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import math
+import mmap
+import multiprocessing
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from lightning_watt.attribution.books import (
+    RowNumbers,
+    RunTotals,
+    Snapshot,
+    StageBooks,
+    StageRecord,
+    Tick,
+)
+from lightning_watt.attribution.step_clock import ResolvedRow
+from lightning_watt.energy.meter import EnergyMeter
+from lightning_watt.energy.readings import DeviceInfo
+
+#: Seconds between the training thread's writes of step edges to the pipe (one write of all
+#: edges marked since): ~40 writes a second of ~10 µs at any step time. The helper's books
+#: refresh every 25-100 ms, so the rows' steps lag by about this much more than on threads.
+FLUSH_S = 0.025
+#: Seconds a request to the helper may take (the stage's end waits for the meter's last
+#: reads and the final books: a few hundred ms); past it the helper is taken for lost.
+REQUEST_TIMEOUT_S = 30.0
+#: Seconds a request that waits for readings (``timeout``) may take beyond that wait.
+REQUEST_MARGIN_S = 5.0
+#: Seconds the helper takes to start (a fork, the sources opened) before it is taken for lost.
+START_TIMEOUT_S = 30.0
+#: Bytes of the shared board the helper leaves its snapshots on.
+BOARD_BYTES = 1 << 16
+#: Edge bytes the training process holds back while the pipe is full before it gives the
+#: helper up (~1.5 M edges: minutes of a helper that reads nothing).
+MAX_BACKLOG_BYTES = 64 << 20
+#: Seconds between the training thread's checks (in a log row) that the helper is alive.
+ALIVE_CHECK_S = 1.0
+#: The pipe's size asked for (Linux caps an unprivileged request at 1 MiB): ~35 000 edges.
+PIPE_BYTES = 1 << 20
+
+_FRAME = struct.Struct("<I")
+_SEQ = struct.Struct("<QI")  # the board's header: sequence number, payload length
+_F_SETPIPE_SZ = 1031
+
+
+def helper_unavailable(meter: EnergyMeter, host_time: bool) -> str | None:
+    """Why ``meter`` cannot run in a helper process here, or ``None`` if it can."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return "not on Linux"
+    if not host_time:
+        return "step edges are CUDA events (resolved in the process that records them)"
+    if not meter.helper_safe:
+        if meter.running or meter.started_at is not None:
+            return "the meter was started already"
+        return "a source (or the meter's clock) is not declared safe in a forked process"
+    return None
+
+
+@dataclass(frozen=True)
+class _Hello:
+    devices: list[DeviceInfo]
+    unavailable: dict[str, str]
+    started_at: float
+
+
+class _LostHelper(RuntimeError):
+    """The helper process ended, hung or broke its channel."""
+
+
+# ---------------------------------------------------------------------- shared snapshot board
+class _Board:
+    """The newest snapshot, in shared memory: written by the helper, read by the training
+    thread. A lock (a POSIX semaphore: a memory barrier on every architecture) guards the
+    bytes; the sequence number is read without it first, so an unchanged board costs a
+    struct read."""
+
+    def __init__(self) -> None:
+        self._mm = mmap.mmap(-1, BOARD_BYTES)
+        self._lock = multiprocessing.get_context("fork").Lock()
+        self._seq = 0
+
+    def publish(self, payload: Any) -> None:
+        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) > BOARD_BYTES - _SEQ.size:
+            return  # cannot happen with sane device counts; the rows keep the last numbers
+        self._seq += 1
+        with self._lock:
+            self._mm[_SEQ.size : _SEQ.size + len(data)] = data
+            _SEQ.pack_into(self._mm, 0, self._seq, len(data))
+
+    def seq(self) -> int:
+        return int(_SEQ.unpack_from(self._mm, 0)[0])
+
+    def read(self) -> tuple[int, Any] | None:
+        """The sequence number and payload, or ``None`` if the lock was not free at once (a
+        write in progress: the caller keeps what it has)."""
+        if not self._lock.acquire(timeout=0.002):
+            return None
+        try:
+            seq, size = _SEQ.unpack_from(self._mm, 0)
+            data = self._mm[_SEQ.size : _SEQ.size + size]
+        finally:
+            self._lock.release()
+        return seq, (pickle.loads(data) if size else None)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._mm.close()
+
+
+# ---------------------------------------------------------------------- the helper's side
+class _PipedClock:
+    """The helper's step clock: edges as the training process wrote them to the pipe, each
+    frame ``(watermark, ticks, rows)``. Host time only (``uses_gpu_time`` is false)."""
+
+    uses_gpu_time = False
+
+    def __init__(self, fd: int, started_at: float) -> None:
+        self._fd = fd
+        os.set_blocking(fd, False)
+        self._buf = bytearray()
+        #: Every edge before this time has arrived (the training process's last write; its
+        #: first edge comes after the meter started).
+        self.watermark = started_at
+        #: The log rows the training process had made at its last write (the books' pacing).
+        self.ticks = 0
+
+    def _drain(self) -> list[ResolvedRow]:
+        buf = self._buf
+        while True:
+            try:
+                chunk = os.read(self._fd, PIPE_BYTES)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+        rows: list[ResolvedRow] = []
+        at = 0
+        while len(buf) - at >= _FRAME.size:
+            (size,) = _FRAME.unpack_from(buf, at)
+            if len(buf) - at - _FRAME.size < size:
+                break
+            start = at + _FRAME.size
+            watermark, ticks, frame = pickle.loads(bytes(buf[start : start + size]))
+            rows += frame
+            self.watermark, self.ticks = watermark, ticks
+            at = start + size
+        del buf[:at]
+        return rows
+
+    def resolve_rows(self, wait: bool = False) -> list[ResolvedRow]:
+        return self._drain()
+
+    def first_pending_host(self) -> float | None:
+        # Edges at or after the watermark may still be on their way.
+        return self.watermark
+
+    def reanchor(self) -> None:
+        return None
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+
+class _ServedBooks(StageBooks):
+    """The books in the helper: every refresh leaves its snapshot on the board."""
+
+    def __init__(
+        self,
+        meter: EnergyMeter,
+        clock: _PipedClock,
+        weights: Mapping[str, float],
+        board: _Board,
+        warned: list[tuple[str, type[Warning]]],
+    ) -> None:
+        self._board = board
+        self._warned = warned
+        self._published: tuple[Snapshot | None, bool, int] = (None, False, 0)
+        self._piped = clock
+        super().__init__(meter, clock, weights)  # type: ignore[arg-type]
+
+    def _pace(self) -> None:
+        self._ticks = self._piped.ticks  # the training process counts its rows
+        super()._pace()
+
+    def refresh(self, pause_s: float = 0.0, sync_s: float = 0.0) -> Snapshot:
+        snapshot = super().refresh(pause_s=pause_s, sync_s=sync_s)
+        self.publish(snapshot)
+        return snapshot
+
+    def publish(self, snapshot: Snapshot | None) -> None:
+        key = (snapshot, self.busy, len(self._warned))
+        if key[0] is self._published[0] and key[1:] == self._published[1:]:
+            return
+        self._published = key
+        self._board.publish((snapshot, self.busy, list(self._warned)))
+
+
+def _serve(meter: EnergyMeter, rpc: Connection, edge_fd: int, board: _Board, parent: int) -> None:
+    """The helper's main thread: start the meter, then answer the training process until the
+    stage ends or the training process goes."""
+    warned: list[tuple[str, type[Warning]]] = []
+
+    def forward(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if len(warned) >= 50:
+            return
+        try:
+            pickle.dumps(category)
+        except Exception:  # a class defined in a function: its text still arrives
+            category = RuntimeWarning
+        warned.append((str(message)[:2000], category))
+
+    warnings.showwarning = forward
+    books: _ServedBooks | None = None
+    try:
+        try:
+            meter.start()
+            rpc.send(("ok", _Hello(meter.devices, meter.unavailable, float(meter.started_at or 0))))
+        except Exception as err:
+            rpc.send(("error", err))
+            return
+        while True:
+            if not rpc.poll(1.0):
+                if os.getppid() != parent:
+                    break  # the training process died without closing the socket
+                continue
+            method, args = rpc.recv()
+            try:
+                if method == "begin":
+                    books = _ServedBooks(
+                        meter,
+                        _PipedClock(edge_fd, float(meter.started_at or 0.0)),
+                        args[0],
+                        board,
+                        warned,
+                    )
+                    result: Any = None
+                elif method == "abort" and books is None:
+                    meter.stop()
+                    result = None
+                else:
+                    assert books is not None, "begin first"
+                    result = getattr(books, method)(*args)
+                    if method in ("measure_now", "settle", "refresh"):
+                        books.publish(books.snapshot)
+                reply: tuple[str, Any] = ("ok", result)
+            except Exception as err:
+                reply = ("error", err)
+            try:
+                rpc.send((*reply, list(warned)))
+            except Exception as err:  # an unpicklable result or exception
+                rpc.send(("error", RuntimeError(f"{method}: {err!r}"), list(warned)))
+            if method in ("finish", "abort"):
+                return
+    except (EOFError, OSError):
+        pass  # the training process closed the socket
+    finally:
+        # The training process is gone or gave up on us: close the recording properly.
+        with contextlib.suppress(Exception):
+            if books is not None:
+                books.abort()
+            else:
+                meter.stop()
+
+
+def _child(meter: EnergyMeter, rpc: Connection, edge_fd: int, board: _Board, parent: int) -> None:
+    code = 0
+    try:
+        # The training process handles Ctrl-C and the scheduler's SIGTERM; it then ends the
+        # stage (or dies, which closes the socket): either way the helper is told.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        threading.current_thread().name = "lightning-watt-helper"
+        _serve(meter, rpc, edge_fd, board, parent)
+    except BaseException:
+        code = 1
+    finally:
+        # Never run the training process's exit handlers (Lightning's, torch's) here.
+        os._exit(code)
+
+
+# ---------------------------------------------------------------------- the training side
+class HelperMeter:
+    """What the training process sees of the helper's meter: its devices, what it skipped,
+    its clock and the newest numbers the helper published."""
+
+    def __init__(self, hello: _Hello, books: ProcessBooks) -> None:
+        self.devices = hello.devices
+        self.unavailable = hello.unavailable
+        self.started_at = hello.started_at
+        self._books = books
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    @property
+    def horizon(self) -> float:
+        snap = self._books.snapshot
+        return -math.inf if snap is None else snap.horizon
+
+    def power(self) -> dict[str, float]:
+        snap = self._books.snapshot
+        return {} if snap is None else dict(snap.device_power_W)
+
+    @property
+    def running(self) -> bool:
+        return self._books.alive
+
+
+class _HostClock:
+    """The training process's clock object: host time needs no anchoring."""
+
+    uses_gpu_time = False
+
+    @staticmethod
+    def reanchor() -> None:
+        return None
+
+
+class ProcessBooks:
+    """A stage's books kept by a helper process; the methods of
+    :class:`~lightning_watt.attribution.books.StageBooks` that the accountant calls.
+
+    Build with :meth:`open` (forks; the helper starts the meter), then :meth:`begin` with the
+    devices' weights. See the module's docstring for what runs where.
+    """
+
+    def __init__(self, pid: int, rpc: Connection, edge_fd: int, board: _Board) -> None:
+        self._pid = pid
+        self._rpc = rpc
+        self._edge_fd = edge_fd
+        self._board = board
+        self.clock = _HostClock()
+        self.meter: HelperMeter
+        self.started_at = 0.0
+        self.weights: dict[str, float] = {}
+        self._rows_out: list[ResolvedRow] = []
+        self._out = bytearray()  # framed edges not written yet (the pipe was full)
+        self._flush_at = -math.inf
+        self._ticks = 0
+        self._rows = RowNumbers(0.0)
+        self._seq = 0
+        self._snapshot: Snapshot | None = None
+        self._busy = False
+        self._warned_n = 0
+        self._checked_at = time.monotonic()
+        #: Why the helper was lost (``None`` while it serves): the stage keeps its last numbers.
+        self.lost: str | None = None
+        #: The helper's exit status once it has ended (0: a clean end).
+        self.helper_exit_code: int | None = None
+
+    # ------------------------------------------------------------------ start
+    @classmethod
+    def open(cls, meter: EnergyMeter) -> ProcessBooks:
+        """Fork the helper and start ``meter`` there (its errors are raised here)."""
+        board = _Board()
+        ctx = multiprocessing.get_context("fork")
+        ours, theirs = ctx.Pipe(duplex=True)
+        read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
+        parent = os.getpid()
+        # Objects alive now are never collected in the helper (a collection there could run
+        # the training process's finalizers, CUDA frees among them), and their pages stay
+        # shared.
+        gc.freeze()
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns that forking a multi-threaded process may deadlock the
+                # child: the helper takes none of the locks other threads may hold (it runs
+                # our meter, numpy and file writes), as DataLoader workers forked alike.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except BaseException:
+            gc.unfreeze()
+            raise
+        if pid == 0:  # the helper
+            ours.close()
+            os.close(write_fd)
+            _child(meter, theirs, read_fd, board, parent)
+        gc.unfreeze()
+        theirs.close()
+        os.close(read_fd)
+        os.set_blocking(write_fd, False)
+        books = cls(pid, ours, write_fd, board)
+        try:
+            hello = books._reply("start", START_TIMEOUT_S)
+        except BaseException:
+            books._reap(kill=True)
+            raise
+        books.meter = HelperMeter(hello, books)
+        books.started_at = hello.started_at
+        books._rows = RowNumbers(hello.started_at)
+        return books
+
+    def begin(self, weights: Mapping[str, float]) -> None:
+        """Build the books in the helper with the devices' weights (see ``StageBooks``)."""
+        self.weights = dict(weights)
+        self._call("begin", self.weights)
+
+    # ------------------------------------------------------------------ the training thread
+    def mark(self, phase: str, edge: str, index: int, epoch: int | None) -> None:
+        """A step edge, now: appended to a list; every ``FLUSH_S`` the list goes to the pipe."""
+        t = time.monotonic()
+        self._rows_out.append((phase, edge, index, epoch, t, None))
+        if t >= self._flush_at:
+            self._flush(t)
+
+    def _flush(self, now: float, block_s: float = 0.0) -> None:
+        """Write the edges marked so far to the pipe, with ``now`` as the watermark (the next
+        edge is marked after it). ``block_s``: wait up to this long for a full pipe to drain
+        (before a request, which must find every edge in the pipe)."""
+        self._flush_at = now + FLUSH_S
+        if self.lost is not None:
+            self._rows_out = []
+            return
+        frame = pickle.dumps((now, self._ticks, self._rows_out), protocol=pickle.HIGHEST_PROTOCOL)
+        self._rows_out = []
+        out = self._out
+        out += _FRAME.pack(len(frame))
+        out += frame
+        deadline = time.monotonic() + block_s
+        while out:
+            try:
+                written = os.write(self._edge_fd, out)
+            except BlockingIOError:
+                written = 0
+            except OSError as err:
+                self._lose(f"its edge pipe failed ({err})")
+                return
+            del out[:written]
+            if not out:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            select.select([], [self._edge_fd], [], min(left, 0.05))
+        if len(out) > MAX_BACKLOG_BYTES:
+            self._lose("it stopped reading step edges")
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The newest snapshot the helper published (``None`` before its first refresh)."""
+        board = self._board
+        if board.seq() != self._seq and self.lost is None:
+            got = board.read()
+            if got is not None:
+                self._seq, payload = got
+                if payload is not None:
+                    self._snapshot, self._busy, said = payload
+                    self._rewarn(said)
+        return self._snapshot
+
+    @property
+    def busy(self) -> bool:
+        _ = self.snapshot
+        return self._busy
+
+    def tick(self) -> Tick:
+        """This process's numbers for a log row (see :meth:`StageBooks.tick`): the helper's
+        newest snapshot; until the first train step is attributed, a refresh asked for."""
+        self._ticks += 1
+        snap = self.snapshot
+        if self.lost is None and (snap is None or self._rows.waiting_for_steps(snap)):
+            with contextlib.suppress(_LostHelper):
+                self._call("refresh")
+            snap = self.snapshot
+        now = time.monotonic()
+        if now - self._checked_at >= ALIVE_CHECK_S:
+            self._checked_at = now
+            self._check_alive()
+        if snap is None:
+            return Tick(0.0, 0.0, math.nan, 0)
+        return self._rows.tick(snap)
+
+    def energy_j(self, until: float | None = None) -> float:
+        """The stage's (weighted) joules as measured up to the newest reading (see
+        :meth:`StageBooks.energy_j`). Without ``until``: as the helper's last refresh found
+        it (25-100 ms old; an energy budget asks at every step), no request."""
+        if until is None:
+            snap = self.snapshot
+            if snap is not None or self.lost is not None:
+                return 0.0 if snap is None else snap.energy_J
+        return float(self._call("energy_j", until, default=self._last_energy()))
+
+    def _last_energy(self) -> float:
+        snap = self._snapshot
+        return 0.0 if snap is None else snap.energy_J
+
+    # ------------------------------------------------------------------ requests
+    def measure_now(self, timeout: float = 1.0) -> bool:
+        wait = timeout + REQUEST_MARGIN_S
+        return bool(self._call("measure_now", timeout, default=False, timeout=wait))
+
+    def settle(self, t: float, timeout: float) -> bool:
+        wait = timeout + REQUEST_MARGIN_S
+        return bool(self._call("settle", t, timeout, default=False, timeout=wait))
+
+    def unmeasured_j(self) -> float:
+        return float(self._call("unmeasured_j", default=0.0))
+
+    def step_counts(self) -> tuple[dict[str, int], dict[int, int]]:
+        return self._call("step_counts", default=({}, {}))
+
+    def epoch_phases(self, epoch: int) -> dict[str, float]:
+        return self._call("epoch_phases", epoch, default={})
+
+    def totals(self, epoch: int, until: float | None = None) -> RunTotals:
+        fallback = RunTotals(
+            energy_J=self._last_energy(), phases_J={"unattributed": self._last_energy()}
+        )
+        return self._call("totals", epoch, until, default=fallback)
+
+    def finish(self, epoch: int, meta: Mapping[str, Any] | None = None) -> StageRecord:
+        """Close the books in the helper (it stops the meter and ends); the final record."""
+        try:
+            record: StageRecord = self._call("finish", epoch, dict(meta or {}), strict=True)
+        except _LostHelper:
+            return self._record_of_lost()
+        finally:
+            self._reap()
+        return record
+
+    def abort(self) -> None:
+        """Stop measuring without closing the books; the helper ends."""
+        if self.lost is None and self.helper_exit_code is None:
+            with contextlib.suppress(Exception):
+                self._call("abort", timeout=5.0, strict=True)
+        self._reap()
+
+    @property
+    def alive(self) -> bool:
+        return self.lost is None and self.helper_exit_code is None
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(
+        self,
+        method: str,
+        *args: Any,
+        default: Any = None,
+        strict: bool = False,
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> Any:
+        """Ask the helper; every edge marked so far reaches it first. A lost helper gives
+        ``default`` (``strict``: raises ``_LostHelper``); the helper's exception is raised."""
+        if self.lost is not None:
+            if strict:
+                raise _LostHelper(self.lost)
+            return default
+        try:
+            self._flush(time.monotonic(), block_s=min(timeout, 5.0))
+            if self.lost is not None:
+                raise _LostHelper(self.lost)
+            try:
+                self._rpc.send((method, args))
+            except (OSError, ValueError) as err:
+                self._lose(f"its socket failed ({err})")
+                raise _LostHelper(self.lost or "") from err
+            return self._reply(method, timeout)
+        except _LostHelper:
+            if strict:
+                raise
+            return default
+
+    def _reply(self, method: str, timeout: float) -> Any:
+        rpc = self._rpc
+        try:
+            ready = rpc.poll(timeout)
+            got = rpc.recv() if ready else None
+        except (EOFError, OSError) as err:
+            self._lose(f"it ended during {method!r} ({err or 'closed'})")
+            raise _LostHelper(self.lost or "") from err
+        if got is None:
+            self._lose(f"it did not answer {method!r} within {timeout:g} s")
+            raise _LostHelper(self.lost or "")
+        status, result, *said = got
+        if said:
+            self._rewarn(said[0])
+        if status == "error":
+            raise result
+        return result
+
+    def _rewarn(self, said: list[tuple[str, type[Warning]]]) -> None:
+        for message, category in said[self._warned_n :]:
+            warnings.warn(message, category, stacklevel=2)
+        self._warned_n = max(self._warned_n, len(said))
+
+    def _check_alive(self) -> None:
+        if self.lost is not None or self.helper_exit_code is not None:
+            return
+        with contextlib.suppress(ChildProcessError):
+            pid, status = os.waitpid(self._pid, os.WNOHANG)
+            if pid:
+                self.helper_exit_code = os.waitstatus_to_exitcode(status)
+                self._lose(f"it exited (status {self.helper_exit_code})", reaped=True)
+
+    def _lose(self, why: str, reaped: bool = False) -> None:
+        if self.lost is not None:
+            return
+        self.lost = why
+        warnings.warn(
+            f"lightning-watt: the meter's helper process was lost: {why}. Training continues; "
+            "this stage keeps the energy last measured, and its summary marks the rest as a gap.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if not reaped:
+            self._reap(kill=True)
+
+    def _reap(self, kill: bool = False, timeout: float = 5.0) -> None:
+        """Wait for the helper to end (``kill``: end it first), and close our ends."""
+        if self.helper_exit_code is None:
+            if kill:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    pid, status = os.waitpid(self._pid, os.WNOHANG)
+                except ChildProcessError:
+                    self.helper_exit_code = -1
+                    break
+                if pid:
+                    self.helper_exit_code = os.waitstatus_to_exitcode(status)
+                    break
+                if time.monotonic() >= deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self._pid, signal.SIGKILL)
+                    deadline = math.inf
+                time.sleep(0.005)
+        with contextlib.suppress(OSError):
+            self._rpc.close()
+        with contextlib.suppress(OSError):
+            os.close(self._edge_fd)
+        self._edge_fd = -1
+
+    def _record_of_lost(self) -> StageRecord:
+        """The stage as last published, when the helper is gone: its energy (the last
+        snapshot) unattributed, and a gap from the last reading to now."""
+        snap = self._snapshot
+        energy = 0.0 if snap is None else snap.energy_J
+        end = time.monotonic()
+        since = self.started_at if snap is None or not math.isfinite(snap.horizon) else snap.horizon
+        reason = f"the meter's helper process was lost: {self.lost}"
+        devices = [
+            {
+                "name": d.name,
+                "uuid": d.key,
+                "label": d.label,
+                "energy_J": 0.0,
+                "counted": self.weights.get(d.name, 1.0) > 0,
+                "mean_power_W": 0.0,
+                "peak_power_W": 0.0,
+                "method": "none",
+                "methods": [],
+                "method_notes": [reason],
+                "source": "",
+                "estimated": d.estimated,
+                "unmeasured_J": 0.0,
+                "unmeasured_s": 0.0,
+                "unmeasured_reason": "",
+                "unmeasured_basis": "",
+            }
+            for d in self.meter.devices
+        ]
+        return StageRecord(
+            duration_s=end - self.started_at,
+            totals=RunTotals(energy_J=energy, phases_J={"unattributed": energy} if energy else {}),
+            devices=devices,
+            gaps=[(d.name, since, end, reason) for d in self.meter.devices],
+            errors={"helper": 1},
+        )
+
+
+def open_books(
+    meter: EnergyMeter,
+    weights_of: Callable[[list[DeviceInfo]], Mapping[str, float]],
+) -> ProcessBooks:
+    """Fork the helper, start ``meter`` there, and build its books with the weights
+    ``weights_of(devices)`` gives (a collective in a multi-process run: every rank calls it)."""
+    books = ProcessBooks.open(meter)
+    try:
+        books.begin(weights_of(books.meter.devices))
+    except BaseException:
+        books.abort()
+        raise
+    return books
+
+
+__all__ = [
+    "FLUSH_S",
+    "HelperMeter",
+    "ProcessBooks",
+    "helper_unavailable",
+    "open_books",
+]
