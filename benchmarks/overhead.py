@@ -238,6 +238,21 @@ def _process_cpu_s(pid: int | None) -> float:
     return total
 
 
+def _private_bytes(pid: int | None) -> float:
+    """Private (unshared) memory of another process, bytes (Linux ``smaps_rollup``), or NaN."""
+    if pid is None:
+        return math.nan
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return math.nan
+    return float(total)
+
+
 def _replay(all_kinds: bool) -> ReplaySource:
     """The replayed H200, as ``WattCallback(replay=TRACE)`` makes it; with the kinds a live NVML
     source reads unless ``all_kinds``."""
@@ -263,12 +278,19 @@ class TimedWattCallback(WattCallback):
         self.refresher_cpu_s = self.meter_cpu_s = self.train_wall_s = math.nan
         #: CPU seconds of the meter's helper process during training (NaN: threads).
         self.helper_cpu_s = math.nan
+        #: The helper's private memory at the end of training, bytes (NaN: threads): pages
+        #: the training process wrote after the fork, whose old copies the helper keeps.
+        self.helper_private_b = math.nan
+        #: Wall seconds of the stage's setup (the meter started: forked, or a thread).
+        self.setup_s = math.nan
         self._start_dt = math.nan
         self._parts = [0.0, 0.0, 0.0]
         self._cpu0 = (0.0, 0.0, 0.0, 0.0)
 
     def setup(self, trainer, pl_module, stage) -> None:
+        t0 = perf_counter()
         super().setup(trainer, pl_module, stage)
+        self.setup_s = perf_counter() - t0
         books = self._books.stage
         assert books is not None
         refresher = getattr(books, "_refresher", None)  # None: a version without one
@@ -333,6 +355,7 @@ class TimedWattCallback(WattCallback):
         self.refresher_cpu_s = _thread_cpu_s(self._refresher_thread()) - self._cpu0[0]
         self.meter_cpu_s = _thread_cpu_s(self._meter_thread()) - self._cpu0[1]
         self.helper_cpu_s = _process_cpu_s(self._helper()) - self._cpu0[3]
+        self.helper_private_b = _private_bytes(self._helper())
         self.train_wall_s = perf_counter() - self._cpu0[2]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -576,12 +599,26 @@ def _report_ticks(variant: Variant) -> None:
         if cb.train_wall_s > 0 and not math.isnan(cb.helper_cpu_s)
     ]
     if helpers:
+        private = [cb.helper_private_b for cb in timed if not math.isnan(cb.helper_private_b)]
         print(
             f"  the meter's helper process (isolation 'auto' here: its meter, books and "
             f"refreshes, none of them on the training process's GIL): "
             f"{100 * statistics.median(helpers):.2f} % of one core during training (not in "
-            "'CPU/step' above, which is the training process's)"
+            "'CPU/step' above, which is the training process's); its private memory at the "
+            f"end of training p50 {statistics.median(private) / 2**20:.1f} MB"
         )
+    for isolation in ("auto", "thread"):
+        setups = [
+            cb.setup_s
+            for f in variant.fits
+            if (cb := f.cb) is not None and f.arm.isolation == isolation
+        ]
+        if setups:
+            print(
+                f"  a stage's start (WattCallback.setup, the meter started), isolation "
+                f"{isolation!r}: p50 {1e3 * statistics.median(setups):.1f} ms, max "
+                f"{1e3 * max(setups):.1f} ms"
+            )
     print(
         f"  targets (ours): tick p50 <= {TARGET_TICK_P50_US:.0f} µs and p99 <= "
         f"{TARGET_TICK_P99_US / 1e3:.0f} ms"
@@ -853,9 +890,21 @@ def _run_variant(variant: Variant, args: argparse.Namespace, target_s: float) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="train steps per fit")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=1500,
+        help="train steps per fit (a stage's start, the helper's fork included, is not timed "
+        "in them: it is reported apart)",
+    )
     parser.add_argument("--repeats", type=int, default=6, help="fits per arm (>= 3)")
-    parser.add_argument("--skip", type=int, default=20, help="warm steps not timed per fit")
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=200,
+        help="warm steps not timed per fit (the first steps after the helper's fork take its "
+        "copy-on-write page faults)",
+    )
     parser.add_argument("--step-ms", type=float, default=1.5, help="CPU step time to aim for")
     parser.add_argument("--gpu-step-ms", type=float, default=10.0, help="GPU step time to aim for")
     parser.add_argument(

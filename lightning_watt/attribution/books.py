@@ -310,10 +310,22 @@ class RowNumbers:
         self._last_power: tuple[float, float, float] | None = None  # (t, measured J, W)
         self._ticked: Snapshot | None = None  # the snapshot the last tick read
         self._idle_tick = Tick(0.0, 0.0, math.nan, 0)  # a tick of it again: nothing new
+        self._asked_at = -math.inf
 
-    def waiting_for_steps(self, snap: Snapshot) -> bool:
-        """Whether no train step has been attributed yet (a row then asks for a refresh)."""
-        return snap.steps == 0 == self.steps_reported
+    def wants_refresh(self, snap: Snapshot | None) -> bool:
+        """Whether a row should ask for a refresh of its own: no snapshot yet, or readings but
+        no train step given energy yet (a short stage's first rows then carry one), at most
+        once per ``DEFAULT_INTERVAL_S``. Before the first reading a refresh could give no
+        step energy: the rows wait for the books' own refreshes."""
+        if snap is not None and not (
+            snap.steps == 0 == self.steps_reported and math.isfinite(snap.horizon)
+        ):
+            return False
+        now = time.monotonic()
+        if snap is not None and now - self._asked_at < DEFAULT_INTERVAL_S:
+            return False
+        self._asked_at = now
+        return True
 
     def tick(self, snap: Snapshot) -> Tick:
         """The row's numbers from ``snap`` (the newest snapshot)."""
@@ -394,6 +406,9 @@ class StageBooks:
         # for log rows (the ledger waits for final energy, up to ~0.5 s behind).
         self._live = StepSpans()
         self._live_steps_J = 0.0
+        # The live steps given energy so far: none before the first reading (a step then
+        # waits for it, rather than be logged at 0 J).
+        self._live_priced = 0
         # Edges resolved (and counted in the live spans) but not handed over yet; when the
         # last hand-over was (meter clock).
         self._unsynced: list[ResolvedRow] = []
@@ -635,7 +650,10 @@ class StageBooks:
             # A horizon cut at now moves with the clock, not with the meter's version.
             self._snapshot_version = version if newest <= now else None
             measured = math.isfinite(horizon)
-            spans = self._live.take()
+            # Before the first reading no energy is known: the steps wait for it (unless there
+            # is nothing to read: then they cost 0 J as measured).
+            spans = self._live.take() if measured or not meter.devices else []
+            self._live_priced += len(spans)
             # One locked lookup: the new steps (held power past the newest reading, as a row
             # can't wait ~0.5 s for readings) and the stage's energy up to the newest reading
             # (no held power: equal with or without it there). What energy_fn would give for
@@ -645,7 +663,6 @@ class StageBooks:
             k = len(spans)
             energy_j = 0.0
             power_w = self.weighted(power)
-            # Nothing read yet: no energy known and no power to hold, so the new steps add 0 J.
             if measured:
                 times = [*map(_FIRST, spans), *map(_SECOND, spans), self.started_at, horizon]
                 cum = self._cumulative(times, True, horizon, power_w)
@@ -658,7 +675,7 @@ class StageBooks:
                 energy_J=energy_j,
                 power_W=power_w,
                 device_power_W=power,
-                steps=self._live.count,
+                steps=self._live_priced,
                 steps_J=self._live_steps_J,
             )
             self._snapshot = snapshot
@@ -686,7 +703,7 @@ class StageBooks:
         rows already carry a step."""
         self._ticks += 1
         snap = self._snapshot
-        if snap is None or self._refresher is None or self._rows.waiting_for_steps(snap):
+        if snap is None or self._refresher is None or self._rows.wants_refresh(snap):
             snap = self.refresh()
         return self._rows.tick(snap)
 

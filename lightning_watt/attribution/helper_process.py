@@ -77,9 +77,10 @@ from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import DeviceInfo
 
 #: Seconds between the training thread's writes of step edges to the pipe (one write of all
-#: edges marked since): ~40 writes a second of ~10 µs at any step time. The helper's books
-#: refresh every 25-100 ms, so the rows' steps lag by about this much more than on threads.
-FLUSH_S = 0.025
+#: edges marked since, ~40 µs from the cold caches a training thread meets it with: at every
+#: 25 ms that was ~2 µs a 1.3 ms step). The helper's books refresh every 25-100 ms, so the
+#: rows' steps lag by up to this much more than on threads.
+FLUSH_S = 0.05
 #: Seconds a request to the helper may take (the stage's end waits for the meter's last
 #: reads and the final books: a few hundred ms); past it the helper is taken for lost.
 REQUEST_TIMEOUT_S = 30.0
@@ -98,7 +99,14 @@ ALIVE_CHECK_S = 1.0
 PIPE_BYTES = 1 << 20
 
 _FRAME = struct.Struct("<I")
-_SEQ = struct.Struct("<QI")  # the board's header: sequence number, payload length
+_LENGTH = struct.Struct("<I")
+_SEQ = struct.Struct("<Q")
+# The board's numbers: sequence, has a snapshot, busy, warnings so far, device powers that
+# follow; the snapshot's horizon, energy, power, steps and their joules.
+_NUMBERS = struct.Struct("<QBBxxIIdddqd")
+_NOTHING = (-math.inf, 0.0, 0.0, 0, 0.0)
+# Where the pickled warnings start (the numbers and device powers before it).
+_WARNED_AT = BOARD_BYTES // 2
 _F_SETPIPE_SZ = 1031
 
 
@@ -129,42 +137,92 @@ class _LostHelper(RuntimeError):
 # ---------------------------------------------------------------------- shared snapshot board
 class _Board:
     """The newest snapshot, in shared memory: written by the helper, read by the training
-    thread. A lock (a POSIX semaphore: a memory barrier on every architecture) guards the
-    bytes; the sequence number is read without it first, so an unchanged board costs a
-    struct read."""
+    thread. Plain numbers at fixed places (a log row unpacks them: no pickle, whose code a
+    training thread meets cold every row at the default cadence); the helper's warnings,
+    rare, as a pickle further on. A lock (a POSIX semaphore: a memory barrier on every
+    architecture) guards the bytes; the sequence number is read without it first, so an
+    unchanged board costs one struct read."""
 
     def __init__(self) -> None:
         self._mm = mmap.mmap(-1, BOARD_BYTES)
         self._lock = multiprocessing.get_context("fork").Lock()
         self._seq = 0
+        self._warned = 0
 
-    def publish(self, payload: Any) -> None:
-        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-        if len(data) > BOARD_BYTES - _SEQ.size:
-            return  # cannot happen with sane device counts; the rows keep the last numbers
+    def publish(
+        self,
+        snapshot: Snapshot | None,
+        busy: bool,
+        names: list[str],
+        warned: list[tuple[str, type[Warning]]],
+    ) -> None:
+        """Leave ``snapshot`` (its device powers in the order of ``names``), whether rows
+        outpace refreshes, and the warnings so far."""
+        mm = self._mm
+        blob = b""
+        if len(warned) != self._warned:
+            blob = pickle.dumps(list(warned), protocol=pickle.HIGHEST_PROTOCOL)
+            if len(blob) > BOARD_BYTES - _WARNED_AT - _LENGTH.size:
+                blob = b""  # more text than the board holds: the rest stays in the helper
+        powers = (
+            [math.nan] * len(names)
+            if snapshot is None
+            else [snapshot.device_power_W.get(name, math.nan) for name in names]
+        )
+        if _NUMBERS.size + 8 * len(powers) > _WARNED_AT:
+            powers = []  # tens of thousands of devices: the total power still comes
         self._seq += 1
         with self._lock:
-            self._mm[_SEQ.size : _SEQ.size + len(data)] = data
-            _SEQ.pack_into(self._mm, 0, self._seq, len(data))
+            if blob:
+                _LENGTH.pack_into(mm, _WARNED_AT, len(blob))
+                mm[_WARNED_AT + _LENGTH.size : _WARNED_AT + _LENGTH.size + len(blob)] = blob
+                self._warned = len(warned)
+            struct.pack_into(f"<{len(powers)}d", mm, _NUMBERS.size, *powers)
+            if snapshot is None:
+                _NUMBERS.pack_into(mm, 0, self._seq, 0, busy, self._warned, 0, *_NOTHING)
+            else:
+                _NUMBERS.pack_into(
+                    mm,
+                    0,
+                    self._seq,
+                    1,
+                    busy,
+                    self._warned,
+                    len(powers),
+                    snapshot.horizon,
+                    snapshot.energy_J,
+                    snapshot.power_W,
+                    snapshot.steps,
+                    snapshot.steps_J,
+                )
 
     def seq(self) -> int:
         return int(_SEQ.unpack_from(self._mm, 0)[0])
 
-    def read(self) -> tuple[int, Any] | None:
-        """The sequence number and payload, or ``None`` if the lock was not free at once (a
-        write in progress: the caller keeps what it has)."""
+    def read(self, names: list[str]) -> tuple[int, Snapshot | None, bool, int] | None:
+        """``(seq, snapshot, busy, warnings so far)``, or ``None`` if the lock was not free
+        within 2 ms (the caller keeps what it has)."""
         if not self._lock.acquire(timeout=0.002):
             return None
         try:
-            seq, size = _SEQ.unpack_from(self._mm, 0)
-            data = self._mm[_SEQ.size : _SEQ.size + size]
+            seq, has, busy, warned, n, *numbers = _NUMBERS.unpack_from(self._mm, 0)
+            powers = struct.unpack_from(f"<{n}d", self._mm, _NUMBERS.size)
         finally:
             self._lock.release()
-        return seq, (pickle.loads(data) if size else None)
+        if not has:
+            return seq, None, bool(busy), warned
+        horizon, energy, power, steps, steps_j = numbers
+        # No powers at all when there are too many devices for the board; NaN: no reading.
+        device_power = {name: w for name, w in zip(names, powers, strict=False) if w == w}
+        snapshot = Snapshot(horizon, energy, power, device_power, steps, steps_j)
+        return seq, snapshot, bool(busy), warned
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._mm.close()
+    def warnings(self) -> list[tuple[str, type[Warning]]]:
+        """Every warning the helper left (as many as the board holds)."""
+        with self._lock:
+            (size,) = _LENGTH.unpack_from(self._mm, _WARNED_AT)
+            blob = self._mm[_WARNED_AT + _LENGTH.size : _WARNED_AT + _LENGTH.size + size]
+        return list(pickle.loads(blob)) if size else []
 
 
 # ---------------------------------------------------------------------- the helper's side
@@ -238,6 +296,7 @@ class _ServedBooks(StageBooks):
     ) -> None:
         self._board = board
         self._warned = warned
+        self._names = [d.name for d in meter.devices]
         self._published: tuple[Snapshot | None, bool, int] = (None, False, 0)
         self._piped = clock
         super().__init__(meter, clock, weights)  # type: ignore[arg-type]
@@ -247,16 +306,18 @@ class _ServedBooks(StageBooks):
         super()._pace()
 
     def refresh(self, pause_s: float = 0.0, sync_s: float = 0.0) -> Snapshot:
-        snapshot = super().refresh(pause_s=pause_s, sync_s=sync_s)
-        self.publish(snapshot)
-        return snapshot
+        with self._lock:  # the meter's thread and a request may both refresh
+            snapshot = super().refresh(pause_s=pause_s, sync_s=sync_s)
+            self.publish(snapshot)
+            return snapshot
 
     def publish(self, snapshot: Snapshot | None) -> None:
-        key = (snapshot, self.busy, len(self._warned))
-        if key[0] is self._published[0] and key[1:] == self._published[1:]:
-            return
-        self._published = key
-        self._board.publish((snapshot, self.busy, list(self._warned)))
+        with self._lock:
+            key = (snapshot, self.busy, len(self._warned))
+            if key[0] is self._published[0] and key[1:] == self._published[1:]:
+                return
+            self._published = key
+            self._board.publish(snapshot, self.busy, self._names, self._warned)
 
 
 def _serve(meter: EnergyMeter, rpc: Connection, edge_fd: int, board: _Board, parent: int) -> None:
@@ -404,12 +465,16 @@ class ProcessBooks:
         self._ticks = 0
         self._rows = RowNumbers(0.0)
         self._seq = 0
+        self._names: list[str] = []
         self._snapshot: Snapshot | None = None
         self._busy = False
         self._warned_n = 0
         self._checked_at = time.monotonic()
         #: Why the helper was lost (``None`` while it serves): the stage keeps its last numbers.
         self.lost: str | None = None
+        self._starting = False
+        # One request at a time on the socket, whichever thread asks.
+        self._asking = threading.Lock()
         #: The helper's exit status once it has ended (0: a clean end).
         self.helper_exit_code: int | None = None
 
@@ -447,12 +512,18 @@ class ProcessBooks:
         os.close(read_fd)
         os.set_blocking(write_fd, False)
         books = cls(pid, ours, write_fd, board)
+        books._starting = True  # a helper lost now is not a stage's loss: threads take over
         try:
             hello = books._reply("start", START_TIMEOUT_S)
+        except _LostHelper as err:
+            books._reap(kill=True)
+            raise OSError(f"the helper process did not start: {books.lost}") from err
         except BaseException:
             books._reap(kill=True)
             raise
+        books._starting = False
         books.meter = HelperMeter(hello, books)
+        books._names = [d.name for d in hello.devices]
         books.started_at = hello.started_at
         books._rows = RowNumbers(hello.started_at)
         return books
@@ -507,12 +578,13 @@ class ProcessBooks:
         """The newest snapshot the helper published (``None`` before its first refresh)."""
         board = self._board
         if board.seq() != self._seq and self.lost is None:
-            got = board.read()
+            got = board.read(self._names)
             if got is not None:
-                self._seq, payload = got
-                if payload is not None:
-                    self._snapshot, self._busy, said = payload
-                    self._rewarn(said)
+                self._seq, snapshot, self._busy, warned = got
+                if snapshot is not None:
+                    self._snapshot = snapshot
+                if warned > self._warned_n:
+                    self._rewarn(board.warnings())
         return self._snapshot
 
     @property
@@ -525,7 +597,7 @@ class ProcessBooks:
         newest snapshot; until the first train step is attributed, a refresh asked for."""
         self._ticks += 1
         snap = self.snapshot
-        if self.lost is None and (snap is None or self._rows.waiting_for_steps(snap)):
+        if self.lost is None and self._rows.wants_refresh(snap):
             with contextlib.suppress(_LostHelper):
                 self._call("refresh")
             snap = self.snapshot
@@ -607,6 +679,12 @@ class ProcessBooks:
     ) -> Any:
         """Ask the helper; every edge marked so far reaches it first. A lost helper gives
         ``default`` (``strict``: raises ``_LostHelper``); the helper's exception is raised."""
+        with self._asking:
+            return self._ask(method, args, default, strict, timeout)
+
+    def _ask(
+        self, method: str, args: tuple[Any, ...], default: Any, strict: bool, timeout: float
+    ) -> Any:
         if self.lost is not None:
             if strict:
                 raise _LostHelper(self.lost)
@@ -662,6 +740,9 @@ class ProcessBooks:
         if self.lost is not None:
             return
         self.lost = why
+        if self._starting:
+            self._reap(kill=True)
+            return
         warnings.warn(
             f"lightning-watt: the meter's helper process was lost: {why}. Training continues; "
             "this stage keeps the energy last measured, and its summary marks the rest as a gap.",
