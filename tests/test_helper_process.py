@@ -14,6 +14,7 @@ import time
 import warnings
 
 import pytest
+import torch
 
 from lightning_watt import EnergyMeter, ReplaySource, WattCallback, bundled_trace
 from lightning_watt.attribution.accountant import EnergyAccountant
@@ -249,3 +250,52 @@ def test_the_helper_ends_when_the_training_process_dies(tmp_path):
         time.sleep(0.05)
     assert not _alive(helper)
     assert (tmp_path / "trace.samples.csv.gz").exists() or list(tmp_path.glob("trace*"))
+
+
+def _private_mb(pid: int) -> float:
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+class _BigLinear(TinyClassifier):
+    """64 MB of CPU parameters, every one written by each SGD step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = torch.nn.Linear(4096, 4096, bias=False)
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        return super().training_step(batch, batch_idx) + 1e-6 * self.big(x.repeat(1, 512)).sum()
+
+
+def test_the_helper_does_not_keep_a_copy_of_the_model_training_writes(tmp_path):
+    """After the fork, every page the training process writes would leave its old copy to
+    the helper; the model's parameters are released in the helper instead (MADV_DONTNEED)."""
+    seen: dict[str, float] = {}
+
+    class Probe(WattCallback):
+        def on_train_end(self, trainer, pl_module):
+            stage = self._books.stage
+            assert isinstance(stage, ProcessBooks)
+            seen["private_mb"] = _private_mb(stage._pid)
+            super().on_train_end(trainer, pl_module)
+
+    cb = Probe(replay="h200-mlp-stall", record=False, summary=False)
+    trainer = csv_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=6, limit_val_batches=0)
+    trainer.fit(_BigLinear())
+    # 64 MB of parameters, each written 6 times: the helper keeps none of them.
+    assert seen["private_mb"] < 40, seen
+
+    # Without the release the same writes leave their old pages to the helper.
+    books = EnergyAccountant(isolation="process")
+    weights = torch.ones(16 << 20)  # 64 MB, every page written before the fork
+    books.begin("fit", EnergyMeter([_replay()]))
+    weights += 1.0
+    kept = _private_mb(books.stage._pid)  # type: ignore[union-attr]
+    books.finish()
+    assert kept > 60, kept

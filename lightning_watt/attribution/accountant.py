@@ -30,7 +30,7 @@ import math
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,9 +155,13 @@ class EnergyAccountant:
         *,
         rank: int = 0,
         world_size: int = 1,
+        written: Iterable[torch.Tensor] = (),
     ) -> None:
         """Start measuring a stage (``"fit"`` starts a run; see :class:`RunBooks`).
-        ``device``: the CUDA device whose stream marks step edges (``None``: host time)."""
+        ``device``: the CUDA device whose stream marks step edges (``None``: host time).
+        ``written``: tensors training will write (the model's parameters and buffers); a
+        helper process (see :data:`ISOLATIONS`) drops its share of their CPU memory, which it
+        would otherwise keep a copy of, page by page, as training writes it."""
         if self.stage is not None:
             self.abort()
         self._device = device
@@ -175,7 +179,9 @@ class EnergyAccountant:
             weights = ownership_weights(self.gather([d.key for d in devices]), rank)
             return {d.name: w for d, w in zip(devices, weights, strict=True)}
 
-        books: StageBooks | ProcessBooks | None = self._open_helper(meter, cuda, weights_of)
+        books: StageBooks | ProcessBooks | None = self._open_helper(
+            meter, cuda, weights_of, written
+        )
         if books is None:
             if not meter.running:
                 meter.start()
@@ -192,6 +198,7 @@ class EnergyAccountant:
         meter: EnergyMeter,
         cuda: torch.device | None,
         weights_of: Callable[[list[DeviceInfo]], dict[str, float]],
+        written: Iterable[torch.Tensor] = (),
     ) -> ProcessBooks | None:
         """The stage's books in a helper process, or ``None`` for threads (see
         :data:`ISOLATIONS`). A helper that cannot be forked (no memory for it) falls back to
@@ -202,7 +209,7 @@ class EnergyAccountant:
         why = helper_unavailable(meter, host_time)
         if why is None:
             try:
-                return open_books(meter, weights_of)
+                return open_books(meter, weights_of, _cpu_storages(written))
             except (OSError, ImportError) as err:  # no memory to fork, no sem_open
                 why = f"the helper process could not start ({err})"
         if self.isolation == "process" and not self._said_isolation:
@@ -435,6 +442,22 @@ class EnergyAccountant:
                 stacklevel=3,
             )
             return None, err
+
+
+def _cpu_storages(tensors: Iterable[torch.Tensor]) -> list[tuple[int, int]]:
+    """``(address, bytes)`` of each distinct CPU storage behind ``tensors``."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
+            continue
+        try:
+            storage = tensor.untyped_storage()
+            address, size = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # meta, sparse, or a tensor subclass
+            continue
+        if address and size:
+            seen[address] = max(seen.get(address, 0), size)
+    return list(seen.items())
 
 
 def _rank_record(record: StageRecord, rank: int, unavailable: dict[str, str]) -> dict[str, Any]:

@@ -59,7 +59,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -108,6 +108,7 @@ _NOTHING = (-math.inf, 0.0, 0.0, 0, 0.0)
 # Where the pickled warnings start (the numbers and device powers before it).
 _WARNED_AT = BOARD_BYTES // 2
 _F_SETPIPE_SZ = 1031
+_MADV_DONTNEED = 4
 
 
 def helper_unavailable(meter: EnergyMeter, host_time: bool) -> str | None:
@@ -480,8 +481,13 @@ class ProcessBooks:
 
     # ------------------------------------------------------------------ start
     @classmethod
-    def open(cls, meter: EnergyMeter) -> ProcessBooks:
-        """Fork the helper and start ``meter`` there (its errors are raised here)."""
+    def open(cls, meter: EnergyMeter, release: Sequence[tuple[int, int]] = ()) -> ProcessBooks:
+        """Fork the helper and start ``meter`` there (its errors are raised here).
+
+        ``release``: ``(address, bytes)`` of memory the training process will write and the
+        helper never reads (a CPU model's parameters): the helper drops its share of those
+        pages at once, so that the training process's next write to them copies nothing (the
+        helper would otherwise keep the old copy of every page written after the fork)."""
         board = _Board()
         ctx = multiprocessing.get_context("fork")
         ours, theirs = ctx.Pipe(duplex=True)
@@ -506,6 +512,7 @@ class ProcessBooks:
         if pid == 0:  # the helper
             ours.close()
             os.close(write_fd)
+            _release_pages(release)
             _child(meter, theirs, read_fd, board, parent)
         gc.unfreeze()
         theirs.close()
@@ -817,13 +824,37 @@ class ProcessBooks:
         )
 
 
+def _release_pages(ranges: Sequence[tuple[int, int]]) -> None:
+    """In the helper: drop its mapping of the whole pages inside each ``(address, bytes)``
+    (``MADV_DONTNEED``; only pages entirely inside a range, which hold nothing else). The
+    helper then reads zeros there, and never reads there."""
+    if not ranges:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        page = mmap.PAGESIZE
+        for address, size in ranges:
+            first = -(-address // page) * page
+            last = (address + size) // page * page
+            if last > first:
+                madvise(first, last - first, _MADV_DONTNEED)
+    except Exception:  # the memory stays shared: a cost, not a fault
+        return
+
+
 def open_books(
     meter: EnergyMeter,
     weights_of: Callable[[list[DeviceInfo]], Mapping[str, float]],
+    release: Sequence[tuple[int, int]] = (),
 ) -> ProcessBooks:
     """Fork the helper, start ``meter`` there, and build its books with the weights
-    ``weights_of(devices)`` gives (a collective in a multi-process run: every rank calls it)."""
-    books = ProcessBooks.open(meter)
+    ``weights_of(devices)`` gives (a collective in a multi-process run: every rank calls it).
+    ``release``: see :meth:`ProcessBooks.open`."""
+    books = ProcessBooks.open(meter, release)
     try:
         books.begin(weights_of(books.meter.devices))
     except BaseException:

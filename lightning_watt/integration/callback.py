@@ -324,6 +324,7 @@ class WattCallback(Callback):
             trainer.strategy.root_device,
             rank=trainer.global_rank,
             world_size=trainer.world_size,
+            written=[*pl_module.parameters(), *pl_module.buffers()],
         )
         started = self._books.stage.meter if self._books.stage is not None else meter
         self._unavailable = {**skipped, **started.unavailable}
