@@ -119,8 +119,9 @@ class EnergyAccountant:
     The stage's work is cut by :meth:`mark`; :meth:`log_values`, :meth:`epoch_end` and
     :meth:`measured_kwh` are collectives (every rank calls them together), :meth:`mark` and
     :attr:`energy_kwh` are not. :meth:`mark` and :meth:`log_values` cost the calling thread
-    microseconds: a stage's books are kept up to date by a small thread of their own (see
-    :class:`~lightning_watt.attribution.refresher.Refresher`).
+    microseconds: a stage's books are kept up to date in a helper process (see
+    :mod:`~lightning_watt.attribution.helper_process`) or by the meter's thread (see
+    :class:`~lightning_watt.attribution.refresher.Refresher`), as ``isolation`` says.
     """
 
     def __init__(
@@ -201,8 +202,9 @@ class EnergyAccountant:
         written: Iterable[torch.Tensor] = (),
     ) -> ProcessBooks | None:
         """The stage's books in a helper process, or ``None`` for threads (see
-        :data:`ISOLATIONS`). A helper that cannot be forked (no memory for it) falls back to
-        threads with a warning; the meter's own start errors are raised as on a thread."""
+        :data:`ISOLATIONS`). A helper that cannot start (no memory to fork) leaves the stage
+        to threads, as where it cannot run (warned about once with ``isolation="process"``);
+        the meter's own start errors are raised as on a thread."""
         if self.isolation == "thread":
             return None
         host_time = cuda is None or not torch.cuda.is_available()

@@ -16,6 +16,11 @@ them. The training thread only:
 * asks the helper over a socket for everything else (epoch ends, checkpoints, the stage's
   end), where a round trip of a millisecond is nothing.
 
+The helper shares the training process's memory as it was at the fork. Pages the training
+process writes afterwards would be copied for it, the helper keeping the old ones: the
+tensors training writes (the model's parameters, ``release``) are dropped in the helper at
+once (``MADV_DONTNEED``), so that training writes them in place as before.
+
 Warnings the helper's meter raises are re-raised in the training process (filters, pytest
 and loggers see them there). The helper ignores SIGINT and SIGTERM (the training process
 decides when to stop) and exits when the training process closes the socket or dies. A
@@ -98,7 +103,6 @@ ALIVE_CHECK_S = 1.0
 #: The pipe's size asked for (Linux caps an unprivileged request at 1 MiB): ~35 000 edges.
 PIPE_BYTES = 1 << 20
 
-_FRAME = struct.Struct("<I")
 _LENGTH = struct.Struct("<I")
 _SEQ = struct.Struct("<Q")
 # The board's numbers: sequence, has a snapshot, busy, warnings so far, device powers that
@@ -257,11 +261,11 @@ class _PipedClock:
             buf += chunk
         rows: list[ResolvedRow] = []
         at = 0
-        while len(buf) - at >= _FRAME.size:
-            (size,) = _FRAME.unpack_from(buf, at)
-            if len(buf) - at - _FRAME.size < size:
+        while len(buf) - at >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buf, at)
+            if len(buf) - at - _LENGTH.size < size:
                 break
-            start = at + _FRAME.size
+            start = at + _LENGTH.size
             watermark, ticks, frame = pickle.loads(bytes(buf[start : start + size]))
             rows += frame
             self.watermark, self.ticks = watermark, ticks
@@ -559,7 +563,7 @@ class ProcessBooks:
         frame = pickle.dumps((now, self._ticks, self._rows_out), protocol=pickle.HIGHEST_PROTOCOL)
         self._rows_out = []
         out = self._out
-        out += _FRAME.pack(len(frame))
+        out += _LENGTH.pack(len(frame))
         out += frame
         deadline = time.monotonic() + block_s
         while out:
