@@ -251,6 +251,24 @@ def _counter_reads(values: list[tuple[float, float]]) -> list[Reading]:
     chunk=1,
     points=[0.0, 1.0, 1.0],
 )
+# Found by Hypothesis on a loaded machine: interpolating 45.026 J towards a knot of
+# 45.025999999999996 J rounded one ulp past it, a negative joule of -7e-15 just before.
+@example(
+    readings=[
+        Reading(0.0, "gpu1", "buffer_W", 0.0),
+        Reading(0.0, "gpu0", "instant_W", 0.0),
+        Reading(1.3819132147797542e-178, "gpu0", "counter_J", 0.0),
+        Reading(0.124, "gpu0", "average_W", 0.0),
+        Reading(1.0, "gpu1", "buffer_W", 0.0),
+        Reading(1.0, "gpu0", "buffer_W", 0.0),
+        Reading(1.5, "gpu1", "buffer_W", 0.0),
+        Reading(2.0, "gpu1", "buffer_W", 0.0),
+        Reading(2.0, "gpu0", "average_W", 239.5),
+        Reading(3.0, "gpu1", "buffer_W", 0.0),
+    ],
+    chunk=5,
+    points=[0.0, 0.0, 1.0],
+)
 def test_additivity_on_random_readings(
     readings: list[Reading], chunk: int, points: list[float]
 ) -> None:

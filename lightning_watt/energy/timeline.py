@@ -226,7 +226,17 @@ def _interp(ts: Sequence[float], ys: Sequence[float], t: float) -> float:
     t0, t1 = ts[i - 1], ts[i]
     if t1 == t0:
         return ys[i]
-    return ys[i - 1] + (ys[i] - ys[i - 1]) * (t - t0) / (t1 - t0)
+    y0, y1 = ys[i - 1], ys[i]
+    return _within(y0 + (y1 - y0) * (t - t0) / (t1 - t0), y1, y0)
+
+
+def _within(y: float, y1: float, y0: float) -> float:
+    """``y`` interpolated from ``y0`` towards ``y1``, never past ``y1``: rounding of the
+    product and quotient can overshoot the next knot by an ulp (45.026 before a knot of
+    45.025999999999996), and a cumulative energy must not step back there."""
+    if y1 >= y0:
+        return y1 if y > y1 else y
+    return y1 if y < y1 else y
 
 
 _FIRST = operator.itemgetter(0)
@@ -256,8 +266,8 @@ def _interp_list(ts: Sequence[float], ys: Sequence[float], times: Iterable[float
             out.append(y_last)
         else:  # ts[i - 1] <= t < ts[i]: never an empty interval
             i = bisect_right(ts, t)
-            t0, y0 = ts[i - 1], ys[i - 1]
-            out.append(y0 + (ys[i] - y0) * (t - t0) / (ts[i] - t0))
+            t0, y0, y1 = ts[i - 1], ys[i - 1], ys[i]
+            out.append(_within(y0 + (y1 - y0) * (t - t0) / (ts[i] - t0), y1, y0))
     return out
 
 
@@ -278,8 +288,11 @@ def _interp_many(ts: Any, ys: Any, t: np.ndarray) -> np.ndarray:
     t0, y0 = kt[j], ke[j]
     # Clamped times (infinite, or between repeated end knots) may divide by zero or overflow
     # here; they are overwritten below.
+    y1 = ke[i]
     with np.errstate(all="ignore"):
-        out = y0 + (ke[i] - y0) * (t - t0) / (kt[i] - t0)
+        out = y0 + (y1 - y0) * (t - t0) / (kt[i] - t0)
+    # Never past the next knot (see _within): the same floats as the loop.
+    out = np.where(y1 >= y0, np.minimum(out, y1), np.maximum(out, y1))
     after = t >= kt[-1]
     if after.any():
         out[after] = ke[-1]
