@@ -28,7 +28,7 @@ from lightning_watt.energy.readings import DeviceInfo, Reading
 from lightning_watt.energy.trace import load_trace
 from lightning_watt.sources.base import Channel, EnergySource
 from lightning_watt.sources.estimate import EstimateSource
-from tests.helpers import TinyClassifier, csv_trainer
+from tests.helpers import TinyClassifier, blobs, csv_trainer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork: Linux only")
 
@@ -299,3 +299,45 @@ def test_the_helper_does_not_keep_a_copy_of_the_model_training_writes(tmp_path):
     kept = _private_mb(books.stage._pid)  # type: ignore[union-attr]
     books.finish()
     assert kept > 60, kept
+
+
+class _Workers(TinyClassifier):
+    """Its loaders fork two worker processes each, after the helper was forked."""
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(blobs(256, 0), batch_size=16, num_workers=2)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(blobs(128, 1), batch_size=32, num_workers=2)
+
+    def test_step(self, batch, batch_idx):
+        return self.validation_step(batch, batch_idx)
+
+
+def test_a_fit_whose_loaders_fork_workers_and_a_test_after_it(tmp_path):
+    """DataLoader workers are forked from the training process after the helper (they inherit
+    its pipe and socket ends); then ``trainer.test`` starts a second helper. Both stages are
+    measured and every helper ends."""
+    helpers: list[int] = []
+
+    class Spy(WattCallback):
+        def on_train_start(self, trainer, pl_module):
+            super().on_train_start(trainer, pl_module)
+            helpers.append(self._books.stage._pid)  # type: ignore[union-attr]
+
+        def on_test_start(self, trainer, pl_module):
+            super().on_test_start(trainer, pl_module)
+            helpers.append(self._books.stage._pid)  # type: ignore[union-attr]
+
+    cb = Spy(replay="h200-mlp-stall", record=False)
+    trainer = csv_trainer(tmp_path, [cb], max_epochs=1)
+    model = _Workers()
+    trainer.fit(model)
+    fit = cb.last_summary
+    trainer.test(model, dataloaders=model.val_dataloader())
+    test = cb.last_summary
+    assert fit is not None and test is not None
+    assert fit["steps"]["train"] == 16 and test["steps"]["test"] == 4
+    assert fit["energy_J"] > 0 and test["energy_J"] > 0
+    assert len(helpers) == 2 and helpers[0] != helpers[1]
+    assert not any(_alive(pid) for pid in helpers)
