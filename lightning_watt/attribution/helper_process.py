@@ -9,10 +9,10 @@ them. The training thread only:
 
 * appends each step edge (host time) to a list, and every ``FLUSH_S`` writes the list to a
   pipe in one non-blocking write, with a *watermark*: every edge before it is in the pipe, so
-  the helper never finalises energy past an edge it has not seen;
+  the helper never finalises energy past an edge it has not seen
+  (:mod:`~lightning_watt.attribution.edge_pipe`);
 * reads the newest :class:`~lightning_watt.attribution.books.Snapshot` the helper left in
-  shared memory after each refresh (a sequence number checked first, the bytes copied under a
-  lock only when it moved);
+  shared memory after each refresh (:mod:`~lightning_watt.attribution.snapshot_board`);
 * asks the helper over a socket for everything else (epoch ends, checkpoints, the stage's
   end), where a round trip of a millisecond is nothing.
 
@@ -59,7 +59,6 @@ import os
 import pickle
 import select
 import signal
-import struct
 import sys
 import threading
 import time
@@ -77,6 +76,8 @@ from lightning_watt.attribution.books import (
     StageRecord,
     Tick,
 )
+from lightning_watt.attribution.edge_pipe import PIPE_BYTES, PipedClock, edge_frame
+from lightning_watt.attribution.snapshot_board import SnapshotBoard
 from lightning_watt.attribution.step_clock import ResolvedRow
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import DeviceInfo
@@ -93,24 +94,12 @@ REQUEST_TIMEOUT_S = 30.0
 REQUEST_MARGIN_S = 5.0
 #: Seconds the helper takes to start (a fork, the sources opened) before it is taken for lost.
 START_TIMEOUT_S = 30.0
-#: Bytes of the shared board the helper leaves its snapshots on.
-BOARD_BYTES = 1 << 16
 #: Edge bytes the training process holds back while the pipe is full before it gives the
 #: helper up (~1.5 M edges: minutes of a helper that reads nothing).
 MAX_BACKLOG_BYTES = 64 << 20
 #: Seconds between the training thread's checks (in a log row) that the helper is alive.
 ALIVE_CHECK_S = 1.0
-#: The pipe's size asked for (Linux caps an unprivileged request at 1 MiB): ~35 000 edges.
-PIPE_BYTES = 1 << 20
 
-_LENGTH = struct.Struct("<I")
-_SEQ = struct.Struct("<Q")
-# The board's numbers: sequence, has a snapshot, busy, warnings so far, device powers that
-# follow; the snapshot's horizon, energy, power, steps and their joules.
-_NUMBERS = struct.Struct("<QBBxxIIdddqd")
-_NOTHING = (-math.inf, 0.0, 0.0, 0, 0.0)
-# Where the pickled warnings start (the numbers and device powers before it).
-_WARNED_AT = BOARD_BYTES // 2
 _F_SETPIPE_SZ = 1031
 _MADV_DONTNEED = 4
 
@@ -139,164 +128,16 @@ class _LostHelper(RuntimeError):
     """The helper process ended, hung or broke its channel."""
 
 
-# ---------------------------------------------------------------------- shared snapshot board
-class _Board:
-    """The newest snapshot, in shared memory: written by the helper, read by the training
-    thread. Plain numbers at fixed places (a log row unpacks them: no pickle, whose code a
-    training thread meets cold every row at the default cadence); the helper's warnings,
-    rare, as a pickle further on. A lock (a POSIX semaphore: a memory barrier on every
-    architecture) guards the bytes; the sequence number is read without it first, so an
-    unchanged board costs one struct read."""
-
-    def __init__(self) -> None:
-        self._mm = mmap.mmap(-1, BOARD_BYTES)
-        self._lock = multiprocessing.get_context("fork").Lock()
-        self._seq = 0
-        self._warned = 0
-
-    def publish(
-        self,
-        snapshot: Snapshot | None,
-        busy: bool,
-        names: list[str],
-        warned: list[tuple[str, type[Warning]]],
-    ) -> None:
-        """Leave ``snapshot`` (its device powers in the order of ``names``), whether rows
-        outpace refreshes, and the warnings so far."""
-        mm = self._mm
-        blob = b""
-        if len(warned) != self._warned:
-            blob = pickle.dumps(list(warned), protocol=pickle.HIGHEST_PROTOCOL)
-            if len(blob) > BOARD_BYTES - _WARNED_AT - _LENGTH.size:
-                blob = b""  # more text than the board holds: the rest stays in the helper
-        powers = (
-            [math.nan] * len(names)
-            if snapshot is None
-            else [snapshot.device_power_W.get(name, math.nan) for name in names]
-        )
-        if _NUMBERS.size + 8 * len(powers) > _WARNED_AT:
-            powers = []  # tens of thousands of devices: the total power still comes
-        self._seq += 1
-        with self._lock:
-            if blob:
-                _LENGTH.pack_into(mm, _WARNED_AT, len(blob))
-                mm[_WARNED_AT + _LENGTH.size : _WARNED_AT + _LENGTH.size + len(blob)] = blob
-                self._warned = len(warned)
-            struct.pack_into(f"<{len(powers)}d", mm, _NUMBERS.size, *powers)
-            if snapshot is None:
-                _NUMBERS.pack_into(mm, 0, self._seq, 0, busy, self._warned, 0, *_NOTHING)
-            else:
-                _NUMBERS.pack_into(
-                    mm,
-                    0,
-                    self._seq,
-                    1,
-                    busy,
-                    self._warned,
-                    len(powers),
-                    snapshot.horizon,
-                    snapshot.energy_J,
-                    snapshot.power_W,
-                    snapshot.steps,
-                    snapshot.steps_J,
-                )
-
-    def seq(self) -> int:
-        return int(_SEQ.unpack_from(self._mm, 0)[0])
-
-    def read(self, names: list[str]) -> tuple[int, Snapshot | None, bool, int] | None:
-        """``(seq, snapshot, busy, warnings so far)``, or ``None`` if the lock was not free
-        within 2 ms (the caller keeps what it has)."""
-        if not self._lock.acquire(timeout=0.002):
-            return None
-        try:
-            seq, has, busy, warned, n, *numbers = _NUMBERS.unpack_from(self._mm, 0)
-            powers = struct.unpack_from(f"<{n}d", self._mm, _NUMBERS.size)
-        finally:
-            self._lock.release()
-        if not has:
-            return seq, None, bool(busy), warned
-        horizon, energy, power, steps, steps_j = numbers
-        # No powers at all when there are too many devices for the board; NaN: no reading.
-        device_power = {name: w for name, w in zip(names, powers, strict=False) if w == w}
-        snapshot = Snapshot(horizon, energy, power, device_power, steps, steps_j)
-        return seq, snapshot, bool(busy), warned
-
-    def warnings(self) -> list[tuple[str, type[Warning]]]:
-        """Every warning the helper left (as many as the board holds)."""
-        with self._lock:
-            (size,) = _LENGTH.unpack_from(self._mm, _WARNED_AT)
-            blob = self._mm[_WARNED_AT + _LENGTH.size : _WARNED_AT + _LENGTH.size + size]
-        return list(pickle.loads(blob)) if size else []
-
-
 # ---------------------------------------------------------------------- the helper's side
-class _PipedClock:
-    """The helper's step clock: edges as the training process wrote them to the pipe, each
-    frame ``(watermark, ticks, rows)``. Host time only (``uses_gpu_time`` is false)."""
-
-    uses_gpu_time = False
-
-    def __init__(self, fd: int, started_at: float) -> None:
-        self._fd = fd
-        os.set_blocking(fd, False)
-        self._buf = bytearray()
-        #: Every edge before this time has arrived (the training process's last write; its
-        #: first edge comes after the meter started).
-        self.watermark = started_at
-        #: The log rows the training process had made at its last write (the books' pacing).
-        self.ticks = 0
-
-    def _drain(self) -> list[ResolvedRow]:
-        buf = self._buf
-        while True:
-            try:
-                chunk = os.read(self._fd, PIPE_BYTES)
-            except BlockingIOError:
-                break
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-        rows: list[ResolvedRow] = []
-        at = 0
-        while len(buf) - at >= _LENGTH.size:
-            (size,) = _LENGTH.unpack_from(buf, at)
-            if len(buf) - at - _LENGTH.size < size:
-                break
-            start = at + _LENGTH.size
-            watermark, ticks, frame = pickle.loads(bytes(buf[start : start + size]))
-            rows += frame
-            self.watermark, self.ticks = watermark, ticks
-            at = start + size
-        del buf[:at]
-        return rows
-
-    def resolve_rows(self, wait: bool = False) -> list[ResolvedRow]:
-        return self._drain()
-
-    def first_pending_host(self) -> float | None:
-        # Edges at or after the watermark may still be on their way.
-        return self.watermark
-
-    def reanchor(self) -> None:
-        return None
-
-    @property
-    def pending(self) -> int:
-        return 0
-
-
 class _ServedBooks(StageBooks):
     """The books in the helper: every refresh leaves its snapshot on the board."""
 
     def __init__(
         self,
         meter: EnergyMeter,
-        clock: _PipedClock,
+        clock: PipedClock,
         weights: Mapping[str, float],
-        board: _Board,
+        board: SnapshotBoard,
         warned: list[tuple[str, type[Warning]]],
     ) -> None:
         self._board = board
@@ -325,7 +166,9 @@ class _ServedBooks(StageBooks):
             self._board.publish(snapshot, self.busy, self._names, self._warned)
 
 
-def _serve(meter: EnergyMeter, rpc: Connection, edge_fd: int, board: _Board, parent: int) -> None:
+def _serve(
+    meter: EnergyMeter, rpc: Connection, edge_fd: int, board: SnapshotBoard, parent: int
+) -> None:
     """The helper's main thread: start the meter, then answer the training process until the
     stage ends or the training process goes."""
     warned: list[tuple[str, type[Warning]]] = []
@@ -358,7 +201,7 @@ def _serve(meter: EnergyMeter, rpc: Connection, edge_fd: int, board: _Board, par
                 if method == "begin":
                     books = _ServedBooks(
                         meter,
-                        _PipedClock(edge_fd, float(meter.started_at or 0.0)),
+                        PipedClock(edge_fd, float(meter.started_at or 0.0)),
                         args[0],
                         board,
                         warned,
@@ -392,7 +235,9 @@ def _serve(meter: EnergyMeter, rpc: Connection, edge_fd: int, board: _Board, par
                 meter.stop()
 
 
-def _child(meter: EnergyMeter, rpc: Connection, edge_fd: int, board: _Board, parent: int) -> None:
+def _child(
+    meter: EnergyMeter, rpc: Connection, edge_fd: int, board: SnapshotBoard, parent: int
+) -> None:
     code = 0
     try:
         # The training process handles Ctrl-C and the scheduler's SIGTERM; it then ends the
@@ -455,7 +300,7 @@ class ProcessBooks:
     devices' weights. See the module's docstring for what runs where.
     """
 
-    def __init__(self, pid: int, rpc: Connection, edge_fd: int, board: _Board) -> None:
+    def __init__(self, pid: int, rpc: Connection, edge_fd: int, board: SnapshotBoard) -> None:
         self._pid = pid
         self._rpc = rpc
         self._edge_fd = edge_fd
@@ -492,7 +337,7 @@ class ProcessBooks:
         helper never reads (a CPU model's parameters): the helper drops its share of those
         pages at once, so that the training process's next write to them copies nothing (the
         helper would otherwise keep the old copy of every page written after the fork)."""
-        board = _Board()
+        board = SnapshotBoard()
         ctx = multiprocessing.get_context("fork")
         ours, theirs = ctx.Pipe(duplex=True)
         read_fd, write_fd = os.pipe()
@@ -560,11 +405,9 @@ class ProcessBooks:
         if self.lost is not None:
             self._rows_out = []
             return
-        frame = pickle.dumps((now, self._ticks, self._rows_out), protocol=pickle.HIGHEST_PROTOCOL)
+        self._out += edge_frame(now, self._ticks, self._rows_out)
         self._rows_out = []
         out = self._out
-        out += _LENGTH.pack(len(frame))
-        out += frame
         deadline = time.monotonic() + block_s
         while out:
             try:
