@@ -214,28 +214,31 @@ class _RowOnly(Callback):
 
 
 # ---------------------------------------------------------------------------- instrumentation
-def _thread_cpu_s(native_id: int | None) -> float:
-    """CPU seconds of one thread of this process (Linux: schedstat in ns), else NaN."""
+def _schedstat_s(task: str) -> float:
+    """CPU seconds of one thread, ``/proc/<pid>/task/<tid>`` (Linux: schedstat in ns), else
+    NaN."""
     with (
         contextlib.suppress(OSError, ValueError, IndexError),
-        open(f"/proc/self/task/{native_id}/schedstat") as fh,
+        open(f"{task}/schedstat") as fh,
     ):
         return int(fh.read().split()[0]) / 1e9
     return math.nan
+
+
+def _thread_cpu_s(native_id: int | None) -> float:
+    """CPU seconds of one thread of this process, else NaN."""
+    return _schedstat_s(f"/proc/self/task/{native_id}")
 
 
 def _process_cpu_s(pid: int | None) -> float:
     """CPU seconds of every thread of another process (the meter's helper), else NaN."""
     if pid is None:
         return math.nan
-    total = 0.0
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
-                total += int(fh.read().split()[0]) / 1e9
-    except (OSError, ValueError, IndexError):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return math.nan
-    return total
+    return sum(_schedstat_s(f"/proc/{pid}/task/{task}") for task in tasks)
 
 
 def _private_bytes(pid: int | None) -> float:

@@ -42,7 +42,7 @@ from lightning_watt.attribution.ledger import (
 from lightning_watt.attribution.refresher import DEFAULT_INTERVAL_S, Refresher
 from lightning_watt.attribution.step_clock import ResolvedRow, StepClock
 from lightning_watt.energy.meter import EnergyMeter
-from lightning_watt.energy.readings import J_PER_KWH
+from lightning_watt.energy.readings import J_PER_KWH, DeviceInfo
 from lightning_watt.validate import finite_number
 
 #: An edge row as the recording takes it: ``(phase, edge, index, t_host, t_gpu)``.
@@ -777,27 +777,17 @@ class StageBooks:
         notes = notes_of() if notes_of is not None else {}
         duration = end - self.started_at
         devices = [
-            {
-                "name": d.name,
-                "uuid": d.key,
-                "label": d.label,
-                "energy_J": totals.get(d.name, 0.0),
-                "counted": self.weights.get(d.name, 1.0) > 0,
-                "mean_power_W": totals.get(d.name, 0.0) / duration if duration > 0 else 0.0,
-                "peak_power_W": peaks.get(d.name, 0.0),
-                "method": (methods.get(d.name) or ["none"])[0],
-                "methods": methods.get(d.name, []),
-                # What the method assumed: counter values at recovered update instants or at
-                # their read times, and readings dropped as unusable.
-                "method_notes": notes.get(d.name, []),
-                "source": sources.get(d.name, ""),
-                "estimated": d.estimated,
-                # Included in energy_J: the estimate for the span no reader measured.
-                "unmeasured_J": float(unmeasured.get(d.name, {}).get("energy_J", 0.0)),
-                "unmeasured_s": float(unmeasured.get(d.name, {}).get("seconds", 0.0)),
-                "unmeasured_reason": str(unmeasured.get(d.name, {}).get("reason", "")),
-                "unmeasured_basis": str(unmeasured.get(d.name, {}).get("basis", "")),
-            }
+            device_record(
+                d,
+                counted=self.weights.get(d.name, 1.0) > 0,
+                energy_J=totals.get(d.name, 0.0),
+                duration_s=duration,
+                peak_power_W=peaks.get(d.name, 0.0),
+                methods=methods.get(d.name, []),
+                method_notes=notes.get(d.name, []),
+                source=sources.get(d.name, ""),
+                unmeasured=unmeasured.get(d.name, {}),
+            )
             for d in meter.devices
         ]
         return StageRecord(
@@ -812,6 +802,45 @@ class StageBooks:
         """Stop measuring without closing the books (an exception ended the stage)."""
         self._stop_refresher()
         self.meter.stop()
+
+
+def device_record(
+    device: DeviceInfo,
+    *,
+    counted: bool,
+    energy_J: float = 0.0,
+    duration_s: float = 0.0,
+    peak_power_W: float = 0.0,
+    methods: list[str] | None = None,
+    method_notes: list[str] | None = None,
+    source: str = "",
+    unmeasured: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One device of a :class:`StageRecord`, as the summary merges it. ``methods``: how its
+    energy was measured, best first (none: ``"none"``); ``method_notes``: what the method
+    assumed (counter values at recovered update instants or at their read times, readings
+    dropped as unusable); ``unmeasured``: the meter's estimate for the span no reader
+    measured (included in ``energy_J``)."""
+    methods = methods or []
+    unmeasured = unmeasured or {}
+    return {
+        "name": device.name,
+        "uuid": device.key,
+        "label": device.label,
+        "energy_J": energy_J,
+        "counted": counted,
+        "mean_power_W": energy_J / duration_s if duration_s > 0 else 0.0,
+        "peak_power_W": peak_power_W,
+        "method": (methods or ["none"])[0],
+        "methods": methods,
+        "method_notes": list(method_notes or []),
+        "source": source,
+        "estimated": device.estimated,
+        "unmeasured_J": float(unmeasured.get("energy_J", 0.0)),
+        "unmeasured_s": float(unmeasured.get("seconds", 0.0)),
+        "unmeasured_reason": str(unmeasured.get("reason", "")),
+        "unmeasured_basis": str(unmeasured.get("basis", "")),
+    }
 
 
 def _booked(edges: list[ResolvedRow], gpu: bool) -> list[LedgerEdge]:
@@ -851,5 +880,6 @@ __all__ = [
     "StageBooks",
     "StageRecord",
     "Tick",
+    "device_record",
     "paced_interval",
 ]

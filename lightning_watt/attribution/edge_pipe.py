@@ -57,9 +57,7 @@ class PipedClock:
         while True:
             try:
                 chunk = os.read(self._fd, PIPE_BYTES)
-            except BlockingIOError:
-                break
-            except OSError:
+            except OSError:  # nothing more now (BlockingIOError), or the pipe is gone
                 break
             if not chunk:
                 break

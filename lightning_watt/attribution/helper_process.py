@@ -75,6 +75,7 @@ from lightning_watt.attribution.books import (
     StageBooks,
     StageRecord,
     Tick,
+    device_record,
 )
 from lightning_watt.attribution.edge_pipe import PIPE_BYTES, PipedClock, edge_frame
 from lightning_watt.attribution.snapshot_board import SnapshotBoard
@@ -212,9 +213,8 @@ def _serve(
                     result = None
                 else:
                     assert books is not None, "begin first"
+                    # measure_now, settle and refresh publish through refresh().
                     result = getattr(books, method)(*args)
-                    if method in ("measure_now", "settle", "refresh"):
-                        books.publish(books.snapshot)
                 reply: tuple[str, Any] = ("ok", result)
             except Exception as err:
                 reply = ("error", err)
@@ -467,10 +467,8 @@ class ProcessBooks:
         """The stage's (weighted) joules as measured up to the newest reading (see
         :meth:`StageBooks.energy_j`). Without ``until``: as the helper's last refresh found
         it (25-100 ms old; an energy budget asks at every step), no request."""
-        if until is None:
-            snap = self.snapshot
-            if snap is not None or self.lost is not None:
-                return 0.0 if snap is None else snap.energy_J
+        if until is None and (self.snapshot is not None or self.lost is not None):
+            return self._last_energy()
         return float(self._call("energy_j", until, default=self._last_energy()))
 
     def _last_energy(self) -> float:
@@ -642,24 +640,7 @@ class ProcessBooks:
         since = self.started_at if snap is None or not math.isfinite(snap.horizon) else snap.horizon
         reason = f"the meter's helper process was lost: {self.lost}"
         devices = [
-            {
-                "name": d.name,
-                "uuid": d.key,
-                "label": d.label,
-                "energy_J": 0.0,
-                "counted": self.weights.get(d.name, 1.0) > 0,
-                "mean_power_W": 0.0,
-                "peak_power_W": 0.0,
-                "method": "none",
-                "methods": [],
-                "method_notes": [reason],
-                "source": "",
-                "estimated": d.estimated,
-                "unmeasured_J": 0.0,
-                "unmeasured_s": 0.0,
-                "unmeasured_reason": "",
-                "unmeasured_basis": "",
-            }
+            device_record(d, counted=self.weights.get(d.name, 1.0) > 0, method_notes=[reason])
             for d in self.meter.devices
         ]
         return StageRecord(
