@@ -582,16 +582,24 @@ class CounterClock:
         if tied and score > _EXACT:
             # A plateau of equal misfits (flat power) whose exact grids, in an arc narrower
             # than the coarse step, the coarse search stepped over: look at every fine phase.
-            ref = t - np.arange(0.0, self.period_s, _FINE_PHASE_S)
-            per, pha = np.meshgrid(periods, ref, indexing="ij")
-            per, pha = per.ravel(), pha.ravel()
-            grids = pha[:, None] + per[:, None] * np.floor(
-                (rt[None, :] - pha[:, None]) / per[:, None]
+            # Its own names: ``ref`` and ``k`` must stay the fine search's unless this finds
+            # an exact grid (once they did not, and a near-exact fit took a phase 2 ms x k
+            # from ``t``: half a period off on a square wave).
+            every = t - np.arange(0.0, self.period_s, _FINE_PHASE_S)
+            all_per, all_ref = np.meshgrid(periods, every, indexing="ij")
+            all_per, all_ref = all_per.ravel(), all_ref.ravel()
+            grids = all_ref[:, None] + all_per[:, None] * np.floor(
+                (rt[None, :] - all_ref[:, None]) / all_per[:, None]
             )
             all_scores = mismatch(grids)
             if float(all_scores.min()) <= _EXACT:
-                cell = _canonical_best(all_scores.reshape(len(periods), len(ref)))
-                p_best, score, ref, k = float(per[cell]), float(all_scores[cell]), pha, cell
+                cell = _canonical_best(all_scores.reshape(len(periods), len(every)))
+                p_best, score, ref, k = (
+                    float(all_per[cell]),
+                    float(all_scores[cell]),
+                    all_ref,
+                    cell,
+                )
         self.last_fit = {"period_s": p_best, "mismatch": score, "read_time_mismatch": base}
         if not (self._varying and score <= _MAX_RELATIVE_MISMATCH * base):
             return  # a rejected fit leaves the last good one in force (flat power says nothing)
