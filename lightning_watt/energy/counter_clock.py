@@ -586,8 +586,8 @@ class CounterClock:
             # an exact grid (once they did not, and a near-exact fit took a phase 2 ms x k
             # from ``t``: half a period off on a square wave).
             every = t - np.arange(0.0, self.period_s, _FINE_PHASE_S)
-            all_per, all_ref = np.meshgrid(periods, every, indexing="ij")
-            all_per, all_ref = all_per.ravel(), all_ref.ravel()
+            per_2d, ref_2d = np.meshgrid(periods, every, indexing="ij")
+            all_per, all_ref = per_2d.ravel(), ref_2d.ravel()
             grids = all_ref[:, None] + all_per[:, None] * np.floor(
                 (rt[None, :] - all_ref[:, None]) / all_per[:, None]
             )
