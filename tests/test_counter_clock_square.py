@@ -15,10 +15,13 @@ the first after, 2.3 ms apart, and the new value).
 
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
 
 import pytest
 
+from lightning_watt.energy.readings import Reading
 from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import feed_timeline, load_trace
 
@@ -62,3 +65,53 @@ def test_each_value_of_the_square_wave_is_placed_on_its_update() -> None:
         newest = max(u for u in truth if u <= read)
         # Before: 47-53 ms early for every value until 2.7 s.
         assert abs(update - newest) < 0.005, (read, update, how)
+
+
+HIGH, LOW = 450.0, 120.0
+SECONDS = 6.0
+
+
+def square_energy(t: float, phase: float) -> float:
+    """An antiderivative of a square wave (HIGH for 0.3 s, LOW for 0.3 s, edges at ``phase``
+    plus multiples of 0.3 s): differences are its exact joules."""
+    k, rest = divmod(t - phase, 0.6)
+    return k * 0.3 * (HIGH + LOW) + HIGH * min(rest, 0.3) + LOW * max(rest - 0.3, 0.0)
+
+
+def square_wave_run(phase: float, buffer_offset: float, seed: int) -> list[Reading]:
+    """The meter's view of the square wave: 20 ms buffer samples (the mean power of the 20 ms
+    before each stamp, on a clock ``buffer_offset`` from the counter's, so samples straddle
+    the edges), a counter updating every 100 ms at ``phase`` with the exact energy, read 80
+    and 124 ms apart in turn with up to 0.4 ms of wake-up jitter."""
+    out = []
+    for k in range(1, int(SECONDS / 0.02) + 1):
+        end = 0.02 * k + buffer_offset
+        joules = square_energy(end, phase) - square_energy(end - 0.02, phase)
+        out.append(Reading(end, "gpu0", "buffer_W", joules / 0.02))
+    rng = random.Random(seed)
+    t, i = 0.0003, 0
+    while t <= SECONDS:
+        read = t + rng.uniform(0.0, 0.0004)
+        update = math.floor((read - phase) / 0.1) * 0.1 + phase
+        out.append(Reading(read, "gpu0", "counter_J", 5000.0 + square_energy(update, phase)))
+        t += (0.080, 0.124)[i % 2]
+        i += 1
+    return sorted(out, key=lambda r: r.t)
+
+
+@pytest.mark.parametrize("k", range(12))
+def test_a_square_wave_smeared_by_the_buffer_keeps_each_update_in_its_period(k: int) -> None:
+    """The buffer on the counter's clock or 7 or 14 ms off it: samples that straddle the edges
+    smear them, and the grid fitted to them runs a few ms early or late. A read just after an
+    update must still get that update, not the one before (before: 2 of these 12 put a whole
+    update a period early, a 0.6 s cycle 7 % over)."""
+    phase = 0.0991 - 0.0083 * k  # across the period, not chosen
+    timeline = EnergyTimeline(devices=["gpu0"])
+    offset = phase % 0.02 + 0.0071 * (k % 3)
+    feed_timeline(timeline, square_wave_run(phase, buffer_offset=offset, seed=k))
+    assert timeline.device("gpu0").clock.counts["grid"] > 40
+    cycles = [(phase + 0.6 * n, phase + 0.6 * (n + 1)) for n in range(2, int(SECONDS / 0.6) - 1)]
+    for a, b in [*cycles, (cycles[0][0], cycles[-1][1])]:
+        got = timeline.energy_between(a, b)["gpu0"]
+        truth = square_energy(b, phase) - square_energy(a, phase)
+        assert got == pytest.approx(truth, rel=0.015), (a, b)

@@ -106,6 +106,12 @@ _UNSETTLED_WAIT = 2.0
 _NEAR_STEPS = 20
 #: Grid points this close outside a bracket are still candidates for its update.
 _SLACK_S = 0.004
+#: A grid point up to this far after a read is a candidate too, clipped onto the read, for
+#: power to weigh against the points before it: a grid fitted to power smeared over 20 ms
+#: buffer samples (edges on the counter's updates) can run 5-9 ms late, and a read 3 ms after
+#: an update then saw no grid point before it but the previous one: a whole update's joules
+#: a period early (a 0.6 s square wave's cycle 7 % over).
+_LATE_S = 0.010
 #: Fits whose mismatches differ by less than this explain the increments equally well (flat
 #: power leaves a whole arc of phases at zero): float rounding, which depends on how far the
 #: clock's times are from zero (a live meter's monotonic seconds, a recording's from its
@@ -421,6 +427,8 @@ class CounterClock:
         # Without a previous read of the same series (the first value, a reset) the value is
         # the one of the last update before the read.
         options: tuple[float, ...] = (top, top - period) if math.isfinite(lo) else (top,)
+        if how == GRID and math.isfinite(lo) and top + period <= t + _LATE_S:
+            options += (top + period,)
         if how == READ_GRID:
             # That grid satisfies the brackets: the grid point inside this one is the update
             # (no power to tell two candidates apart; a clipped one would be a period off).
