@@ -24,6 +24,7 @@ from lightning_watt.attribution.helper_process import (
     ProcessBooks,
     helper_unavailable,
 )
+from lightning_watt.attribution.summary import render_summary
 from lightning_watt.energy.readings import DeviceInfo, Reading
 from lightning_watt.energy.trace import load_trace
 from lightning_watt.sources.base import Channel, EnergySource
@@ -121,6 +122,10 @@ def test_process_and_thread_books_agree_on_a_fit(tmp_path):
     assert seen == {"process": ProcessBooks, "thread": StageBooks}
     proc, thread = summaries["process"], summaries["thread"]
     assert proc is not None and thread is not None
+    # The summary says where the meter ran, in the JSON and in its table.
+    assert proc["measured_in"] == {"rank0": "a helper process"}
+    assert thread["measured_in"] == {"rank0": "threads of the training process"}
+    assert "a helper process" in render_summary(proc)
     assert proc["steps"] == thread["steps"]
     assert [d["method"] for d in proc["devices"]] == [d["method"] for d in thread["devices"]]
     for summary in (proc, thread):
@@ -220,6 +225,7 @@ def test_a_killed_helper_warns_once_and_the_fit_goes_on(tmp_path):
     assert summary is not None
     # (device, start, end, reason)
     assert any("helper process was lost" in str(g[3]) for g in summary["gaps"])
+    assert summary["measured_in"] == {"rank0": "a helper process"}
 
 
 def test_the_helper_ends_when_the_training_process_dies(tmp_path):

@@ -58,7 +58,11 @@ from lightning_watt.attribution.helper_process import (
 )
 from lightning_watt.attribution.ledger import GAP, gap_joules
 from lightning_watt.attribution.step_clock import StepClock
-from lightning_watt.attribution.summary import build_summary
+from lightning_watt.attribution.summary import (
+    MEASURED_IN_HELPER,
+    MEASURED_IN_THREADS,
+    build_summary,
+)
 from lightning_watt.energy.meter import EnergyMeter
 from lightning_watt.energy.readings import J_PER_KWH, DeviceInfo
 from lightning_watt.validate import one_of
@@ -429,7 +433,8 @@ class EnergyAccountant:
         to close them is warned about and returned instead of raised (see :meth:`finish`)."""
         try:
             record = books.finish(epoch=epoch, meta={"stage": label})
-            return _rank_record(record, self.rank, unavailable), None
+            where = MEASURED_IN_HELPER if isinstance(books, ProcessBooks) else MEASURED_IN_THREADS
+            return _rank_record(record, self.rank, unavailable, where), None
         except Exception as err:
             if alone:
                 raise
@@ -462,8 +467,15 @@ def _cpu_storages(tensors: Iterable[torch.Tensor]) -> list[tuple[int, int]]:
     return list(seen.items())
 
 
-def _rank_record(record: StageRecord, rank: int, unavailable: dict[str, str]) -> dict[str, Any]:
-    """One rank's stage, as :func:`~lightning_watt.attribution.summary.build_summary` merges it."""
+def _rank_record(
+    record: StageRecord,
+    rank: int,
+    unavailable: dict[str, str],
+    measured_in: str = MEASURED_IN_THREADS,
+) -> dict[str, Any]:
+    """One rank's stage, as :func:`~lightning_watt.attribution.summary.build_summary` merges it.
+    ``measured_in``: where its meter and books ran (:data:`MEASURED_IN_HELPER` or
+    :data:`MEASURED_IN_THREADS`)."""
     totals = record.totals
     return {
         "rank": rank,
@@ -476,6 +488,7 @@ def _rank_record(record: StageRecord, rank: int, unavailable: dict[str, str]) ->
         "gaps": record.gaps,
         "errors": record.errors,
         "unavailable": unavailable,
+        "measured_in": measured_in,
     }
 
 

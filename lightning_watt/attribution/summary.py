@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from lightning_watt.score.carbon import CarbonModel
 
 FORMAT = SUMMARY_FORMAT
+#: Where a rank's meter and books ran, as the summary's ``measured_in`` says it.
+MEASURED_IN_HELPER = "a helper process"
+MEASURED_IN_THREADS = "threads of the training process"
 
 
 def build_summary(
@@ -130,6 +133,11 @@ def build_summary(
         "gaps": [g for r in ranks for g in r["gaps"]],
         "errors": {f"rank{r['rank']}:{k}": v for r in ranks for k, v in r["errors"].items()},
         "unavailable": {k: v for r in ranks for k, v in r["unavailable"].items()},
+        # Where each rank's meter and books ran: a helper process or the training process's
+        # threads (isolation="auto" chooses; see WattCallback).
+        "measured_in": {
+            f"rank{r['rank']}": r.get("measured_in", MEASURED_IN_THREADS) for r in ranks
+        },
     }
     if carbon is not None:
         summary["co2e_kg"] = carbon.co2e_kg(kwh)
@@ -188,6 +196,9 @@ def render_summary(summary: dict[str, Any], show_unavailable: bool = True) -> st
         rows.append(("CO2e", _fmt_sig(summary["co2e_kg"], "kg")))
     if summary.get("cost") is not None:
         rows.append(("cost", _fmt_sig(summary["cost"], summary.get("currency") or "")))
+    places = sorted(set((summary.get("measured_in") or {}).values()))
+    if places:
+        rows.append(("measured in", ", ".join(places)))
     if summary.get("replay"):
         rows.append(("NOTE", f"energies replayed from recorded trace(s): {summary['replay']}"))
     if summary.get("estimated"):
