@@ -144,6 +144,7 @@ def _rank(rank: int, world: int, port: int, args: dict[str, Any], out: str) -> N
                 "finish_s": finish_s,
                 "group_s": group_s,
                 "group_row_s": group_row_s,
+                "measured_in": sorted(set(summary["measured_in"].values())),
             },
             fh,
         )
@@ -190,6 +191,7 @@ def _world(world: int, args: argparse.Namespace) -> dict[str, float]:
         "group_row_p50": _pct(group_us, 50),
         "finish_ms": 1e3 * max(r["finish_s"] for r in ranks),
         "wall_s": wall,
+        "measured_in": ", ".join(sorted({m for r in ranks for m in r["measured_in"]})),
     }
 
 
@@ -231,7 +233,8 @@ def main() -> None:
             f"{r['log_p50']:.0f} µs, p99 {r['log_p99']:.0f} µs; once per stage: begin "
             f"{r['begin_ms']:.1f} ms, finish {r['finish_ms']:.1f} ms; under NCCL, once per "
             f"process: the rows' gloo group made in {r['group_ms']:.1f} ms, a row on it p50 "
-            f"{r['group_row_p50']:.0f} µs own  ({r['wall_s']:.0f} s)"
+            f"{r['group_row_p50']:.0f} µs own; meters and books in {r['measured_in']}  "
+            f"({r['wall_s']:.0f} s)"
         )
     if len(rows) < 2:
         return
