@@ -4,9 +4,14 @@ Power that switches between two flat levels exactly at counter updates (``doctor
 against the real-time fake driver) lets several neighbouring phases explain the increments
 equally well without any explaining them exactly. The fit then searched every fine phase for
 an exact grid and, finding none, still took its phase from that search's array with the fine
-search's index: a grid 2.25 ms x the index from the read time, here half a period off. Every
-value placed before the next fit sat 50 ms off its update. Seen as the doctor's fused energy
-2.5 % under the counter in about one run in ten (and once in CI), a burst 6-9 % over.
+search's index: a grid that many fine steps (0.25 ms) back from the read time, here half a
+period off. Every value placed before the next fit sat 50 ms off its update. Seen as the
+doctor's fused energy 2.5 % under the counter in about one run in ten (and once in CI), a
+burst 6-9 % over.
+
+The second test is a synthetic square wave across phases and buffer offsets: there the grid
+fitted to the buffer's smeared edges runs a few ms late, and a read just after an update
+must still get it (see ``_LATE_S``).
 
 ``tests/data/fake-square-load.*`` is such a run, recorded from the fake (not hardware); the
 counter updates below are from the tight poll beside it (the last read before each change and

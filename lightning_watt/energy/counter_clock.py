@@ -591,8 +591,9 @@ class CounterClock:
             # A plateau of equal misfits (flat power) whose exact grids, in an arc narrower
             # than the coarse step, the coarse search stepped over: look at every fine phase.
             # Its own names: ``ref`` and ``k`` must stay the fine search's unless this finds
-            # an exact grid (once they did not, and a near-exact fit took a phase 2 ms x k
-            # from ``t``: half a period off on a square wave).
+            # an exact grid (once they did not: a near-exact fit took the phase k fine steps
+            # back from ``t``, wherever the fine search had found it; half a period off on a
+            # square wave).
             every = t - np.arange(0.0, self.period_s, _FINE_PHASE_S)
             per_2d, ref_2d = np.meshgrid(periods, every, indexing="ij")
             all_per, all_ref = per_2d.ravel(), ref_2d.ravel()
