@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from lightning_watt import EnergyMeter, EnergySource, ReplaySource, SourceUnavailable
-from lightning_watt.energy.readings import COUNTER_J, INSTANT_W, USAGE_W, DeviceInfo, Reading
+from lightning_watt.energy.readings import (
+    BUFFER_W,
+    COUNTER_J,
+    INSTANT_W,
+    USAGE_W,
+    DeviceInfo,
+    Reading,
+)
 from lightning_watt.energy.timeline import EnergyTimeline
 from lightning_watt.energy.trace import Trace, bundled_trace, load_trace
 from lightning_watt.sources.base import Channel, ChannelLost, Clock
@@ -203,6 +210,24 @@ def test_loop_at_double_speed_keeps_energy_consistent(tmp_path: Path) -> None:
     # No window around a seam is empty or negative.
     for seam in (t0 + lap, t0 + 2 * lap):
         assert meter.energy_between(seam - 0.1, seam + 0.1)["gpu0"] > 0.1 * 50.0
+
+
+def test_a_replay_never_serves_its_counter_stepping_back_from_the_first_read() -> None:
+    """At the fit's start of h200-mlp-stall, the first recorded read after it shows an update
+    from before it: counted from the fused position at the start (fresher than any read), it
+    came out at -5.3 J right after the first read's 0 J, which the timeline took for a reset
+    and bridged with power, counting the energy since that update twice (+14 % on a 0.5 s
+    replay). A live counter never steps back: nor does the replay."""
+    source = ReplaySource.of_fit(STALL, kinds=[COUNTER_J, BUFFER_W])  # as NVML reads
+    now = [1000.0]
+    source.open(lambda: now[0])
+    (channel,) = [c for c in source.channels() if c.kinds == (COUNTER_J,)]
+    served = []
+    for _ in range(40):
+        now[0] += 0.05
+        served += [r.value for r in channel.read()]
+    assert served[0] == 0.0 and len(served) > 15
+    assert all(b >= a for a, b in itertools.pairwise(served)), served[:4]
 
 
 # --------------------------------------------------------------------------- failures

@@ -264,13 +264,22 @@ class ReplaySource(EnergySource):
         # before ``start`` or before ``end`` would add or drop energy outside the lap.
         origin = self._counter_at(device, ts, vs, self.start) if is_counter else 0.0
         span_energy = self._counter_at(device, ts, vs, self._end) - origin if is_counter else 0.0
+        # What the first read (at ``start``) shows: never more than the next recorded read,
+        # as a live counter's reads never step back. Where that read's update came before
+        # ``start`` (the fused position there is fresher than any read), counted from the
+        # fused position it came out negative (-5 J on h200-mlp-stall), which the timeline
+        # took for a reset and bridged with power: the energy since that update was counted
+        # twice (+8.5 J over a 0.5 s replay, +14 %). Counted from what that read shows, the
+        # first reading is that update's, as a live read at ``start`` would be.
+        j = bisect.bisect_right(ts, self.start)
+        shown = min(origin, vs[j]) if is_counter and j < len(ts) else origin
         state: _LapState = {"lap": 0, "t": self.start - 1e-12, "first": True}
 
         def value(i: int, lap: int) -> float:
             if not is_counter:
                 return vs[i]
             # Counter joules on the meter clock: scaled by speed, carried across laps.
-            return (vs[i] - origin + lap * span_energy) / self.speed
+            return (vs[i] - shown + lap * span_energy) / self.speed
 
         def read() -> list[Reading]:
             assert self._clock is not None
