@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import math
 import os
 from collections.abc import Collection
 from typing import TypedDict
@@ -50,11 +51,13 @@ _DEFAULT_INTERVAL = 0.1
 
 
 class _LapState(TypedDict):
-    """Where a replay channel's reader got to: lap number, trace time, first poll or not."""
+    """Where a replay channel's reader got to: lap number, trace time, first poll or not, and
+    the highest counter value served."""
 
     lap: int
     t: float
     first: bool
+    top: float
 
 
 def resolve_trace(name_or_prefix: str) -> str:
@@ -273,13 +276,19 @@ class ReplaySource(EnergySource):
         # first reading is that update's, as a live read at ``start`` would be.
         j = bisect.bisect_right(ts, self.start)
         shown = min(origin, vs[j]) if is_counter and j < len(ts) else origin
-        state: _LapState = {"lap": 0, "t": self.start - 1e-12, "first": True}
+        state: _LapState = {"lap": 0, "t": self.start - 1e-12, "first": True, "top": -math.inf}
 
         def value(i: int, lap: int) -> float:
             if not is_counter:
                 return vs[i]
-            # Counter joules on the meter clock: scaled by speed, carried across laps.
-            return (vs[i] - shown + lap * span_energy) / self.speed
+            # Counter joules on the meter clock: scaled by speed, carried across laps. Never
+            # below a value served already: at a lap's seam the first read of the new lap
+            # may show an update from before ``start`` (staler than the lap's last read was
+            # at ``end``), which would step back by up to an update's joules; it holds the
+            # last value instead, and the next update catches up (each lap still adds
+            # exactly the recording's energy over [start, end]).
+            state["top"] = max(state["top"], (vs[i] - shown + lap * span_energy) / self.speed)
+            return state["top"]
 
         def read() -> list[Reading]:
             assert self._clock is not None
@@ -290,6 +299,7 @@ class ReplaySource(EnergySource):
                 if state["first"] and is_counter and ts[0] <= self.start:
                     # A live counter read returns its current value even at the first poll.
                     out.append(Reading(self._meter_time(0, self.start), name, kind, 0.0))
+                    state["top"] = 0.0
                 state["first"] = False
                 end_t = now_t if lap == last_lap else self._end
                 lo = bisect.bisect_right(ts, last_t)
