@@ -231,10 +231,10 @@ steps="${GPU_CHECK_STEPS:-200}"
 if [[ $gpu == 1 ]]; then
     step "overhead 10 ms GPU steps" 150 overhead_10ms.txt \
         "$PY" benchmarks/overhead.py --no-cpu --cadences 50,1 --gpu-step-ms 10 \
-        --repeats "$repeats" --steps "$steps"
+        --repeats "$repeats" --timed-repeats 1 --steps "$steps" --skip 20
     step "overhead 1 ms GPU steps" 120 overhead_1ms.txt \
         "$PY" benchmarks/overhead.py --no-cpu --cadences 50,1 --gpu-step-ms 1 \
-        --repeats "$repeats" --steps "$steps"
+        --repeats "$repeats" --timed-repeats 1 --steps "$steps" --skip 20
 else
     skip "overhead GPU arms (benchmarks/overhead.py --no-cpu)" "no usable NVIDIA GPU"
 fi

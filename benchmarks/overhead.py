@@ -31,9 +31,12 @@ Reported, per arm against ``off`` at the same cadence:
 * the CPU time per step of the whole process (all threads: the meter's and the books'
   included), which resists other tenants' load better than wall time;
 * a log tick on the training thread (``perf_counter`` around ``_log_tick``, every tick of
-  every repetition): p50 / p99 / max, split into the books' part (``log_values``: the cached
-  numbers and the all-rank reduction) and the loggers' (``_deliver``: Lightning's
-  ``log_metrics``, ``callback_metrics``), against the targets p50 <= 100 µs, p99 <= 1 ms;
+  ``--timed-repeats`` further fits of each ``on`` arm, after the interleaved repetitions; the
+  throughput arms run ``WattCallback`` itself, as users run it, because the timing wrappers
+  cost the training thread ~11 µs a step at ``log_every_n_steps=1``): p50 / p99 / max, split
+  into the books' part (``log_values``: the cached numbers and the all-rank reduction) and the
+  loggers' (``_deliver``: Lightning's ``log_metrics``, ``callback_metrics``), against the
+  targets p50 <= 100 µs, p99 <= 1 ms;
 * the training thread's CPU time in a tick (``time.thread_time``): where the wall time's p99
   is far above it, the tick waited (for the GIL, or for a core of a loaded machine);
 * the batch hooks of a step without a tick (start + end), p50 / p99;
@@ -48,7 +51,7 @@ RAPL or an estimate for the CPU) instead of a replay.
 
 Usage::
 
-    python benchmarks/overhead.py                 # 6 repetitions of 300 steps per arm
+    python benchmarks/overhead.py                 # 6 repetitions of 1500 steps per arm
     python benchmarks/overhead.py --repeats 10    # more repetitions, tighter ratios
     python benchmarks/overhead.py --cadences 1    # only the arms at log_every_n_steps=1
     python benchmarks/overhead.py --logger tensorboard  # a Trainer's default logger, not CSV
@@ -393,6 +396,7 @@ class Fit:
     arm: Arm
     step_s: float
     cpu_step_s: float
+    #: The arm's ``TimedWattCallback`` in a timed fit (its ticks' numbers), else ``None``.
     cb: TimedWattCallback | None = None
 
 
@@ -403,7 +407,7 @@ class Variant:
     width: int
     depth: int
     arms: tuple[Arm, ...]
-    make_on: Callable[[Arm], TimedWattCallback]
+    make_on: Callable[[Arm, bool], WattCallback]  # (arm, timed): timed -> TimedWattCallback
     batch: int = 0
     fits: list[Fit] = field(default_factory=list)
     logger: str = "csv"  # every arm's Trainer logs to one of LOGGERS
@@ -417,18 +421,22 @@ class Variant:
 LOGGERS: dict[str, Callable[..., Logger]] = {"csv": CSVLogger, "tensorboard": TensorBoardLogger}
 
 
-def _fit(variant: Variant, batch: int, steps: int, skip: int, arm: Arm) -> Fit:
+def _fit(variant: Variant, batch: int, steps: int, skip: int, arm: Arm, timed: bool = False) -> Fit:
+    """One fit of ``arm``; ``timed``: with ``TimedWattCallback`` (an ``on`` arm's ticks
+    timed; its throughput is not the callback's, the wrappers cost a few µs a step)."""
     cuda = variant.device.type == "cuda"
     timer = _LoopTimer(skip, cuda)
     callbacks: list[Callback] = [timer]
-    cb: TimedWattCallback | None = None
+    cb: WattCallback | None = None
     if arm.kind == "on":
-        cb = variant.make_on(arm)
+        cb = variant.make_on(arm, timed)
         callbacks.append(cb)
     elif arm.kind == "null":
         callbacks.append(_Null())
     train_mlp(variant, batch, steps, arm.every, callbacks)
-    return Fit(arm, timer.step_s, timer.cpu_step_s, cb)
+    return Fit(
+        arm, timer.step_s, timer.cpu_step_s, cb if isinstance(cb, TimedWattCallback) else None
+    )
 
 
 def train_mlp(
@@ -493,7 +501,9 @@ def _ok(good: bool) -> str:
 
 
 def _report_throughput(variant: Variant) -> None:
-    by_arm = {arm: [f for f in variant.fits if f.arm == arm] for arm in variant.arms}
+    by_arm = {
+        arm: [f for f in variant.fits if f.arm == arm and f.cb is None] for arm in variant.arms
+    }
     print(
         f"  {'arm':18} {'steps/s':>8} {'vs off: paired median [min, max], best-of':>46}"
         f" {'CPU/step':>9} {'vs off':>8}"
@@ -878,12 +888,19 @@ def _run_variant(variant: Variant, args: argparse.Namespace, target_s: float) ->
         f"  model: MLP {variant.width} x {variant.depth} hidden + 10 out, batch {variant.batch} "
         f"({'given' if args.batch else f'calibrated for {1e3 * target_s:.1f} ms/step'}); "
         f"{args.steps} steps a fit, timed after "
-        f"{args.skip}; {args.repeats} interleaved repetitions of {len(variant.arms)} arms; "
-        f"logger: {variant.logger}"
+        f"{args.skip}; {args.repeats} interleaved repetitions of {len(variant.arms)} arms "
+        f"(WattCallback as users run it), then {args.timed_repeats} of the 'on' arms with its "
+        f"hooks and ticks timed; logger: {variant.logger}"
     )
     for _ in range(args.repeats):
         for arm in variant.arms:
             variant.fits.append(_fit(variant, variant.batch, args.steps, args.skip, arm))
+    for _ in range(args.timed_repeats):
+        for arm in variant.arms:
+            if arm.kind == "on":
+                variant.fits.append(
+                    _fit(variant, variant.batch, args.steps, args.skip, arm, timed=True)
+                )
     _report_throughput(variant)
     _report_ticks(variant)
     if variant.device.type == "cpu" and args.block_steps:
@@ -901,6 +918,12 @@ def main() -> None:
         "in them: it is reported apart)",
     )
     parser.add_argument("--repeats", type=int, default=6, help="fits per arm (>= 3)")
+    parser.add_argument(
+        "--timed-repeats",
+        type=int,
+        default=2,
+        help="further fits per 'on' arm with the ticks timed (>= 1; not in the throughput)",
+    )
     parser.add_argument(
         "--skip",
         type=int,
@@ -957,6 +980,8 @@ def main() -> None:
         parser.error(f"--batch must be 0 (calibrate) or a batch size, got {args.batch}")
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")
+    if args.timed_repeats < 1:
+        parser.error("--timed-repeats must be at least 1")
     if args.steps < args.skip + 50:
         parser.error(f"--steps must be at least --skip + 50 = {args.skip + 50}")
     torch.set_num_threads(args.threads)
@@ -969,10 +994,9 @@ def main() -> None:
     print("lightning-watt callback overhead (benchmarks/overhead.py)")
     print(f"machine: {_machine()}")
 
-    def replayed(arm: Arm) -> TimedWattCallback:
-        return TimedWattCallback(
-            sources=[_replay(args.all_kinds)], record=arm.record, isolation=arm.isolation
-        )
+    def replayed(arm: Arm, timed: bool) -> WattCallback:
+        kind = TimedWattCallback if timed else WattCallback
+        return kind(sources=[_replay(args.all_kinds)], record=arm.record, isolation=arm.isolation)
 
     if not args.no_cpu:
         served = "every recorded kind" if args.all_kinds else "counter + buffer, as NVML reads"
@@ -997,7 +1021,9 @@ def main() -> None:
                 WIDTH["cuda"],
                 DEPTH["cuda"],
                 tuple(a for a in arms if a.every in (1, 50)),
-                lambda arm: TimedWattCallback(record=arm.record, isolation=arm.isolation),
+                lambda arm, timed: (TimedWattCallback if timed else WattCallback)(
+                    record=arm.record, isolation=arm.isolation
+                ),
             ),
             args,
             args.gpu_step_ms / 1e3,

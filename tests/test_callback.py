@@ -409,6 +409,71 @@ def test_tick_rows_reach_loggers_and_monitors_alike(tmp_path):
     assert all(float(t) == value for t, value in cb.kept)
 
 
+class _QuickPathSpy(WattCallback):
+    """Counts ticks, rows made by the books (``log_values``) and, per delivered row, whether
+    rows outpaced the books' refreshes then."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.ticks = self.made = 0
+        self.rows: list[tuple[dict, bool]] = []
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        super().setup(trainer, pl_module, stage)
+        log_values = self._books.log_values
+
+        def counted():
+            self.made += 1
+            return log_values()
+
+        self._books.log_values = counted
+
+    def _log_tick(self, trainer) -> None:
+        self.ticks += 1
+        self.stage_ticks = self._books.stage._ticks + 1  # what the stage counts for this tick
+        super()._log_tick(trainer)
+        assert self._books.stage._ticks == self.stage_ticks
+
+    def _deliver(self, trainer, keyed, step, epoch, save) -> None:
+        self.rows.append((dict(keyed), self._books.rows_outpace_refreshes))
+        super()._deliver(trainer, keyed, step, epoch, save)
+
+
+@pytest.mark.parametrize("isolation", ["auto", "thread"])
+def test_rows_outpacing_refreshes_repeat_nothing_and_mostly_skip_the_books(tmp_path, isolation):
+    """Issue 14, log_every_n_steps=1 with steps faster than the books' refreshes: a row whose
+    numbers did not move takes the quick path (the books are not asked to make one), and is
+    still counted as a row by the stage (its pace decides how often the books refresh); after
+    each refresh one row is logged, not a second one repeating it without its step's joules."""
+    cb = _QuickPathSpy(replay="h200-mlp-stall", record=False, isolation=isolation)
+    # No checkpoints: each waits up to 0.5 s for final energy, and rows judged over it are slow.
+    trainer = _trainer(
+        tmp_path,
+        [cb],
+        max_epochs=12,
+        log_every_n_steps=1,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+    )
+    trainer.fit(TinyClassifier(step_sleep=0.001))
+    assert cb.ticks == trainer.global_step
+    assert (
+        0 < cb.made < cb.ticks
+    )  # ~1 of 10 rows made at ~2-5 ms steps: the quick path took the rest
+    step_key, energy_key, power_key = "watt/step_J", "watt/energy_kWh", "watt/power_W"
+    ticked = [(keyed, busy) for keyed, busy in cb.rows if power_key in keyed]
+    repeats = [
+        b
+        for (a, _), (b, busy) in itertools.pairwise(ticked)
+        if busy
+        and step_key not in b
+        and b[energy_key] == a[energy_key]
+        and b[power_key] == a[power_key]
+    ]
+    assert repeats == []
+    assert any(busy for _, busy in ticked)
+
+
 def test_steps_slower_than_the_refresh_get_a_row_each(tmp_path):
     """Rows no faster than the books' refreshes (steps over 25 ms) are all logged, at every
     step, as Lightning's own are."""

@@ -327,6 +327,11 @@ class RowNumbers:
         self._asked_at = now
         return True
 
+    def repeats(self, snap: Snapshot | None, last: Tick) -> bool:
+        """Whether :meth:`tick` of ``snap`` would return ``last`` again: the snapshot the last
+        tick read, ticked already, and a step reported (so no refresh is wanted either)."""
+        return last is self._idle_tick and snap is self._ticked and self.steps_reported > 0
+
     def tick(self, snap: Snapshot) -> Tick:
         """The row's numbers from ``snap`` (the newest snapshot)."""
         if snap is self._ticked:
@@ -706,6 +711,15 @@ class StageBooks:
         if snap is None or self._refresher is None or self._rows.wants_refresh(snap):
             snap = self.refresh()
         return self._rows.tick(snap)
+
+    def repeat_tick(self, last: Tick) -> bool:
+        """Whether a :meth:`tick` now would return ``last`` again while rows outpace refreshes
+        (no refresh since it); if so, counted as a tick. A row's quick path at
+        ``log_every_n_steps=1``: most rows there repeat the one before."""
+        if not self.busy or self._refresher is None or not self._rows.repeats(self._snapshot, last):
+            return False
+        self._ticks += 1
+        return True
 
     def step_counts(self) -> tuple[dict[str, int], dict[int, int]]:
         """Final steps per phase and train steps per epoch booked so far (a copy)."""

@@ -463,6 +463,20 @@ class ProcessBooks:
             return Tick(0.0, 0.0, math.nan, 0)
         return self._rows.tick(snap)
 
+    def repeat_tick(self, last: Tick) -> bool:
+        """Whether a :meth:`tick` now would return ``last`` again while rows outpace refreshes
+        (the board unchanged since it, no alive check due); if so, counted as a tick."""
+        if (
+            not self._busy
+            or self._board.seq() != self._seq
+            or self.lost is not None
+            or not self._rows.repeats(self._snapshot, last)
+            or time.monotonic() - self._checked_at >= ALIVE_CHECK_S
+        ):
+            return False
+        self._ticks += 1
+        return True
+
     def energy_j(self, until: float | None = None) -> float:
         """The stage's (weighted) joules as measured up to the newest reading (see
         :meth:`StageBooks.energy_j`). Without ``until``: as the helper's last refresh found

@@ -558,29 +558,41 @@ class WattCallback(Callback):
         the last one is not logged: it cost the loggers' full price for no new number (CSV
         ~28 µs a step on the training thread, TensorBoard ~200 µs). Rows then come at the steps
         where the numbers moved; monitors and the progress bar hold them at every step."""
-        tick = self._books.log_values()
-        run = self._books.run
+        books = self._books
+        run = books.run
         last = self._last_row
-        if last is None or last[1] != run.logged_kwh or (tick is not last[0] and tick != last[0]):
+        if last is not None and last[1] == run.logged_kwh and books.repeated_values() is last[0]:
+            # Nothing new since the last row while rows outpace refreshes (most rows at
+            # log_every_n_steps=1): a few attribute reads, not the whole row's making.
+            self._monitored(trainer, last[2])
+            if self._bar and private.progress_bar_dict(trainer) is not self._bar_dict:
+                self._show_on_bar(trainer, last[0])
+            return
+        tick = books.log_values()
+        busy = books.rows_outpace_refreshes
+        if last is not None and last[1] == run.logged_kwh and _same_row(tick, last[0], busy):
+            # The books' same numbers as the last row: the same keyed values (every logger
+            # copies a row; none is changed in place), which monitors and the progress bar
+            # hold already. The tick is kept for the quick path to compare with.
+            fresh, keyed = False, last[2]
+            self._last_row = (tick, last[1], keyed)
+        else:
             fresh, keyed = True, self._keyed(trainer, tick)
             self._last_row = (tick, run.logged_kwh, keyed)
-        else:
-            # The books' same numbers as the last row (most rows between two refreshes): the
-            # same keyed values (every logger copies a row; none is changed in place), which
-            # monitors and the progress bar hold already.
-            fresh, keyed = False, last[2]
-        if fresh or not self._books.rows_outpace_refreshes:
+        if fresh or not busy:
             axis = self._step_axis
             step = axis() if axis is not None else private.stepped_batches(trainer)
             self._deliver(trainer, keyed, step, self._epoch, save=False)
         else:
             self._monitored(trainer, keyed)  # unless Lightning replaced its dict: nothing
-        if self._bar:
-            bar = private.progress_bar_dict(trainer)
-            if fresh or bar is not self._bar_dict:  # Lightning replaces it, never clears it
-                bar[keys.BAR_POWER] = round(tick.power_W, 1)
-                bar[keys.BAR_ENERGY] = float(f"{tick.energy_kWh:.4g}")
-                self._bar_dict = bar
+        if self._bar and (fresh or private.progress_bar_dict(trainer) is not self._bar_dict):
+            self._show_on_bar(trainer, tick)  # Lightning replaces its dict, never clears it
+
+    def _show_on_bar(self, trainer: pl.Trainer, tick: LogValues) -> None:
+        bar = private.progress_bar_dict(trainer)
+        bar[keys.BAR_POWER] = round(tick.power_W, 1)
+        bar[keys.BAR_ENERGY] = float(f"{tick.energy_kWh:.4g}")
+        self._bar_dict = bar
 
     def _keyed(self, trainer: pl.Trainer, tick: LogValues) -> dict[str, float]:
         """A tick's row, keyed as logged."""
@@ -840,6 +852,21 @@ class WattCallback(Callback):
         problem = self._books.load_state_dict(state_dict)
         if problem is not None:
             rank_zero_warn(f"lightning-watt: checkpoint {problem}; the run's energy starts at 0 J")
+
+
+def _same_row(tick: LogValues, last: LogValues, busy: bool) -> bool:
+    """Whether ``tick`` carries ``last``'s numbers. While rows outpace refreshes, a tick with
+    no new step and the same energy and power counts as the same too: the row after each
+    refresh's (the books unchanged, only no step booked since) would otherwise be logged
+    again without its step's joules, a second row per refresh for no new number."""
+    if tick is last or tick == last:
+        return True
+    return (
+        busy
+        and tick.step_J is None
+        and tick.energy_kWh == last.energy_kWh
+        and tick.power_W == last.power_W
+    )
 
 
 def _scalar(value: Any) -> bool:
